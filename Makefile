@@ -1,0 +1,28 @@
+# The two commands in the README: `make demo` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test bench constraints
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# constraints.txt is the environment CI tested: a fresh machine gets exactly it.
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/taxi-pipeline demo
+
+test: setup
+	$(BIN)/pytest
+
+bench: setup
+	$(BIN)/pytest benchmarks
+
+# Refresh the lock on purpose (after changing dependencies), then run `make test`.
+constraints:
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^taxi-pipeline' > constraints.txt

@@ -1,0 +1,117 @@
+"""Additive sufficient statistics for least squares on pair codes.
+
+Least squares needs only ``XᵀX``, ``Xᵀy``, ``yᵀy`` and ``n``, and these add across
+row chunks. With one-hot pickup, dropoff and pickup-dropoff features every entry
+of ``XᵀX`` and ``Xᵀy`` that involves the one-hots is a sum over pairs of the
+per-pair row count and target sum, so a chunk reduces to two ``bincount``s over
+the 266² pair codes (plus per-pair sums for any numeric columns). Statistics are
+kept per fold, so K-fold cross-validation needs no second pass: fold k trains on
+``total - fold_k`` and is scored on ``fold_k``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.features import N_PAIRS, Encoded
+
+_GOLDEN = 0x9E3779B97F4A7C15
+_MASK64 = (1 << 64) - 1
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Per-fold statistics; axis 0 is the fold (length 1 without CV)."""
+
+    count: np.ndarray  # (F, P) rows per pair
+    sum_y: np.ndarray  # (F, P)
+    sum_yy: np.ndarray  # (F,)
+    sum_x: np.ndarray  # (F, k, P) numeric column sums per pair
+    sum_xy: np.ndarray  # (F, k)
+    sum_xx: np.ndarray  # (F, k, k)
+
+    @property
+    def folds(self) -> int:
+        return int(self.count.shape[0])
+
+    @property
+    def n_numeric(self) -> int:
+        return int(self.sum_x.shape[1])
+
+    @property
+    def rows(self) -> int:
+        return int(round(self.count.sum()))
+
+    def __add__(self, other: Stats) -> Stats:
+        if self.count.shape != other.count.shape or self.sum_x.shape != other.sum_x.shape:
+            raise ValueError("statistics of different fold counts or features cannot be added")
+        return Stats(*(a + b for a, b in zip(self._arrays(), other._arrays())))
+
+    def __sub__(self, other: Stats) -> Stats:
+        return Stats(*(a - b for a, b in zip(self._arrays(), other._arrays())))
+
+    def _arrays(self) -> tuple[np.ndarray, ...]:
+        return (self.count, self.sum_y, self.sum_yy, self.sum_x, self.sum_xy, self.sum_xx)
+
+    def total(self) -> Stats:
+        """All folds pooled into one."""
+        return Stats(*(a.sum(axis=0, keepdims=True) for a in self._arrays()))
+
+    def fold(self, k: int) -> Stats:
+        """Fold ``k`` alone (its held-out rows)."""
+        return Stats(*(a[k : k + 1] for a in self._arrays()))
+
+    def without(self, k: int) -> Stats:
+        """Every fold but ``k`` (fold k's training rows)."""
+        return self.total() - self.fold(k)
+
+
+def empty(folds: int = 1, n_numeric: int = 0) -> Stats:
+    """The zero of ``+``."""
+    return Stats(
+        count=np.zeros((folds, N_PAIRS)),
+        sum_y=np.zeros((folds, N_PAIRS)),
+        sum_yy=np.zeros(folds),
+        sum_x=np.zeros((folds, n_numeric, N_PAIRS)),
+        sum_xy=np.zeros((folds, n_numeric)),
+        sum_xx=np.zeros((folds, n_numeric, n_numeric)),
+    )
+
+
+def fold_of(position: np.ndarray, salt: int, seed: int, folds: int) -> np.ndarray:
+    """Deterministic fold of each row from its position in the month file.
+
+    A splitmix64 hash of (``salt``, position, ``seed``): independent of how the
+    file is chunked or which worker reads it. ``salt`` tells months apart.
+    """
+    z = (np.uint64(salt) << np.uint64(40)) ^ position.astype(np.uint64)
+    z = z + np.uint64((seed * _GOLDEN) & _MASK64)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return (z % np.uint64(folds)).astype(np.int64)
+
+
+def compute(encoded: Encoded, fold: np.ndarray | None = None, folds: int = 1) -> Stats:
+    """Statistics of one encoded chunk, split by ``fold`` (one fold when None)."""
+    if fold is None:
+        fold = np.zeros(encoded.rows, dtype=np.int64)
+    index = fold * N_PAIRS + encoded.pair
+    size = folds * N_PAIRS
+    y, x = encoded.y, encoded.x
+    k = x.shape[1]
+    count = np.bincount(index, minlength=size).astype(np.float64).reshape(folds, N_PAIRS)
+    sum_y = np.bincount(index, weights=y, minlength=size).reshape(folds, N_PAIRS)
+    sum_yy = np.bincount(fold, weights=y * y, minlength=folds)
+    sum_x = np.stack([np.bincount(index, weights=x[:, j], minlength=size).reshape(folds, N_PAIRS) for j in range(k)], axis=1) if k else np.zeros((folds, 0, N_PAIRS))
+    sum_xy = np.zeros((folds, k))
+    sum_xx = np.zeros((folds, k, k))
+    if k:
+        for f in range(folds):
+            rows = fold == f
+            xf = x[rows]
+            sum_xy[f] = xf.T @ y[rows]
+            sum_xx[f] = xf.T @ xf
+    return Stats(count, sum_y, sum_yy, sum_x, sum_xy, sum_xx)

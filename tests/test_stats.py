@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+
+from pipeline import stats
+from pipeline.features import N_ZONES, Encoded
+
+
+def _enc(rows, seed, numeric=1):
+    rng = np.random.default_rng(seed)
+    return Encoded(
+        pair=rng.integers(1, 266, rows) * N_ZONES + rng.integers(1, 266, rows),
+        y=rng.uniform(1, 60, rows),
+        x=rng.normal(size=(rows, numeric)),
+        position=np.arange(rows),
+    )
+
+
+def _slice(enc, a, b):
+    return Encoded(enc.pair[a:b], enc.y[a:b], enc.x[a:b], enc.position[a:b])
+
+
+def test_statistics_add_across_chunks():
+    enc = _enc(10_000, 0)
+    whole = stats.compute(enc)
+    parts = stats.compute(_slice(enc, 0, 3_000)) + stats.compute(_slice(enc, 3_000, 10_000))
+    for a, b in zip(whole._arrays(), parts._arrays()):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    assert whole.rows == 10_000
+    assert whole.sum_yy[0] == pytest.approx(np.sum(enc.y**2))
+
+
+def test_fold_assignment_is_balanced_deterministic_and_chunking_free():
+    position = np.arange(200_000)
+    folds = stats.fold_of(position, salt=2023 * 12, seed=7, folds=5)
+    assert np.array_equal(folds, stats.fold_of(position, salt=2023 * 12, seed=7, folds=5))
+    counts = np.bincount(folds, minlength=5)
+    assert counts.min() > 0.19 * position.size and counts.max() < 0.21 * position.size
+    # a chunk at an offset gets the same folds as the same rows in one piece
+    assert np.array_equal(stats.fold_of(position[50_000:60_000], 2023 * 12, 7, 5), folds[50_000:60_000])
+    assert not np.array_equal(folds, stats.fold_of(position, salt=2023 * 12, seed=8, folds=5))
+
+
+def test_per_fold_statistics_partition_the_total():
+    enc = _enc(20_000, 1, numeric=2)
+    fold = stats.fold_of(enc.position, salt=1, seed=0, folds=4)
+    per_fold = stats.compute(enc, fold, folds=4)
+    pooled = stats.compute(enc)
+    for a, b in zip(per_fold.total()._arrays(), pooled._arrays()):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-9)
+    held = per_fold.fold(2)
+    assert held.rows == int(np.sum(fold == 2))
+    assert per_fold.without(2).rows == enc.rows - held.rows
+
+
+def test_adding_mismatched_statistics_fails():
+    with pytest.raises(ValueError):
+        stats.empty(folds=1) + stats.empty(folds=2)
