@@ -1,0 +1,64 @@
+"""One Prefect API per run: the flow's, shared by every Dask worker.
+
+Without ``PREFECT_API_URL`` Prefect starts a temporary server in the flow process
+*and another in every Dask worker process*, so task runs scatter over private
+databases. Here the run brings up one server, exports its URL before any worker
+starts (LocalCluster workers inherit the environment), and stops it at the end.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+log = logging.getLogger(__name__)
+
+
+def configured_api_url() -> str | None:
+    """The API URL from the environment or the active Prefect profile, if any."""
+    return os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value() or None
+
+
+@contextmanager
+def prefect_api(timeout: int = 60) -> Iterator[str]:
+    """Yield the run's API URL, starting a local server on 127.0.0.1 when none is set."""
+    url = configured_api_url()
+    if url:
+        os.environ["PREFECT_API_URL"] = url
+        yield url
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    server = SubprocessASGIServer()
+    log.info("starting a local Prefect API for this run")
+    server.start(timeout=timeout)
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            try:
+                yield server.api_url
+            finally:
+                _drain_workers()
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()
+
+
+def _drain_workers() -> None:
+    """Send buffered logs and events before the server goes (else exit stalls on retries)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def drain() -> None:
+        for result in (APILogWorker.drain_all(), EventsWorker.drain_all()):
+            if inspect.isawaitable(result):
+                await result
+
+    run_coro_as_sync(drain())

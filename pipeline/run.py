@@ -1,0 +1,45 @@
+"""The Python API: run a flow on a Dask cluster, reporting to one Prefect API.
+
+Order matters: the Prefect API comes up (or is found) first and its URL is
+exported, then the cluster starts, so LocalCluster workers inherit the URL and
+report their task runs to the flow's API instead of starting servers of their own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from cluster import ClusterSpec, connect, task_runner
+from pipeline import reader
+from pipeline.config import TrainConfig
+from pipeline.flows import train_flow
+from pipeline.prefect_api import prefect_api
+from pipeline.sources import is_local
+
+log = logging.getLogger(__name__)
+
+
+def preflight(config: TrainConfig) -> None:
+    """Check local month files before any server or worker starts: bad input fails in a second."""
+    if not is_local(config.source):
+        return  # remote months are checked by the locate tasks, with retries
+    train, val = config.months()
+    for month in [*train, val]:
+        reader.locate(config.source, config.taxi, month, config.feature_spec().columns(), config.cache_dir)
+
+
+def train(
+    config: TrainConfig,
+    cluster: ClusterSpec | None = None,
+    announce: Callable[[str], None] = log.info,
+) -> dict[str, Any]:
+    """Train and validate as :func:`pipeline.flows.train_flow`; return its metrics."""
+    preflight(config)
+    with prefect_api() as api_url, connect(cluster or ClusterSpec()) as connection:
+        announce(f"Prefect API: {api_url}")
+        announce(f"Dask scheduler: {connection.address} ({connection.workers} workers)")
+        if connection.dashboard_link:
+            announce(f"Dask dashboard: {connection.dashboard_link}")
+        return train_flow.with_options(task_runner=task_runner(connection))(config)

@@ -1,0 +1,88 @@
+"""The train flow on a real LocalCluster, reporting to a real Prefect API on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cluster import ClusterSpec
+from pipeline import reader, seed
+from pipeline.config import TrainConfig
+from pipeline.features import FeatureSpec
+from pipeline.model import Model
+from pipeline.months import Month
+from pipeline.run import train
+from pipeline.sources import month_filename
+
+pytestmark = pytest.mark.slow
+
+
+def _task_runs(flow_run_id: str, expected: int, timeout: float = 30.0) -> list:
+    """Task runs recorded by the API for a flow run (they arrive as events, so wait a little)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                limit=200,
+                sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+            )
+            done = [r for r in runs if r.state and r.state.is_completed()]
+            if len(done) >= expected or time.monotonic() > deadline:
+                return runs
+            time.sleep(0.5)
+
+
+def test_train_flow_matches_seed_and_reports_every_task_to_one_api(months_dir, prefect_api_url, tmp_path):
+    output = tmp_path / "run"
+    config = TrainConfig(source=str(months_dir), train_months=["2023-01", "2023-02"], val_month="2023-03",
+                         output=output, chunk_rows=15_000)
+    metrics = train(config, ClusterSpec(n_workers=2, dashboard_address=":0"))
+
+    # the same files through the seed's pandas + DictVectorizer + LinearRegression path
+    train_df = pd.concat([seed.read_dataframe(months_dir / month_filename("yellow", Month(2023, m))) for m in (1, 2)])
+    val_df = seed.read_dataframe(months_dir / month_filename("yellow", Month(2023, 3)))
+    reference = seed.train_and_validate(train_df, val_df)
+    assert metrics["train_rows"] == reference.train_rows
+    assert metrics["val_rows"] == reference.val_rows
+    assert metrics["val_rmse"] == pytest.approx(reference.val_rmse, rel=1e-3)
+    assert metrics["train_rmse"] == pytest.approx(reference.train_rmse, rel=1e-3)
+
+    # files: metrics.json as returned, and a model whose predictions give the same RMSE
+    assert json.loads((output / "metrics.json").read_text()) == metrics
+    model = Model.load(output)
+    predicted = model.predict(val_df.astype({"PULocationID": int, "DOLocationID": int}))
+    assert np.sqrt(np.mean((predicted - val_df["duration"].to_numpy()) ** 2)) == pytest.approx(metrics["val_rmse"], rel=1e-9)
+
+    # every task of the run is recorded in the flow's API, none went to a worker-private server
+    chunks = sum(
+        len(reader.plan(reader.inspect(months_dir / month_filename("yellow", Month(2023, m)), FeatureSpec().columns()), 15_000))
+        for m in (1, 2, 3)
+    )
+    expected = 3 + chunks + 3 + 2  # locate, chunk-stats, month-stats per month; fit; score
+    runs = _task_runs(metrics["flow_run_id"], expected)
+    assert chunks == 6  # 4 row groups of 10k rows a month, 2 per chunk
+    assert len(runs) == expected
+    assert all(r.state.is_completed() for r in runs)
+    names = [r.name.rsplit("-", 1)[0] for r in runs]
+    assert {name: names.count(name) for name in set(names)} == {
+        "locate-month": 3, "chunk-stats": chunks, "month-stats": 3, "fit": 1, "score": 1,
+    }
+
+
+def test_bad_months_fail_fast_without_writing(months_dir, tmp_path):
+    config = TrainConfig(source=str(months_dir), train_months=["2023-01"], val_month="2023-04", output=tmp_path / "out")
+    from pipeline.errors import PipelineError
+
+    with pytest.raises(PipelineError, match=r"month 2023-04: file not found: .*yellow_tripdata_2023-04\.parquet"):
+        train(config)
+    assert not (tmp_path / "out").exists()
