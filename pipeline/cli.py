@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -68,15 +69,18 @@ def _train_options(function: Any) -> Any:
 
 def _run_train(source: str | None, train_months: str, val_month: str, output: Path, taxi: str, alpha: float,
                numeric: str, chunk_rows: int, cache_dir: Path | None, n_workers: int | None, scheduler: str | None) -> None:
-    from cluster import ClusterSpec
     from pipeline.config import TrainConfig
-    from pipeline.run import train as run_train
+    from pipeline.reader import preflight
 
     extra: dict[str, Any] = {} if source is None else {"source": source}
     config = TrainConfig.from_flags(
         train_months, val_month, output=output, taxi=taxi, alpha=alpha, chunk_rows=chunk_rows, cache_dir=cache_dir,
         numeric=[c.strip() for c in numeric.split(",") if c.strip()], **extra,
     )
+    preflight(config)
+    from cluster import ClusterSpec  # Prefect and Dask load only once the input looks sound
+    from pipeline.run import train as run_train
+
     metrics = run_train(config, ClusterSpec(address=scheduler, n_workers=n_workers), announce=_err.print)
     _out.print(_metrics_table(metrics, f"trained on {', '.join(metrics['train_months'])}, validated on {metrics['val_month']}"))
     _out.print(f"model and metrics in {output}")
@@ -111,8 +115,19 @@ def demo(data: Path, output: Path, rows: int, n_workers: int | None) -> None:
     _run_train(str(data), "2023-01:2023-02", "2023-03", output, "yellow", 1e-3, "", 2_000_000, None, n_workers, None)
 
 
+class _NoTracebackForBadInput(logging.Filter):
+    """Prefect logs a failed run with its traceback; for bad input the message says it all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], PipelineError):
+            record.exc_info = None
+        return True
+
+
 def main() -> None:
     """Entry point: one line on stderr and exit code 2 for bad input or flags."""
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(_NoTracebackForBadInput())
     try:
         cli.main(standalone_mode=False)
     except (PipelineError, click.UsageError) as exc:

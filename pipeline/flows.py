@@ -51,45 +51,58 @@ def chunk_stats(plan: reader.MonthPlan, chunk: reader.Chunk, spec: FeatureSpec) 
 
 
 @task(name="month-stats", cache_policy=NO_CACHE)
-def month_stats(plan: reader.MonthPlan, parts: list[stats.Stats]) -> stats.Stats:
-    """Add a month's chunk statistics; a month with no trip left is bad input."""
-    total = reduce(add, parts)
-    if total.rows == 0:
-        raise PipelineError(f"month {plan.file.month}: no trips left after the duration filter in {plan.file.location}")
-    return total
+def month_stats(parts: list[stats.Stats]) -> stats.Stats:
+    """Add a month's chunk statistics."""
+    return reduce(add, parts)
 
 
 @dataclass(frozen=True)
 class Fit:
-    weights: solve.Weights
-    rows: int
+    """Weights and training figures; ``weights`` is None when a month had no rows left."""
+
+    weights: solve.Weights | None
+    month_rows: list[int]
     rmse: float
 
 
 @task(name="fit", cache_policy=NO_CACHE)
 def fit(months: list[stats.Stats], alpha: float) -> Fit:
-    """Pool the training months and solve ridge exactly."""
+    """Pool the training months and solve ridge exactly.
+
+    An empty month comes back as a value, so the flow can name it in one line.
+    """
+    rows = [m.rows for m in months]
+    if 0 in rows:
+        return Fit(None, rows, float("nan"))
     pooled = reduce(add, months)
     weights = solve.solve(pooled, alpha)
-    return Fit(weights, pooled.rows, solve.rmse(weights, pooled))
+    return Fit(weights, rows, solve.rmse(weights, pooled))
 
 
 @task(name="score", cache_policy=NO_CACHE)
 def score(fitted: Fit, held_out: stats.Stats) -> tuple[int, float]:
     """Rows and RMSE of the fitted model on held-out statistics."""
+    if fitted.weights is None or held_out.rows == 0:
+        return held_out.rows, float("nan")
     return held_out.rows, solve.rmse(fitted.weights, held_out)
 
 
-def _month_statistics(config: TrainConfig, months: list[Month]) -> dict[Month, Any]:
-    """Submit locate, chunk and month tasks; return a future of each month's statistics."""
+def _check_not_empty(plans: dict[Month, reader.MonthPlan], rows: dict[Month, int]) -> None:
+    for month, count in rows.items():
+        if count == 0:
+            raise PipelineError(f"month {month}: no trips left after the duration filter in {plans[month].file.location}")
+
+
+def _month_statistics(config: TrainConfig, months: list[Month]) -> tuple[dict[Month, reader.MonthPlan], dict[Month, Any]]:
+    """Submit locate, chunk and month tasks; return plans and a future of each month's statistics."""
     spec = config.feature_spec()
     plans = {m: locate_month.submit(config.source, config.taxi, str(m), spec.columns(), config.cache_dir) for m in months}
-    futures = {}
+    located, futures = {}, {}
     for month, planned in plans.items():
-        plan = planned.result()
+        plan = located[month] = planned.result()
         parts = [chunk_stats.submit(plan, chunk, spec) for chunk in reader.plan(plan.layout, config.chunk_rows)]
-        futures[month] = month_stats.submit(plan, parts)
-    return futures
+        futures[month] = month_stats.submit(parts)
+    return located, futures
 
 
 @flow(name="train-trip-duration", validate_parameters=True)
@@ -99,27 +112,29 @@ def train_flow(config: TrainConfig) -> dict[str, Any]:
     started = time.perf_counter()
     train, val = config.months()
     logger.info("training on %s, validating on %s, from %s", ", ".join(map(str, train)), val, config.source)
-    per_month = _month_statistics(config, [*train, val])
+    plans, per_month = _month_statistics(config, [*train, val])
     fitted = fit.submit([per_month[m] for m in train], config.alpha)
     validated = score.submit(fitted, per_month[val])
     result = fitted.result()
     val_rows, val_rmse = validated.result()
+    _check_not_empty(plans, {**dict(zip(train, result.month_rows)), val: val_rows})
+    assert result.weights is not None
     seconds = time.perf_counter() - started
     metrics = {
         "train_months": [str(m) for m in train],
         "val_month": str(val),
         "taxi": config.taxi,
         "alpha": config.alpha,
-        "train_rows": result.rows,
+        "train_rows": sum(result.month_rows),
         "val_rows": val_rows,
         "train_rmse": result.rmse,
         "val_rmse": val_rmse,
         "seconds": seconds,
-        "rows_per_second": (result.rows + val_rows) / seconds,
+        "rows_per_second": (sum(result.month_rows) + val_rows) / seconds,
         "flow_run_id": str(flow_run.id),
     }
     model = Model(result.weights, config.feature_spec(), {"metrics": metrics, "source": config.source})
     model.save(config.output)
     write_metrics(config.output, metrics)
-    logger.info("val RMSE %.4f min on %d rows; train RMSE %.4f on %d rows; %.1f s", val_rmse, val_rows, result.rmse, result.rows, seconds)
+    logger.info("val RMSE %.4f min on %d rows; train RMSE %.4f on %d rows; %.1f s", val_rmse, val_rows, result.rmse, metrics["train_rows"], seconds)
     return metrics

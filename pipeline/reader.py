@@ -13,10 +13,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.config import TrainConfig
 from pipeline.errors import PipelineError
 from pipeline.months import Month
 from pipeline.schema import column_mapping, normalize
-from pipeline.sources import MonthFile, resolve_month
+from pipeline.sources import MonthFile, is_local, resolve_month
 
 
 @dataclass(frozen=True)
@@ -97,3 +98,15 @@ def locate(source: str, taxi: str, month: Month, columns: Sequence[str], cache_d
     """Bring the month's file to local disk (if remote) and check its footer."""
     file = resolve_month(source, taxi, month, cache_dir=cache_dir)
     return MonthPlan(file, inspect(file.path, columns))
+
+
+
+def preflight(config: TrainConfig) -> None:
+    """Check a run's local month files before any server or worker starts: bad input fails in a second.
+
+    Remote months are checked by the flow's locate tasks instead, with retries.
+    """
+    if is_local(config.source):
+        train, val = config.months()
+        for month in [*train, val]:
+            locate(config.source, config.taxi, month, config.feature_spec().columns(), config.cache_dir)

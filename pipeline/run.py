@@ -12,22 +12,12 @@ from collections.abc import Callable
 from typing import Any
 
 from cluster import ClusterSpec, connect, task_runner
-from pipeline import reader
 from pipeline.config import TrainConfig
 from pipeline.flows import train_flow
 from pipeline.prefect_api import prefect_api
-from pipeline.sources import is_local
+from pipeline.reader import preflight
 
 log = logging.getLogger(__name__)
-
-
-def preflight(config: TrainConfig) -> None:
-    """Check local month files before any server or worker starts: bad input fails in a second."""
-    if not is_local(config.source):
-        return  # remote months are checked by the locate tasks, with retries
-    train, val = config.months()
-    for month in [*train, val]:
-        reader.locate(config.source, config.taxi, month, config.feature_spec().columns(), config.cache_dir)
 
 
 def train(

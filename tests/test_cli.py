@@ -1,0 +1,112 @@
+"""The CLI contract: flags as documented, one error line and exit 2 for bad input, nothing written."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.months import Month
+from pipeline.sources import month_filename
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, **(env or {})})
+
+
+def _train(source: Path, output: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return _cli("train", "--source", str(source), "--train-months", "2023-01:2023-02", "--val-month", "2023-03",
+                "--output", str(output), *extra, env=env)
+
+
+def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    assert result.stderr.rstrip().splitlines()[-1] == lines[0]
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def months_copy(months_dir: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / "months"
+    shutil.copytree(months_dir, folder)
+    return folder
+
+
+def test_synth_writes_the_named_months(tmp_path):
+    result = _cli("synth", "--output", str(tmp_path), "--months", "2023-01,2023-03", "--rows", "1000", "--taxi", "green", "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["green_tripdata_2023-01.parquet", "green_tripdata_2023-03.parquet"]
+    assert pq.read_metadata(tmp_path / "green_tripdata_2023-03.parquet").num_rows == 1000
+
+
+def test_missing_month_file(months_copy, tmp_path):
+    (months_copy / month_filename("yellow", Month(2023, 2))).unlink()
+    line = _one_error_line(_train(months_copy, tmp_path / "out"))
+    assert "month 2023-02" in line and "yellow_tripdata_2023-02.parquet" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_required_column(months_copy, tmp_path):
+    path = months_copy / month_filename("yellow", Month(2023, 1))
+    pq.write_table(pq.read_table(path).drop(["DOLocationID"]), path)
+    line = _one_error_line(_train(months_copy, tmp_path / "out"))
+    assert str(path) in line and "DOLocationID" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_corrupt_parquet(months_copy, tmp_path):
+    path = months_copy / month_filename("yellow", Month(2023, 3))
+    path.write_bytes(path.read_bytes()[: 5000])
+    line = _one_error_line(_train(months_copy, tmp_path / "out"))
+    assert str(path) in line and "corrupt" in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--train-months", "2023-13", "--val-month", "2023-03"], "--train-months"),
+        (["--train-months", "2023-01", "--val-month", "2023-03:2023-04"], "--val-month"),
+        (["--train-months", "2023-01", "--val-month", "2023-03", "--alpha", "-1"], "--alpha"),
+        (["--train-months", "2023-01", "--val-month", "2023-03", "--n-workers", "zero"], "--n-workers"),
+    ],
+)
+def test_malformed_flags_name_the_flag(months_dir, tmp_path, args, needle):
+    line = _one_error_line(_cli("train", "--source", str(months_dir), "--output", str(tmp_path / "out"), *args))
+    assert needle in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_month_empty_after_filtering_fails_in_the_flow(months_copy, tmp_path, prefect_api_url):
+    path = months_copy / month_filename("yellow", Month(2023, 3))
+    table = pq.read_table(path)
+    column = table.schema.get_field_index("tpep_dropoff_datetime")
+    pq.write_table(table.set_column(column, "tpep_dropoff_datetime", table["tpep_pickup_datetime"]), path)
+    result = _train(months_copy, tmp_path / "out", "--n-workers", "1", env={"PREFECT_API_URL": prefect_api_url})
+    line = _one_error_line(result)
+    assert "month 2023-03: no trips left" in line and str(path) in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_train_writes_metrics_model_and_prints_the_table(months_dir, tmp_path, prefect_api_url):
+    result = _train(months_dir, tmp_path / "out", "--n-workers", "1", env={"PREFECT_API_URL": prefect_api_url})
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert {"train_rows", "val_rows", "train_rmse", "val_rmse", "seconds"} <= metrics.keys()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["metrics.json", "model.json", "model.npz"]
+    assert f"{metrics['val_rmse']:,.4f}" in result.stdout
+    assert "Dask dashboard: http://127.0.0.1:" in result.stderr
+    assert f"Prefect API: {prefect_api_url}" in result.stderr
