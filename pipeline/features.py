@@ -19,7 +19,7 @@ from pipeline.schema import DO, DROPOFF, PICKUP, PU, REQUIRED
 #: Zone ids are 1..265 (264 and 265 are TLC's "unknown"); code 0 stays unused.
 N_ZONES = 266
 N_PAIRS = N_ZONES * N_ZONES
-_MICROS_PER_MINUTE = 60_000_000
+MICROS_PER_MINUTE = 60_000_000
 
 
 @dataclass(frozen=True)
@@ -51,13 +51,18 @@ class Encoded:
     """Kept rows of one chunk: pair codes, target minutes, numeric matrix, positions."""
 
     pair: np.ndarray  # int64, pu * N_ZONES + do
-    y: np.ndarray  # float64 duration in minutes
+    micros: np.ndarray  # int64 duration in microseconds: exact, so sums are too
     x: np.ndarray  # float64 (rows, len(spec.numeric))
     position: np.ndarray  # int64 row index within the chunk, for fold hashing
 
     @property
     def rows(self) -> int:
-        return int(self.y.shape[0])
+        return int(self.micros.shape[0])
+
+    @property
+    def y(self) -> np.ndarray:
+        """Duration in minutes, the target."""
+        return self.micros / MICROS_PER_MINUTE
 
 
 def _int64(column: pa.ChunkedArray, fill: int) -> np.ndarray:
@@ -77,11 +82,13 @@ def numeric_matrix(table: pa.Table, names: tuple[str, ...]) -> np.ndarray:
     return np.column_stack([pc.fill_null(table.column(n).cast(pa.float64()), 0.0).to_numpy() for n in names])
 
 
-def minutes(table: pa.Table) -> np.ndarray:
-    """Trip duration in minutes (NaN where a timestamp is null)."""
-    pick = table.column(PICKUP).cast(pa.int64()).to_numpy(zero_copy_only=False)
-    drop = table.column(DROPOFF).cast(pa.int64()).to_numpy(zero_copy_only=False)
-    return (drop - pick) / _MICROS_PER_MINUTE
+def duration_micros(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Trip duration in microseconds and whether both timestamps are present."""
+    pick, drop = table.column(PICKUP), table.column(DROPOFF)
+    valid = np.ones(table.num_rows, dtype=bool)
+    if pick.null_count or drop.null_count:
+        valid = pc.and_(pc.is_valid(pick), pc.is_valid(drop)).to_numpy(zero_copy_only=False)
+    return _int64(drop, 0) - _int64(pick, 0), valid
 
 
 def encode(table: pa.Table, spec: FeatureSpec) -> Encoded:
@@ -90,10 +97,11 @@ def encode(table: pa.Table, spec: FeatureSpec) -> Encoded:
     Rows with a null timestamp or a zone id outside 1..265 are dropped as well
     (real TLC files have none; DictVectorizer would choke on them).
     """
-    y = minutes(table)
+    micros, valid = duration_micros(table)
+    minutes = micros / MICROS_PER_MINUTE  # the seed's comparison, in the seed's unit
     pu = zone_codes(table.column(PU))
     do = zone_codes(table.column(DO))
-    keep = (y >= spec.min_minutes) & (y <= spec.max_minutes) & (pu >= 0) & (do >= 0)
+    keep = valid & (minutes >= spec.min_minutes) & (minutes <= spec.max_minutes) & (pu >= 0) & (do >= 0)
     position = np.flatnonzero(keep)
     x = numeric_matrix(table, spec.numeric)[position]
-    return Encoded(pair=pu[position] * N_ZONES + do[position], y=y[position], x=x, position=position)
+    return Encoded(pair=pu[position] * N_ZONES + do[position], micros=micros[position], x=x, position=position)

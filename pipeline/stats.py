@@ -3,10 +3,15 @@
 Least squares needs only ``XᵀX``, ``Xᵀy``, ``yᵀy`` and ``n``, and these add across
 row chunks. With one-hot pickup, dropoff and pickup-dropoff features every entry
 of ``XᵀX`` and ``Xᵀy`` that involves the one-hots is a sum over pairs of the
-per-pair row count and target sum, so a chunk reduces to two ``bincount``s over
+per-pair row count and target sum, so a chunk reduces to ``bincount``s over
 the 266² pair codes (plus per-pair sums for any numeric columns). Statistics are
 kept per fold, so K-fold cross-validation needs no second pass: fold k trains on
 ``total - fold_k`` and is scored on ``fold_k``.
+
+Target statistics are exact integers (durations in microseconds; ``yᵀy`` as a
+Python int), so the same rows give bit-identical statistics and so identical
+models and metrics however they are chunked, ordered or spread over workers.
+Numeric-column sums are floats and may differ in the last bits.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.features import N_PAIRS, Encoded
+from pipeline.features import MICROS_PER_MINUTE, N_PAIRS, Encoded
+from pipeline.months import Month
 
 _GOLDEN = 0x9E3779B97F4A7C15
 _MASK64 = (1 << 64) - 1
@@ -25,11 +31,11 @@ _MASK64 = (1 << 64) - 1
 class Stats:
     """Per-fold statistics; axis 0 is the fold (length 1 without CV)."""
 
-    count: np.ndarray  # (F, P) rows per pair
-    sum_y: np.ndarray  # (F, P)
-    sum_yy: np.ndarray  # (F,)
+    count: np.ndarray  # (F, P) int64 rows per pair
+    sum_micros: np.ndarray  # (F, P) int64 duration sums per pair, microseconds
+    sum_micros2: np.ndarray  # (F,) object: Python ints, exact Σ microseconds²
     sum_x: np.ndarray  # (F, k, P) numeric column sums per pair
-    sum_xy: np.ndarray  # (F, k)
+    sum_xy: np.ndarray  # (F, k) Σ x·minutes
     sum_xx: np.ndarray  # (F, k, k)
 
     @property
@@ -42,7 +48,17 @@ class Stats:
 
     @property
     def rows(self) -> int:
-        return int(round(self.count.sum()))
+        return int(self.count.sum())
+
+    @property
+    def sum_y(self) -> np.ndarray:
+        """Per-fold, per-pair duration sums in minutes, (F, P) float."""
+        return self.sum_micros / MICROS_PER_MINUTE
+
+    @property
+    def sum_yy(self) -> np.ndarray:
+        """Per-fold Σ minutes², (F,) float."""
+        return np.array([float(v) for v in self.sum_micros2]) / MICROS_PER_MINUTE**2
 
     def __add__(self, other: Stats) -> Stats:
         if self.count.shape != other.count.shape or self.sum_x.shape != other.sum_x.shape:
@@ -53,7 +69,7 @@ class Stats:
         return Stats(*(a - b for a, b in zip(self._arrays(), other._arrays())))
 
     def _arrays(self) -> tuple[np.ndarray, ...]:
-        return (self.count, self.sum_y, self.sum_yy, self.sum_x, self.sum_xy, self.sum_xx)
+        return (self.count, self.sum_micros, self.sum_micros2, self.sum_x, self.sum_xy, self.sum_xx)
 
     def total(self) -> Stats:
         """All folds pooled into one."""
@@ -71,13 +87,18 @@ class Stats:
 def empty(folds: int = 1, n_numeric: int = 0) -> Stats:
     """The zero of ``+``."""
     return Stats(
-        count=np.zeros((folds, N_PAIRS)),
-        sum_y=np.zeros((folds, N_PAIRS)),
-        sum_yy=np.zeros(folds),
+        count=np.zeros((folds, N_PAIRS), dtype=np.int64),
+        sum_micros=np.zeros((folds, N_PAIRS), dtype=np.int64),
+        sum_micros2=np.array([0] * folds, dtype=object),
         sum_x=np.zeros((folds, n_numeric, N_PAIRS)),
         sum_xy=np.zeros((folds, n_numeric)),
         sum_xx=np.zeros((folds, n_numeric, n_numeric)),
     )
+
+
+def month_salt(month: Month) -> int:
+    """Tells months apart in :func:`fold_of`, so row 0 of each month gets its own fold."""
+    return month.year * 12 + month.month
 
 
 def fold_of(position: np.ndarray, salt: int, seed: int, folds: int) -> np.ndarray:
@@ -94,24 +115,39 @@ def fold_of(position: np.ndarray, salt: int, seed: int, folds: int) -> np.ndarra
     return (z % np.uint64(folds)).astype(np.int64)
 
 
+def _exact_sums(index: np.ndarray, micros: np.ndarray, size: int) -> np.ndarray:
+    """Per-index Σ micros as int64, exactly: ``bincount`` sums in float64, so split into 16-bit limbs."""
+    high = np.bincount(index, weights=micros >> 16, minlength=size)
+    low = np.bincount(index, weights=micros & 0xFFFF, minlength=size)
+    return (high.astype(np.int64) << 16) + low.astype(np.int64)
+
+
+def _exact_square_sum(micros: np.ndarray) -> int:
+    """Σ micros² as a Python int (int64 dot products on 16-bit limbs cannot overflow per chunk)."""
+    high, low = micros >> 16, micros & 0xFFFF
+    return (int(high @ high) << 32) + (int(high @ low) << 17) + int(low @ low)
+
+
 def compute(encoded: Encoded, fold: np.ndarray | None = None, folds: int = 1) -> Stats:
     """Statistics of one encoded chunk, split by ``fold`` (one fold when None)."""
     if fold is None:
         fold = np.zeros(encoded.rows, dtype=np.int64)
     index = fold * N_PAIRS + encoded.pair
     size = folds * N_PAIRS
-    y, x = encoded.y, encoded.x
+    micros, x = encoded.micros, encoded.x
     k = x.shape[1]
-    count = np.bincount(index, minlength=size).astype(np.float64).reshape(folds, N_PAIRS)
-    sum_y = np.bincount(index, weights=y, minlength=size).reshape(folds, N_PAIRS)
-    sum_yy = np.bincount(fold, weights=y * y, minlength=folds)
-    sum_x = np.stack([np.bincount(index, weights=x[:, j], minlength=size).reshape(folds, N_PAIRS) for j in range(k)], axis=1) if k else np.zeros((folds, 0, N_PAIRS))
+    count = np.bincount(index, minlength=size).reshape(folds, N_PAIRS)
+    sum_micros = _exact_sums(index, micros, size).reshape(folds, N_PAIRS)
+    sum_micros2 = np.array([_exact_square_sum(micros[fold == f]) if folds > 1 else _exact_square_sum(micros) for f in range(folds)], dtype=object)
+    sum_x = np.zeros((folds, k, N_PAIRS))
     sum_xy = np.zeros((folds, k))
     sum_xx = np.zeros((folds, k, k))
     if k:
+        y = encoded.y
+        for j in range(k):
+            sum_x[:, j] = np.bincount(index, weights=x[:, j], minlength=size).reshape(folds, N_PAIRS)
         for f in range(folds):
             rows = fold == f
-            xf = x[rows]
-            sum_xy[f] = xf.T @ y[rows]
-            sum_xx[f] = xf.T @ xf
-    return Stats(count, sum_y, sum_yy, sum_x, sum_xy, sum_xx)
+            sum_xy[f] = x[rows].T @ y[rows]
+            sum_xx[f] = x[rows].T @ x[rows]
+    return Stats(count, sum_micros, sum_micros2, sum_x, sum_xy, sum_xx)

@@ -15,7 +15,8 @@ def _encoded(rows: int, seed: int, numeric: int = 0) -> Encoded:
     do = rng.integers(1, 40, rows)
     x = rng.normal(size=(rows, numeric))
     y = 12 + 0.2 * pu - 0.1 * do + ((pu * 7 + do) % 5) + x @ np.linspace(1, -1, numeric) + rng.normal(size=rows)
-    return Encoded(pair=pu * N_ZONES + do, y=y, x=x, position=np.arange(rows))
+    micros = np.round(y * 60e6).astype(np.int64)
+    return Encoded(pair=pu * N_ZONES + do, micros=micros, x=x, position=np.arange(rows))
 
 
 def _design(enc: Encoded) -> sp.csr_matrix:
