@@ -51,46 +51,83 @@ def synth(output: Path, months: str, rows: int, taxi: str, seed: int, row_group_
         _out.print(f"wrote {path}")
 
 
-def _train_options(function: Any) -> Any:
-    options = [
-        click.option("--source", default=None, help="Folder, http(s):// prefix or fsspec URL of the month files [default: the public TLC prefix]."),
-        click.option("--taxi", type=click.Choice(["yellow", "green"]), default="yellow", show_default=True),
-        click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True, help="Ridge penalty."),
-        click.option("--numeric", default="", help="Comma-separated numeric columns to add as features, e.g. trip_distance."),
-        click.option("--chunk-rows", type=click.IntRange(min=1), default=2_000_000, show_default=True, help="Rows per task, rounded to row groups."),
-        click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where remote months are cached."),
-        click.option("--n-workers", type=click.IntRange(min=1), default=None, help="Workers of the LocalCluster [default: one per core]."),
-        click.option("--scheduler", default=None, help="Address of a running Dask scheduler (else DASK_SCHEDULER_ADDRESS, else a LocalCluster)."),
-    ]
-    for option in reversed(options):
-        function = option(function)
-    return function
+def _list(flag: str, convert: Any) -> Any:
+    """A click callback parsing ``a,b,c`` into a list, naming ``flag`` when an item is bad."""
+
+    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> list[Any] | None:
+        if value is None:
+            return None
+        try:
+            return [convert(item.strip()) for item in value.split(",") if item.strip()]
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is not a comma-separated list of {convert.__name__}s", param_hint=flag) from None
+
+    return parse
 
 
-def _run_train(source: str | None, train_months: str, val_month: str, output: Path, taxi: str, alpha: float,
-               numeric: str, chunk_rows: int, cache_dir: Path | None, n_workers: int | None, scheduler: str | None) -> None:
+#: Options that configure the training run (TrainConfig fields); the rest choose the cluster.
+_TRAIN_OPTIONS = [
+    click.option("--source", default=None, help="Folder, http(s):// prefix or fsspec URL of the month files [default: the public TLC prefix]."),
+    click.option("--taxi", type=click.Choice(["yellow", "green"]), default=None, help="[default: yellow]"),
+    click.option("--alphas", callback=_list("--alphas", float), default=None, help="Ridge penalties, e.g. 0.01,0.1,1,10; CV picks the best [default: 0.001]."),
+    click.option("--folds", type=click.IntRange(min=0), default=None, help="K-fold CV over training rows; 0 turns CV off [default: 5]."),
+    click.option("--cv", type=click.Choice(["kfold", "time"]), default=None, help="time: train on earlier months, validate on the next [default: kfold]."),
+    click.option("--seed", type=click.IntRange(min=0), default=None, help="Drives fold assignment and estimators [default: 0]."),
+    click.option("--model", default=None, help="linear (exact, default), hist_gradient_boosting or sgd."),
+    click.option("--max-rows", type=click.IntRange(min=1), default=None, help="Row cap per fit for models other than linear."),
+    click.option("--numeric", callback=_list("--numeric", str), default=None, help="Numeric columns to add as features, e.g. trip_distance."),
+    click.option("--chunk-rows", type=click.IntRange(min=1), default=None, help="Rows per task, rounded to row groups [default: 2,000,000]."),
+    click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where remote months are cached."),
+]
+_CLUSTER_OPTIONS = [
+    click.option("--n-workers", type=click.IntRange(min=1), default=None, help="Workers of the LocalCluster [default: one per core]."),
+    click.option("--scheduler", "address", default=None, help="Address of a running Dask scheduler (else DASK_SCHEDULER_ADDRESS, else a LocalCluster)."),
+]
+
+
+def _with(options: list[Any]) -> Any:
+    def decorate(function: Any) -> Any:
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return decorate
+
+
+def _run_train(train_months: str, val_month: str, output: Path, **options: Any) -> None:
+    """Build the config (flags left unset take TrainConfig's defaults), check the input, run, print."""
     from pipeline.config import TrainConfig
     from pipeline.reader import preflight
 
-    extra: dict[str, Any] = {} if source is None else {"source": source}
-    config = TrainConfig.from_flags(
-        train_months, val_month, output=output, taxi=taxi, alpha=alpha, chunk_rows=chunk_rows, cache_dir=cache_dir,
-        numeric=[c.strip() for c in numeric.split(",") if c.strip()], **extra,
-    )
+    fields = {k: v for k, v in options.items() if k in TrainConfig.model_fields and v is not None}
+    config = TrainConfig.from_flags(train_months, val_month, output=output, **fields)
     preflight(config)
     from cluster import ClusterSpec  # Prefect and Dask load only once the input looks sound
     from pipeline.run import train as run_train
 
-    metrics = run_train(config, ClusterSpec(address=scheduler, n_workers=n_workers), announce=_err.print)
+    cluster = ClusterSpec(**{k: v for k, v in options.items() if k not in TrainConfig.model_fields})
+    metrics = run_train(config, cluster, announce=_err.print)
     _out.print(_metrics_table(metrics, f"trained on {', '.join(metrics['train_months'])}, validated on {metrics['val_month']}"))
+    if "cv" in metrics:
+        _out.print(_cv_table(metrics["cv"]))
     _out.print(f"model and metrics in {output}")
+
+
+def _cv_table(report: dict[str, Any]) -> Table:
+    table = Table(title=f"{report['kind']} CV over {report['folds']} folds; chosen alpha {report['chosen_alpha']:g}")
+    for column in ("alpha", "mean RMSE", "std", "folds"):
+        table.add_column(column, justify="right")
+    for row in report["by_alpha"]:
+        table.add_row(f"{row['alpha']:g}", f"{row['mean_rmse']:.4f}", f"{row['std_rmse']:.4f}", str(row["folds"]))
+    return table
 
 
 @cli.command()
 @click.option("--train-months", required=True, help="e.g. 2023-01:2023-02")
 @click.option("--val-month", required=True, help="e.g. 2023-03")
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for model and metrics.")
-@_train_options
+@_with(_TRAIN_OPTIONS)
+@_with(_CLUSTER_OPTIONS)
 def train(**kwargs: Any) -> None:
     """Train on months, validate on another, write the model and metrics.json."""
     _run_train(**kwargs)
@@ -100,9 +137,9 @@ def train(**kwargs: Any) -> None:
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=Path("data/synth"), show_default=True)
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/demo"), show_default=True)
 @click.option("--rows", type=click.IntRange(min=1), default=3_000_000, show_default=True, help="Rows per generated month.")
-@click.option("--n-workers", type=click.IntRange(min=1), default=None)
-def demo(data: Path, output: Path, rows: int, n_workers: int | None) -> None:
-    """Generate three months (once) and train on two, validating on the third, on a LocalCluster."""
+@_with(_CLUSTER_OPTIONS)
+def demo(data: Path, output: Path, rows: int, **cluster: Any) -> None:
+    """Generate three months (once), train on two with 5-fold CV, validate on the third."""
     from pipeline.months import parse_months
     from pipeline.sources import month_filename
     from pipeline.synth import write_months
@@ -112,7 +149,7 @@ def demo(data: Path, output: Path, rows: int, n_workers: int | None) -> None:
     if missing:
         _err.print(f"generating {len(missing)} month(s) of {rows:,} rows in {data}")
         write_months(data, missing, rows, seed=0)
-    _run_train(str(data), "2023-01:2023-02", "2023-03", output, "yellow", 1e-3, "", 2_000_000, None, n_workers, None)
+    _run_train("2023-01:2023-02", "2023-03", output, source=str(data), alphas=[1e-3, 0.1, 1.0, 10.0], **cluster)
 
 
 class _NoTracebackForBadInput(logging.Filter):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pipeline.errors import PipelineError
 from pipeline.features import FeatureSpec
 from pipeline.months import Month, parse_months
 from pipeline.schema import TAXI_TYPES
@@ -22,10 +24,31 @@ class TrainConfig(BaseModel):
     train_months: list[str]
     val_month: str
     output: Path
-    alpha: float = Field(default=1e-3, gt=0, description="ridge penalty; small = plain least squares")
+    alphas: list[float] = Field(default=[1e-3], min_length=1, description="ridge penalties; CV picks the best")
+    folds: int = Field(default=5, ge=0, description="K-fold CV over training rows; 0 turns CV off")
+    cv: Literal["kfold", "time"] = "kfold"
+    seed: int = Field(default=0, ge=0, description="drives fold assignment and estimators")
+    model: str = "linear"
+    max_rows: int | None = Field(default=None, ge=1, description="row cap per fit for estimators other than linear")
     numeric: list[str] = Field(default_factory=list, description="numeric columns added as features")
     chunk_rows: int = Field(default=2_000_000, ge=1, description="rows per task, rounded to row groups")
     cache_dir: Path | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if any(a <= 0 for a in self.alphas):
+            raise PipelineError(f"--alphas {self.alphas}: every alpha must be positive")
+        if self.folds == 1:
+            raise PipelineError("--folds 1: one fold cannot cross-validate; use 0 to turn CV off, or 2 and more")
+        if self.cv == "time" and self.folds and len(self.train_months) < 2:
+            raise PipelineError("--cv time: needs at least two --train-months (train on earlier, validate on the next)")
+        if self.model != "linear" and len(self.alphas) > 1:
+            raise PipelineError(f"--alphas: an alpha grid applies to --model linear, not {self.model}")
+        return self
+
+    @property
+    def cross_validates(self) -> bool:
+        return self.folds >= 2
 
     def months(self) -> tuple[list[Month], Month]:
         """Parsed training months and validation month."""
@@ -37,8 +60,6 @@ class TrainConfig(BaseModel):
     @classmethod
     def from_flags(cls, train_months: str, val_month: str, **kwargs: object) -> TrainConfig:
         """Build from CLI-style month specs; a bad flag is a one-line PipelineError."""
-        from pipeline.errors import PipelineError
-
         train = [str(m) for m in parse_months(train_months, flag="train-months")]
         val = parse_months(val_month, flag="val-month")
         if len(val) != 1:

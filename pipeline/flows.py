@@ -14,11 +14,12 @@ from operator import add
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, task, unmapped
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 from prefect.cache_policies import NO_CACHE
 
-from pipeline import reader, solve, stats
+from pipeline import cv, reader, solve, stats
 from pipeline.config import TrainConfig
 from pipeline.errors import PipelineError
 from pipeline.features import FeatureSpec, encode
@@ -45,15 +46,37 @@ def locate_month(source: str, taxi: str, month: str, columns: tuple[str, ...], c
 
 
 @task(name="chunk-stats", cache_policy=NO_CACHE)
-def chunk_stats(plan: reader.MonthPlan, chunk: reader.Chunk, spec: FeatureSpec) -> stats.Stats:
-    """Read one row-group range, encode it, and reduce it to statistics."""
-    return stats.compute(encode(reader.read(plan.layout, chunk), spec))
+def chunk_stats(plan: reader.MonthPlan, chunk: reader.Chunk, spec: FeatureSpec, folds: int = 1, seed: int = 0) -> stats.Stats:
+    """Read one row-group range, encode it, and reduce it to (per-fold) statistics."""
+    encoded = encode(reader.read(plan.layout, chunk), spec)
+    if folds < 2:
+        return stats.compute(encoded)
+    fold = stats.fold_of(chunk.offset + encoded.position, stats.month_salt(plan.file.month), seed, folds)
+    return stats.compute(encoded, fold, folds)
 
 
 @task(name="month-stats", cache_policy=NO_CACHE)
 def month_stats(parts: list[stats.Stats]) -> stats.Stats:
     """Add a month's chunk statistics."""
     return reduce(add, parts)
+
+
+@task(name="pool-months", cache_policy=NO_CACHE)
+def pool_months(months: list[stats.Stats]) -> stats.Stats:
+    """Add the training months' per-fold statistics, once for every CV solve."""
+    return reduce(add, months)
+
+
+@task(name="cv-kfold", cache_policy=NO_CACHE)
+def cv_kfold(pooled: stats.Stats, fold: int, alpha: float) -> cv.CVScore:
+    """One fold at one alpha, from the pooled per-fold statistics."""
+    return cv.kfold_score(pooled, fold, alpha)
+
+
+@task(name="cv-window", cache_policy=NO_CACHE)
+def cv_window(earlier: list[stats.Stats], month: stats.Stats, fold: int, alpha: float) -> cv.CVScore:
+    """One rolling-origin window at one alpha."""
+    return cv.window_score(earlier, month, fold, alpha)
 
 
 @dataclass(frozen=True)
@@ -74,7 +97,7 @@ def fit(months: list[stats.Stats], alpha: float) -> Fit:
     rows = [m.rows for m in months]
     if 0 in rows:
         return Fit(None, rows, float("nan"))
-    pooled = reduce(add, months)
+    pooled = reduce(add, months).total()
     weights = solve.solve(pooled, alpha)
     return Fit(weights, rows, solve.rmse(weights, pooled))
 
@@ -93,16 +116,59 @@ def _check_not_empty(plans: dict[Month, reader.MonthPlan], rows: dict[Month, int
             raise PipelineError(f"month {month}: no trips left after the duration filter in {plans[month].file.location}")
 
 
-def _month_statistics(config: TrainConfig, months: list[Month]) -> tuple[dict[Month, reader.MonthPlan], dict[Month, Any]]:
-    """Submit locate, chunk and month tasks; return plans and a future of each month's statistics."""
+def _month_statistics(config: TrainConfig, train: list[Month], val: Month) -> tuple[dict[Month, reader.MonthPlan], dict[Month, Any]]:
+    """Submit locate, chunk and month tasks; return plans and a future of each month's statistics.
+
+    Training months keep per-fold statistics when K-fold CV is on; that is the
+    whole cost of CV on the data side.
+    """
     spec = config.feature_spec()
+    folds = config.folds if config.cross_validates and config.cv == "kfold" else 1
+    months = [*train, val]
     plans = {m: locate_month.submit(config.source, config.taxi, str(m), spec.columns(), config.cache_dir) for m in months}
     located, futures = {}, {}
     for month, planned in plans.items():
         plan = located[month] = planned.result()
-        parts = [chunk_stats.submit(plan, chunk, spec) for chunk in reader.plan(plan.layout, config.chunk_rows)]
+        month_folds = folds if month != val else 1
+        parts = [chunk_stats.submit(plan, chunk, spec, month_folds, config.seed) for chunk in reader.plan(plan.layout, config.chunk_rows)]
         futures[month] = month_stats.submit(parts)
     return located, futures
+
+
+def _cross_validate(config: TrainConfig, train: list[Month], per_month: dict[Month, Any]) -> list[cv.CVScore]:
+    """Map every fold × alpha solve over the cluster; only the scores come back."""
+    if config.cv == "kfold":
+        pooled = pool_months.submit([per_month[m] for m in train])
+        grid = [(k, a) for a in config.alphas for k in range(config.folds)]
+        futures = cv_kfold.map(unmapped(pooled), [k for k, _ in grid], [a for _, a in grid])
+    else:
+        grid = [(i, a) for a in config.alphas for i in range(1, len(train))]
+        futures = cv_window.map(
+            [[per_month[m] for m in train[:i]] for i, _ in grid],
+            [per_month[train[i]] for i, _ in grid],
+            [i for i, _ in grid],
+            [a for _, a in grid],
+        )
+    return list(futures.result())
+
+
+def _publish(report: dict[str, Any]) -> None:
+    """The CV table and a summary as artifacts of the flow run, for the Prefect UI."""
+    create_table_artifact(
+        key="cv-scores",
+        table=report["scores"],
+        description=f"{report['kind']} CV: RMSE (minutes), rows and seconds per fold and alpha",
+    )
+    lines = [
+        f"### {report['kind']} cross-validation, {report['folds']} folds",
+        "",
+        "| alpha | mean RMSE | std | folds |",
+        "| ---: | ---: | ---: | ---: |",
+        *(f"| {s['alpha']:g} | {s['mean_rmse']:.4f} | {s['std_rmse']:.4f} | {s['folds']} |" for s in report["by_alpha"]),
+        "",
+        f"Chosen alpha: **{report['chosen_alpha']:g}**.",
+    ]
+    create_markdown_artifact(key="cv-summary", markdown="\n".join(lines), description="CV summary")
 
 
 @flow(name="train-trip-duration", validate_parameters=True)
@@ -112,8 +178,15 @@ def train_flow(config: TrainConfig) -> dict[str, Any]:
     started = time.perf_counter()
     train, val = config.months()
     logger.info("training on %s, validating on %s, from %s", ", ".join(map(str, train)), val, config.source)
-    plans, per_month = _month_statistics(config, [*train, val])
-    fitted = fit.submit([per_month[m] for m in train], config.alpha)
+    plans, per_month = _month_statistics(config, train, val)
+    cv_report = None
+    alpha = config.alphas[0]
+    if config.cross_validates:
+        scores = _cross_validate(config, train, per_month)
+        alpha = cv.best_alpha(cv.summarize(scores))
+        cv_report = cv.report(config.cv, scores, alpha)
+        logger.info("CV chose alpha %g: %s", alpha, ", ".join(f"{s['alpha']:g}: {s['mean_rmse']:.4f}" for s in cv_report["by_alpha"]))
+    fitted = fit.submit([per_month[m] for m in train], alpha)
     validated = score.submit(fitted, per_month[val])
     result = fitted.result()
     val_rows, val_rmse = validated.result()
@@ -124,7 +197,7 @@ def train_flow(config: TrainConfig) -> dict[str, Any]:
         "train_months": [str(m) for m in train],
         "val_month": str(val),
         "taxi": config.taxi,
-        "alpha": config.alpha,
+        "alpha": alpha,
         "train_rows": sum(result.month_rows),
         "val_rows": val_rows,
         "train_rmse": result.rmse,
@@ -133,6 +206,9 @@ def train_flow(config: TrainConfig) -> dict[str, Any]:
         "rows_per_second": (sum(result.month_rows) + val_rows) / seconds,
         "flow_run_id": str(flow_run.id),
     }
+    if cv_report is not None:
+        metrics["cv"] = cv_report
+        _publish(cv_report)
     model = Model(result.weights, config.feature_spec(), {"metrics": metrics, "source": config.source})
     model.save(config.output)
     write_metrics(config.output, metrics)

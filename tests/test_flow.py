@@ -68,14 +68,14 @@ def test_train_flow_matches_seed_and_reports_every_task_to_one_api(months_dir, p
         len(reader.plan(reader.inspect(months_dir / month_filename("yellow", Month(2023, m)), FeatureSpec().columns()), 15_000))
         for m in (1, 2, 3)
     )
-    expected = 3 + chunks + 3 + 2  # locate, chunk-stats, month-stats per month; fit; score
+    expected = 3 + chunks + 3 + 1 + 5 + 2  # per month: locate, chunk-stats, month-stats; pool; 5 CV folds; fit; score
     runs = _task_runs(metrics["flow_run_id"], expected)
     assert chunks == 6  # 4 row groups of 10k rows a month, 2 per chunk
     assert len(runs) == expected
     assert all(r.state.is_completed() for r in runs)
     names = [r.name.rsplit("-", 1)[0] for r in runs]
     assert {name: names.count(name) for name in set(names)} == {
-        "locate-month": 3, "chunk-stats": chunks, "month-stats": 3, "fit": 1, "score": 1,
+        "locate-month": 3, "chunk-stats": chunks, "month-stats": 3, "pool-months": 1, "cv-kfold": 5, "fit": 1, "score": 1,
     }
 
 
@@ -86,3 +86,34 @@ def test_bad_months_fail_fast_without_writing(months_dir, tmp_path):
     with pytest.raises(PipelineError, match=r"month 2023-04: file not found: .*yellow_tripdata_2023-04\.parquet"):
         train(config)
     assert not (tmp_path / "out").exists()
+
+
+def _without_timings(metrics: dict) -> dict:
+    """Metrics that must not depend on how the run was spread: everything but clocks and ids."""
+    out = {k: v for k, v in metrics.items() if k not in ("seconds", "rows_per_second", "flow_run_id")}
+    out["cv"] = {**metrics["cv"], "scores": [{k: v for k, v in s.items() if k != "seconds"} for s in metrics["cv"]["scores"]]}
+    return out
+
+
+def test_cv_is_identical_for_any_worker_count_and_chunking_and_published(months_dir, prefect_api_url, tmp_path):
+    runs = []
+    for workers, chunk_rows in ((1, 40_000), (2, 10_000)):
+        config = TrainConfig(source=str(months_dir), train_months=["2023-01", "2023-02"], val_month="2023-03",
+                             output=tmp_path / f"run-{workers}", chunk_rows=chunk_rows, folds=3, alphas=[0.1, 3.0], seed=11)
+        runs.append(train(config, ClusterSpec(n_workers=workers, dashboard_address=":0")))
+    one, two = runs
+    assert _without_timings(one) == _without_timings(two)  # to the last bit, not just the printed digit
+    assert one["cv"]["folds"] == 3 and len(one["cv"]["scores"]) == 6
+    assert one["alpha"] == one["cv"]["chosen_alpha"] in (0.1, 3.0)
+    assert sum(s["test_rows"] for s in one["cv"]["scores"] if s["alpha"] == 0.1) == one["train_rows"]
+
+    from prefect.client.orchestration import get_client
+
+    # raw filter: the client's read_artifacts sends empty join filters that hide flow-level artifacts
+    with get_client(sync_client=True) as client:
+        artifacts = client.request("POST", "/artifacts/filter", json={
+            "artifacts": {"flow_run_id": {"any_": [two["flow_run_id"]]}}, "limit": 50, "offset": 0, "sort": "KEY_ASC",
+        }).json()
+    by_key = {a["key"]: a for a in artifacts}
+    assert by_key["cv-scores"]["type"] == "table" and by_key["cv-summary"]["type"] == "markdown"
+    assert f"{two['cv']['chosen_alpha']:g}" in by_key["cv-summary"]["data"]

@@ -1,0 +1,83 @@
+"""Cross-validation from statistics: every fold × alpha is one small solve, no second pass.
+
+K-fold: rows carry a fold id (a hash of their position), statistics are kept per
+fold, and fold k trains on ``total - fold_k``. Time: month-wise rolling origin,
+training on the months before and scoring on the next.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from functools import reduce
+from operator import add
+
+import numpy as np
+
+from pipeline import solve
+from pipeline.stats import Stats
+
+
+@dataclass(frozen=True)
+class CVScore:
+    """One fold at one alpha."""
+
+    fold: int
+    alpha: float
+    rmse: float
+    train_rows: int
+    test_rows: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class AlphaSummary:
+    """An alpha's CV RMSE over folds."""
+
+    alpha: float
+    mean_rmse: float
+    std_rmse: float
+    folds: int
+
+
+def _score(train: Stats, test: Stats, fold: int, alpha: float) -> CVScore:
+    started = time.perf_counter()
+    weights = solve.solve(train, alpha)
+    rmse = solve.rmse(weights, test)
+    return CVScore(fold, alpha, rmse, train.rows, test.rows, time.perf_counter() - started)
+
+
+def kfold_score(pooled: Stats, fold: int, alpha: float) -> CVScore:
+    """Fold ``fold`` of per-fold statistics, trained on the other folds."""
+    return _score(pooled.without(fold), pooled.fold(fold), fold, alpha)
+
+
+def window_score(earlier: Sequence[Stats], month: Stats, fold: int, alpha: float) -> CVScore:
+    """Rolling origin: train on ``earlier`` months, score on ``month``."""
+    return _score(reduce(add, earlier), month, fold, alpha)
+
+
+def summarize(scores: Sequence[CVScore]) -> list[AlphaSummary]:
+    """Mean and standard deviation of RMSE per alpha, in alpha order."""
+    out = []
+    for alpha in sorted({s.alpha for s in scores}):
+        rmses = np.array([s.rmse for s in scores if s.alpha == alpha])
+        out.append(AlphaSummary(alpha, float(rmses.mean()), float(rmses.std()), int(rmses.size)))
+    return out
+
+
+def best_alpha(summaries: Sequence[AlphaSummary]) -> float:
+    """The alpha with the lowest mean CV RMSE (the smaller alpha on a tie)."""
+    return min(summaries, key=lambda s: (s.mean_rmse, s.alpha)).alpha
+
+
+def report(kind: str, scores: Sequence[CVScore], chosen: float) -> dict[str, object]:
+    """The ``cv`` section of ``metrics.json``."""
+    return {
+        "kind": kind,
+        "folds": len({s.fold for s in scores}),
+        "chosen_alpha": chosen,
+        "by_alpha": [asdict(s) for s in summarize(scores)],
+        "scores": [asdict(s) for s in sorted(scores, key=lambda s: (s.alpha, s.fold))],
+    }

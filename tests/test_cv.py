@@ -1,0 +1,50 @@
+"""CV from statistics equals refitting on each fold's rows, with no second pass."""
+
+import numpy as np
+import pytest
+
+from pipeline import cv, solve, stats
+from pipeline.features import N_ZONES, Encoded
+
+
+def _encoded(rows: int, seed: int) -> Encoded:
+    rng = np.random.default_rng(seed)
+    pu, do = rng.integers(1, 30, rows), rng.integers(1, 30, rows)
+    minutes = 10 + 0.3 * pu - 0.2 * do + ((pu * 3 + do) % 7) + rng.normal(size=rows)
+    return Encoded(pair=pu * N_ZONES + do, micros=np.round(minutes * 60e6).astype(np.int64),
+                   x=np.empty((rows, 0)), position=np.arange(rows))
+
+
+def _subset(enc: Encoded, mask: np.ndarray) -> Encoded:
+    return Encoded(enc.pair[mask], enc.micros[mask], enc.x[mask], enc.position[mask])
+
+
+@pytest.mark.parametrize("alpha", [0.01, 1.0, 10.0])
+def test_kfold_score_equals_a_refit_on_the_other_folds(alpha):
+    enc = _encoded(20_000, seed=0)
+    fold = stats.fold_of(enc.position, salt=1, seed=3, folds=4)
+    per_fold = stats.compute(enc, fold, folds=4)
+    for k in range(4):
+        score = cv.kfold_score(per_fold, k, alpha)
+        refit = solve.solve(stats.compute(_subset(enc, fold != k)), alpha)
+        held = stats.compute(_subset(enc, fold == k))
+        assert score.rmse == pytest.approx(solve.rmse(refit, held), rel=1e-10)
+        assert score.test_rows == int(np.sum(fold == k))
+        assert score.train_rows + score.test_rows == enc.rows
+
+
+def test_window_score_trains_on_earlier_months_only():
+    months = [stats.compute(_encoded(5_000, seed=s)) for s in range(3)]
+    score = cv.window_score(months[:2], months[2], fold=2, alpha=0.5)
+    direct = solve.rmse(solve.solve(months[0] + months[1], 0.5), months[2])
+    assert score.rmse == pytest.approx(direct, rel=1e-12)
+    assert (score.train_rows, score.test_rows) == (10_000, 5_000)
+
+
+def test_summary_and_choice():
+    scores = [cv.CVScore(k, a, r, 90, 10, 0.0) for k in range(2) for a, r in ((0.1, 5.0 + k), (1.0, 4.0 + k), (10.0, 4.5))]
+    summary = cv.summarize(scores)
+    assert [(s.alpha, s.mean_rmse, s.std_rmse, s.folds) for s in summary] == [(0.1, 5.5, 0.5, 2), (1.0, 4.5, 0.5, 2), (10.0, 4.5, 0.0, 2)]
+    assert cv.best_alpha(summary) == 1.0  # a tie goes to the smaller alpha
+    report = cv.report("kfold", scores, 1.0)
+    assert report["folds"] == 2 and report["chosen_alpha"] == 1.0 and len(report["scores"]) == 6
