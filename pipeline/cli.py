@@ -78,10 +78,18 @@ _TRAIN_OPTIONS = [
     click.option("--numeric", callback=_list("--numeric", str), default=None, help="Numeric columns to add as features, e.g. trip_distance."),
     click.option("--chunk-rows", type=click.IntRange(min=1), default=None, help="Rows per task, rounded to row groups [default: 2,000,000]."),
     click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where remote months are cached."),
+    click.option("--cache/--no-cache", default=None, help="Reuse chunk statistics of unchanged month files [default: cache]."),
 ]
 _CLUSTER_OPTIONS = [
-    click.option("--n-workers", type=click.IntRange(min=1), default=None, help="Workers of the LocalCluster [default: one per core]."),
-    click.option("--scheduler", "address", default=None, help="Address of a running Dask scheduler (else DASK_SCHEDULER_ADDRESS, else a LocalCluster)."),
+    click.option("--n-workers", type=click.IntRange(min=1), default=None, help="Workers to start: of the LocalCluster [default: one per core], or of --cluster-class."),
+    click.option("--scheduler", "address", default=None, help="tcp:// or tls:// address of a running Dask scheduler (else DASK_SCHEDULER_ADDRESS, else a LocalCluster)."),
+    click.option("--cluster-class", default=None, help="Import path of a Dask cluster to start for the run, e.g. dask_jobqueue.SLURMCluster."),
+    click.option("--cluster-kwargs", default=None, help="Its keyword arguments: a JSON object, or @FILE (JSON or YAML)."),
+    click.option("--adapt-min", type=click.IntRange(min=0), default=None, help="Let the started cluster scale between --adapt-min and --adapt-max workers."),
+    click.option("--adapt-max", type=click.IntRange(min=1), default=None),
+    click.option("--tls-ca-file", default=None, help="TLS: CA certificate (PEM) [default: Dask config distributed.comm.tls.ca-file]."),
+    click.option("--tls-cert", default=None, help="TLS: our certificate (PEM) [default: distributed.comm.tls.client.cert]."),
+    click.option("--tls-key", default=None, help="TLS: our private key (PEM) [default: distributed.comm.tls.client.key]."),
 ]
 
 

@@ -33,6 +33,7 @@ class TrainConfig(BaseModel):
     numeric: list[str] = Field(default_factory=list, description="numeric columns added as features")
     chunk_rows: int = Field(default=2_000_000, ge=1, description="rows per task, rounded to row groups")
     cache_dir: Path | None = None
+    cache: bool = Field(default=True, description="reuse chunk statistics of unchanged month files")
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:

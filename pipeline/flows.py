@@ -7,6 +7,8 @@ move worker to worker as Dask futures.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass
 from functools import reduce
@@ -45,7 +47,24 @@ def locate_month(source: str, taxi: str, month: str, columns: tuple[str, ...], c
     return reader.locate(source, taxi, Month.parse(month), columns, cache_dir)
 
 
-@task(name="chunk-stats", cache_policy=NO_CACHE)
+#: Bump when the statistics' layout or meaning changes, so old cache entries stop matching.
+STATS_VERSION = "stats-v2"
+
+
+def chunk_cache_key(context: Any, parameters: dict[str, Any]) -> str:
+    """A chunk's statistics depend only on the file's content version, its row groups and the options.
+
+    The file identity (size + mtime locally, the ETag remotely) changes when the
+    month is rewritten, so a stale entry is never used; hashing the inputs
+    instead would mean pickling them on every call.
+    """
+    plan, chunk = parameters["plan"], parameters["chunk"]
+    key = [STATS_VERSION, plan.file.location, plan.file.identity, chunk.first, chunk.stop,
+           parameters["spec"].to_dict(), parameters.get("folds", 1), parameters.get("seed", 0)]
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+@task(name="chunk-stats", cache_key_fn=chunk_cache_key)
 def chunk_stats(plan: reader.MonthPlan, chunk: reader.Chunk, spec: FeatureSpec, folds: int = 1, seed: int = 0) -> stats.Stats:
     """Read one row-group range, encode it, and reduce it to (per-fold) statistics."""
     encoded = encode(reader.read(plan.layout, chunk), spec)
@@ -126,11 +145,12 @@ def _month_statistics(config: TrainConfig, train: list[Month], val: Month) -> tu
     folds = config.folds if config.cross_validates and config.cv == "kfold" else 1
     months = [*train, val]
     plans = {m: locate_month.submit(config.source, config.taxi, str(m), spec.columns(), config.cache_dir) for m in months}
+    compute = chunk_stats if config.cache else chunk_stats.with_options(cache_key_fn=None, cache_policy=NO_CACHE)
     located, futures = {}, {}
     for month, planned in plans.items():
         plan = located[month] = planned.result()
         month_folds = folds if month != val else 1
-        parts = [chunk_stats.submit(plan, chunk, spec, month_folds, config.seed) for chunk in reader.plan(plan.layout, config.chunk_rows)]
+        parts = [compute.submit(plan, chunk, spec, month_folds, config.seed) for chunk in reader.plan(plan.layout, config.chunk_rows)]
         futures[month] = month_stats.submit(parts)
     return located, futures
 
