@@ -122,11 +122,13 @@ def _run_train(train_months: str, val_month: str, output: Path, **options: Any) 
 
 
 def _cv_table(report: dict[str, Any]) -> Table:
-    table = Table(title=f"{report['kind']} CV over {report['folds']} folds; chosen alpha {report['chosen_alpha']:g}")
+    from pipeline.cv import alpha_text
+
+    table = Table(title=f"{report['kind']} CV over {report['folds']} folds; chosen alpha {alpha_text(report['chosen_alpha'])}")
     for column in ("alpha", "mean RMSE", "std", "folds"):
         table.add_column(column, justify="right")
     for row in report["by_alpha"]:
-        table.add_row(f"{row['alpha']:g}", f"{row['mean_rmse']:.4f}", f"{row['std_rmse']:.4f}", str(row["folds"]))
+        table.add_row(alpha_text(row["alpha"]), f"{row['mean_rmse']:.4f}", f"{row['std_rmse']:.4f}", str(row["folds"]))
     return table
 
 

@@ -14,6 +14,10 @@ from pipeline.schema import TAXI_TYPES
 from pipeline.sources import DEFAULT_SOURCE
 
 
+#: ``linear`` trains exactly from statistics; the others fit on rows, fold by fold.
+MODELS = ("linear", "hist_gradient_boosting", "sgd")
+
+
 class TrainConfig(BaseModel):
     """Everything a training run needs; months are ``YYYY-MM`` strings."""
 
@@ -43,6 +47,10 @@ class TrainConfig(BaseModel):
             raise PipelineError("--folds 1: one fold cannot cross-validate; use 0 to turn CV off, or 2 and more")
         if self.cv == "time" and self.folds and len(self.train_months) < 2:
             raise PipelineError("--cv time: needs at least two --train-months (train on earlier, validate on the next)")
+        if self.model not in MODELS:
+            raise PipelineError(f"--model {self.model!r}: expected one of {', '.join(MODELS)}")
+        if self.model != "linear" and self.cv == "time":
+            raise PipelineError(f"--cv time: supported for --model linear; {self.model} cross-validates by kfold")
         if self.model != "linear" and len(self.alphas) > 1:
             raise PipelineError(f"--alphas: an alpha grid applies to --model linear, not {self.model}")
         return self

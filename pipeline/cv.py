@@ -21,10 +21,10 @@ from pipeline.stats import Stats
 
 @dataclass(frozen=True)
 class CVScore:
-    """One fold at one alpha."""
+    """One fold at one alpha (``None`` for models without one)."""
 
     fold: int
-    alpha: float
+    alpha: float | None
     rmse: float
     train_rows: int
     test_rows: int
@@ -35,7 +35,7 @@ class CVScore:
 class AlphaSummary:
     """An alpha's CV RMSE over folds."""
 
-    alpha: float
+    alpha: float | None
     mean_rmse: float
     std_rmse: float
     folds: int
@@ -61,7 +61,7 @@ def window_score(earlier: Sequence[Stats], month: Stats, fold: int, alpha: float
 def summarize(scores: Sequence[CVScore]) -> list[AlphaSummary]:
     """Mean and standard deviation of RMSE per alpha, in alpha order."""
     out = []
-    for alpha in sorted({s.alpha for s in scores}):
+    for alpha in sorted({s.alpha for s in scores}, key=lambda a: -1.0 if a is None else a):
         rmses = np.array([s.rmse for s in scores if s.alpha == alpha])
         out.append(AlphaSummary(alpha, float(rmses.mean()), float(rmses.std()), int(rmses.size)))
     return out
@@ -69,15 +69,20 @@ def summarize(scores: Sequence[CVScore]) -> list[AlphaSummary]:
 
 def best_alpha(summaries: Sequence[AlphaSummary]) -> float:
     """The alpha with the lowest mean CV RMSE (the smaller alpha on a tie)."""
-    return min(summaries, key=lambda s: (s.mean_rmse, s.alpha)).alpha
+    return min(summaries, key=lambda s: (s.mean_rmse, s.alpha or 0.0)).alpha or 0.0
 
 
-def report(kind: str, scores: Sequence[CVScore], chosen: float) -> dict[str, object]:
+def alpha_text(alpha: float | None) -> str:
+    """An alpha for tables; models without one show a dash."""
+    return "-" if alpha is None else f"{alpha:g}"
+
+
+def report(kind: str, scores: Sequence[CVScore], chosen: float | None) -> dict[str, object]:
     """The ``cv`` section of ``metrics.json``."""
     return {
         "kind": kind,
         "folds": len({s.fold for s in scores}),
         "chosen_alpha": chosen,
         "by_alpha": [asdict(s) for s in summarize(scores)],
-        "scores": [asdict(s) for s in sorted(scores, key=lambda s: (s.alpha, s.fold))],
+        "scores": [asdict(s) for s in sorted(scores, key=lambda s: (s.alpha or 0.0, s.fold))],
     }

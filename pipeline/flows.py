@@ -21,7 +21,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 from prefect.cache_policies import NO_CACHE
 
-from pipeline import cv, reader, solve, stats
+from pipeline import cv, estimators, reader, solve, stats
 from pipeline.config import TrainConfig
 from pipeline.errors import PipelineError
 from pipeline.features import FeatureSpec, encode
@@ -129,30 +129,70 @@ def score(fitted: Fit, held_out: stats.Stats) -> tuple[int, float]:
     return held_out.rows, solve.rmse(fitted.weights, held_out)
 
 
-def _check_not_empty(plans: dict[Month, reader.MonthPlan], rows: dict[Month, int]) -> None:
-    for month, count in rows.items():
-        if count == 0:
-            raise PipelineError(f"month {month}: no trips left after the duration filter in {plans[month].file.location}")
+@task(name="estimator-fold", cache_policy=NO_CACHE)
+def estimator_fold(plans: list[reader.MonthPlan], spec: FeatureSpec, model: str, folds: int, fold: int,
+                   seed: int, max_rows: int | None) -> cv.CVScore:
+    """One CV fold of a row-fitted estimator, reading the months on this worker."""
+    rows = estimators.load_rows(plans, spec, folds, seed, max_rows)
+    return estimators.fold_score(model, rows, fold, seed)
 
 
-def _month_statistics(config: TrainConfig, train: list[Month], val: Month) -> tuple[dict[Month, reader.MonthPlan], dict[Month, Any]]:
-    """Submit locate, chunk and month tasks; return plans and a future of each month's statistics.
+@dataclass(frozen=True)
+class Outcome:
+    """What a training path hands back to the flow: small, whatever the data size."""
+
+    weights: solve.Weights | None  # None: nothing to save (no rows, or no pickle-free format)
+    train_rows: int
+    train_rmse: float
+    val_rows: int
+    val_rmse: float
+    empty: tuple[str, ...] = ()  # what had no trip left after the duration filter
+
+
+def _empty(named: dict[str, int]) -> tuple[str, ...]:
+    return tuple(name for name, rows in named.items() if rows == 0)
+
+
+@task(name="estimator-fit", cache_policy=NO_CACHE)
+def estimator_fit(train: list[reader.MonthPlan], val: reader.MonthPlan, spec: FeatureSpec, model: str,
+                  seed: int, max_rows: int | None) -> Outcome:
+    """Fit a row-fitted estimator on all (capped) training rows and score the validation month."""
+    train_rows = estimators.load_rows(train, spec, 1, seed, max_rows)
+    val_rows = estimators.load_rows([val], spec, 1, seed, None)
+    empty = _empty({f"months {', '.join(str(p.file.month) for p in train)}": train_rows.rows, _label(val): val_rows.rows})
+    if empty:
+        return Outcome(None, train_rows.rows, float("nan"), val_rows.rows, float("nan"), empty)
+    fitted = estimators.fit(model, train_rows, seed)
+    weights = estimators.sgd_weights(fitted) if model == "sgd" else None
+    return Outcome(weights, train_rows.rows, estimators.rmse(fitted, train_rows), val_rows.rows, estimators.rmse(fitted, val_rows))
+
+
+def _label(plan: reader.MonthPlan) -> str:
+    return f"month {plan.file.month} ({plan.file.location})"
+
+
+def _locate(config: TrainConfig, months: list[Month]) -> dict[Month, reader.MonthPlan]:
+    """Locate every month at once (downloads run in parallel); only small plans come back."""
+    columns = config.feature_spec().columns()
+    futures = {m: locate_month.submit(config.source, config.taxi, str(m), columns, config.cache_dir) for m in months}
+    return {m: f.result() for m, f in futures.items()}
+
+
+def _month_statistics(config: TrainConfig, plans: dict[Month, reader.MonthPlan], val: Month) -> dict[Month, Any]:
+    """Submit chunk and month tasks; return a future of each month's statistics.
 
     Training months keep per-fold statistics when K-fold CV is on; that is the
     whole cost of CV on the data side.
     """
     spec = config.feature_spec()
     folds = config.folds if config.cross_validates and config.cv == "kfold" else 1
-    months = [*train, val]
-    plans = {m: locate_month.submit(config.source, config.taxi, str(m), spec.columns(), config.cache_dir) for m in months}
     compute = chunk_stats if config.cache else chunk_stats.with_options(cache_key_fn=None, cache_policy=NO_CACHE)
-    located, futures = {}, {}
-    for month, planned in plans.items():
-        plan = located[month] = planned.result()
+    futures = {}
+    for month, plan in plans.items():
         month_folds = folds if month != val else 1
         parts = [compute.submit(plan, chunk, spec, month_folds, config.seed) for chunk in reader.plan(plan.layout, config.chunk_rows)]
         futures[month] = month_stats.submit(parts)
-    return located, futures
+    return futures
 
 
 def _cross_validate(config: TrainConfig, train: list[Month], per_month: dict[Month, Any]) -> list[cv.CVScore]:
@@ -172,6 +212,40 @@ def _cross_validate(config: TrainConfig, train: list[Month], per_month: dict[Mon
     return list(futures.result())
 
 
+def _train_linear(config: TrainConfig, plans: dict[Month, reader.MonthPlan], train: list[Month], val: Month,
+                  logger: Any) -> tuple[Outcome, float, dict[str, Any] | None]:
+    """The exact path: statistics per month, CV from them, one solve at the chosen alpha."""
+    per_month = _month_statistics(config, plans, val)
+    report, alpha = None, config.alphas[0]
+    if config.cross_validates:
+        scores = _cross_validate(config, train, per_month)
+        alpha = cv.best_alpha(cv.summarize(scores))
+        report = cv.report(config.cv, scores, alpha)
+        logger.info("CV chose alpha %g: %s", alpha, ", ".join(f"{s['alpha']:g}: {s['mean_rmse']:.4f}" for s in report["by_alpha"]))
+    fitted = fit.submit([per_month[m] for m in train], alpha)
+    validated = score.submit(fitted, per_month[val])
+    result = fitted.result()
+    val_rows, val_rmse = validated.result()
+    empty = _empty({**{_label(plans[m]): n for m, n in zip(train, result.month_rows)}, _label(plans[val]): val_rows})
+    return Outcome(result.weights, sum(result.month_rows), result.rmse, val_rows, val_rmse, empty), alpha, report
+
+
+def _train_estimator(config: TrainConfig, plans: dict[Month, reader.MonthPlan], train: list[Month], val: Month,
+                     logger: Any) -> tuple[Outcome, None, dict[str, Any] | None]:
+    """Row-fitted estimators: each fold is a task reading the months on its own worker."""
+    spec, train_plans = config.feature_spec(), [plans[m] for m in train]
+    folds = None
+    if config.cross_validates:  # submitted first, so the folds get the workers before the final fit
+        folds = estimator_fold.map(unmapped(train_plans), unmapped(spec), unmapped(config.model), unmapped(config.folds),
+                                   range(config.folds), unmapped(config.seed), unmapped(config.max_rows))
+    final = estimator_fit.submit(train_plans, plans[val], spec, config.model, config.seed, config.max_rows)
+    report = None
+    if folds is not None:
+        report = cv.report("kfold", folds.result(), None)
+        logger.info("CV RMSE of %s: %.4f ± %.4f", config.model, report["by_alpha"][0]["mean_rmse"], report["by_alpha"][0]["std_rmse"])
+    return final.result(), None, report
+
+
 def _publish(report: dict[str, Any]) -> None:
     """The CV table and a summary as artifacts of the flow run, for the Prefect UI."""
     create_table_artifact(
@@ -184,9 +258,9 @@ def _publish(report: dict[str, Any]) -> None:
         "",
         "| alpha | mean RMSE | std | folds |",
         "| ---: | ---: | ---: | ---: |",
-        *(f"| {s['alpha']:g} | {s['mean_rmse']:.4f} | {s['std_rmse']:.4f} | {s['folds']} |" for s in report["by_alpha"]),
+        *(f"| {cv.alpha_text(s['alpha'])} | {s['mean_rmse']:.4f} | {s['std_rmse']:.4f} | {s['folds']} |" for s in report["by_alpha"]),
         "",
-        f"Chosen alpha: **{report['chosen_alpha']:g}**.",
+        f"Chosen alpha: **{cv.alpha_text(report['chosen_alpha'])}**.",
     ]
     create_markdown_artifact(key="cv-summary", markdown="\n".join(lines), description="CV summary")
 
@@ -197,40 +271,36 @@ def train_flow(config: TrainConfig) -> dict[str, Any]:
     logger = get_run_logger()
     started = time.perf_counter()
     train, val = config.months()
-    logger.info("training on %s, validating on %s, from %s", ", ".join(map(str, train)), val, config.source)
-    plans, per_month = _month_statistics(config, train, val)
-    cv_report = None
-    alpha = config.alphas[0]
-    if config.cross_validates:
-        scores = _cross_validate(config, train, per_month)
-        alpha = cv.best_alpha(cv.summarize(scores))
-        cv_report = cv.report(config.cv, scores, alpha)
-        logger.info("CV chose alpha %g: %s", alpha, ", ".join(f"{s['alpha']:g}: {s['mean_rmse']:.4f}" for s in cv_report["by_alpha"]))
-    fitted = fit.submit([per_month[m] for m in train], alpha)
-    validated = score.submit(fitted, per_month[val])
-    result = fitted.result()
-    val_rows, val_rmse = validated.result()
-    _check_not_empty(plans, {**dict(zip(train, result.month_rows)), val: val_rows})
-    assert result.weights is not None
+    logger.info("training %s on %s, validating on %s, from %s", config.model, ", ".join(map(str, train)), val, config.source)
+    plans = _locate(config, [*train, val])
+    path = _train_linear if config.model == "linear" else _train_estimator
+    outcome, alpha, report = path(config, plans, train, val, logger)
+    if outcome.empty:
+        raise PipelineError(f"{outcome.empty[0]}: no trips left after the duration filter")
     seconds = time.perf_counter() - started
-    metrics = {
+    train_rows = outcome.train_rows
+    metrics: dict[str, Any] = {
+        "model": config.model,
         "train_months": [str(m) for m in train],
         "val_month": str(val),
         "taxi": config.taxi,
         "alpha": alpha,
-        "train_rows": sum(result.month_rows),
-        "val_rows": val_rows,
-        "train_rmse": result.rmse,
-        "val_rmse": val_rmse,
+        "train_rows": train_rows,
+        "val_rows": outcome.val_rows,
+        "train_rmse": outcome.train_rmse,
+        "val_rmse": outcome.val_rmse,
         "seconds": seconds,
-        "rows_per_second": (sum(result.month_rows) + val_rows) / seconds,
+        "rows_per_second": (train_rows + outcome.val_rows) / seconds,
         "flow_run_id": str(flow_run.id),
     }
-    if cv_report is not None:
-        metrics["cv"] = cv_report
-        _publish(cv_report)
-    model = Model(result.weights, config.feature_spec(), {"metrics": metrics, "source": config.source})
-    model.save(config.output)
+    if report is not None:
+        metrics["cv"] = report
+        _publish(report)
+    if outcome.weights is not None:
+        Model(outcome.weights, config.feature_spec(), {"metrics": metrics, "source": config.source}).save(config.output)
+    else:
+        logger.warning("%s has no pickle-free model format: writing metrics only", config.model)
     write_metrics(config.output, metrics)
-    logger.info("val RMSE %.4f min on %d rows; train RMSE %.4f on %d rows; %.1f s", val_rmse, val_rows, result.rmse, metrics["train_rows"], seconds)
+    logger.info("val RMSE %.4f min on %d rows; train RMSE %.4f on %d rows; %.1f s",
+                outcome.val_rmse, outcome.val_rows, outcome.train_rmse, train_rows, seconds)
     return metrics

@@ -146,3 +146,19 @@ def test_chunk_statistics_are_cached_until_the_month_file_changes(months_dir, pr
     assert _chunk_states(second["flow_run_id"]) == ["Cached"] * 4
     assert _chunk_states(third["flow_run_id"]) == ["Cached", "Cached", "Completed", "Completed"]
     assert first["val_rmse"] == second["val_rmse"] == third["val_rmse"]
+
+
+def test_estimator_folds_run_concurrently_on_the_cluster(months_dir, prefect_api_url, tmp_path):
+    config = TrainConfig(source=str(months_dir), train_months=["2023-01", "2023-02"], val_month="2023-03",
+                         output=tmp_path / "hgb", model="hist_gradient_boosting", folds=4, max_rows=60_000)
+    metrics = train(config, ClusterSpec(n_workers=2, dashboard_address=":0"))
+    assert metrics["train_rows"] == 60_000 and metrics["alpha"] is None
+    assert [s["fold"] for s in metrics["cv"]["scores"]] == [0, 1, 2, 3]
+    assert sum(s["test_rows"] for s in metrics["cv"]["scores"]) == 60_000
+    assert metrics["val_rmse"] < 0.8 * np.std(seed.read_dataframe(months_dir / month_filename("yellow", Month(2023, 3)))["duration"])
+    assert sorted(p.name for p in (tmp_path / "hgb").iterdir()) == ["metrics.json"]  # no pickle-free format for trees
+
+    folds = [r for r in _task_runs(metrics["flow_run_id"], expected=0, timeout=0) if r.name.startswith("estimator-fold")]
+    assert len(folds) == 4
+    spans = sorted((r.start_time, r.end_time) for r in folds)
+    assert any(later_start < end for (_, end), (later_start, _) in zip(spans, spans[1:])), spans
