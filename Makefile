@@ -21,7 +21,7 @@ test: setup
 	$(BIN)/pytest
 
 bench: setup
-	$(BIN)/pytest benchmarks
+	$(BIN)/pytest benchmarks --benchmark-json .benchmarks/latest.json
 
 # Refresh the lock on purpose (after changing dependencies), then run `make test`.
 constraints:

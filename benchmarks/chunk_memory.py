@@ -1,0 +1,54 @@
+"""Peak memory of one ``chunk-stats`` task, measured in a fresh process.
+
+``python -m benchmarks.chunk_memory FOLDER MONTH ROWS`` runs the task body on
+the month's first row-group range of about ``ROWS`` rows and prints JSON: rows,
+peak bytes above the process's footprint before the task, pickled statistics
+bytes (what travels between workers), seconds. A fresh process, because
+Arrow's allocator keeps freed memory for reuse, so an earlier chunk would hide
+the next one's peak; and RSS, because tracemalloc does not see Arrow's buffers.
+Linux only: the peak is ``VmHWM`` after resetting it through ``/proc/self/clear_refs``.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.common import SPEC, TAXI
+from pipeline import reader
+from pipeline.flows import chunk_stats
+from pipeline.months import Month
+
+CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _status_bytes(field: str) -> int:
+    """A ``kB`` field of /proc/self/status, in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def measure(folder: Path, month: Month, rows: int) -> dict[str, float]:
+    plan = reader.locate(str(folder), TAXI, month, SPEC.columns())
+    chunk = reader.plan(plan.layout, rows)[0]
+    CLEAR_REFS.write_text("5")  # the high-water mark restarts from the current RSS
+    before = _status_bytes("VmRSS")
+    start = time.perf_counter()
+    result = chunk_stats.fn(plan, chunk, SPEC)
+    seconds = time.perf_counter() - start
+    return {
+        "rows": chunk.rows,
+        "peak_bytes": _status_bytes("VmHWM") - before,
+        "stats_bytes": len(pickle.dumps(result)),
+        "seconds": seconds,
+    }
+
+
+if __name__ == "__main__":
+    folder, month, rows = sys.argv[1:]
+    print(json.dumps(measure(Path(folder), Month.parse(month), int(rows))))

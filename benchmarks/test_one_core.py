@@ -1,0 +1,55 @@
+"""The hot path on one core, against its floor: Arrow's parquet decode of the 4 columns.
+
+DESIGN.md: decode is the floor, and the rest of the hot path should cost little
+beside it. The chunk kernel (features + statistics from rows already in memory)
+and the whole map step (parquet file to statistics) are both held to a multiple
+of the decode time of the same month.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.common import SPEC, best_of, decode, month_path, month_stats, months, read_month
+from pipeline import stats
+from pipeline.features import encode
+
+pytestmark = pytest.mark.usefixtures("one_core")
+
+
+def test_chunk_kernel(benchmark, bench):
+    """encode + stats.compute on a normalised in-memory month; encode and compute also timed apart."""
+    (month,) = months(1)
+    table = read_month(bench.folder, month)
+    seconds, result = best_of(lambda: stats.compute(encode(table, SPEC)), rounds=10, benchmark=benchmark)
+    encode_seconds, encoded = best_of(lambda: encode(table, SPEC), rounds=10)
+    compute_seconds, _ = best_of(lambda: stats.compute(encoded), rounds=10)
+    decode_seconds, _ = best_of(lambda: decode(month_path(bench.folder, month)), rounds=5)
+    assert result.rows == encoded.rows > 0.9 * table.num_rows
+    over_decode = seconds / decode_seconds
+    benchmark.extra_info.update(
+        rows=table.num_rows,
+        rows_per_second=table.num_rows / seconds,
+        encode_seconds=encode_seconds,
+        compute_seconds=compute_seconds,
+        decode_seconds=decode_seconds,
+        kernel_over_decode=over_decode,
+    )
+    assert over_decode <= bench.floors.kernel_over_decode
+
+
+def test_end_to_end_vs_decode(benchmark, bench):
+    """Parquet file to statistics (inspect, plan, read, encode, compute) beside the raw decode."""
+    (month,) = months(1)
+    seconds, result = best_of(lambda: month_stats(bench.folder, month), rounds=5, benchmark=benchmark)
+    decode_seconds, table = best_of(lambda: decode(month_path(bench.folder, month)), rounds=5)
+    rows = table.num_rows
+    ratio = seconds / decode_seconds
+    benchmark.extra_info.update(
+        rows=rows,
+        rows_per_second=rows / seconds,
+        decode_rows_per_second=rows / decode_seconds,
+        end_to_end_over_decode=ratio,
+        kept_rows=result.rows,
+    )
+    assert ratio <= bench.floors.end_to_end_over_decode
