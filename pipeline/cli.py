@@ -76,7 +76,7 @@ _TRAIN_OPTIONS = [
     click.option("--model", default=None, help="linear (exact, default), hist_gradient_boosting or sgd."),
     click.option("--max-rows", type=click.IntRange(min=1), default=None, help="Row cap per fit for models other than linear."),
     click.option("--numeric", callback=_list("--numeric", str), default=None, help="Numeric columns to add as features, e.g. trip_distance."),
-    click.option("--chunk-rows", type=click.IntRange(min=1), default=None, help="Rows per task, rounded to row groups [default: 2,000,000]."),
+    click.option("--chunk-rows", type=click.IntRange(min=1), default=None, help="Rows per task, rounded to row groups [default: 4,000,000]."),
     click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where remote months are cached."),
     click.option("--cache/--no-cache", default=None, help="Reuse chunk statistics of unchanged month files [default: cache]."),
 ]

@@ -35,7 +35,7 @@ class TrainConfig(BaseModel):
     model: str = "linear"
     max_rows: int | None = Field(default=None, ge=1, description="row cap per fit for estimators other than linear")
     numeric: list[str] = Field(default_factory=list, description="numeric columns added as features")
-    chunk_rows: int = Field(default=2_000_000, ge=1, description="rows per task, rounded to row groups")
+    chunk_rows: int = Field(default=4_000_000, ge=1, description="rows per task, rounded to row groups")
     cache_dir: Path | None = None
     cache: bool = Field(default=True, description="reuse chunk statistics of unchanged month files")
 

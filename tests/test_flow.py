@@ -68,14 +68,14 @@ def test_train_flow_matches_seed_and_reports_every_task_to_one_api(months_dir, p
         len(reader.plan(reader.inspect(months_dir / month_filename("yellow", Month(2023, m)), FeatureSpec().columns()), 15_000))
         for m in (1, 2, 3)
     )
-    expected = 3 + chunks + 3 + 1 + 5 + 2  # per month: locate, chunk-stats, month-stats; pool; 5 CV folds; fit; score
+    expected = chunks + 3 + 1 + 5 + 2  # chunk-stats, month-stats per month; pool; 5 CV folds; fit; score
     runs = _task_runs(metrics["flow_run_id"], expected)
     assert chunks == 6  # 4 row groups of 10k rows a month, 2 per chunk
     assert len(runs) == expected
     assert all(r.state.is_completed() for r in runs)
     names = [r.name.rsplit("-", 1)[0] for r in runs]
     assert {name: names.count(name) for name in set(names)} == {
-        "locate-month": 3, "chunk-stats": chunks, "month-stats": 3, "pool-months": 1, "cv-kfold": 5, "fit": 1, "score": 1,
+        "chunk-stats": chunks, "month-stats": 3, "pool-months": 1, "cv-kfold": 5, "fit": 1, "score": 1,
     }
 
 
@@ -162,3 +162,33 @@ def test_estimator_folds_run_concurrently_on_the_cluster(months_dir, prefect_api
     assert len(folds) == 4
     spans = sorted((r.start_time, r.end_time) for r in folds)
     assert any(later_start < end for (_, end), (later_start, _) in zip(spans, spans[1:])), spans
+
+
+@pytest.fixture
+def http_months(months_dir):
+    """The generated months served over HTTP on 127.0.0.1, as the TLC serves its files."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(months_dir))
+    handler.log_message = lambda *args: None  # type: ignore[method-assign]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_remote_months_are_fetched_by_tasks_into_the_cache(http_months, months_dir, prefect_api_url, tmp_path):
+    base = dict(train_months=["2023-01"], val_month="2023-02", folds=0, cache=False)
+    remote = train(TrainConfig(source=http_months, output=tmp_path / "remote", cache_dir=tmp_path / "cache", **base),
+                   ClusterSpec(n_workers=2, dashboard_address=":0"))
+    local = train(TrainConfig(source=str(months_dir), output=tmp_path / "local", **base),
+                  ClusterSpec(n_workers=1, dashboard_address=":0"))
+    assert remote["val_rmse"] == local["val_rmse"] and remote["train_rows"] == local["train_rows"]
+    cached = sorted(p.name for p in (tmp_path / "cache").rglob("*.parquet"))
+    assert cached == ["yellow_tripdata_2023-01.parquet", "yellow_tripdata_2023-02.parquet"]
+    names = [r.name.rsplit("-", 1)[0] for r in _task_runs(remote["flow_run_id"], expected=0, timeout=0)]
+    assert names.count("locate-month") == 2
