@@ -1,5 +1,18 @@
-"""The one door to Dask: turn user intent into a scheduler address and a task runner."""
+"""The one door to Dask: turn user intent into a checked connection and a Prefect task runner.
 
-from cluster.connect import ClusterSpec, Connection, connect, task_runner
+Public API: :class:`ClusterSpec` (intent), :func:`resolve` (intent -> :class:`Plan`,
+starting nothing), :func:`check_cluster` (resolve, and try a running scheduler once),
+:func:`connect` (a context manager yielding a checked :class:`Connection`), :func:`task_runner` (a ``DaskTaskRunner`` for that connection), :func:`parse_cluster_kwargs`
+(for ``--cluster-kwargs``), :class:`PrefectApiPlugin` (points workers at the flow's
+Prefect API) and :func:`check_versions`. ``python -m cluster.certs DIR`` makes TLS files.
+"""
 
-__all__ = ["ClusterSpec", "Connection", "connect", "task_runner"]
+from cluster.connect import Connection, check_cluster, connect, task_runner
+from cluster.plugins import PrefectApiPlugin
+from cluster.spec import ClusterSpec, Plan, parse_cluster_kwargs, resolve
+from cluster.versions import check_versions
+
+__all__ = [
+    "ClusterSpec", "Connection", "Plan", "PrefectApiPlugin",
+    "check_cluster", "check_versions", "connect", "parse_cluster_kwargs", "resolve", "task_runner",
+]

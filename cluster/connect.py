@@ -1,68 +1,194 @@
-"""Resolve where tasks run: a flag, then Dask's config, then a LocalCluster of our own.
+"""Connect to (or start) the run's Dask cluster, check it, and build the flow's task runner.
 
-The flow always gets ``DaskTaskRunner(address=...)``: a runner built from an
-address survives Prefect's ``duplicate()`` (a live ``cluster=`` object does not),
-and starting the LocalCluster here, after the Prefect API URL is exported,
-lets its workers inherit that URL.
+The flow always gets ``DaskTaskRunner(address=...)`` (plus the TLS ``Security``
+in ``client_kwargs``): a runner built from an address survives Prefect's
+``duplicate()``, which drops a live ``cluster=`` object, and every worker
+re-creates the runner from the flow's context. So clusters of our own (a
+``LocalCluster`` or a ``--cluster-class``) are started here, for the run, and
+handed to the flow by address. Starting them after the Prefect API URL is
+exported lets LocalCluster workers inherit it; remote workers get it from
+:class:`cluster.plugins.PrefectApiPlugin`.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
+import ssl
+import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from typing import Any
 
-import dask.config
 from distributed import Client, LocalCluster
+from distributed.versions import VersionMismatchWarning
 from prefect_dask import DaskTaskRunner
+
+from cluster.plugins import PrefectApiPlugin
+from cluster.spec import ClusterSpec, Plan, Tls, load_cluster_class, resolve
+from cluster.versions import check_versions
+from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class ClusterSpec:
-    """User intent: an address, or the size of a LocalCluster to start."""
-
-    address: str | None = None
-    n_workers: int | None = None
-    threads_per_worker: int = 1
-    dashboard_address: str = ":8787"
+_TLS_FLAGS = "--tls-ca-file/--tls-cert/--tls-key"
 
 
 @dataclass(frozen=True)
 class Connection:
-    """A reachable scheduler and, when known, its dashboard."""
+    """A reachable, checked scheduler: its address, dashboard, workers at connect time, and how it was chosen."""
 
     address: str
     dashboard_link: str | None
     workers: int
+    origin: str = "LocalCluster"
+    security: Any = None  # distributed.security.Security for TLS, else None
+    note: str | None = None
 
 
-def _scheduler_from_config() -> str | None:
-    """``DASK_SCHEDULER_ADDRESS`` or ``scheduler-address`` in Dask's config files."""
-    return dask.config.get("scheduler-address", None) or None
+def _speaks_tls(address: str, timeout: float = 3.0) -> bool:
+    """Whether the server at ``tcp://host:port`` answers a TLS handshake (so it wants tls://)."""
+    host, _, port = address.partition("://")[2].rpartition(":")
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as raw:
+            with context.wrap_socket(raw) as tls:
+                tls.getpeercert(binary_form=True)
+        return True
+    except ssl.SSLError as exc:
+        return "alert" in str(exc).lower()  # the server spoke TLS to refuse us; a plain server gives no alert
+    except (OSError, ValueError):
+        return False
+
+
+def _explain(address: str, origin: str, exc: BaseException, tls: Tls | None, timeout: float) -> str:
+    """One line for a failed connection, from what Dask raised (each case seen with real processes)."""
+    text = f"{type(exc).__name__}: {exc}"
+    cause = exc.__cause__ or exc.__context__
+    where = f"scheduler {address} ({origin})"
+    if "certificate does not match" in text or isinstance(cause, ssl.SSLCertVerificationError):
+        return f"{where}: its TLS certificate is not signed by the CA in {tls.ca_file if tls else 'the TLS config'} ({cause or exc})"
+    if address.startswith("tls://") and isinstance(cause, (ssl.SSLEOFError, ssl.SSLError, ConnectionResetError)):
+        return f"{where}: closed the TLS handshake; it does not accept our certificate {tls.cert if tls else ''} (not signed by a CA it trusts?)"
+    if address.startswith("tcp://") and ("reset by peer" in text or "closed" in text.lower()) and _speaks_tls(address):
+        return f"{where}: refused the connection; it requires TLS: use tls://{address.partition('://')[2]} and pass {_TLS_FLAGS}"
+    if "Timed out" in text or isinstance(exc, (TimeoutError, OSError)):
+        return f"{where}: no answer within {timeout:g} s; is it running, and reachable from here? ({text})"
+    return f"{where}: cannot connect: {text}"
+
+
+def _refuse_if_unreachable(address: str, origin: str) -> None:
+    """Fail at once when nothing listens there (Dask would retry for the whole connect timeout)."""
+    scheme, _, rest = address.partition("://")
+    host, _, port = rest.rpartition(":")
+    if scheme not in ("tcp", "tls") or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except ConnectionRefusedError as exc:
+        raise PipelineError(f"scheduler {address} ({origin}): connection refused: nothing listens there; is the scheduler running?") from exc
+    except socket.gaierror as exc:
+        raise PipelineError(f"scheduler {address} ({origin}): unknown host {host!r} ({exc.strerror})") from exc
+    except OSError:
+        return  # a timeout or a firewall: let Dask try, and explain what it says
+
+
+def _client(target: Any, plan: Plan, spec: ClusterSpec, security: Any) -> Client:
+    address = target if isinstance(target, str) else target.scheduler_address
+    if isinstance(target, str):
+        _refuse_if_unreachable(address, plan.origin)
+    try:
+        with warnings.catch_warnings():
+            # Dask's own table of differing versions; check_versions says it in one line, for more packages
+            warnings.simplefilter("ignore", VersionMismatchWarning)
+            return Client(target, security=security, timeout=f"{spec.connect_timeout}s", set_as_default=False)
+    except PipelineError:
+        raise
+    except Exception as exc:
+        raise PipelineError(_explain(address, plan.origin, exc, plan.tls, spec.connect_timeout)) from exc
+
+
+def _start_cluster(plan: Plan, spec: ClusterSpec, stack: ExitStack) -> Any:
+    """Start the LocalCluster or the named cluster class for this run (closed with ``stack``)."""
+    kwargs = dict(plan.cluster_kwargs)
+    if plan.kind == "local":
+        defaults: dict[str, Any] = {
+            "n_workers": plan.adapt.get("minimum", 0) if plan.adapt else plan.n_workers,
+            "threads_per_worker": spec.threads_per_worker,
+            "processes": True,
+            "dashboard_address": spec.dashboard_address,
+            "silence_logs": logging.WARNING,
+        }
+        if plan.tls:
+            defaults.update(protocol="tls://", security=plan.tls.security(every_role=True))
+        cluster = stack.enter_context(LocalCluster(**{**defaults, **kwargs}))
+    else:
+        cls = load_cluster_class(plan.cluster_class or "")
+        if plan.tls:
+            kwargs.setdefault("security", plan.tls.security(every_role=True))
+        try:
+            made = cls(**kwargs)
+        except Exception as exc:
+            raise PipelineError(f"--cluster-class {plan.cluster_class}: could not start: {type(exc).__name__}: {exc}") from exc
+        cluster = stack.enter_context(made) if hasattr(made, "__exit__") else made
+        if plan.n_workers is not None:
+            cluster.scale(plan.n_workers)
+    if plan.adapt:
+        cluster.adapt(**plan.adapt)
+    return cluster
+
+
+def _dashboard(client: Client, cluster: Any) -> str | None:
+    if cluster is not None:
+        return getattr(cluster, "dashboard_link", None)
+    services = client.scheduler_info().get("services", {})
+    return client.dashboard_link if "dashboard" in services else None
+
+
+def check_cluster(spec: ClusterSpec) -> Plan:
+    """Resolve ``spec``; for a running scheduler also connect once and compare versions.
+
+    Meant for before the run's Prefect API starts: contradicting flags, a wrong
+    address, a TLS mismatch or version skew then fail in about a second.
+    """
+    plan = resolve(spec)
+    if plan.kind == "address" and plan.address:
+        with _client(plan.address, plan, spec, plan.tls.security() if plan.tls else None) as client:
+            check_versions(client)
+    return plan
 
 
 @contextmanager
-def connect(spec: ClusterSpec) -> Iterator[Connection]:
-    """Yield a connection for the run; a LocalCluster started here is closed after."""
-    address = spec.address or _scheduler_from_config()
-    if address:
-        with Client(address, timeout="20s") as client:
-            info = client.scheduler_info()
-            yield Connection(address, client.dashboard_link, len(info.get("workers", {})))
-        return
-    with LocalCluster(
-        n_workers=spec.n_workers,
-        threads_per_worker=spec.threads_per_worker,
-        processes=True,
-        dashboard_address=spec.dashboard_address,
-        silence_logs=logging.WARNING,
-    ) as cluster:
-        yield Connection(cluster.scheduler_address, cluster.dashboard_link, len(cluster.workers))
+def connect(spec: ClusterSpec, prefect_api_url: str | None = None) -> Iterator[Connection]:
+    """Yield a checked connection for the run; a cluster started here is closed after.
+
+    With ``prefect_api_url``, every worker (including those that join later) is
+    pointed at that Prefect API before it runs a task. Raises
+    :class:`PipelineError` with one line for contradicting flags, an unreachable
+    or TLS-mismatched scheduler, or package versions that differ from ours.
+    """
+    plan = resolve(spec)
+    if plan.note:
+        log.info("%s", plan.note)
+    security = plan.tls.security() if plan.tls else None
+    with ExitStack() as stack:
+        cluster = None
+        if plan.kind == "address":
+            client = stack.enter_context(_client(plan.address, plan, spec, security))
+        else:
+            cluster = _start_cluster(plan, spec, stack)
+            client = stack.enter_context(_client(cluster, plan, spec, security))
+        if prefect_api_url:
+            client.register_plugin(PrefectApiPlugin(prefect_api_url))
+        check_versions(client)
+        workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+        yield Connection(client.scheduler.address, _dashboard(client, cluster), workers, plan.origin, security, plan.note)
 
 
 def task_runner(connection: Connection) -> DaskTaskRunner:
-    """A Prefect task runner that submits to ``connection``."""
-    return DaskTaskRunner(address=connection.address)
+    """A Prefect task runner that submits to ``connection`` (with its TLS security, if any)."""
+    client_kwargs = {"security": connection.security} if connection.security is not None else None
+    return DaskTaskRunner(address=connection.address, client_kwargs=client_kwargs)

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from cluster import ClusterSpec, connect, task_runner
+from cluster import ClusterSpec, check_cluster, connect, task_runner
 from pipeline.config import TrainConfig
 from pipeline.flows import train_flow
 from pipeline.prefect_api import prefect_api
@@ -26,10 +26,14 @@ def train(
     announce: Callable[[str], None] = log.info,
 ) -> dict[str, Any]:
     """Train and validate as :func:`pipeline.flows.train_flow`; return its metrics."""
+    spec = cluster or ClusterSpec()
     preflight(config)
-    with prefect_api() as api_url, connect(cluster or ClusterSpec()) as connection:
+    check_cluster(spec)  # bad cluster flags, address, TLS or versions fail here, before any server starts
+    with prefect_api() as api_url, connect(spec, prefect_api_url=api_url) as connection:
         announce(f"Prefect API: {api_url}")
-        announce(f"Dask scheduler: {connection.address} ({connection.workers} workers)")
+        announce(f"Dask scheduler: {connection.address} ({connection.origin}, {connection.workers} workers)")
+        if connection.note:
+            announce(connection.note)
         if connection.dashboard_link:
             announce(f"Dask dashboard: {connection.dashboard_link}")
         return train_flow.with_options(task_runner=task_runner(connection))(config)

@@ -10,6 +10,7 @@ import pytest
 
 from pipeline.months import parse_months
 from pipeline.synth import write_months
+from pipeline.testing import temporary_prefect_api
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -28,19 +29,131 @@ def months_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def prefect_api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One real Prefect API on 127.0.0.1 for the session, on a throwaway database."""
-    from prefect.settings import PREFECT_HOME, temporary_settings
-
-    home = tmp_path_factory.mktemp("prefect-home")
-    previous = {k: os.environ.get(k) for k in ("PREFECT_HOME", "PREFECT_API_URL")}
-    os.environ["PREFECT_HOME"] = str(home)
-    os.environ.pop("PREFECT_API_URL", None)
-    from pipeline.prefect_api import prefect_api
-
-    with temporary_settings(updates={PREFECT_HOME: str(home)}), prefect_api() as url:
+    with temporary_prefect_api(tmp_path_factory.mktemp("prefect-home")) as url:
         assert url.startswith("http://127.0.0.1:")
         yield url
-    for key, value in previous.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+
+
+# --- real Dask clusters of separate processes (tests/test_cluster_remote.py) --------------------------
+
+
+def read_task_runs(flow_run_id: str, expected: int, timeout: float = 30.0) -> list:
+    """Task runs the current Prefect API recorded for a flow run (they arrive as events: wait for ``expected`` completed)."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                limit=200,
+                sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+            )
+            done = [r for r in runs if r.state and r.state.is_completed()]
+            if len(done) >= expected or time.monotonic() > deadline:
+                return runs
+            time.sleep(0.5)
+
+
+class DaskProcesses:
+    """A ``dask scheduler`` and ``dask worker`` subprocesses on 127.0.0.1 (random ports), killed on close.
+
+    Workers run with a nanny (``dask worker``'s default), so a worker process killed
+    by a test is restarted, as on a real cluster. Their environment has no
+    ``PREFECT_API_URL``: remote workers do not inherit the flow's.
+    """
+
+    def __init__(self, folder: Path, workers: int = 2, tls: tuple[Path, Path, Path] | None = None) -> None:
+        import subprocess
+        import sys
+        import time
+
+        self.folder = folder
+        self.tls = tls
+        dask = str(Path(sys.executable).with_name("dask"))
+        tls_args = [] if tls is None else ["--tls-ca-file", str(tls[0]), "--tls-cert", str(tls[1]), "--tls-key", str(tls[2])]
+        env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+        env.update(PREFECT_HOME=str(folder / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+        scheduler_file = folder / "scheduler.json"
+        self.processes: list[subprocess.Popen] = []
+
+        def start(args: list[str], log: str) -> subprocess.Popen:
+            with open(folder / log, "wb") as out:
+                process = subprocess.Popen(args, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT)
+            self.processes.append(process)
+            return process
+
+        start([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file", str(scheduler_file),
+               *(["--protocol", "tls"] if tls else []), *tls_args], "scheduler.log")
+        deadline = time.monotonic() + 30
+        while not scheduler_file.exists() or not scheduler_file.read_text().strip():
+            if time.monotonic() > deadline or self.processes[0].poll() is not None:
+                self.close()
+                raise RuntimeError(f"dask scheduler did not start: {(folder / 'scheduler.log').read_text()[-2000:]}")
+            time.sleep(0.1)
+        import json
+
+        self.address: str = json.loads(scheduler_file.read_text())["address"]
+        for n in range(workers):
+            start([dask, "worker", self.address, "--host", "127.0.0.1", "--nthreads", "1", "--no-dashboard",
+                   "--name", f"worker-{n}", *tls_args], f"worker-{n}.log")
+        with self.client() as client:
+            client.wait_for_workers(workers, timeout=60)
+
+    def client(self):  # type: ignore[no-untyped-def]
+        """A plain Dask client of this cluster (with its TLS files when it has them)."""
+        from distributed import Client
+        from distributed.security import Security
+
+        security = None
+        if self.tls:
+            ca, cert, key = map(str, self.tls)
+            security = Security(tls_ca_file=ca, tls_client_cert=cert, tls_client_key=key, require_encryption=True)
+        return Client(self.address, security=security, timeout="20s", set_as_default=False)
+
+    def close(self) -> None:
+        import subprocess
+
+        # Workers (their nannies) first: with the scheduler gone they would retry it for seconds.
+        for group in (self.processes[1:], self.processes[:1]):
+            for process in group:
+                process.terminate()
+            for process in group:
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+@pytest.fixture(scope="session")
+def dask_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskProcesses]:
+    """A plaintext scheduler and two single-threaded workers, separate processes on 127.0.0.1, for the session."""
+    cluster = DaskProcesses(tmp_path_factory.mktemp("dask-tcp"))
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """A CA, and a certificate and key it signed, made by ``cluster.certs`` (for 127.0.0.1)."""
+    from cluster.certs import make_certificates
+
+    files = make_certificates(tmp_path_factory.mktemp("tls"))
+    return files.ca_file, files.cert, files.key
+
+
+@pytest.fixture(scope="session")
+def tls_dask_processes(tmp_path_factory: pytest.TempPathFactory, tls_files: tuple[Path, Path, Path]) -> Iterator[DaskProcesses]:
+    """The same as ``dask_processes`` over TLS (tls://, mutual certificates)."""
+    cluster = DaskProcesses(tmp_path_factory.mktemp("dask-tls"), tls=tls_files)
+    try:
+        yield cluster
+    finally:
+        cluster.close()

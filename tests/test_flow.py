@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import read_task_runs
 
 from cluster import ClusterSpec
 from pipeline import reader, seed
@@ -20,26 +21,6 @@ from pipeline.run import train
 from pipeline.sources import month_filename
 
 pytestmark = pytest.mark.slow
-
-
-def _task_runs(flow_run_id: str, expected: int, timeout: float = 30.0) -> list:
-    """Task runs recorded by the API for a flow run (they arrive as events, so wait a little)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-    from prefect.client.schemas.sorting import TaskRunSort
-
-    deadline = time.monotonic() + timeout
-    with get_client(sync_client=True) as client:
-        while True:
-            runs = client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-                limit=200,
-                sort=TaskRunSort.EXPECTED_START_TIME_ASC,
-            )
-            done = [r for r in runs if r.state and r.state.is_completed()]
-            if len(done) >= expected or time.monotonic() > deadline:
-                return runs
-            time.sleep(0.5)
 
 
 def test_train_flow_matches_seed_and_reports_every_task_to_one_api(months_dir, prefect_api_url, tmp_path):
@@ -69,7 +50,7 @@ def test_train_flow_matches_seed_and_reports_every_task_to_one_api(months_dir, p
         for m in (1, 2, 3)
     )
     expected = chunks + 3 + 1 + 5 + 2  # chunk-stats, month-stats per month; pool; 5 CV folds; fit; score
-    runs = _task_runs(metrics["flow_run_id"], expected)
+    runs = read_task_runs(metrics["flow_run_id"], expected)
     assert chunks == 6  # 4 row groups of 10k rows a month, 2 per chunk
     assert len(runs) == expected
     assert all(r.state.is_completed() for r in runs)
@@ -120,11 +101,11 @@ def test_cv_is_identical_for_any_worker_count_and_chunking_and_published(months_
 
 
 def _chunk_states(flow_run_id: str) -> list[str]:
-    runs = _task_runs(flow_run_id, expected=0, timeout=0)
+    runs = read_task_runs(flow_run_id, expected=0, timeout=0)
     deadline = time.monotonic() + 30
     while any(r.state is None or not r.state.is_final() for r in runs) and time.monotonic() < deadline:
         time.sleep(0.5)
-        runs = _task_runs(flow_run_id, expected=0, timeout=0)
+        runs = read_task_runs(flow_run_id, expected=0, timeout=0)
     return sorted(r.state.name for r in runs if r.name.startswith("chunk-stats"))
 
 
@@ -158,7 +139,7 @@ def test_estimator_folds_run_concurrently_on_the_cluster(months_dir, prefect_api
     assert metrics["val_rmse"] < 0.8 * np.std(seed.read_dataframe(months_dir / month_filename("yellow", Month(2023, 3)))["duration"])
     assert sorted(p.name for p in (tmp_path / "hgb").iterdir()) == ["metrics.json"]  # no pickle-free format for trees
 
-    folds = [r for r in _task_runs(metrics["flow_run_id"], expected=0, timeout=0) if r.name.startswith("estimator-fold")]
+    folds = [r for r in read_task_runs(metrics["flow_run_id"], expected=0, timeout=0) if r.name.startswith("estimator-fold")]
     assert len(folds) == 4
     spans = sorted((r.start_time, r.end_time) for r in folds)
     assert any(later_start < end for (_, end), (later_start, _) in zip(spans, spans[1:])), spans
@@ -190,5 +171,5 @@ def test_remote_months_are_fetched_by_tasks_into_the_cache(http_months, months_d
     assert remote["val_rmse"] == local["val_rmse"] and remote["train_rows"] == local["train_rows"]
     cached = sorted(p.name for p in (tmp_path / "cache").rglob("*.parquet"))
     assert cached == ["yellow_tripdata_2023-01.parquet", "yellow_tripdata_2023-02.parquet"]
-    names = [r.name.rsplit("-", 1)[0] for r in _task_runs(remote["flow_run_id"], expected=0, timeout=0)]
+    names = [r.name.rsplit("-", 1)[0] for r in read_task_runs(remote["flow_run_id"], expected=0, timeout=0)]
     assert names.count("locate-month") == 2

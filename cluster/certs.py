@@ -1,0 +1,118 @@
+"""Make a private CA and one certificate for a Dask cluster's TLS (``python -m cluster.certs DIR``).
+
+Dask's TLS is mutual: the scheduler, every worker and every client present a
+certificate signed by the CA the others trust (``--tls-ca-file``). Dask does not
+check host names, so one certificate can serve every process of a small cluster;
+give each role its own (run this once per role, reusing the CA) where that matters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import ipaddress
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """Paths of a CA certificate, and of a certificate and key it signed (PEM)."""
+
+    ca_file: Path
+    cert: Path
+    key: Path
+
+
+def _name(common_name: str):  # type: ignore[no-untyped-def]
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _san(hosts: Sequence[str]):  # type: ignore[no-untyped-def]
+    from cryptography import x509
+
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    return x509.SubjectAlternativeName(names)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a key readable by its owner only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+
+
+def make_certificates(folder: Path, hosts: Sequence[str] = ("127.0.0.1", "localhost"), days: int = 365) -> TlsFiles:
+    """Write ``ca.pem`` (CA certificate), ``cert.pem`` and ``key.pem`` (signed by it) into ``folder``.
+
+    The CA's own key is written too (``ca-key.pem``) so that more certificates can
+    be signed later by ``openssl x509 -req -CA ca.pem -CAkey ca-key.pem``; keep it
+    off the cluster's machines.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    folder.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = _name("taxi-pipeline dask CA")
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(start).not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                                     key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("dask")).issuer_name(ca_name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(start).not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_san(hosts), critical=False)
+        # Every Dask process is both a TLS server and a TLS client.
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH,
+                                              x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    files = TlsFiles(folder / "ca.pem", folder / "cert.pem", folder / "key.pem")
+    files.ca_file.write_bytes(ca_cert.public_bytes(pem))
+    files.cert.write_bytes(cert.public_bytes(pem))
+    no_password = serialization.NoEncryption()
+    _write_private(files.key, key.private_bytes(pem, serialization.PrivateFormat.PKCS8, no_password))
+    _write_private(folder / "ca-key.pem", ca_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, no_password))
+    return files
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m cluster.certs DIR [--host H ...]``: print the three flags to use."""
+    parser = argparse.ArgumentParser(prog="python -m cluster.certs", description=main.__doc__)
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--host", action="append", help="host name or IP the certificate names (repeatable) [default: 127.0.0.1, localhost]")
+    parser.add_argument("--days", type=int, default=365)
+    args = parser.parse_args(argv)
+    files = make_certificates(args.folder, tuple(args.host or ("127.0.0.1", "localhost")), args.days)
+    print(f"--tls-ca-file {files.ca_file} --tls-cert {files.cert} --tls-key {files.key}")
+
+
+if __name__ == "__main__":
+    main()
