@@ -41,7 +41,8 @@ class AlphaSummary:
     folds: int
 
 
-def _score(train: Stats, test: Stats, fold: int, alpha: float) -> CVScore:
+def score(train: Stats, test: Stats, fold: int, alpha: float) -> CVScore:
+    """Solve on ``train`` at ``alpha`` and score on ``test``."""
     started = time.perf_counter()
     weights = solve.solve(train, alpha)
     rmse = solve.rmse(weights, test)
@@ -50,12 +51,12 @@ def _score(train: Stats, test: Stats, fold: int, alpha: float) -> CVScore:
 
 def kfold_score(pooled: Stats, fold: int, alpha: float) -> CVScore:
     """Fold ``fold`` of per-fold statistics, trained on the other folds."""
-    return _score(pooled.without(fold), pooled.fold(fold), fold, alpha)
+    return score(pooled.without(fold), pooled.fold(fold), fold, alpha)
 
 
 def window_score(earlier: Sequence[Stats], month: Stats, fold: int, alpha: float) -> CVScore:
     """Rolling origin: train on ``earlier`` months, score on ``month``."""
-    return _score(reduce(add, earlier), month, fold, alpha)
+    return score(reduce(add, earlier), month, fold, alpha)
 
 
 def summarize(scores: Sequence[CVScore]) -> list[AlphaSummary]:

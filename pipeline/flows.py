@@ -20,8 +20,9 @@ from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
 
-from pipeline import cv, estimators, prefect_speedups, reader, solve, stats
+from pipeline import cv, prefect_speedups, reader, solve, stats
 from pipeline.config import TrainConfig
 from pipeline.errors import PipelineError
 from pipeline.features import FeatureSpec, encode
@@ -65,8 +66,7 @@ def chunk_cache_key(context: Any, parameters: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
-@task(name="chunk-stats", cache_key_fn=chunk_cache_key)
-def chunk_stats(plan: reader.MonthPlan, chunk: reader.Chunk, spec: FeatureSpec, folds: int = 1, seed: int = 0) -> stats.Stats:
+def chunk_statistics(plan: reader.MonthPlan, chunk: reader.Chunk, spec: FeatureSpec, folds: int = 1, seed: int = 0) -> stats.Stats:
     """Read one row-group range, encode it, and reduce it to (per-fold) statistics."""
     encoded = encode(reader.read(plan.layout, chunk), spec)
     if folds < 2:
@@ -75,28 +75,51 @@ def chunk_stats(plan: reader.MonthPlan, chunk: reader.Chunk, spec: FeatureSpec, 
     return stats.compute(encoded, fold, folds)
 
 
+chunk_stats = task(name="chunk-stats", cache_key_fn=chunk_cache_key)(chunk_statistics)
+#: A task of its own: ``with_options(cache_key_fn=None)`` keeps the key function (Prefect 3.8).
+chunk_stats_uncached = task(name="chunk-stats", cache_policy=NO_CACHE)(chunk_statistics)
+
+
 @task(name="month-stats", cache_policy=NO_CACHE)
 def month_stats(parts: list[stats.Stats]) -> stats.Stats:
     """Add a month's chunk statistics."""
     return reduce(add, parts)
 
 
-@task(name="pool-months", cache_policy=NO_CACHE)
-def pool_months(months: list[stats.Stats]) -> stats.Stats:
-    """Add the training months' per-fold statistics, once for every CV solve."""
-    return reduce(add, months)
+@dataclass(frozen=True)
+class Candidate:
+    """A model refit on all training rows at one alpha, scored on the validation month."""
+
+    alpha: float
+    fit: Fit
+    val_rows: int
+    val_rmse: float
 
 
 @task(name="cv-kfold", cache_policy=NO_CACHE)
-def cv_kfold(pooled: stats.Stats, fold: int, alpha: float) -> cv.CVScore:
-    """One fold at one alpha, from the pooled per-fold statistics."""
-    return cv.kfold_score(pooled, fold, alpha)
+def cv_kfold(months: list[stats.Stats], val: stats.Stats, folds: list[int], alphas: list[float],
+             refit: list[float]) -> tuple[list[cv.CVScore], list[Candidate]]:
+    """Some folds at every alpha, plus the final refits for the ``refit`` alphas.
+
+    A solve takes 5 ms and a Prefect task costs 80-100 ms here, so the grid is
+    cut into one task per worker slot rather than a task per fold × alpha, and
+    the candidates' final fits are made here too, instead of in a fit and a score
+    task after the choice. Every fold × alpha score is still reported.
+    """
+    pooled = reduce(add, months)
+    scores = [cv.kfold_score(pooled, k, alpha) for k in folds for alpha in alphas]
+    candidates = []
+    for alpha in refit:
+        fitted = fit.fn(months, alpha)
+        candidates.append(Candidate(alpha, fitted, *score.fn(fitted, val)))
+    return scores, candidates
 
 
 @task(name="cv-window", cache_policy=NO_CACHE)
-def cv_window(earlier: list[stats.Stats], month: stats.Stats, fold: int, alpha: float) -> cv.CVScore:
-    """One rolling-origin window at one alpha."""
-    return cv.window_score(earlier, month, fold, alpha)
+def cv_window(earlier: list[stats.Stats], month: stats.Stats, fold: int, alphas: list[float]) -> list[cv.CVScore]:
+    """One rolling-origin window (train on ``earlier``, score on ``month``), at every alpha."""
+    train = reduce(add, earlier)
+    return [cv.score(train, month, fold, alpha) for alpha in alphas]
 
 
 @dataclass(frozen=True)
@@ -134,6 +157,8 @@ def score(fitted: Fit, held_out: stats.Stats) -> tuple[int, float]:
 def estimator_fold(plans: list[reader.MonthPlan], spec: FeatureSpec, model: str, folds: int, fold: int,
                    seed: int, max_rows: int | None) -> cv.CVScore:
     """One CV fold of a row-fitted estimator, reading the months on this worker."""
+    from pipeline import estimators  # scikit-learn loads only on workers that fit estimators
+
     rows = estimators.load_rows(plans, spec, folds, seed, max_rows)
     return estimators.fold_score(model, rows, fold, seed)
 
@@ -158,6 +183,8 @@ def _empty(named: dict[str, int]) -> tuple[str, ...]:
 def estimator_fit(train: list[reader.MonthPlan], val: reader.MonthPlan, spec: FeatureSpec, model: str,
                   seed: int, max_rows: int | None) -> Outcome:
     """Fit a row-fitted estimator on all (capped) training rows and score the validation month."""
+    from pipeline import estimators
+
     train_rows = estimators.load_rows(train, spec, 1, seed, max_rows)
     val_rows = estimators.load_rows([val], spec, 1, seed, None)
     empty = _empty({f"months {', '.join(str(p.file.month) for p in train)}": train_rows.rows, _label(val): val_rows.rows})
@@ -191,7 +218,7 @@ def _month_statistics(config: TrainConfig, plans: dict[Month, reader.MonthPlan],
     """
     spec = config.feature_spec()
     folds = config.folds if config.cross_validates and config.cv == "kfold" else 1
-    compute = chunk_stats if config.cache else chunk_stats.with_options(cache_key_fn=None, cache_policy=NO_CACHE)
+    compute = chunk_stats if config.cache else chunk_stats_uncached
     futures = {}
     for month, plan in plans.items():
         month_folds = folds if month != val else 1
@@ -200,37 +227,49 @@ def _month_statistics(config: TrainConfig, plans: dict[Month, reader.MonthPlan],
     return futures
 
 
-def _cross_validate(config: TrainConfig, train: list[Month], per_month: dict[Month, Any]) -> list[cv.CVScore]:
-    """Map every fold × alpha solve over the cluster; only the scores come back."""
+def _worker_slots() -> int:
+    """Tasks the cluster runs at once (threads over all workers), from the flow's runner."""
+    try:
+        return max(1, sum(FlowRunContext.get().task_runner.client.nthreads().values()))
+    except Exception:  # no Dask runner (e.g. a test calling the flow on another runner)
+        return 1
+
+
+def _cross_validate(config: TrainConfig, train: list[Month], val: Month,
+                    per_month: dict[Month, Any]) -> tuple[list[cv.CVScore], dict[float, Candidate]]:
+    """Spread the folds (K-fold: and the candidates' refits) over the cluster, one task per worker slot."""
+    alphas = unmapped(config.alphas)
     if config.cv == "kfold":
-        pooled = pool_months.submit([per_month[m] for m in train])
-        grid = [(k, a) for a in config.alphas for k in range(config.folds)]
-        futures = cv_kfold.map(unmapped(pooled), [k for k, _ in grid], [a for _, a in grid])
-    else:
-        grid = [(i, a) for a in config.alphas for i in range(1, len(train))]
-        futures = cv_window.map(
-            [[per_month[m] for m in train[:i]] for i, _ in grid],
-            [per_month[train[i]] for i, _ in grid],
-            [i for i, _ in grid],
-            [a for _, a in grid],
-        )
-    return list(futures.result())
+        groups = min(config.folds, _worker_slots())
+        folds = [list(range(g, config.folds, groups)) for g in range(groups)]
+        refits = [config.alphas[g::groups] for g in range(groups)]
+        results = cv_kfold.map(unmapped([per_month[m] for m in train]), unmapped(per_month[val]), folds, alphas, refits).result()
+        return [s for scores, _ in results for s in scores], {c.alpha: c for _, found in results for c in found}
+    windows = range(1, len(train))
+    futures = cv_window.map([[per_month[m] for m in train[:i]] for i in windows],
+                            [per_month[train[i]] for i in windows], windows, alphas)
+    return [score for group in futures.result() for score in group], {}
 
 
 def _train_linear(config: TrainConfig, plans: dict[Month, reader.MonthPlan], train: list[Month], val: Month,
                   logger: Any) -> tuple[Outcome, float, dict[str, Any] | None]:
-    """The exact path: statistics per month, CV from them, one solve at the chosen alpha."""
+    """The exact path: statistics per month; CV from them (K-fold CV also refits every
+    candidate alpha, 5 ms each); else one fit and one score task at the alpha given."""
     per_month = _month_statistics(config, plans, val)
-    report, alpha = None, config.alphas[0]
+    report, alpha, candidates = None, config.alphas[0], {}
     if config.cross_validates:
-        scores = _cross_validate(config, train, per_month)
+        scores, candidates = _cross_validate(config, train, val, per_month)
         alpha = cv.best_alpha(cv.summarize(scores))
         report = cv.report(config.cv, scores, alpha)
         logger.info("CV chose alpha %g: %s", alpha, ", ".join(f"{s['alpha']:g}: {s['mean_rmse']:.4f}" for s in report["by_alpha"]))
-    fitted = fit.submit([per_month[m] for m in train], alpha)
-    validated = score.submit(fitted, per_month[val])
-    result = fitted.result()
-    val_rows, val_rmse = validated.result()
+    if alpha in candidates:
+        chosen = candidates[alpha]
+        result, val_rows, val_rmse = chosen.fit, chosen.val_rows, chosen.val_rmse
+    else:
+        fitted = fit.submit([per_month[m] for m in train], alpha)
+        validated = score.submit(fitted, per_month[val])
+        result = fitted.result()
+        val_rows, val_rmse = validated.result()
     empty = _empty({**{_label(plans[m]): n for m, n in zip(train, result.month_rows)}, _label(plans[val]): val_rows})
     return Outcome(result.weights, sum(result.month_rows), result.rmse, val_rows, val_rmse, empty), alpha, report
 

@@ -166,8 +166,11 @@ def test_a_worker_killed_mid_run_changes_nothing(months_dir, prefect_api_url, da
     calm, hit = _weights(local_output), _weights(tmp_path / "killed")
     assert calm.keys() == hit.keys() and all(np.array_equal(calm[k], hit[k]) for k in calm)
     # the chunks lost with the worker were recomputed; every task run ends Completed in the flow's API
+    # (CV runs one task per worker slot: fewer while the killed worker restarts)
     expected = local_tasks + Counter({"chunk-stats": 12 - local_tasks["chunk-stats"]})
-    assert _task_names(metrics["flow_run_id"], sum(expected.values())) == expected
+    seen = _task_names(metrics["flow_run_id"], sum(expected.values()) - expected["cv-kfold"] + 1)
+    assert 1 <= seen.pop("cv-kfold") <= expected.pop("cv-kfold")
+    assert seen == expected
 
     # the restarted worker joined later and was pointed at the flow's API too
     with dask_processes.client() as client:
