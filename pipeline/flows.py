@@ -118,8 +118,7 @@ def cv_kfold(months: list[stats.Stats], val: stats.Stats, folds: list[int], alph
 @task(name="cv-window", cache_policy=NO_CACHE)
 def cv_window(earlier: list[stats.Stats], month: stats.Stats, fold: int, alphas: list[float]) -> list[cv.CVScore]:
     """One rolling-origin window (train on ``earlier``, score on ``month``), at every alpha."""
-    train = reduce(add, earlier)
-    return [cv.score(train, month, fold, alpha) for alpha in alphas]
+    return [cv.window_score(earlier, month, fold, alpha) for alpha in alphas]
 
 
 @dataclass(frozen=True)
