@@ -175,3 +175,15 @@ def test_remote_months_are_fetched_by_tasks_into_the_cache(http_months, months_d
     assert cached == ["yellow_tripdata_2023-01.parquet", "yellow_tripdata_2023-02.parquet"]
     names = [r.name.rsplit("-", 1)[0] for r in read_task_runs(remote["flow_run_id"], expected=0, timeout=0)]
     assert names.count("locate-month") == 2
+
+
+def test_time_cv_trains_on_earlier_months_and_scores_the_next(months_dir, prefect_api_url, tmp_path):
+    config = TrainConfig(source=str(months_dir), train_months=["2023-01", "2023-02"], val_month="2023-03",
+                         output=tmp_path / "time", cv="time", alphas=[0.1, 10.0])
+    metrics = train(config, ClusterSpec(n_workers=2, dashboard_address=":0"))
+    report = metrics["cv"]
+    assert report["kind"] == "time" and report["folds"] == 1
+    jan, feb = (len(seed.read_dataframe(months_dir / month_filename("yellow", Month(2023, m)))) for m in (1, 2))
+    assert {(s["fold"], s["train_rows"], s["test_rows"]) for s in report["scores"]} == {(1, jan, feb)}
+    assert metrics["alpha"] == report["chosen_alpha"] == min(report["by_alpha"], key=lambda s: s["mean_rmse"])["alpha"]
+    assert metrics["train_rows"] == jan + feb
