@@ -23,7 +23,7 @@ from threadpoolctl import threadpool_limits
 from benchmarks.common import TAXI, months
 from pipeline.sources import month_filename
 from pipeline.synth import write_months
-from pipeline.testing import temporary_prefect_api
+from pipeline.orchestration.testing import temporary_prefect_api
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 

@@ -22,13 +22,14 @@ from prefect.runtime import flow_run
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 
-from pipeline import cv, prefect_speedups, reader, solve, stats
+from pipeline import cv, reader, solve, stats
 from pipeline.config import TrainConfig
 from pipeline.errors import PipelineError
 from pipeline.features import FeatureSpec, encode
 from pipeline.metrics import write_metrics
 from pipeline.model import Model
 from pipeline.months import Month
+from pipeline.orchestration import speedups
 from pipeline.sources import is_local
 
 
@@ -311,7 +312,7 @@ def _publish(report: dict[str, Any]) -> None:
 @flow(name="train-trip-duration", validate_parameters=True)
 def train_flow(config: TrainConfig) -> dict[str, Any]:
     """Train on the training months, validate on the next, save model and metrics."""
-    prefect_speedups.install()
+    speedups.install()
     logger = get_run_logger()
     started = time.perf_counter()
     train, val = config.months()

@@ -14,7 +14,7 @@ from typing import Any
 from cluster import ClusterSpec, check_cluster, connect, task_runner
 from pipeline.config import TrainConfig
 from pipeline.flows import train_flow
-from pipeline.prefect_api import prefect_api
+from pipeline.orchestration.prefect_api import prefect_api
 from pipeline.reader import preflight
 
 log = logging.getLogger(__name__)

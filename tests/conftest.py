@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.months import parse_months
 from pipeline.synth import write_months
-from pipeline.testing import temporary_prefect_api
+from pipeline.orchestration.testing import temporary_prefect_api
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 

@@ -3,16 +3,16 @@
 from prefect.context import SettingsContext
 from prefect.settings import PREFECT_LOGGING_LEVEL, temporary_settings
 
-from pipeline import prefect_speedups
+from pipeline.orchestration import speedups
 
 
 def test_memo_returns_the_same_serialisation_and_sees_new_settings():
-    prefect_speedups.install()
-    prefect_speedups.install()  # idempotent
+    speedups.install()
+    speedups.install()  # idempotent
     context = SettingsContext.get()
     first = context.serialize()
     assert context.serialize() is first  # memoised: no second pydantic dump
-    assert first == prefect_speedups._original(context)
+    assert first == speedups._original(context)
     with temporary_settings(updates={PREFECT_LOGGING_LEVEL: "ERROR"}):
         changed = SettingsContext.get().serialize()
         assert changed is not first
