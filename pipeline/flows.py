@@ -88,41 +88,6 @@ def month_stats(parts: list[stats.Stats]) -> stats.Stats:
 
 
 @dataclass(frozen=True)
-class Candidate:
-    """A model refit on all training rows at one alpha, scored on the validation month."""
-
-    alpha: float
-    fit: Fit
-    val_rows: int
-    val_rmse: float
-
-
-@task(name="cv-kfold", cache_policy=NO_CACHE)
-def cv_kfold(months: list[stats.Stats], val: stats.Stats, folds: list[int], alphas: list[float],
-             refit: list[float]) -> tuple[list[cv.CVScore], list[Candidate]]:
-    """Some folds at every alpha, plus the final refits for the ``refit`` alphas.
-
-    A solve takes 5 ms and a Prefect task costs 80-100 ms here, so the grid is
-    cut into one task per worker slot rather than a task per fold × alpha, and
-    the candidates' final fits are made here too, instead of in a fit and a score
-    task after the choice. Every fold × alpha score is still reported.
-    """
-    pooled = reduce(add, months)
-    scores = [cv.kfold_score(pooled, k, alpha) for k in folds for alpha in alphas]
-    candidates = []
-    for alpha in refit:
-        fitted = fit.fn(months, alpha)
-        candidates.append(Candidate(alpha, fitted, *score.fn(fitted, val)))
-    return scores, candidates
-
-
-@task(name="cv-window", cache_policy=NO_CACHE)
-def cv_window(earlier: list[stats.Stats], month: stats.Stats, fold: int, alphas: list[float]) -> list[cv.CVScore]:
-    """One rolling-origin window (train on ``earlier``, score on ``month``), at every alpha."""
-    return [cv.window_score(earlier, month, fold, alpha) for alpha in alphas]
-
-
-@dataclass(frozen=True)
 class Fit:
     """Weights and training figures; ``weights`` is None when a month had no rows left."""
 
@@ -151,6 +116,44 @@ def score(fitted: Fit, held_out: stats.Stats) -> tuple[int, float]:
     if fitted.weights is None or held_out.rows == 0:
         return held_out.rows, float("nan")
     return held_out.rows, solve.rmse(fitted.weights, held_out)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A model refit on all training rows at one alpha, scored on the validation month."""
+
+    alpha: float
+    fit: Fit
+    val_rows: int
+    val_rmse: float
+
+
+@task(name="cv-kfold", cache_policy=NO_CACHE)
+def cv_kfold(months: list[stats.Stats], val: stats.Stats, folds: list[int], alphas: list[float],
+             refit: list[float]) -> tuple[list[cv.CVScore], list[Candidate]]:
+    """Some folds at every alpha, plus the final refits for the ``refit`` alphas.
+
+    A solve takes 5 ms and a Prefect task costs 80-100 ms here, so the grid is
+    cut into one task per worker slot rather than a task per fold × alpha, and
+    the candidates' final fits are made here too, instead of in a fit and a score
+    task after the choice. Every fold × alpha score is still reported.
+    """
+    pooled = reduce(add, months)
+    scores = []
+    for k in folds:
+        train, test = pooled.without(k), pooled.fold(k)  # once per fold, not per alpha
+        scores += [cv.score(train, test, k, alpha) for alpha in alphas]
+    candidates = []
+    for alpha in refit:
+        fitted = fit.fn(months, alpha)
+        candidates.append(Candidate(alpha, fitted, *score.fn(fitted, val)))
+    return scores, candidates
+
+
+@task(name="cv-window", cache_policy=NO_CACHE)
+def cv_window(earlier: list[stats.Stats], month: stats.Stats, fold: int, alphas: list[float]) -> list[cv.CVScore]:
+    """One rolling-origin window (train on ``earlier``, score on ``month``), at every alpha."""
+    return [cv.window_score(earlier, month, fold, alpha) for alpha in alphas]
 
 
 @task(name="estimator-fold", cache_policy=NO_CACHE)

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -30,6 +29,7 @@ from urllib.parse import urlsplit
 
 import fsspec
 
+from pipeline.atomic import atomic_path
 from pipeline.errors import PipelineError
 from pipeline.months import Month
 from pipeline.schema import TAXI_TYPES
@@ -287,25 +287,19 @@ def _cache_store(dest: Path, body: IO[bytes], expected_size: int | None, identit
 
 
 def _atomic_write(dest: Path, body: IO[bytes], expected_size: int | None) -> tuple[os.stat_result, str]:
-    """Stream ``body`` to a unique temp file beside ``dest``, check its length, then rename.
+    """Stream ``body`` into ``dest`` atomically (:func:`pipeline.atomic.atomic_path`), checking its length.
 
-    Returns the final file's stat and sha256. On any failure the temp file is removed
-    and ``dest`` is untouched: readers see the old complete file or the new one.
+    Returns the final file's stat and sha256. On any failure ``dest`` is untouched:
+    readers see the old complete file or the new one.
     """
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out:
-            while chunk := body.read(_CHUNK):
-                digest.update(chunk)
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-            stat = os.fstat(out.fileno())
+    digest = hashlib.sha256()
+    with atomic_path(dest) as tmp, open(tmp, "wb") as out:
+        while chunk := body.read(_CHUNK):
+            digest.update(chunk)
+            out.write(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+        stat = os.fstat(out.fileno())
         if expected_size is not None and stat.st_size != expected_size:
             raise _Truncated(f"got {stat.st_size} of {expected_size} bytes")
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return stat, digest.hexdigest()

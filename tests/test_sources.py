@@ -333,7 +333,7 @@ def test_http_truncated_body_leaves_nothing_behind(server: Server, cache: Path, 
         resolve_month(server.url, "yellow", JAN, cache_dir=cache, retries=2)
     assert "2023-01" in str(info.value) and server.url in str(info.value)
     assert server.count("GET") == 3
-    assert cached_files(cache) == []  # neither the final name, a sidecar, nor a .part file
+    assert cached_files(cache) == []  # neither the final name, a sidecar, nor a temp file
 
 
 def test_http_truncation_keeps_previous_good_copy(server: Server, cache: Path, no_sleep: list[float]) -> None:
