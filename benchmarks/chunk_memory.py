@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 from benchmarks.common import SPEC, TAXI
-from pipeline import reader
-from pipeline.flows import chunk_stats
-from pipeline.months import Month
+from pipeline.edge import reader
+from pipeline.flows.train import chunk_stats
+from pipeline.core.months import Month
 
 CLEAR_REFS = Path("/proc/self/clear_refs")
 

@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, TypeVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import reader, solve, stats
-from pipeline.config import TrainConfig
-from pipeline.features import Encoded, FeatureSpec, encode
-from pipeline.flows import chunk_stats
-from pipeline.months import Month
-from pipeline.sources import month_filename
+from pipeline.core import solve, stats
+from pipeline.edge import reader
+from pipeline.core.config import TrainConfig
+from pipeline.core.features import Encoded, FeatureSpec, encode
+from pipeline.flows.train import chunk_stats
+from pipeline.core.months import Month
+from pipeline.edge.sources import month_filename
 
 if TYPE_CHECKING:
     from pytest_benchmark.fixture import BenchmarkFixture

@@ -4,7 +4,7 @@
 Scale: ``--bench-rows N`` or ``BENCH_ROWS`` rows per generated month (default 1M,
 about 5 minutes on 2 cores); ``--bench-quick`` or ``BENCH_QUICK=1`` for CI
 (100k rows, relaxed floors). Months are generated once into
-``.benchmarks/data/<rows>/`` and reused by later sessions: ``pipeline.synth`` is
+``.benchmarks/data/<rows>/`` and reused by later sessions: ``pipeline.edge.synth`` is
 deterministic and writes atomically, so a file there is the file a new run would
 write (delete the folder after changing the generator).
 """
@@ -21,8 +21,8 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from benchmarks.common import TAXI, months
-from pipeline.sources import month_filename
-from pipeline.synth import write_months
+from pipeline.edge.sources import month_filename
+from pipeline.edge.synth import write_months
 from pipeline.orchestration.testing import temporary_prefect_api
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -18,8 +18,8 @@ import pytest
 
 from benchmarks.chunk_memory import CLEAR_REFS
 from benchmarks.common import SPEC, TAXI, best_of, months
-from pipeline import reader
-from pipeline.flows import chunk_stats
+from pipeline.edge import reader
+from pipeline.flows.train import chunk_stats
 
 QUARTERS = (1, 2, 4)
 

@@ -1,6 +1,6 @@
 """K-fold CV over an alpha grid: from one pass of per-fold statistics, against refitting.
 
-From statistics (the product's way, :mod:`pipeline.cv`): one pass of the
+From statistics (the product's way, :mod:`pipeline.core.cv`): one pass of the
 ``chunk-stats`` task with fold ids gives per-fold statistics; fold k trains on
 ``total - fold_k`` and is scored on ``fold_k``, for every alpha, without
 touching a row again. Refitting, as a generic grid search does: every (fold,
@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 
 from benchmarks.common import CHUNK_ROWS, SPEC, best_of, month_path, month_stats, months
-from pipeline import cv, reader, solve, stats
-from pipeline.features import Encoded, encode
-from pipeline.months import Month
+from pipeline.core import cv, solve, stats
+from pipeline.edge import reader
+from pipeline.core.features import Encoded, encode
+from pipeline.core.months import Month
 
 pytestmark = pytest.mark.usefixtures("one_core")
 

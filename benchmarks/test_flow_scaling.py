@@ -18,7 +18,7 @@ import pytest
 
 from benchmarks.common import best_of, months, project_fit
 from cluster import ClusterSpec
-from pipeline.config import TrainConfig
+from pipeline.core.config import TrainConfig
 from pipeline.run import train
 
 pytestmark = pytest.mark.slow

@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.common import SPEC, best_of, decode, month_path, month_stats, months, read_month
-from pipeline import stats
-from pipeline.features import encode
+from pipeline.core import stats
+from pipeline.core.features import encode
 
 pytestmark = pytest.mark.usefixtures("one_core")
 

@@ -23,8 +23,8 @@ import sparse
 from dask_ml.linear_model import LinearRegression
 
 from benchmarks.common import ALPHA, best_of, encoded_month, months, project_fit
-from pipeline.features import N_ZONES
-from pipeline.months import Month
+from pipeline.core.features import N_ZONES
+from pipeline.core.months import Month
 
 pytestmark = [
     pytest.mark.reference,

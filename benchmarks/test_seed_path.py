@@ -1,7 +1,7 @@
 """The issue's headline: the project's path against the seed's, same rows, same run.
 
 Seed: pandas + ``to_dict`` records + DictVectorizer + LinearRegression
-(:mod:`pipeline.seed`). Project: statistics per month file, exact ridge at the
+(:mod:`pipeline.edge.seed`). Project: statistics per month file, exact ridge at the
 default alpha, RMSEs from statistics. Train one month, validate the next.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.common import ALPHA, best_of, month_path, months, project_fit
-from pipeline import seed
+from pipeline.edge import seed
 
 pytestmark = [pytest.mark.reference, pytest.mark.usefixtures("one_core")]
 

@@ -44,8 +44,8 @@ def cli() -> None:
 @click.option("--row-group-size", type=click.IntRange(min=1), default=500_000, show_default=True)
 def synth(output: Path, months: str, rows: int, taxi: str, seed: int, row_group_size: int) -> None:
     """Write generated TLC-shaped month files (deterministic by seed)."""
-    from pipeline.months import parse_months
-    from pipeline.synth import write_months
+    from pipeline.core.months import parse_months
+    from pipeline.edge.synth import write_months
 
     for path in write_months(output, parse_months(months), rows, seed=seed, taxi=taxi, row_group_size=row_group_size):
         _out.print(f"wrote {path}")
@@ -104,8 +104,8 @@ def _with(options: list[Any]) -> Any:
 
 def _run_train(train_months: str, val_month: str, output: Path, **options: Any) -> None:
     """Build the config (flags left unset take TrainConfig's defaults), check the input, run, print."""
-    from pipeline.config import TrainConfig
-    from pipeline.reader import preflight
+    from pipeline.core.config import TrainConfig
+    from pipeline.edge.reader import preflight
 
     fields = {k: v for k, v in options.items() if k in TrainConfig.model_fields and v is not None}
     config = TrainConfig.from_flags(train_months, val_month, output=output, **fields)
@@ -122,7 +122,7 @@ def _run_train(train_months: str, val_month: str, output: Path, **options: Any) 
 
 
 def _cv_table(report: dict[str, Any]) -> Table:
-    from pipeline.cv import alpha_text
+    from pipeline.core.cv import alpha_text
 
     table = Table(title=f"{report['kind']} CV over {report['folds']} folds; chosen alpha {alpha_text(report['chosen_alpha'])}")
     for column in ("alpha", "mean RMSE", "std", "folds"):
@@ -150,9 +150,9 @@ def train(**kwargs: Any) -> None:
 @_with(_CLUSTER_OPTIONS)
 def demo(data: Path, output: Path, rows: int, **cluster: Any) -> None:
     """Generate three months (once), train on two with 5-fold CV, validate on the third."""
-    from pipeline.months import parse_months
-    from pipeline.sources import month_filename
-    from pipeline.synth import write_months
+    from pipeline.core.months import parse_months
+    from pipeline.edge.sources import month_filename
+    from pipeline.edge.synth import write_months
 
     months = parse_months("2023-01:2023-03")
     missing = [m for m in months if not (data / month_filename("yellow", m)).exists()]

@@ -12,10 +12,10 @@ from collections.abc import Callable
 from typing import Any
 
 from cluster import ClusterSpec, check_cluster, connect, task_runner
-from pipeline.config import TrainConfig
-from pipeline.flows import train_flow
+from pipeline.core.config import TrainConfig
+from pipeline.flows.train import train_flow
 from pipeline.orchestration.prefect_api import prefect_api
-from pipeline.reader import preflight
+from pipeline.edge.reader import preflight
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.months import parse_months
-from pipeline.synth import write_months
+from pipeline.core.months import parse_months
+from pipeline.edge.synth import write_months
 from pipeline.orchestration.testing import temporary_prefect_api
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.months import Month
-from pipeline.sources import month_filename
+from pipeline.core.months import Month
+from pipeline.edge.sources import month_filename
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

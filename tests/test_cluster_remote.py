@@ -20,7 +20,7 @@ import pytest
 from conftest import DaskProcesses, read_task_runs
 
 from cluster import ClusterSpec, connect
-from pipeline.config import TrainConfig
+from pipeline.core.config import TrainConfig
 from pipeline.errors import PipelineError
 from pipeline.run import train
 

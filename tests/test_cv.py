@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from pipeline import cv, solve, stats
-from pipeline.features import N_ZONES, Encoded
+from pipeline.core import cv, solve, stats
+from pipeline.core.features import N_ZONES, Encoded
 
 
 def _encoded(rows: int, seed: int) -> Encoded:

@@ -10,13 +10,14 @@ import pandas as pd
 import pytest
 from threadpoolctl import threadpool_limits
 
-from pipeline import estimators, reader, solve, stats
+from pipeline.core import estimators, solve, stats
+from pipeline.edge import reader
 from pipeline.errors import PipelineError
-from pipeline.features import FeatureSpec, encode
-from pipeline.model import Model
-from pipeline.months import Month, parse_months
-from pipeline.schema import DO, PU
-from pipeline.synth import write_months
+from pipeline.core.features import FeatureSpec, encode
+from pipeline.core.model import Model
+from pipeline.core.months import Month, parse_months
+from pipeline.core.schema import DO, PU
+from pipeline.edge.synth import write_months
 
 SPEC = FeatureSpec(numeric=("trip_distance",))
 FOLDS = 5

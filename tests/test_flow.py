@@ -12,13 +12,13 @@ import pytest
 from conftest import read_task_runs
 
 from cluster import ClusterSpec
-from pipeline import reader, seed
-from pipeline.config import TrainConfig
-from pipeline.features import FeatureSpec
-from pipeline.model import Model
-from pipeline.months import Month
+from pipeline.edge import reader, seed
+from pipeline.core.config import TrainConfig
+from pipeline.core.features import FeatureSpec
+from pipeline.core.model import Model
+from pipeline.core.months import Month
 from pipeline.run import train
-from pipeline.sources import month_filename
+from pipeline.edge.sources import month_filename
 
 pytestmark = pytest.mark.slow
 

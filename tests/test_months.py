@@ -1,7 +1,7 @@
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.months import Month, parse_months
+from pipeline.core.months import Month, parse_months
 
 
 def test_lists_and_ranges_mix_sorted_unique():

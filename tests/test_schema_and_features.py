@@ -7,10 +7,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import reader
+from pipeline.edge import reader
 from pipeline.errors import PipelineError
-from pipeline.features import N_ZONES, FeatureSpec, encode
-from pipeline.schema import DO, DROPOFF, PICKUP, PU, column_mapping, normalize
+from pipeline.core.features import N_ZONES, FeatureSpec, encode
+from pipeline.core.schema import DO, DROPOFF, PICKUP, PU, column_mapping, normalize
 
 START = datetime(2023, 1, 1, 8, 0)
 MINUTES = [0.5, 1.0, 12.25, 60.0, 60.5, -3.0]  # the seed keeps 1 <= minutes <= 60

@@ -5,8 +5,8 @@ import pytest
 import scipy.sparse as sp
 from sklearn.linear_model import Ridge
 
-from pipeline import solve, stats
-from pipeline.features import N_ZONES, Encoded
+from pipeline.core import solve, stats
+from pipeline.core.features import N_ZONES, Encoded
 
 
 def _encoded(rows: int, seed: int, numeric: int = 0) -> Encoded:

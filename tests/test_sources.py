@@ -21,10 +21,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import sources
+from pipeline.edge import sources
 from pipeline.errors import PipelineError
-from pipeline.months import Month
-from pipeline.sources import (
+from pipeline.core.months import Month
+from pipeline.edge.sources import (
     DEFAULT_SOURCE,
     MonthFile,
     default_cache_dir,

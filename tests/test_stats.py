@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from pipeline import stats
-from pipeline.features import N_ZONES, Encoded
+from pipeline.core import stats
+from pipeline.core.features import N_ZONES, Encoded
 
 
 def _enc(rows, seed, numeric=1):

@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.months import Month
-from pipeline.schema import REQUIRED, column_mapping, normalize
-from pipeline.synth import month_filename, synth_month, write_months, write_table
+from pipeline.core.months import Month
+from pipeline.core.schema import REQUIRED, column_mapping, normalize
+from pipeline.edge.synth import month_filename, synth_month, write_months, write_table
 
 JAN, FEB = Month(2023, 1), Month(2023, 2)
 ROWS = 100_000

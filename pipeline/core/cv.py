@@ -15,8 +15,8 @@ from operator import add
 
 import numpy as np
 
-from pipeline import solve
-from pipeline.stats import Stats
+from pipeline.core import solve
+from pipeline.core.stats import Stats
 
 
 @dataclass(frozen=True)

@@ -22,15 +22,16 @@ from prefect.runtime import flow_run
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 
-from pipeline import cv, reader, solve, stats
-from pipeline.config import TrainConfig
+from pipeline.core import cv, solve, stats
+from pipeline.edge import reader
+from pipeline.core.config import TrainConfig
 from pipeline.errors import PipelineError
-from pipeline.features import FeatureSpec, encode
-from pipeline.metrics import write_metrics
-from pipeline.model import Model
-from pipeline.months import Month
-from pipeline.orchestration import speedups
-from pipeline.sources import is_local
+from pipeline.core.features import FeatureSpec, encode
+from pipeline.edge.metrics import write_metrics
+from pipeline.core.model import Model
+from pipeline.core.months import Month
+from pipeline.orchestration import prefect_patches
+from pipeline.edge.sources import is_local
 
 
 def _retry_unless_bad_input(task: Any, task_run: Any, state: Any) -> bool:
@@ -186,7 +187,7 @@ def _empty(named: dict[str, int]) -> tuple[str, ...]:
 def estimator_fit(train: list[reader.MonthPlan], val: reader.MonthPlan, spec: FeatureSpec, model: str,
                   seed: int, max_rows: int | None) -> Outcome:
     """Fit a row-fitted estimator on all (capped) training rows and score the validation month."""
-    from pipeline import estimators
+    from pipeline.core import estimators
 
     train_rows = estimators.load_rows(train, spec, 1, seed, max_rows)
     val_rows = estimators.load_rows([val], spec, 1, seed, None)
@@ -315,7 +316,7 @@ def _publish(report: dict[str, Any]) -> None:
 @flow(name="train-trip-duration", validate_parameters=True)
 def train_flow(config: TrainConfig) -> dict[str, Any]:
     """Train on the training months, validate on the next, save model and metrics."""
-    speedups.install()
+    prefect_patches.install()
     logger = get_run_logger()
     started = time.perf_counter()
     train, val = config.months()

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.atomic import write_bytes
+from pipeline.edge.atomic import write_bytes
 
 METRICS_FILE = "metrics.json"
 

@@ -25,11 +25,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.atomic import atomic_path
+from pipeline.edge.atomic import atomic_path
 from pipeline.errors import PipelineError
-from pipeline.months import Month
-from pipeline.schema import TAXI_TYPES
-from pipeline.sources import month_filename
+from pipeline.core.months import Month
+from pipeline.core.schema import TAXI_TYPES
+from pipeline.edge.sources import month_filename
 
 __all__ = [
     "GREEN_SCHEMA",

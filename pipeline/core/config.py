@@ -8,10 +8,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.errors import PipelineError
-from pipeline.features import FeatureSpec
-from pipeline.months import Month, parse_months
-from pipeline.schema import TAXI_TYPES
-from pipeline.sources import DEFAULT_SOURCE
+from pipeline.core.features import FeatureSpec
+from pipeline.core.months import Month, parse_months
+from pipeline.core.schema import TAXI_TYPES
+from pipeline.edge.sources import DEFAULT_SOURCE
 
 
 #: ``linear`` trains exactly from statistics; the others fit on rows, fold by fold.

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.features import MICROS_PER_MINUTE, N_PAIRS, Encoded
-from pipeline.months import Month
+from pipeline.core.features import MICROS_PER_MINUTE, N_PAIRS, Encoded
+from pipeline.core.months import Month
 
 _GOLDEN = 0x9E3779B97F4A7C15
 _MASK64 = (1 << 64) - 1

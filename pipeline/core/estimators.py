@@ -4,7 +4,7 @@ The exact linear path never holds rows: it adds per-pair statistics. A gradient
 boosted tree or a stochastic-gradient model needs the rows themselves, so each
 cross-validation fold is one task that reads the month files on its worker,
 fits, and returns a score. Folds are assigned with the statistics path's own
-hash (:func:`pipeline.stats.fold_of` of the row's position in its month file),
+hash (:func:`pipeline.core.stats.fold_of` of the row's position in its month file),
 so every model is scored on exactly the same held-out rows, however the files
 are chunked. Pure: no Prefect, no Dask.
 """
@@ -23,12 +23,13 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import SGDRegressor
 from sklearn.pipeline import Pipeline
 
-from pipeline import reader, stats
-from pipeline.config import MODELS
-from pipeline.cv import CVScore
+from pipeline.core import stats
+from pipeline.edge import reader
+from pipeline.core.config import MODELS
+from pipeline.core.cv import CVScore
 from pipeline.errors import PipelineError
-from pipeline.features import N_PAIRS, N_ZONES, FeatureSpec, encode
-from pipeline.solve import Weights
+from pipeline.core.features import N_PAIRS, N_ZONES, FeatureSpec, encode
+from pipeline.core.solve import Weights
 
 #: Models fitted on rows, fold by fold; "linear" is the exact statistics path.
 ESTIMATORS = tuple(m for m in MODELS if m != "linear")
@@ -254,7 +255,7 @@ def fold_score(name: str, rows: Rows, fold: int, seed: int) -> CVScore:
 
 
 def sgd_weights(fitted: Pipeline) -> Weights:
-    """A fitted ``sgd`` pipeline as linear :class:`~pipeline.solve.Weights`, to save as a :class:`~pipeline.model.Model`.
+    """A fitted ``sgd`` pipeline as linear :class:`~pipeline.core.solve.Weights`, to save as a :class:`~pipeline.core.model.Model`.
 
     The numeric columns' scaling is folded into their weights.
     """

@@ -1,4 +1,4 @@
-"""Exact ridge regression from :class:`~pipeline.stats.Stats`, by a Schur complement.
+"""Exact ridge regression from :class:`~pipeline.core.stats.Stats`, by a Schur complement.
 
 Unknowns: an intercept (not penalised, as scikit-learn's ``fit_intercept``), one
 weight per pickup zone, per dropoff zone, per numeric column (the *dense* block,
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.features import N_ZONES
-from pipeline.stats import Stats
+from pipeline.core.features import N_ZONES
+from pipeline.core.stats import Stats
 
 _Z = N_ZONES
 

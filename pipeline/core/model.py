@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.atomic import write_bytes
+from pipeline.edge.atomic import write_bytes
 from pipeline.errors import PipelineError
-from pipeline.features import N_PAIRS, N_ZONES, FeatureSpec, numeric_matrix, zone_codes
-from pipeline.schema import DO, PU
-from pipeline.solve import Weights
+from pipeline.core.features import N_PAIRS, N_ZONES, FeatureSpec, numeric_matrix, zone_codes
+from pipeline.core.schema import DO, PU
+from pipeline.core.solve import Weights
 
 FORMAT = "taxi-pipeline/linear-pairs/v1"
 WEIGHTS_FILE = "model.npz"

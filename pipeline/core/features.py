@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.schema import DO, DROPOFF, PICKUP, PU, REQUIRED
+from pipeline.core.schema import DO, DROPOFF, PICKUP, PU, REQUIRED
 
 #: Zone ids are 1..265 (264 and 265 are TLC's "unknown"); code 0 stays unused.
 N_ZONES = 266

@@ -29,10 +29,10 @@ from urllib.parse import urlsplit
 
 import fsspec
 
-from pipeline.atomic import atomic_path
+from pipeline.edge.atomic import atomic_path
 from pipeline.errors import PipelineError
-from pipeline.months import Month
-from pipeline.schema import TAXI_TYPES
+from pipeline.core.months import Month
+from pipeline.core.schema import TAXI_TYPES
 
 logger = logging.getLogger(__name__)
 
@@ -287,7 +287,7 @@ def _cache_store(dest: Path, body: IO[bytes], expected_size: int | None, identit
 
 
 def _atomic_write(dest: Path, body: IO[bytes], expected_size: int | None) -> tuple[os.stat_result, str]:
-    """Stream ``body`` into ``dest`` atomically (:func:`pipeline.atomic.atomic_path`), checking its length.
+    """Stream ``body`` into ``dest`` atomically (:func:`pipeline.edge.atomic.atomic_path`), checking its length.
 
     Returns the final file's stat and sha256. On any failure ``dest`` is untouched:
     readers see the old complete file or the new one.

@@ -13,11 +13,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.config import TrainConfig
+from pipeline.core.config import TrainConfig
 from pipeline.errors import PipelineError
-from pipeline.months import Month
-from pipeline.schema import column_mapping, normalize
-from pipeline.sources import MonthFile, is_local, resolve_month
+from pipeline.core.months import Month
+from pipeline.core.schema import column_mapping, normalize
+from pipeline.edge.sources import MonthFile, is_local, resolve_month
 
 
 @dataclass(frozen=True)

@@ -3,16 +3,16 @@
 from prefect.context import SettingsContext
 from prefect.settings import PREFECT_LOGGING_LEVEL, temporary_settings
 
-from pipeline.orchestration import speedups
+from pipeline.orchestration import prefect_patches
 
 
 def test_memo_returns_the_same_serialisation_and_sees_new_settings():
-    speedups.install()
-    speedups.install()  # idempotent
+    prefect_patches.install()
+    prefect_patches.install()  # idempotent
     context = SettingsContext.get()
     first = context.serialize()
     assert context.serialize() is first  # memoised: no second pydantic dump
-    assert first == speedups._original(context)
+    assert first == prefect_patches._original(context)
     with temporary_settings(updates={PREFECT_LOGGING_LEVEL: "ERROR"}):
         changed = SettingsContext.get().serialize()
         assert changed is not first
