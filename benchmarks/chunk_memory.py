@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 from benchmarks.common import SPEC, TAXI
-from pipeline.edge import reader
-from pipeline.flows.train import chunk_stats
 from pipeline.core.months import Month
+from pipeline.edge import reader
+from pipeline.edge.chunks import chunk_statistics
 
 CLEAR_REFS = Path("/proc/self/clear_refs")
 
@@ -39,7 +39,7 @@ def measure(folder: Path, month: Month, rows: int) -> dict[str, float]:
     CLEAR_REFS.write_text("5")  # the high-water mark restarts from the current RSS
     before = _status_bytes("VmRSS")
     start = time.perf_counter()
-    result = chunk_stats.fn(plan, chunk, SPEC)
+    result = chunk_statistics(plan, chunk, SPEC)
     seconds = time.perf_counter() - start
     return {
         "rows": chunk.rows,

@@ -21,11 +21,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.core import solve, stats
-from pipeline.edge import reader
 from pipeline.core.config import TrainConfig
 from pipeline.core.features import Encoded, FeatureSpec, encode
-from pipeline.flows.train import chunk_stats
 from pipeline.core.months import Month
+from pipeline.edge import reader
+from pipeline.edge.chunks import chunk_statistics
 from pipeline.edge.sources import month_filename
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ def encoded_month(folder: Path, month: Month) -> Encoded:
 def month_stats(folder: Path, month: Month, folds: int = 1) -> stats.Stats:
     """A month file to statistics as the flow's map step does it: the ``chunk-stats`` task body per chunk, added."""
     plan = reader.locate(str(folder), TAXI, month, SPEC.columns())
-    return reduce(add, (chunk_stats.fn(plan, chunk, SPEC, folds) for chunk in reader.plan(plan.layout, CHUNK_ROWS)))
+    return reduce(add, (chunk_statistics(plan, chunk, SPEC, folds) for chunk in reader.plan(plan.layout, CHUNK_ROWS)))
 
 
 @dataclass(frozen=True)

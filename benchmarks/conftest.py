@@ -56,15 +56,25 @@ class Floors:
 #: one run each swings by half under load, so a second worker shows no gain yet: its
 #: floor only catches one that makes runs several times slower.
 DEFAULT_FLOORS = Floors(
-    seed_speedup=50, peer_speedup=100, cv_speedup=3, kernel_over_decode=1.5,
-    end_to_end_over_decode=3, worker_speedup=0.3, memory_growth=1.1,
+    seed_speedup=50,
+    peer_speedup=100,
+    cv_speedup=3,
+    kernel_over_decode=1.5,
+    end_to_end_over_decode=3,
+    worker_speedup=0.3,
+    memory_growth=1.1,
 )
 #: At 100k rows the project's fixed costs weigh more: the solve and the 70k-pair
 #: arrays (smaller seed and dask-ml ratios), the 25 solves CV pays either way (a
 #: pass is then worth less than a solve), footer reads beside a smaller decode.
 QUICK_FLOORS = Floors(
-    seed_speedup=25, peer_speedup=50, cv_speedup=1.5, kernel_over_decode=1.5,
-    end_to_end_over_decode=5, worker_speedup=0.3, memory_growth=1.1,
+    seed_speedup=25,
+    peer_speedup=50,
+    cv_speedup=1.5,
+    kernel_over_decode=1.5,
+    end_to_end_over_decode=5,
+    worker_speedup=0.3,
+    memory_growth=1.1,
 )
 
 
@@ -81,16 +91,17 @@ class Bench:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("taxi-pipeline benchmarks")
-    group.addoption("--bench-rows", type=int, default=None,
-                    help=f"rows per generated month (env BENCH_ROWS; default {DEFAULT_ROWS:,})")
-    group.addoption("--bench-quick", action="store_true", default=None,
-                    help=f"CI scale, {QUICK_ROWS:,} rows a month and relaxed floors (env BENCH_QUICK=1)")
+    group.addoption("--bench-rows", type=int, default=None, help=f"rows per generated month (env BENCH_ROWS; default {DEFAULT_ROWS:,})")
+    group.addoption(
+        "--bench-quick",
+        action="store_true",
+        default=None,
+        help=f"CI scale, {QUICK_ROWS:,} rows a month and relaxed floors (env BENCH_QUICK=1)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "reference: also runs another implementation (seed path, dask-ml) on the same rows"
-    )
+    config.addinivalue_line("markers", "reference: also runs another implementation (seed path, dask-ml) on the same rows")
 
 
 def _generated(folder: Path, rows: int, count: int) -> Path:

@@ -19,7 +19,7 @@ import pytest
 from benchmarks.chunk_memory import CLEAR_REFS
 from benchmarks.common import SPEC, TAXI, best_of, months
 from pipeline.edge import reader
-from pipeline.flows.train import chunk_stats
+from pipeline.edge.chunks import chunk_statistics
 
 QUARTERS = (1, 2, 4)
 
@@ -38,7 +38,10 @@ def peaks(bench, pytestconfig) -> dict[int, dict[str, float]]:
     for quarters in QUARTERS:
         probe = subprocess.run(
             [sys.executable, "-m", "benchmarks.chunk_memory", str(bench.folder), str(month), str(_target_rows(bench, quarters))],
-            cwd=pytestconfig.rootpath, check=True, capture_output=True, text=True,
+            cwd=pytestconfig.rootpath,
+            check=True,
+            capture_output=True,
+            text=True,
         )
         out[quarters] = json.loads(probe.stdout)
     return out
@@ -50,7 +53,7 @@ def test_chunk_memory(benchmark, bench, peaks, quarters):
     (month,) = months(1)
     plan = reader.locate(str(bench.folder), TAXI, month, SPEC.columns())
     chunk = reader.plan(plan.layout, _target_rows(bench, quarters))[0]
-    seconds, _ = best_of(lambda: chunk_stats.fn(plan, chunk, SPEC), rounds=5, benchmark=benchmark)
+    seconds, _ = best_of(lambda: chunk_statistics(plan, chunk, SPEC), rounds=5, benchmark=benchmark)
     probe, smallest = peaks[quarters], peaks[min(QUARTERS)]
     growth = (probe["peak_bytes"] / smallest["peak_bytes"]) / (probe["rows"] / smallest["rows"])
     benchmark.extra_info.update(
@@ -62,9 +65,7 @@ def test_chunk_memory(benchmark, bench, peaks, quarters):
         growth_over_linear=growth,
     )
     if probe is not smallest:
-        benchmark.extra_info["marginal_bytes_per_row"] = (
-            (probe["peak_bytes"] - smallest["peak_bytes"]) / (probe["rows"] - smallest["rows"])
-        )
+        benchmark.extra_info["marginal_bytes_per_row"] = (probe["peak_bytes"] - smallest["peak_bytes"]) / (probe["rows"] - smallest["rows"])
     assert probe["rows"] == chunk.rows
     # constant but for the exact Σy², a Python int whose pickle grows a byte per 256-fold rows
     assert probe["stats_bytes"] == pytest.approx(smallest["stats_bytes"], abs=8)

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 
 from benchmarks.common import CHUNK_ROWS, SPEC, best_of, month_path, month_stats, months
-from pipeline.core import cv, solve, stats
-from pipeline.edge import reader
+from pipeline.core import cv, hashing, solve, stats
 from pipeline.core.features import Encoded, encode
 from pipeline.core.months import Month
+from pipeline.edge import reader
 
 pytestmark = pytest.mark.usefixtures("one_core")
 
@@ -44,7 +44,7 @@ def _pass(folder: Path, month: Month) -> Iterator[tuple[Encoded, np.ndarray]]:
     layout = reader.inspect(month_path(folder, month), SPEC.columns())
     for chunk in reader.plan(layout, CHUNK_ROWS):
         encoded = encode(reader.read(layout, chunk), SPEC)
-        yield encoded, stats.fold_of(chunk.offset + encoded.position, stats.month_salt(month), SEED, FOLDS)
+        yield encoded, hashing.fold_of(chunk.offset + encoded.position, hashing.month_salt(month), SEED, FOLDS)
 
 
 def _rows(encoded: Encoded, mask: np.ndarray) -> Encoded:

@@ -28,9 +28,8 @@ TRAIN_MONTHS = (1, 2, 4)
 
 def _train(folder: Path, train_months: int, workers: int, output: Path) -> dict[str, Any]:
     *fit_on, val = months(train_months + 1)
-    config = TrainConfig(source=str(folder), train_months=[str(m) for m in fit_on], val_month=str(val), output=output,
-                         cache=False)
-    return train(config, ClusterSpec(n_workers=workers, dashboard_address=":0"))
+    config = TrainConfig(source=str(folder), train_months=[str(m) for m in fit_on], val_month=str(val), output=output, cache=False)
+    return train(config, ClusterSpec(n_workers=workers, dashboard_address=":0")).to_dict()
 
 
 def _figures(metrics: dict[str, Any], rows: int) -> dict[str, float]:
@@ -45,9 +44,7 @@ def test_flow_scales_with_months(benchmark, bench, prefect_api_url, tmp_path, tr
     assert (metrics["train_rows"], metrics["val_rows"]) == (in_process.train_rows, in_process.val_rows)
     assert metrics["val_rmse"] == pytest.approx(in_process.val_rmse, rel=1e-9)
     rows = (train_months + 1) * bench.rows
-    benchmark.extra_info.update(
-        train_months=train_months, workers=2, rows=rows, val_rmse=metrics["val_rmse"], **_figures(metrics, rows)
-    )
+    benchmark.extra_info.update(train_months=train_months, workers=2, rows=rows, val_rmse=metrics["val_rmse"], **_figures(metrics, rows))
 
 
 def test_flow_two_workers_vs_one(benchmark, bench, prefect_api_url, tmp_path):

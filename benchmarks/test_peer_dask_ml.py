@@ -53,9 +53,7 @@ def _design(pair: np.ndarray, vocabulary: np.ndarray) -> da.Array:
     column = np.minimum(np.searchsorted(vocabulary, ids), len(vocabulary) - 1)
     seen = vocabulary[column] == ids
     row = np.broadcast_to(np.arange(len(pair))[:, None], ids.shape)
-    onehot = scipy.sparse.csr_matrix(
-        (np.ones(seen.sum()), (row[seen], column[seen])), shape=(len(pair), len(vocabulary))
-    )
+    onehot = scipy.sparse.csr_matrix((np.ones(seen.sum()), (row[seen], column[seen])), shape=(len(pair), len(vocabulary)))
     design = sparse.COO.from_scipy_sparse(scipy.sparse.hstack([onehot, np.ones((len(pair), 1))]))
     return da.from_array(design, chunks=(_block_rows(len(pair)), -1), asarray=False)
 
@@ -64,9 +62,7 @@ def dask_ml_validation_rmse(folder: Path, train: Month, val: Month) -> tuple[int
     """Design columns and validation RMSE of dask-ml (default 100 lbfgs iterations) on the seed's features."""
     fit_on, held_out = encoded_month(folder, train), encoded_month(folder, val)
     vocabulary = np.unique(_features(fit_on.pair))
-    model = LinearRegression(
-        solver="lbfgs", C=1 / (2 * ALPHA), fit_intercept=False, solver_kwargs={"normalize": False}
-    )
+    model = LinearRegression(solver="lbfgs", C=1 / (2 * ALPHA), fit_intercept=False, solver_kwargs={"normalize": False})
     model.fit(_design(fit_on.pair, vocabulary), da.from_array(fit_on.y, chunks=_block_rows(fit_on.rows)))
     predicted = np.asarray(model.predict(_design(held_out.pair, vocabulary)).compute())
     return len(vocabulary) + 1, float(np.sqrt(np.mean((predicted - held_out.y) ** 2)))

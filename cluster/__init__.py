@@ -2,7 +2,8 @@
 
 Public API: :class:`ClusterSpec` (intent), :func:`resolve` (intent -> :class:`Plan`,
 starting nothing), :func:`check_cluster` (resolve, and try a running scheduler once),
-:func:`connect` (a context manager yielding a checked :class:`Connection`), :func:`task_runner` (a ``DaskTaskRunner`` for that connection), :func:`parse_cluster_kwargs`
+:func:`connect` (a context manager yielding a checked :class:`Connection`), :func:`task_runner`
+(a ``DaskTaskRunner`` for that connection), :func:`parse_cluster_kwargs`
 (for ``--cluster-kwargs``), :class:`PrefectApiPlugin` (points workers at the flow's
 Prefect API) and :func:`check_versions`. ``python -m cluster.certs DIR`` makes TLS files.
 """
@@ -13,6 +14,14 @@ from cluster.spec import ClusterSpec, Plan, parse_cluster_kwargs, resolve
 from cluster.versions import check_versions
 
 __all__ = [
-    "ClusterSpec", "Connection", "Plan", "PrefectApiPlugin",
-    "check_cluster", "check_versions", "connect", "parse_cluster_kwargs", "resolve", "task_runner",
+    "ClusterSpec",
+    "Connection",
+    "Plan",
+    "PrefectApiPlugin",
+    "check_cluster",
+    "check_versions",
+    "connect",
+    "parse_cluster_kwargs",
+    "resolve",
+    "task_runner",
 ]

@@ -23,7 +23,7 @@ from typing import Any
 
 from distributed import Client, LocalCluster
 from distributed.versions import VersionMismatchWarning
-from prefect_dask import DaskTaskRunner
+from prefect_dask.task_runners import DaskTaskRunner
 
 from cluster.plugins import PrefectApiPlugin
 from cluster.spec import ClusterSpec, Plan, Tls, load_cluster_class, resolve
@@ -42,6 +42,7 @@ class Connection:
     address: str
     dashboard_link: str | None
     workers: int
+    threads: int  # tasks the cluster runs at once at connect time (at least 1)
     origin: str = "LocalCluster"
     security: Any = None  # distributed.security.Security for TLS, else None
     note: str | None = None
@@ -54,9 +55,8 @@ def _speaks_tls(address: str, timeout: float = 3.0) -> bool:
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as raw:
-            with context.wrap_socket(raw) as tls:
-                tls.getpeercert(binary_form=True)
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as raw, context.wrap_socket(raw) as tls:
+            tls.getpeercert(binary_form=True)
         return True
     except ssl.SSLError as exc:
         return "alert" in str(exc).lower()  # the server spoke TLS to refuse us; a plain server gives no alert
@@ -72,7 +72,8 @@ def _explain(address: str, origin: str, exc: BaseException, tls: Tls | None, tim
     if "certificate does not match" in text or isinstance(cause, ssl.SSLCertVerificationError):
         return f"{where}: its TLS certificate is not signed by the CA in {tls.ca_file if tls else 'the TLS config'} ({cause or exc})"
     if address.startswith("tls://") and isinstance(cause, (ssl.SSLEOFError, ssl.SSLError, ConnectionResetError)):
-        return f"{where}: closed the TLS handshake; it does not accept our certificate {tls.cert if tls else ''} (not signed by a CA it trusts?)"
+        cert = tls.cert if tls else ""
+        return f"{where}: closed the TLS handshake; it does not accept our certificate {cert} (not signed by a CA it trusts?)"
     if address.startswith("tcp://") and ("reset by peer" in text or "closed" in text.lower()) and _speaks_tls(address):
         return f"{where}: refused the connection; it requires TLS: use tls://{address.partition('://')[2]} and pass {_TLS_FLAGS}"
     if "Timed out" in text or isinstance(exc, (TimeoutError, OSError)):
@@ -89,7 +90,9 @@ def _refuse_if_unreachable(address: str, origin: str) -> None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
     except ConnectionRefusedError as exc:
-        raise PipelineError(f"scheduler {address} ({origin}): connection refused: nothing listens there; is the scheduler running?") from exc
+        raise PipelineError(
+            f"scheduler {address} ({origin}): connection refused: nothing listens there; is the scheduler running?"
+        ) from exc
     except socket.gaierror as exc:
         raise PipelineError(f"scheduler {address} ({origin}): unknown host {host!r} ({exc.strerror})") from exc
     except OSError:
@@ -184,8 +187,9 @@ def connect(spec: ClusterSpec, prefect_api_url: str | None = None) -> Iterator[C
         if prefect_api_url:
             client.register_plugin(PrefectApiPlugin(prefect_api_url))
         check_versions(client)
-        workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
-        yield Connection(client.scheduler.address, _dashboard(client, cluster), workers, plan.origin, security, plan.note)
+        workers = client.scheduler_info(n_workers=-1).get("workers", {})
+        threads = max(1, sum(w.get("nthreads", 1) for w in workers.values()))
+        yield Connection(client.scheduler.address, _dashboard(client, cluster), len(workers), threads, plan.origin, security, plan.note)
 
 
 def task_runner(connection: Connection) -> DaskTaskRunner:

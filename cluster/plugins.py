@@ -24,42 +24,13 @@ that they restart on the run's API.
 from __future__ import annotations
 
 import asyncio
-import logging
-import os
-import sys
 from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-log = logging.getLogger(__name__)
+from pipeline.orchestration.prefect_patches import point_prefect_at
 
 PLUGIN_NAME = "taxi-pipeline-prefect-api"
-
-
-def point_prefect_at(api_url: str, drain_timeout: float = 5.0) -> bool:
-    """Make this process report to ``api_url``; return whether a previous API was replaced.
-
-    Safe before or after ``prefect`` is imported. Services bound to another API
-    are drained (for at most ``drain_timeout`` seconds: their API may be gone) and
-    stopped, and Prefect makes new ones on the next task run.
-    """
-    os.environ["PREFECT_API_URL"] = api_url
-    if "prefect.context" not in sys.modules:
-        return False  # prefect will read the variable when a task first imports it
-    from prefect.context import refresh_global_settings_context
-    from prefect.settings import get_current_settings
-
-    previous = get_current_settings().api.url
-    refresh_global_settings_context()
-    if previous == api_url:
-        return False
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    for service in (EventsWorker, APILogWorker):
-        service.drain_all(timeout=drain_timeout, at_exit=False)
-    log.info("Prefect API on this worker: %s (was %s)", api_url, previous)
-    return True
 
 
 class PrefectApiPlugin(WorkerPlugin):

@@ -115,7 +115,10 @@ def _flag_tls(spec: ClusterSpec) -> Tls | None:
     if not spec.tls_ca_file or not spec.tls_cert:
         missing = " and ".join(flag for flag in ("--tls-ca-file", "--tls-cert") if not given[flag])
         present = ", ".join(flag for flag, value in given.items() if value)
-        raise PipelineError(f"{present} given without {missing}: TLS needs the CA file and our certificate (and its key unless the certificate file holds it)")
+        raise PipelineError(
+            f"{present} given without {missing}: TLS needs the CA file and our certificate "
+            "(and its key unless the certificate file holds it)"
+        )
     for flag, value in given.items():
         if value and not Path(value).is_file():
             raise PipelineError(f"{flag} {value}: no such file")
@@ -206,9 +209,13 @@ def _check_scheme(address: str, origin: str, tls: Tls | None) -> str:
     if not sep:
         return f"{'tls' if tls else 'tcp'}://{address}"
     if scheme == "tls" and tls is None:
-        raise PipelineError(f"{origin} {address}: a tls:// scheduler needs --tls-ca-file/--tls-cert/--tls-key (or distributed.comm.tls.* in Dask's config)")
+        raise PipelineError(
+            f"{origin} {address}: a tls:// scheduler needs --tls-ca-file/--tls-cert/--tls-key (or distributed.comm.tls.* in Dask's config)"
+        )
     if scheme != "tls" and tls is not None and tls.origin == "flags":
-        raise PipelineError(f"--tls-ca-file/--tls-cert/--tls-key given but {origin} {address} is not tls://; use tls://{address.partition('://')[2]}")
+        raise PipelineError(
+            f"--tls-ca-file/--tls-cert/--tls-key given but {origin} {address} is not tls://; use tls://{address.partition('://')[2]}"
+        )
     return address
 
 
@@ -218,12 +225,24 @@ def resolve(spec: ClusterSpec) -> Plan:
     adapt = _adapt(spec)
     kwargs = parse_cluster_kwargs(spec.cluster_kwargs) if isinstance(spec.cluster_kwargs, str) else dict(spec.cluster_kwargs or {})
     if spec.address:
-        clashes = [flag for flag, given in (("--cluster-class", spec.cluster_class), ("--n-workers", spec.n_workers is not None),
-                                             ("--adapt-min/--adapt-max", adapt), ("--cluster-kwargs", kwargs)) if given]
+        clashes = [
+            flag
+            for flag, given in (
+                ("--cluster-class", spec.cluster_class),
+                ("--n-workers", spec.n_workers is not None),
+                ("--adapt-min/--adapt-max", adapt),
+                ("--cluster-kwargs", kwargs),
+            )
+            if given
+        ]
         if clashes:
-            raise PipelineError(f"--scheduler and {' and '.join(clashes)} contradict: connect to a running scheduler "
-                                "(its workers are started where it runs), or start a cluster for the run, not both")
-        return Plan("address", "--scheduler", address=_check_scheme(spec.address, "--scheduler", tls or _config_tls()), tls=tls or _config_tls())
+            raise PipelineError(
+                f"--scheduler and {' and '.join(clashes)} contradict: connect to a running scheduler "
+                "(its workers are started where it runs), or start a cluster for the run, not both"
+            )
+        return Plan(
+            "address", "--scheduler", address=_check_scheme(spec.address, "--scheduler", tls or _config_tls()), tls=tls or _config_tls()
+        )
 
     configured, config_origin = configured_address()
     if spec.cluster_class or spec.n_workers is not None or adapt or kwargs:
@@ -233,10 +252,20 @@ def resolve(spec: ClusterSpec) -> Plan:
             note = f"{config_origin}={configured} set aside: {chosen} asks for a cluster started for this run"
         if spec.cluster_class:
             load_cluster_class(spec.cluster_class)
-            return Plan("class", spec.cluster_class, cluster_class=spec.cluster_class, cluster_kwargs=kwargs,
-                        n_workers=spec.n_workers, adapt=adapt, tls=tls or _config_tls(), note=note)
+            return Plan(
+                "class",
+                spec.cluster_class,
+                cluster_class=spec.cluster_class,
+                cluster_kwargs=kwargs,
+                n_workers=spec.n_workers,
+                adapt=adapt,
+                tls=tls or _config_tls(),
+                note=note,
+            )
         return Plan("local", "LocalCluster", cluster_kwargs=kwargs, n_workers=spec.n_workers, adapt=adapt, tls=tls, note=note)
 
     if configured:
-        return Plan("address", config_origin, address=_check_scheme(configured, config_origin, tls or _config_tls()), tls=tls or _config_tls())
+        return Plan(
+            "address", config_origin, address=_check_scheme(configured, config_origin, tls or _config_tls()), tls=tls or _config_tls()
+        )
     return Plan("local", "LocalCluster", tls=tls)

@@ -33,7 +33,9 @@ def mismatch(versions: Mapping[str, Any], packages: tuple[str, ...] = PACKAGES) 
     """
     ours = dict(_packages(versions.get("client")))
     ours["python"] = _python(ours.get("python"))
-    others = [("scheduler", "", _packages(versions.get("scheduler")), _SCHEDULER_PACKAGES)]
+    others: list[tuple[str, str, Mapping[str, Any], tuple[str, ...]]] = [
+        ("scheduler", "", _packages(versions.get("scheduler")), _SCHEDULER_PACKAGES)
+    ]
     others += [("worker", address, _packages(info), packages) for address, info in sorted(versions.get("workers", {}).items())]
     for role, address, theirs, names in others:
         for name in names:
@@ -44,8 +46,10 @@ def mismatch(versions: Mapping[str, Any], packages: tuple[str, ...] = PACKAGES) 
                 their = _python(their)
             if mine != their:
                 where = f"{role} {address}".strip()
-                return (f"package version mismatch: {name} {mine or 'missing'} here (the client) but {their or 'missing'} "
-                        f"on {where}; install the same versions everywhere (pip install -c constraints.txt ...)")
+                return (
+                    f"package version mismatch: {name} {mine or 'missing'} here (the client) but {their or 'missing'} "
+                    f"on {where}; install the same versions everywhere (pip install -c constraints.txt ...)"
+                )
     return None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +17,14 @@ from pipeline.errors import PipelineError
 _err = Console(stderr=True)
 _out = Console()
 
-_TABLE_KEYS = ("train_rows", "val_rows", "train_rmse", "val_rmse", "seconds", "rows_per_second")
 
-
-def _metrics_table(metrics: dict[str, Any], title: str) -> Table:
+def _table(title: str, header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> Table:
+    """A rich table of rows already spelt by :mod:`pipeline.core.render`."""
     table = Table(title=title)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key in _TABLE_KEYS:
-        value = metrics[key]
-        table.add_row(key, f"{value:,.4f}" if isinstance(value, float) else f"{value:,}")
+    for index, column in enumerate(header):
+        table.add_column(column, justify="left" if index == 0 and header[0] == "metric" else "right")
+    for row in rows:
+        table.add_row(*row)
     return table
 
 
@@ -47,7 +46,11 @@ def synth(output: Path, months: str, rows: int, taxi: str, seed: int, row_group_
     from pipeline.core.months import parse_months
     from pipeline.edge.synth import write_months
 
-    for path in write_months(output, parse_months(months), rows, seed=seed, taxi=taxi, row_group_size=row_group_size):
+    try:
+        chosen = parse_months(months)
+    except PipelineError as exc:
+        raise PipelineError(f"--months {months!r}: {exc}") from None
+    for path in write_months(output, chosen, rows, seed=seed, taxi=taxi, row_group_size=row_group_size):
         _out.print(f"wrote {path}")
 
 
@@ -67,25 +70,63 @@ def _list(flag: str, convert: Any) -> Any:
 
 #: Options that configure the training run (TrainConfig fields); the rest choose the cluster.
 _TRAIN_OPTIONS = [
-    click.option("--source", default=None, help="Folder, http(s):// prefix or fsspec URL of the month files [default: the public TLC prefix]."),
+    click.option(
+        "--source", default=None, help="Folder, http(s):// prefix or fsspec URL of the month files [default: the public TLC prefix]."
+    ),
     click.option("--taxi", type=click.Choice(["yellow", "green"]), default=None, help="[default: yellow]"),
-    click.option("--alphas", callback=_list("--alphas", float), default=None, help="Ridge penalties, e.g. 0.01,0.1,1,10; CV picks the best [default: 0.001]."),
+    click.option(
+        "--alphas",
+        callback=_list("--alphas", float),
+        default=None,
+        help="Ridge penalties, e.g. 0.01,0.1,1,10; CV picks the best [default: 0.001].",
+    ),
     click.option("--folds", type=click.IntRange(min=0), default=None, help="K-fold CV over training rows; 0 turns CV off [default: 5]."),
-    click.option("--cv", type=click.Choice(["kfold", "time"]), default=None, help="time: train on earlier months, validate on the next [default: kfold]."),
+    click.option(
+        "--cv",
+        type=click.Choice(["kfold", "time"]),
+        default=None,
+        help="time: train on earlier months, validate on the next [default: kfold].",
+    ),
     click.option("--seed", type=click.IntRange(min=0), default=None, help="Drives fold assignment and estimators [default: 0]."),
-    click.option("--model", default=None, help="linear (exact, default), hist_gradient_boosting or sgd."),
+    click.option(
+        "--model",
+        type=click.Choice(["linear", "hist_gradient_boosting", "sgd"]),
+        default=None,
+        help="linear: exact, from statistics [default]; the others fit on rows, fold by fold.",
+    ),
     click.option("--max-rows", type=click.IntRange(min=1), default=None, help="Row cap per fit for models other than linear."),
-    click.option("--numeric", callback=_list("--numeric", str), default=None, help="Numeric columns to add as features, e.g. trip_distance."),
-    click.option("--chunk-rows", type=click.IntRange(min=1), default=None, help="Rows per task, rounded to row groups [default: 4,000,000]."),
+    click.option(
+        "--numeric", callback=_list("--numeric", str), default=None, help="Numeric columns to add as features, e.g. trip_distance."
+    ),
+    click.option(
+        "--chunk-rows", type=click.IntRange(min=1), default=None, help="Rows per task, rounded to row groups [default: 4,000,000]."
+    ),
     click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where remote months are cached."),
     click.option("--cache/--no-cache", default=None, help="Reuse chunk statistics of unchanged month files [default: cache]."),
 ]
 _CLUSTER_OPTIONS = [
-    click.option("--n-workers", type=click.IntRange(min=1), default=None, help="Workers to start: of the LocalCluster [default: one per core], or of --cluster-class."),
-    click.option("--scheduler", "address", default=None, help="tcp:// or tls:// address of a running Dask scheduler (else DASK_SCHEDULER_ADDRESS, else a LocalCluster)."),
-    click.option("--cluster-class", default=None, help="Import path of a Dask cluster to start for the run, e.g. dask_jobqueue.SLURMCluster."),
+    click.option(
+        "--n-workers",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Workers to start: of the LocalCluster [default: one per core], or of --cluster-class.",
+    ),
+    click.option(
+        "--scheduler",
+        "address",
+        default=None,
+        help="tcp:// or tls:// address of a running Dask scheduler (else DASK_SCHEDULER_ADDRESS, else a LocalCluster).",
+    ),
+    click.option(
+        "--cluster-class", default=None, help="Import path of a Dask cluster to start for the run, e.g. dask_jobqueue.SLURMCluster."
+    ),
     click.option("--cluster-kwargs", default=None, help="Its keyword arguments: a JSON object, or @FILE (JSON or YAML)."),
-    click.option("--adapt-min", type=click.IntRange(min=0), default=None, help="Let the started cluster scale between --adapt-min and --adapt-max workers."),
+    click.option(
+        "--adapt-min",
+        type=click.IntRange(min=0),
+        default=None,
+        help="Let the started cluster scale between --adapt-min and --adapt-max workers.",
+    ),
     click.option("--adapt-max", type=click.IntRange(min=1), default=None),
     click.option("--tls-ca-file", default=None, help="TLS: CA certificate (PEM) [default: Dask config distributed.comm.tls.ca-file]."),
     click.option("--tls-cert", default=None, help="TLS: our certificate (PEM) [default: distributed.comm.tls.client.cert]."),
@@ -102,34 +143,34 @@ def _with(options: list[Any]) -> Any:
     return decorate
 
 
+def _flag_names() -> dict[str, str]:
+    """Each TrainConfig field's flag: ``val_month`` -> ``--val-month``."""
+    from pipeline.core.config import TrainConfig
+
+    return {name: "--" + name.replace("_", "-") for name in TrainConfig.model_fields}
+
+
 def _run_train(train_months: str, val_month: str, output: Path, **options: Any) -> None:
     """Build the config (flags left unset take TrainConfig's defaults), check the input, run, print."""
-    from pipeline.core.config import TrainConfig
-    from pipeline.edge.reader import preflight
+    from pipeline.core.config import ConfigError, TrainConfig
+    from pipeline.edge.reader import locate_local
 
     fields = {k: v for k, v in options.items() if k in TrainConfig.model_fields and v is not None}
-    config = TrainConfig.from_flags(train_months, val_month, output=output, **fields)
-    preflight(config)
-    from cluster import ClusterSpec  # Prefect and Dask load only once the input looks sound
+    try:
+        config = TrainConfig.build(train_months=train_months, val_month=val_month, output=output, **fields)
+    except ConfigError as exc:
+        raise PipelineError(exc.render(_flag_names())) from None
+    plans = locate_local(config)  # footers read once, before Prefect and Dask load
+    from cluster import ClusterSpec
+    from pipeline.core import render
     from pipeline.run import train as run_train
 
     cluster = ClusterSpec(**{k: v for k, v in options.items() if k not in TrainConfig.model_fields})
-    metrics = run_train(config, cluster, announce=_err.print)
-    _out.print(_metrics_table(metrics, f"trained on {', '.join(metrics['train_months'])}, validated on {metrics['val_month']}"))
-    if "cv" in metrics:
-        _out.print(_cv_table(metrics["cv"]))
+    result = run_train(config, cluster, plans=plans, announce=_err.print)
+    _out.print(_table(render.title(result), ("metric", "value"), render.metric_rows(result)))
+    if result.cv is not None:
+        _out.print(_table(render.cv_title(result.cv), render.CV_HEADER, render.cv_rows(result.cv)))
     _out.print(f"model and metrics in {output}")
-
-
-def _cv_table(report: dict[str, Any]) -> Table:
-    from pipeline.core.cv import alpha_text
-
-    table = Table(title=f"{report['kind']} CV over {report['folds']} folds; chosen alpha {alpha_text(report['chosen_alpha'])}")
-    for column in ("alpha", "mean RMSE", "std", "folds"):
-        table.add_column(column, justify="right")
-    for row in report["by_alpha"]:
-        table.add_row(alpha_text(row["alpha"]), f"{row['mean_rmse']:.4f}", f"{row['std_rmse']:.4f}", str(row["folds"]))
-    return table
 
 
 @cli.command()

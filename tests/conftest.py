@@ -87,8 +87,22 @@ class DaskProcesses:
             self.processes.append(process)
             return process
 
-        start([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file", str(scheduler_file),
-               *(["--protocol", "tls"] if tls else []), *tls_args], "scheduler.log")
+        start(
+            [
+                dask,
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--scheduler-file",
+                str(scheduler_file),
+                *(["--protocol", "tls"] if tls else []),
+                *tls_args,
+            ],
+            "scheduler.log",
+        )
         deadline = time.monotonic() + 30
         while not scheduler_file.exists() or not scheduler_file.read_text().strip():
             if time.monotonic() > deadline or self.processes[0].poll() is not None:
@@ -99,8 +113,22 @@ class DaskProcesses:
 
         self.address: str = json.loads(scheduler_file.read_text())["address"]
         for n in range(workers):
-            start([dask, "worker", self.address, "--host", "127.0.0.1", "--nthreads", "1", "--no-dashboard",
-                   "--name", f"worker-{n}", *tls_args], f"worker-{n}.log")
+            start(
+                [
+                    dask,
+                    "worker",
+                    self.address,
+                    "--host",
+                    "127.0.0.1",
+                    "--nthreads",
+                    "1",
+                    "--no-dashboard",
+                    "--name",
+                    f"worker-{n}",
+                    *tls_args,
+                ],
+                f"worker-{n}.log",
+            )
         with self.client() as client:
             client.wait_for_workers(workers, timeout=60)
 

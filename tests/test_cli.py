@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -18,13 +17,25 @@ from pipeline.edge.sources import month_filename
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})}
+    )
 
 
 def _train(source: Path, output: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return _cli("train", "--source", str(source), "--train-months", "2023-01:2023-02", "--val-month", "2023-03",
-                "--output", str(output), *extra, env=env)
+    return _cli(
+        "train",
+        "--source",
+        str(source),
+        "--train-months",
+        "2023-01:2023-02",
+        "--val-month",
+        "2023-03",
+        "--output",
+        str(output),
+        *extra,
+        env=env,
+    )
 
 
 def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -67,7 +78,7 @@ def test_missing_required_column(months_copy, tmp_path):
 
 def test_corrupt_parquet(months_copy, tmp_path):
     path = months_copy / month_filename("yellow", Month(2023, 3))
-    path.write_bytes(path.read_bytes()[: 5000])
+    path.write_bytes(path.read_bytes()[:5000])
     line = _one_error_line(_train(months_copy, tmp_path / "out"))
     assert str(path) in line and "corrupt" in line
     assert not (tmp_path / "out").exists()
@@ -78,13 +89,49 @@ def test_corrupt_parquet(months_copy, tmp_path):
     [
         (["--train-months", "2023-13", "--val-month", "2023-03"], "--train-months"),
         (["--train-months", "2023-01", "--val-month", "2023-03:2023-04"], "--val-month"),
-        (["--train-months", "2023-01", "--val-month", "2023-03", "--alpha", "-1"], "--alpha"),
+        (["--train-months", "2023-01", "--val-month", "2023-03", "--alphas", "-1"], "--alphas -1: every alpha must be a positive number"),
+        (["--train-months", "2023-01", "--val-month", "2023-03", "--alphas", "0.1,zero"], "--alphas"),
         (["--train-months", "2023-01", "--val-month", "2023-03", "--n-workers", "zero"], "--n-workers"),
+        (["--train-months", "2023-01", "--val-month", "2023-03", "--folds", "1"], "--folds 1: one fold cannot cross-validate"),
+        (
+            ["--train-months", "2023-01", "--val-month", "2023-03", "--folds", "0", "--alphas", "0.1,1"],
+            "--alphas 0.1,1 with --folds 0: without cross-validation nothing chooses among alphas",
+        ),
+        (["--train-months", "2023-01", "--val-month", "2023-03", "--cv", "time"], "--cv time: needs at least two --train-months"),
+        (
+            ["--train-months", "2023-01", "--val-month", "2023-03", "--model", "sgd", "--cv", "time"],
+            "--cv time: supported for --model linear",
+        ),
+        (
+            ["--train-months", "2023-01", "--val-month", "2023-03", "--model", "sgd", "--alphas", "1,2"],
+            "--alphas: an alpha grid applies to --model linear",
+        ),
+        (["--train-months", "2023-01", "--val-month", "2023-03", "--model", "forest"], "--model"),
+        (["--train-months", "2023-01", "--val-month", "2023-03", "--taxi", "blue"], "--taxi"),
     ],
 )
-def test_malformed_flags_name_the_flag(months_dir, tmp_path, args, needle):
+def test_malformed_flags_and_broken_rules_name_the_flag(months_dir, tmp_path, args, needle):
     line = _one_error_line(_cli("train", "--source", str(months_dir), "--output", str(tmp_path / "out"), *args))
     assert needle in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("folds", [[], ["--folds", "0"]])
+def test_validation_month_among_training_months_is_refused(months_dir, tmp_path, folds):
+    result = _cli(
+        "train",
+        "--source",
+        str(months_dir),
+        "--output",
+        str(tmp_path / "out"),
+        "--train-months",
+        "2023-01:2023-03",
+        "--val-month",
+        "2023-03",
+        *folds,
+    )
+    line = _one_error_line(result)
+    assert line == ("error: --val-month 2023-03 is also in --train-months: the model would be validated on rows it was trained on")
     assert not (tmp_path / "out").exists()
 
 

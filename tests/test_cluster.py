@@ -51,10 +51,17 @@ def test_env_var_then_dask_config_choose_the_scheduler(monkeypatch):
         # asking for a cluster of our own sets the configured address aside, and says so
         plan = resolve(ClusterSpec(n_workers=3))
         assert (plan.kind, plan.n_workers) == ("local", 3)
-        assert plan.note == "DASK_SCHEDULER_ADDRESS=tcp://10.0.0.6:8786 set aside: --n-workers, --adapt-* or --cluster-kwargs asks for a cluster started for this run"
+        assert (
+            plan.note == "DASK_SCHEDULER_ADDRESS=tcp://10.0.0.6:8786 set aside: "
+            "--n-workers, --adapt-* or --cluster-kwargs asks for a cluster started for this run"
+        )
         plan = resolve(ClusterSpec(cluster_class="distributed.LocalCluster", cluster_kwargs='{"n_workers": 1}', adapt_max=4))
         assert (plan.kind, plan.cluster_class, dict(plan.cluster_kwargs), dict(plan.adapt)) == (
-            "class", "distributed.LocalCluster", {"n_workers": 1}, {"maximum": 4})
+            "class",
+            "distributed.LocalCluster",
+            {"n_workers": 1},
+            {"maximum": 4},
+        )
         assert plan.note and plan.note.startswith("DASK_SCHEDULER_ADDRESS=tcp://10.0.0.6:8786 set aside: --cluster-class")
     finally:
         monkeypatch.delenv("DASK_SCHEDULER_ADDRESS")
@@ -81,9 +88,18 @@ def test_scheme_less_address_gets_tcp_or_tls(pems):
         (ClusterSpec(address="tls://h:1"), "--scheduler tls://h:1: a tls:// scheduler needs --tls-ca-file/--tls-cert/--tls-key"),
         (ClusterSpec(tls_key="k.pem"), "--tls-key given without --tls-ca-file and --tls-cert"),
         (ClusterSpec(tls_ca_file="/nonexistent/ca.pem", tls_cert="/nonexistent/c.pem"), "--tls-ca-file /nonexistent/ca.pem: no such file"),
-        (ClusterSpec(cluster_class="no_such_package.Cluster"), "--cluster-class 'no_such_package.Cluster': cannot import 'no_such_package'"),
-        (ClusterSpec(cluster_class="distributed.NoSuchCluster"), "--cluster-class 'distributed.NoSuchCluster': module 'distributed' has no attribute 'NoSuchCluster'"),
-        (ClusterSpec(cluster_class="LocalCluster"), "--cluster-class 'LocalCluster': expected an import path like dask_jobqueue.SLURMCluster"),
+        (
+            ClusterSpec(cluster_class="no_such_package.Cluster"),
+            "--cluster-class 'no_such_package.Cluster': cannot import 'no_such_package'",
+        ),
+        (
+            ClusterSpec(cluster_class="distributed.NoSuchCluster"),
+            "--cluster-class 'distributed.NoSuchCluster': module 'distributed' has no attribute 'NoSuchCluster'",
+        ),
+        (
+            ClusterSpec(cluster_class="LocalCluster"),
+            "--cluster-class 'LocalCluster': expected an import path like dask_jobqueue.SLURMCluster",
+        ),
         (ClusterSpec(cluster_kwargs='{"n_workers": 2,}'), "--cluster-kwargs: invalid JSON at line 1 column 17"),
         (ClusterSpec(cluster_kwargs="[1, 2]"), "--cluster-kwargs: expected a JSON object of keyword arguments, got list"),
         (ClusterSpec(cluster_kwargs='{"asynchronous": true}'), "--cluster-kwargs: asynchronous is managed by Prefect"),
@@ -98,14 +114,17 @@ def test_contradictions_and_bad_values_are_one_line_naming_the_flags(spec, messa
 
 def test_tls_flags_refuse_a_plaintext_address(pems):
     ca, cert, key = pems
-    with pytest.raises(PipelineError, match=r"^--tls-ca-file/--tls-cert/--tls-key given but --scheduler tcp://h:1 is not tls://; use tls://h:1$"):
+    with pytest.raises(
+        PipelineError, match=r"^--tls-ca-file/--tls-cert/--tls-key given but --scheduler tcp://h:1 is not tls://; use tls://h:1$"
+    ):
         resolve(ClusterSpec(address="tcp://h:1", tls_ca_file=ca, tls_cert=cert, tls_key=key))
 
 
 def test_tls_from_dask_config_when_no_flags(pems):
     ca, cert, key = pems
-    with dask.config.set({"distributed.comm.tls.ca-file": ca, "distributed.comm.tls.client.cert": cert,
-                          "distributed.comm.tls.client.key": key}):
+    with dask.config.set(
+        {"distributed.comm.tls.ca-file": ca, "distributed.comm.tls.client.cert": cert, "distributed.comm.tls.client.key": key}
+    ):
         plan = resolve(ClusterSpec(address="tls://h:1"))
     assert plan.tls and (plan.tls.ca_file, plan.tls.cert, plan.tls.key) == (ca, cert, key)
     assert plan.tls.origin == "Dask config distributed.comm.tls"
@@ -134,16 +153,23 @@ def test_task_runner_carries_address_and_tls_through_prefects_duplicate(pems):
     from distributed.security import Security
 
     security = Security(tls_ca_file=pems[0], tls_client_cert=pems[1], tls_client_key=pems[2], require_encryption=True)
-    runner = task_runner(Connection("tls://127.0.0.1:8786", None, 2, "--scheduler", security))
+    runner = task_runner(Connection("tls://127.0.0.1:8786", None, 2, 2, "--scheduler", security))
     twin = runner.duplicate()  # what each worker does with the flow's runner
     assert twin.address == "tls://127.0.0.1:8786"
     assert twin.client_kwargs["security"] is security
-    assert task_runner(Connection("tcp://127.0.0.1:8786", None, 2)).client_kwargs == {"set_as_default": False}
+    assert task_runner(Connection("tcp://127.0.0.1:8786", None, 2, 2)).client_kwargs == {"set_as_default": False}
 
 
 def _versions(**worker_packages: str) -> dict:
-    base = {"python": "3.11.9.final.0", "prefect": "3.8.8", "dask": "2026.8.0", "distributed": "2026.8.0",
-            "pandas": "3.1.1", "pyarrow": "26.0.1", "numpy": "2.4.6"}
+    base = {
+        "python": "3.11.9.final.0",
+        "prefect": "3.8.8",
+        "dask": "2026.8.0",
+        "distributed": "2026.8.0",
+        "pandas": "3.1.1",
+        "pyarrow": "26.0.1",
+        "numpy": "2.4.6",
+    }
     return {
         "client": {"packages": base},
         "scheduler": {"packages": base},
@@ -156,9 +182,12 @@ def test_version_mismatch_names_package_versions_and_worker():
     assert mismatch(_versions(python="3.11.4.final.0")) is None  # patch releases pickle alike
     assert mismatch(_versions(pyarrow="25.0.0")) == (
         "package version mismatch: pyarrow 26.0.1 here (the client) but 25.0.0 on worker tcp://10.0.0.8:4001; "
-        "install the same versions everywhere (pip install -c constraints.txt ...)")
+        "install the same versions everywhere (pip install -c constraints.txt ...)"
+    )
     assert mismatch(_versions(prefect=None)).startswith("package version mismatch: prefect 3.8.8 here (the client) but missing on worker")  # type: ignore[arg-type, union-attr]
-    assert mismatch(_versions(python="3.12.1.final.0")).startswith("package version mismatch: python 3.11 here (the client) but 3.12 on worker")  # type: ignore[union-attr]
+    assert mismatch(_versions(python="3.12.1.final.0")).startswith(
+        "package version mismatch: python 3.11 here (the client) but 3.12 on worker"
+    )  # type: ignore[union-attr]
 
 
 def test_nothing_listening_fails_at_once_in_one_line():
@@ -171,6 +200,10 @@ def test_nothing_listening_fails_at_once_in_one_line():
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     started = time.monotonic()
-    with pytest.raises(PipelineError, match=rf"^scheduler tcp://127\.0\.0\.1:{port} \(--scheduler\): connection refused: nothing listens there; is the scheduler running\?$"):
+    with pytest.raises(
+        PipelineError,
+        match=rf"^scheduler tcp://127\.0\.0\.1:{port} \(--scheduler\): connection refused: "
+        r"nothing listens there; is the scheduler running\?$",
+    ):
         check_cluster(ClusterSpec(address=f"127.0.0.1:{port}"))
     assert time.monotonic() - started < 5

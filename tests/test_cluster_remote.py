@@ -6,6 +6,7 @@ were never told the Prefect API URL but must report to the flow's.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -26,14 +27,21 @@ from pipeline.run import train
 
 pytestmark = pytest.mark.slow
 
+
+def _train(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """A run's result as its metrics.json document."""
+    return train(*args, **kwargs).to_dict()
+
+
 #: What must not change between runs of the same months (timings and ids do).
 _SAME = ("train_rows", "val_rows", "train_rmse", "val_rmse", "alpha", "train_months", "val_month")
 
 
 def _config(source: Path, output: Path, chunk_rows: int = 15_000) -> TrainConfig:
     # cache=False: every run computes its chunks on the workers under test
-    return TrainConfig(source=str(source), train_months=["2023-01", "2023-02"], val_month="2023-03",
-                       output=output, chunk_rows=chunk_rows, cache=False)
+    return TrainConfig(
+        source=str(source), train_months=["2023-01", "2023-02"], val_month="2023-03", output=output, chunk_rows=chunk_rows, cache=False
+    )
 
 
 def _task_names(flow_run_id: str, expected: int) -> Counter:
@@ -51,18 +59,19 @@ def _weights(output: Path) -> dict[str, np.ndarray]:
 def local_run(months_dir: Path, prefect_api_url: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Counter, Path]:
     """The reference: the same months on a LocalCluster, the task runs its API recorded, and its output folder."""
     output = tmp_path_factory.mktemp("local") / "run"
-    metrics = train(_config(months_dir, output), ClusterSpec(n_workers=2, dashboard_address=":0"))
+    metrics = _train(_config(months_dir, output), ClusterSpec(n_workers=2, dashboard_address=":0"))
     names = Counter(r.name.rsplit("-", 1)[0] for r in read_task_runs(metrics["flow_run_id"], expected=0, timeout=0))
     return metrics, _task_names(metrics["flow_run_id"], sum(names.values())), output
 
 
-def test_remote_workers_give_the_local_result_and_report_to_the_flows_api(months_dir, prefect_api_url, dask_processes, local_run, tmp_path):
+def test_remote_workers_give_the_local_result_and_report_to_the_flows_api(
+    months_dir, prefect_api_url, dask_processes, local_run, tmp_path, caplog
+):
     local_metrics, local_tasks, _ = local_run
-    lines: list[str] = []
-    metrics = train(_config(months_dir, tmp_path / "run"), ClusterSpec(address=dask_processes.address), announce=lines.append)
+    metrics = _train(_config(months_dir, tmp_path / "run"), ClusterSpec(address=dask_processes.address))
     assert {k: metrics[k] for k in _SAME} == {k: local_metrics[k] for k in _SAME}
     assert metrics["cv"]["by_alpha"] == local_metrics["cv"]["by_alpha"]
-    assert f"Dask scheduler: {dask_processes.address} (--scheduler, 2 workers)" in lines
+    assert f"Dask scheduler: {dask_processes.address} (--scheduler, 2 workers)" in caplog.text
     # every task ran on a worker without PREFECT_API_URL of its own, yet is in the flow's API
     assert _task_names(metrics["flow_run_id"], sum(local_tasks.values())) == local_tasks
     with dask_processes.client() as client:
@@ -81,15 +90,16 @@ def test_workers_that_served_another_api_are_repointed(dask_processes, prefect_a
         from prefect.settings import get_current_settings
 
         services = [s for s in EventsWorker._instances.values() if isinstance(s, (EventsWorker, APILogWorker))]
-        return {"env": os.environ.get("PREFECT_API_URL"), "settings": get_current_settings().api.url,
-                "event_services": len(services)}
+        return {"env": os.environ.get("PREFECT_API_URL"), "settings": get_current_settings().api.url, "event_services": len(services)}
 
     with dask_processes.client() as client:
         before = client.run(_worker_state)
         assert all(s["event_services"] >= 1 and s["settings"] == prefect_api_url for s in before.values()), before
         client.register_plugin(PrefectApiPlugin("http://127.0.0.1:9/api"))
         moved = client.run(_worker_state)
-        assert all(s == {"env": "http://127.0.0.1:9/api", "settings": "http://127.0.0.1:9/api", "event_services": 0} for s in moved.values()), moved
+        assert all(
+            s == {"env": "http://127.0.0.1:9/api", "settings": "http://127.0.0.1:9/api", "event_services": 0} for s in moved.values()
+        ), moved
         client.register_plugin(PrefectApiPlugin(prefect_api_url))
         assert all(s["settings"] == prefect_api_url for s in client.run(_worker_state).values())
 
@@ -105,17 +115,21 @@ def test_a_package_version_mismatch_is_one_line(dask_processes, monkeypatch):
         return versions
 
     monkeypatch.setattr(distributed.versions, "get_versions", client_side)
-    with pytest.raises(PipelineError) as raised:
-        with connect(ClusterSpec(address=dask_processes.address)):
-            pass
-    assert raised.match(r"^package version mismatch: pyarrow 0\.0\.1 here \(the client\) but \d+\.\d+\.\d+ on worker "
-                        r"tcp://127\.0\.0\.1:\d+; install the same versions everywhere")
+    with pytest.raises(PipelineError) as raised, connect(ClusterSpec(address=dask_processes.address)):
+        pass
+    assert raised.match(
+        r"^package version mismatch: pyarrow 0\.0\.1 here \(the client\) but \d+\.\d+\.\d+ on worker "
+        r"tcp://127\.0\.0\.1:\d+; install the same versions everywhere"
+    )
 
 
-def test_tls_cluster_gives_the_same_result_and_refuses_plaintext(months_dir, prefect_api_url, tls_dask_processes, tls_files, local_run, tmp_path, capsys, monkeypatch):
+def test_tls_cluster_gives_the_same_result_and_refuses_plaintext(
+    months_dir, prefect_api_url, tls_dask_processes, tls_files, local_run, tmp_path, capsys, monkeypatch
+):
     ca, cert, key = map(str, tls_files)
-    metrics = train(_config(months_dir, tmp_path / "run"),
-                    ClusterSpec(address=tls_dask_processes.address, tls_ca_file=ca, tls_cert=cert, tls_key=key))
+    metrics = _train(
+        _config(months_dir, tmp_path / "run"), ClusterSpec(address=tls_dask_processes.address, tls_ca_file=ca, tls_cert=cert, tls_key=key)
+    )
     assert metrics["val_rmse"] == local_run[0]["val_rmse"]
     assert _task_names(metrics["flow_run_id"], sum(local_run[1].values())) == local_run[1]
 
@@ -123,15 +137,62 @@ def test_tls_cluster_gives_the_same_result_and_refuses_plaintext(months_dir, pre
     plain = "tcp://" + tls_dask_processes.address.partition("://")[2]
     from pipeline import cli
 
-    monkeypatch.setattr(sys, "argv", ["taxi-pipeline", "train", "--source", str(months_dir), "--train-months", "2023-01",
-                                      "--val-month", "2023-02", "--output", str(tmp_path / "plain"), "--scheduler", plain])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "taxi-pipeline",
+            "train",
+            "--source",
+            str(months_dir),
+            "--train-months",
+            "2023-01",
+            "--val-month",
+            "2023-02",
+            "--output",
+            str(tmp_path / "plain"),
+            "--scheduler",
+            plain,
+        ],
+    )
     with pytest.raises(SystemExit) as exited:
         cli.main()
     assert exited.value.code == 2
     err = capsys.readouterr().err
-    assert f"error: scheduler {plain} (--scheduler): refused the connection; it requires TLS: use {tls_dask_processes.address} " \
-           "and pass --tls-ca-file/--tls-cert/--tls-key\n" in err
+    assert (
+        f"error: scheduler {plain} (--scheduler): refused the connection; it requires TLS: use {tls_dask_processes.address} "
+        "and pass --tls-ca-file/--tls-cert/--tls-key\n" in err
+    )
     assert not (tmp_path / "plain").exists()
+
+
+def test_a_flow_run_started_as_a_deployment_starts_it_runs_on_the_named_scheduler(
+    months_dir, prefect_api_url, dask_processes, local_run, tmp_path
+):
+    """A fresh process with only PREFECT_API_URL and DASK_SCHEDULER_ADDRESS calls the flow function: no run.train."""
+    import subprocess
+
+    output = tmp_path / "deployed"
+    script = (
+        "from pipeline.core.config import TrainConfig\n"
+        "from pipeline.flows.train import train_flow\n"
+        "if __name__ == '__main__':\n"
+        f"    config = TrainConfig(source={str(months_dir)!r}, train_months='2023-01:2023-02', val_month='2023-03',\n"
+        f"                         output={str(output)!r}, chunk_rows=15_000, cache=False)\n"
+        "    print('flow_run_id', train_flow(config).flow_run_id)\n"
+    )
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "PREFECT_API_URL": prefect_api_url,
+        "DASK_SCHEDULER_ADDRESS": dask_processes.address,
+    }
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"Dask scheduler: {dask_processes.address} (DASK_SCHEDULER_ADDRESS, 2 workers)" in done.stderr
+    flow_run_id = done.stdout.split("flow_run_id ")[1].strip()
+    assert _task_names(flow_run_id, sum(local_run[1].values())) == local_run[1]
+    assert json.loads((output / "metrics.json").read_text())["val_rmse"] == local_run[0]["val_rmse"]
 
 
 def _kill_mid_chunk(cluster: DaskProcesses, done: threading.Event, killed: list[str]) -> None:
@@ -140,11 +201,11 @@ def _kill_mid_chunk(cluster: DaskProcesses, done: threading.Event, killed: list[
         victim = next(addr for addr, w in client.scheduler_info(n_workers=-1)["workers"].items() if w["name"] == "worker-1")
         pid = client.run(os.getpid, workers=[victim])[victim]
         while not done.is_set():
-            if any(str(key).startswith("chunk") for key in client.processing(workers=[victim]).get(victim, ())):
-                if client.run(lambda: 1, workers=[victim], on_error="return"):  # still processing after our look?
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(victim)
-                    return
+            busy = any(str(key).startswith("chunk") for key in client.processing(workers=[victim]).get(victim, ()))
+            if busy and client.run(lambda: 1, workers=[victim], on_error="return"):  # still processing after our look?
+                os.kill(pid, signal.SIGKILL)
+                killed.append(victim)
+                return
             time.sleep(0.02)
 
 
@@ -155,7 +216,7 @@ def test_a_worker_killed_mid_run_changes_nothing(months_dir, prefect_api_url, da
     killer.start()
     try:
         # one row group per chunk: 12 chunk tasks, so chunks are in flight on both workers
-        metrics = train(_config(months_dir, tmp_path / "killed", chunk_rows=10_000), ClusterSpec(address=dask_processes.address))
+        metrics = _train(_config(months_dir, tmp_path / "killed", chunk_rows=10_000), ClusterSpec(address=dask_processes.address))
     finally:
         done.set()
         killer.join(timeout=30)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.core import cv, solve, stats
+from pipeline.core import cv, hashing, solve, stats
 from pipeline.core.features import N_ZONES, Encoded
 
 
@@ -11,8 +11,9 @@ def _encoded(rows: int, seed: int) -> Encoded:
     rng = np.random.default_rng(seed)
     pu, do = rng.integers(1, 30, rows), rng.integers(1, 30, rows)
     minutes = 10 + 0.3 * pu - 0.2 * do + ((pu * 3 + do) % 7) + rng.normal(size=rows)
-    return Encoded(pair=pu * N_ZONES + do, micros=np.round(minutes * 60e6).astype(np.int64),
-                   x=np.empty((rows, 0)), position=np.arange(rows))
+    return Encoded(
+        pair=pu * N_ZONES + do, micros=np.round(minutes * 60e6).astype(np.int64), x=np.empty((rows, 0)), position=np.arange(rows)
+    )
 
 
 def _subset(enc: Encoded, mask: np.ndarray) -> Encoded:
@@ -22,7 +23,7 @@ def _subset(enc: Encoded, mask: np.ndarray) -> Encoded:
 @pytest.mark.parametrize("alpha", [0.01, 1.0, 10.0])
 def test_kfold_score_equals_a_refit_on_the_other_folds(alpha):
     enc = _encoded(20_000, seed=0)
-    fold = stats.fold_of(enc.position, salt=1, seed=3, folds=4)
+    fold = hashing.fold_of(enc.position, salt=1, seed=3, folds=4)
     per_fold = stats.compute(enc, fold, folds=4)
     for k in range(4):
         score = cv.kfold_score(per_fold, k, alpha)
@@ -46,5 +47,6 @@ def test_summary_and_choice():
     summary = cv.summarize(scores)
     assert [(s.alpha, s.mean_rmse, s.std_rmse, s.folds) for s in summary] == [(0.1, 5.5, 0.5, 2), (1.0, 4.5, 0.5, 2), (10.0, 4.5, 0.0, 2)]
     assert cv.best_alpha(summary) == 1.0  # a tie goes to the smaller alpha
-    report = cv.report("kfold", scores, 1.0)
-    assert report["folds"] == 2 and report["chosen_alpha"] == 1.0 and len(report["scores"]) == 6
+    report = cv.CVReport.of("kfold", scores, 1.0)
+    assert report.folds == 2 and report.chosen_alpha == 1.0 and len(report.scores) == 6 and report.chose
+    assert [(s.alpha, s.fold) for s in report.scores] == sorted((s.alpha, s.fold) for s in scores)

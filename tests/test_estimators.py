@@ -10,14 +10,16 @@ import pandas as pd
 import pytest
 from threadpoolctl import threadpool_limits
 
-from pipeline.core import estimators, solve, stats
-from pipeline.edge import reader
-from pipeline.errors import PipelineError
+from pipeline.core import estimators, hashing, solve, stats
 from pipeline.core.features import FeatureSpec, encode
 from pipeline.core.model import Model
-from pipeline.core.months import Month, parse_months
+from pipeline.core.months import parse_months
+from pipeline.core.rows import Rows
 from pipeline.core.schema import DO, PU
+from pipeline.edge import chunks, reader
+from pipeline.edge.model_files import load_model, save_model
 from pipeline.edge.synth import write_months
+from pipeline.errors import PipelineError
 
 SPEC = FeatureSpec(numeric=("trip_distance",))
 FOLDS = 5
@@ -45,11 +47,11 @@ def plans(tmp_path_factory: pytest.TempPathFactory) -> list[reader.MonthPlan]:
 
 
 @pytest.fixture(scope="module")
-def rows(plans: list[reader.MonthPlan]) -> estimators.Rows:
-    return estimators.load_rows(plans, SPEC, FOLDS, SEED, None)
+def rows(plans: list[reader.MonthPlan]) -> Rows:
+    return chunks.load_rows(plans, SPEC, FOLDS, SEED, None)
 
 
-def _assert_same(a: estimators.Rows, b: estimators.Rows) -> None:
+def _assert_same(a: Rows, b: Rows) -> None:
     for name in ("pu", "do", "x", "y", "fold"):
         assert np.array_equal(getattr(a, name), getattr(b, name)), name
 
@@ -60,27 +62,26 @@ def _whole_month(plan: reader.MonthPlan):
 
 
 def test_folds_match_the_statistics_path_for_any_chunking(plans, rows):
-    assert stats.month_salt(Month(2023, 2)) == 2023 * 12 + 2
     for chunk_rows in (1, 13_000):
-        _assert_same(estimators.load_rows(plans, SPEC, FOLDS, SEED, None, chunk_rows=chunk_rows), rows)
+        _assert_same(chunks.load_rows(plans, SPEC, FOLDS, SEED, None, chunk_rows=chunk_rows), rows)
     expected_fold, expected_y = [], []
     for plan in plans:
         enc = _whole_month(plan)
-        expected_fold.append(stats.fold_of(enc.position, stats.month_salt(plan.file.month), SEED, FOLDS))
+        expected_fold.append(hashing.fold_of(enc.position, hashing.month_salt(plan.file.month), SEED, FOLDS))
         expected_y.append(enc.y)
     assert np.array_equal(rows.fold, np.concatenate(expected_fold))
     assert np.array_equal(rows.y, np.concatenate(expected_y))
     assert rows.pu.dtype == rows.fold.dtype == np.int64 and rows.x.shape == (rows.rows, 1)
-    assert 1 <= rows.pu.min() and rows.pu.max() <= 265
+    assert rows.pu.min() >= 1 and rows.pu.max() <= 265
     share = np.bincount(rows.fold, minlength=FOLDS) / rows.rows
     assert np.all(np.abs(share - 1 / FOLDS) < 0.01)
-    assert not estimators.load_rows(plans[:1], SPEC, 1, SEED, None).fold.any()
+    assert not chunks.load_rows(plans[:1], SPEC, 1, SEED, None).fold.any()
 
 
 def test_subsample_is_the_same_uniform_subset_for_any_chunking(plans, rows):
-    sample = estimators.load_rows(plans, SPEC, FOLDS, SEED, 10_000, chunk_rows=1)
+    sample = chunks.load_rows(plans, SPEC, FOLDS, SEED, 10_000, chunk_rows=1)
     for chunk_rows in (13_000, 10**9):
-        _assert_same(estimators.load_rows(plans, SPEC, FOLDS, SEED, 10_000, chunk_rows=chunk_rows), sample)
+        _assert_same(chunks.load_rows(plans, SPEC, FOLDS, SEED, 10_000, chunk_rows=chunk_rows), sample)
     assert sample.rows == 10_000
     share = np.bincount(sample.fold, minlength=FOLDS) / sample.rows
     assert np.all(np.abs(share - 1 / FOLDS) < 0.02), share  # 5 binomial standard deviations
@@ -89,11 +90,11 @@ def test_subsample_is_the_same_uniform_subset_for_any_chunking(plans, rows):
     full = rows.y + 1e3 * rows.pu + 1e6 * rows.do
     assert np.all(np.isin(sample.y + 1e3 * sample.pu + 1e6 * sample.do, full))
     # another seed draws another sample; a cap above the row count keeps every row
-    other = estimators.load_rows(plans, SPEC, FOLDS, SEED + 1, 10_000)
+    other = chunks.load_rows(plans, SPEC, FOLDS, SEED + 1, 10_000)
     assert not np.array_equal(other.y, sample.y)
-    _assert_same(estimators.load_rows(plans, SPEC, FOLDS, SEED, rows.rows), rows)
+    _assert_same(chunks.load_rows(plans, SPEC, FOLDS, SEED, rows.rows), rows)
     with pytest.raises(ValueError, match="max_rows"):
-        estimators.load_rows(plans, SPEC, FOLDS, SEED, 0)
+        chunks.load_rows(plans, SPEC, FOLDS, SEED, 0)
 
 
 def _exact_fold_rmse(plans: list[reader.MonthPlan], fold: int) -> float:
@@ -101,7 +102,7 @@ def _exact_fold_rmse(plans: list[reader.MonthPlan], fold: int) -> float:
     total = stats.empty(FOLDS, len(SPEC.numeric))
     for plan in plans:
         enc = _whole_month(plan)
-        total = total + stats.compute(enc, stats.fold_of(enc.position, stats.month_salt(plan.file.month), SEED, FOLDS), FOLDS)
+        total = total + stats.compute(enc, hashing.fold_of(enc.position, hashing.month_salt(plan.file.month), SEED, FOLDS), FOLDS)
     return solve.rmse(solve.solve(total.without(fold), 1e-3), total.fold(fold))
 
 
@@ -123,10 +124,10 @@ def test_hist_gradient_boosting_takes_every_zone_id(rows):
     assert np.unique(train.pu).size < 265  # some zones never appear in the synthetic month
     fitted = estimators.fit("hist_gradient_boosting", train, seed=0)
     grid = np.arange(1, 266)
-    every = estimators.Rows(grid, grid[::-1].copy(), np.full((265, 1), 2.0), np.full(265, 10.0), np.zeros(265, dtype=np.int64))
+    every = Rows(grid, grid[::-1].copy(), np.full((265, 1), 2.0), np.full(265, 10.0), np.zeros(265, dtype=np.int64))
     assert np.all(np.isfinite(estimators.predict(fitted, every)))  # unseen zones share "other"
     # more than 254 distinct zones in training: the rare ones share one category
-    widened = estimators.Rows(*(np.concatenate([getattr(train, f), getattr(every, f)]) for f in ("pu", "do", "x", "y", "fold")))
+    widened = Rows(*(np.concatenate([getattr(train, f), getattr(every, f)]) for f in ("pu", "do", "x", "y", "fold")))
     fitted = estimators.fit("hist_gradient_boosting", widened, seed=0)
     for lookup in fitted.named_steps["zones"].lookup_:
         assert np.unique(lookup[1:]).size == 255 and lookup.max() == 254
@@ -149,8 +150,8 @@ def test_sgd_weights_round_trip_through_the_model_artifact(rows, tmp_path: Path)
     frame = pd.DataFrame({PU: test.pu, DO: test.do, "trip_distance": test.x[:, 0]})
     expected = estimators.predict(fitted, test)
     np.testing.assert_allclose(Model(weights, SPEC).predict(frame), expected, rtol=1e-10, atol=1e-9)
-    Model(weights, SPEC).save(tmp_path)
-    np.testing.assert_allclose(Model.load(tmp_path).predict(frame), expected, rtol=1e-10, atol=1e-9)
+    save_model(Model(weights, SPEC), tmp_path)
+    np.testing.assert_allclose(load_model(tmp_path).predict(frame), expected, rtol=1e-10, atol=1e-9)
     with pytest.raises(PipelineError, match="sgd"):
         estimators.sgd_weights(estimators.fit("hist_gradient_boosting", test, seed=0))
 

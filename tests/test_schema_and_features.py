@@ -7,10 +7,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.edge import reader
-from pipeline.errors import PipelineError
 from pipeline.core.features import N_ZONES, FeatureSpec, encode
 from pipeline.core.schema import DO, DROPOFF, PICKUP, PU, column_mapping, normalize
+from pipeline.edge import reader
+from pipeline.errors import PipelineError
 
 START = datetime(2023, 1, 1, 8, 0)
 MINUTES = [0.5, 1.0, 12.25, 60.0, 60.5, -3.0]  # the seed keeps 1 <= minutes <= 60
@@ -20,42 +20,48 @@ def _yellow_2023_01(unit="us"):
     """Like 2023-01: int64 ids, double passenger_count, lowercase airport_fee."""
     pick = [START + timedelta(hours=i) for i in range(len(MINUTES))]
     drop = [p + timedelta(minutes=m) for p, m in zip(pick, MINUTES)]
-    return pa.table({
-        "VendorID": pa.array([1] * 6, pa.int64()),
-        "tpep_pickup_datetime": pa.array(pick, pa.timestamp(unit)),
-        "tpep_dropoff_datetime": pa.array(drop, pa.timestamp(unit)),
-        "passenger_count": pa.array([1.0, None, 2.0, 1.0, 1.0, 1.0]),
-        "trip_distance": pa.array([0.1, 0.5, 3.0, 10.0, 11.0, 1.0]),
-        "PULocationID": pa.array([1, 2, 3, 265, 5, 6], pa.int64()),
-        "DOLocationID": pa.array([7, 8, 9, 264, 11, 12], pa.int64()),
-        "airport_fee": pa.array([0.0, 1.25, 0.0, 0.0, 0.0, 0.0]),
-    })
+    return pa.table(
+        {
+            "VendorID": pa.array([1] * 6, pa.int64()),
+            "tpep_pickup_datetime": pa.array(pick, pa.timestamp(unit)),
+            "tpep_dropoff_datetime": pa.array(drop, pa.timestamp(unit)),
+            "passenger_count": pa.array([1.0, None, 2.0, 1.0, 1.0, 1.0]),
+            "trip_distance": pa.array([0.1, 0.5, 3.0, 10.0, 11.0, 1.0]),
+            "PULocationID": pa.array([1, 2, 3, 265, 5, 6], pa.int64()),
+            "DOLocationID": pa.array([7, 8, 9, 264, 11, 12], pa.int64()),
+            "airport_fee": pa.array([0.0, 1.25, 0.0, 0.0, 0.0, 0.0]),
+        }
+    )
 
 
 def _yellow_2023_02():
     """Like 2023-02: int32 ids, int64 passenger_count, capitalised Airport_fee, ns timestamps."""
     t = _yellow_2023_01(unit="ns")
-    return pa.table({
-        "VendorID": t["VendorID"].cast(pa.int32()),
-        "tpep_pickup_datetime": t["tpep_pickup_datetime"],
-        "tpep_dropoff_datetime": t["tpep_dropoff_datetime"],
-        "passenger_count": pa.array([1, None, 2, 1, 1, 1], pa.int64()),
-        "trip_distance": t["trip_distance"],
-        "PULocationID": t["PULocationID"].cast(pa.int32()),
-        "DOLocationID": t["DOLocationID"].cast(pa.int32()),
-        "Airport_fee": t["airport_fee"],
-    })
+    return pa.table(
+        {
+            "VendorID": t["VendorID"].cast(pa.int32()),
+            "tpep_pickup_datetime": t["tpep_pickup_datetime"],
+            "tpep_dropoff_datetime": t["tpep_dropoff_datetime"],
+            "passenger_count": pa.array([1, None, 2, 1, 1, 1], pa.int64()),
+            "trip_distance": t["trip_distance"],
+            "PULocationID": t["PULocationID"].cast(pa.int32()),
+            "DOLocationID": t["DOLocationID"].cast(pa.int32()),
+            "Airport_fee": t["airport_fee"],
+        }
+    )
 
 
 def _green():
     t = _yellow_2023_01()
-    return pa.table({
-        "lpep_pickup_datetime": t["tpep_pickup_datetime"],
-        "lpep_dropoff_datetime": t["tpep_dropoff_datetime"],
-        "PULocationID": t["PULocationID"].cast(pa.float64()),
-        "DOLocationID": t["DOLocationID"],
-        "trip_distance": t["trip_distance"],
-    })
+    return pa.table(
+        {
+            "lpep_pickup_datetime": t["tpep_pickup_datetime"],
+            "lpep_dropoff_datetime": t["tpep_dropoff_datetime"],
+            "PULocationID": t["PULocationID"].cast(pa.float64()),
+            "DOLocationID": t["DOLocationID"],
+            "trip_distance": t["trip_distance"],
+        }
+    )
 
 
 WANTED = (PICKUP, DROPOFF, PU, DO, "passenger_count", "airport_fee", "trip_distance")

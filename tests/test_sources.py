@@ -21,16 +21,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.edge import sources
-from pipeline.errors import PipelineError
 from pipeline.core.months import Month
+from pipeline.edge import sources
 from pipeline.edge.sources import (
-    DEFAULT_SOURCE,
     MonthFile,
     default_cache_dir,
     month_filename,
     resolve_month,
 )
+from pipeline.errors import PipelineError
 
 JAN = Month(2023, 1)
 FEB = Month(2023, 2)
@@ -79,8 +78,7 @@ class Server:
     def count(self, method: str | None = None, name: str | None = None) -> int:
         with self.lock:
             return sum(
-                n for (m, p), n in self.requests.items()
-                if (method is None or m == method) and (name is None or p.endswith("/" + name))
+                n for (m, p), n in self.requests.items() if (method is None or m == method) and (name is None or p.endswith("/" + name))
             )
 
 
@@ -165,11 +163,6 @@ def no_sleep(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 # --- names and defaults -------------------------------------------------------------------
 
 
-def test_month_filename_and_default_source() -> None:
-    assert month_filename("green", FEB) == "green_tripdata_2023-02.parquet"
-    assert DEFAULT_SOURCE == "https://d37ci6vzurychx.cloudfront.net/trip-data"
-
-
 def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("TAXI_PIPELINE_CACHE", str(tmp_path / "explicit"))
     assert default_cache_dir() == tmp_path / "explicit"
@@ -226,7 +219,7 @@ def test_file_url_is_a_local_folder(tmp_path: Path) -> None:
     assert found.path == path
     assert found.identity == resolve_month(str(tmp_path), "green", JAN).identity
     assert not (tmp_path / "unused").exists()
-    with pytest.raises(PipelineError, match="2023-02.*file not found"):
+    with pytest.raises(PipelineError, match=r"2023-02.*file not found"):
         resolve_month(tmp_path.as_uri(), "green", FEB)
 
 
@@ -297,9 +290,7 @@ def test_http_403_is_final(server: Server, cache: Path, no_sleep: list[float]) -
     assert server.count() == 1
 
 
-def test_http_500s_are_retried_with_exponential_backoff(
-    server: Server, cache: Path, no_sleep: list[float]
-) -> None:
+def test_http_500s_are_retried_with_exponential_backoff(server: Server, cache: Path, no_sleep: list[float]) -> None:
     original = write_month(server.root)
     server.fail_first = 2
     found = resolve_month(server.url, "yellow", JAN, cache_dir=cache, retries=3, backoff=0.5)
@@ -396,9 +387,7 @@ def memory_source() -> Iterator[str]:
         fs.rm(path, recursive=True)
 
 
-def test_memory_source_is_copied_and_cached(
-    memory_source: str, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_memory_source_is_copied_and_cached(memory_source: str, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = write_month(tmp_path).read_bytes()
     fs, _ = fsspec.core.url_to_fs(memory_source)
     fs.pipe(f"{memory_source}/yellow_tripdata_2023-01.parquet", data)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.core import stats
+from pipeline.core import hashing, stats
 from pipeline.core.features import N_ZONES, Encoded
 
 
@@ -34,18 +34,18 @@ def test_statistics_add_across_chunks():
 
 def test_fold_assignment_is_balanced_deterministic_and_chunking_free():
     position = np.arange(200_000)
-    folds = stats.fold_of(position, salt=2023 * 12, seed=7, folds=5)
-    assert np.array_equal(folds, stats.fold_of(position, salt=2023 * 12, seed=7, folds=5))
+    folds = hashing.fold_of(position, salt=2023 * 12, seed=7, folds=5)
+    assert np.array_equal(folds, hashing.fold_of(position, salt=2023 * 12, seed=7, folds=5))
     counts = np.bincount(folds, minlength=5)
     assert counts.min() > 0.19 * position.size and counts.max() < 0.21 * position.size
     # a chunk at an offset gets the same folds as the same rows in one piece
-    assert np.array_equal(stats.fold_of(position[50_000:60_000], 2023 * 12, 7, 5), folds[50_000:60_000])
-    assert not np.array_equal(folds, stats.fold_of(position, salt=2023 * 12, seed=8, folds=5))
+    assert np.array_equal(hashing.fold_of(position[50_000:60_000], 2023 * 12, 7, 5), folds[50_000:60_000])
+    assert not np.array_equal(folds, hashing.fold_of(position, salt=2023 * 12, seed=8, folds=5))
 
 
 def test_per_fold_statistics_partition_the_total():
     enc = _enc(20_000, 1, numeric=2)
-    fold = stats.fold_of(enc.position, salt=1, seed=0, folds=4)
+    fold = hashing.fold_of(enc.position, salt=1, seed=0, folds=4)
     per_fold = stats.compute(enc, fold, folds=4)
     pooled = stats.compute(enc)
     for a, b in zip(per_fold.total()._arrays(), pooled._arrays()):

@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.errors import PipelineError
 from pipeline.core.months import Month
 from pipeline.core.schema import REQUIRED, column_mapping, normalize
 from pipeline.edge.synth import month_filename, synth_month, write_months, write_table
+from pipeline.errors import PipelineError
 
 JAN, FEB = Month(2023, 1), Month(2023, 2)
 ROWS = 100_000
@@ -289,10 +289,7 @@ def test_duration_is_learnable_from_zones(jan: pd.DataFrame, feb: pd.DataFrame) 
 
     def features(df: pd.DataFrame) -> tuple[list[dict[str, str]], np.ndarray]:
         ok = df[df.minutes.between(1, 60)]
-        records = [
-            {"PU": str(pu), "DO": str(do), "PU_DO": f"{pu}_{do}"}
-            for pu, do in zip(ok.PULocationID, ok.DOLocationID)
-        ]
+        records = [{"PU": str(pu), "DO": str(do), "PU_DO": f"{pu}_{do}"} for pu, do in zip(ok.PULocationID, ok.DOLocationID)]
         return records, ok.minutes.to_numpy()
 
     x_train, y_train = features(jan)

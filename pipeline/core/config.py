@@ -1,58 +1,133 @@
-"""One typed settings object, built at the entry point and passed down to the flow."""
+"""One typed, self-checking settings object for a training run, built at the entry point and passed down.
+
+Every rule lives here, so the Python API and the CLI refuse the same things.
+A broken rule is a :class:`ConfigError` naming the fields at fault; the CLI
+prints it with its flag names instead (``val_month`` -> ``--val-month``).
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError, ValidationInfo, model_validator
 
-from pipeline.errors import PipelineError
 from pipeline.core.features import FeatureSpec
 from pipeline.core.months import Month, parse_months
-from pipeline.core.schema import TAXI_TYPES
-from pipeline.edge.sources import DEFAULT_SOURCE
+from pipeline.errors import PipelineError
 
+#: The public TLC prefix: ``{DEFAULT_SOURCE}/yellow_tripdata_2023-01.parquet``.
+DEFAULT_SOURCE = "https://d37ci6vzurychx.cloudfront.net/trip-data"
 
+Taxi = Literal["yellow", "green"]
 #: ``linear`` trains exactly from statistics; the others fit on rows, fold by fold.
-MODELS = ("linear", "hist_gradient_boosting", "sgd")
+ModelName = Literal["linear", "hist_gradient_boosting", "sgd"]
+CVKind = Literal["kfold", "time"]
+
+
+class ConfigError(PipelineError):
+    """A broken rule; ``template`` names fields as ``{field}``, filled with field or flag names."""
+
+    def __init__(self, template: str, **values: object) -> None:
+        self.template = template
+        self.values = values
+        super().__init__(self.render())
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild_config_error, (self.template, self.values)
+
+    def render(self, names: dict[str, str] | None = None) -> str:
+        """The message with each ``{field}`` spelt as ``names[field]`` (default: the field name)."""
+        fields = {field: (names or {}).get(field, field) for field in TrainConfig.model_fields}
+        return self.template.format(**fields, **self.values)
+
+
+def _rebuild_config_error(template: str, values: dict[str, object]) -> ConfigError:
+    return ConfigError(template, **values)
+
+
+def _month(value: object) -> Month:
+    if isinstance(value, Month):
+        return value
+    if isinstance(value, str):
+        return Month.parse(value)
+    raise PipelineError(f"invalid month {value!r}: expected YYYY-MM")
+
+
+def _checked(parse: Any) -> Any:
+    """Run ``parse`` on a field's value; a bad value is a ConfigError naming the field."""
+
+    def validate(value: object, info: ValidationInfo) -> Any:
+        try:
+            return parse(value)
+        except PipelineError as exc:
+            raise ConfigError(f"{{{info.field_name}}} {{given}}: {{why}}", given=repr(value), why=str(exc)) from None
+
+    return validate
+
+
+def _months(value: object) -> tuple[Month, ...]:
+    """A spec string (``2023-01:2023-03,2023-05``) or a sequence of months."""
+    if isinstance(value, str):
+        return tuple(parse_months(value))
+    if isinstance(value, (list, tuple)):
+        return tuple(sorted({_month(v) for v in value}))
+    raise PipelineError("expected a list of YYYY-MM or a spec such as 2023-01:2023-03")
+
+
+MonthValue = Annotated[Month, BeforeValidator(_checked(_month)), PlainSerializer(str, return_type=str)]
+MonthList = Annotated[
+    tuple[Month, ...], BeforeValidator(_checked(_months)), PlainSerializer(lambda ms: [str(m) for m in ms], return_type=list[str])
+]
 
 
 class TrainConfig(BaseModel):
-    """Everything a training run needs; months are ``YYYY-MM`` strings."""
+    """Everything a training run needs. Months may be given as ``Month``, ``"YYYY-MM"`` or a spec string."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     source: str = DEFAULT_SOURCE
-    taxi: str = "yellow"
-    train_months: list[str]
-    val_month: str
+    taxi: Taxi = "yellow"
+    train_months: MonthList
+    val_month: MonthValue
     output: Path
-    alphas: list[float] = Field(default=[1e-3], min_length=1, description="ridge penalties; CV picks the best")
+    alphas: tuple[float, ...] = Field(default=(1e-3,), min_length=1, description="ridge penalties; CV picks the best")
     folds: int = Field(default=5, ge=0, description="K-fold CV over training rows; 0 turns CV off")
-    cv: Literal["kfold", "time"] = "kfold"
+    cv: CVKind = "kfold"
     seed: int = Field(default=0, ge=0, description="drives fold assignment and estimators")
-    model: str = "linear"
+    model: ModelName = "linear"
     max_rows: int | None = Field(default=None, ge=1, description="row cap per fit for estimators other than linear")
-    numeric: list[str] = Field(default_factory=list, description="numeric columns added as features")
+    numeric: tuple[str, ...] = Field(default=(), description="numeric columns added as features")
     chunk_rows: int = Field(default=4_000_000, ge=1, description="rows per task, rounded to row groups")
     cache_dir: Path | None = None
     cache: bool = Field(default=True, description="reuse chunk statistics of unchanged month files")
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
-        if any(a <= 0 for a in self.alphas):
-            raise PipelineError(f"--alphas {self.alphas}: every alpha must be positive")
+        if not self.train_months:
+            raise ConfigError("{train_months}: give at least one training month")
+        if self.val_month in self.train_months:
+            raise ConfigError(
+                "{val_month} {month} is also in {train_months}: the model would be validated on rows it was trained on",
+                month=self.val_month,
+            )
+        if not all(math.isfinite(a) and a > 0 for a in self.alphas):
+            raise ConfigError("{alphas} {given}: every alpha must be a positive number", given=",".join(f"{a:g}" for a in self.alphas))
         if self.folds == 1:
-            raise PipelineError("--folds 1: one fold cannot cross-validate; use 0 to turn CV off, or 2 and more")
-        if self.cv == "time" and self.folds and len(self.train_months) < 2:
-            raise PipelineError("--cv time: needs at least two --train-months (train on earlier, validate on the next)")
-        if self.model not in MODELS:
-            raise PipelineError(f"--model {self.model!r}: expected one of {', '.join(MODELS)}")
+            raise ConfigError("{folds} 1: one fold cannot cross-validate; use 0 to turn CV off, or 2 and more")
         if self.model != "linear" and self.cv == "time":
-            raise PipelineError(f"--cv time: supported for --model linear; {self.model} cross-validates by kfold")
+            raise ConfigError("{cv} time: supported for {model} linear; {name} cross-validates by kfold", name=self.model)
         if self.model != "linear" and len(self.alphas) > 1:
-            raise PipelineError(f"--alphas: an alpha grid applies to --model linear, not {self.model}")
+            raise ConfigError("{alphas}: an alpha grid applies to {model} linear, not {name}", name=self.model)
+        if len(self.alphas) > 1 and not self.cross_validates:
+            raise ConfigError(
+                "{alphas} {given} with {folds} 0: without cross-validation nothing chooses among alphas; "
+                "give one alpha, or 2 or more folds",
+                given=",".join(f"{a:g}" for a in self.alphas),
+            )
+        if self.cv == "time" and self.folds and len(self.train_months) < 2:
+            raise ConfigError("{cv} time: needs at least two {train_months} (train on earlier, validate on the next)")
         return self
 
     @property
@@ -60,20 +135,19 @@ class TrainConfig(BaseModel):
         return self.folds >= 2
 
     def months(self) -> tuple[list[Month], Month]:
-        """Parsed training months and validation month."""
-        return [Month.parse(m) for m in self.train_months], Month.parse(self.val_month)
+        """Training months and validation month."""
+        return list(self.train_months), self.val_month
 
     def feature_spec(self) -> FeatureSpec:
         return FeatureSpec(numeric=tuple(self.numeric))
 
     @classmethod
-    def from_flags(cls, train_months: str, val_month: str, **kwargs: object) -> TrainConfig:
-        """Build from CLI-style month specs; a bad flag is a one-line PipelineError."""
-        train = [str(m) for m in parse_months(train_months, flag="train-months")]
-        val = parse_months(val_month, flag="val-month")
-        if len(val) != 1:
-            raise PipelineError(f"--val-month {val_month!r}: give exactly one month")
-        taxi = kwargs.get("taxi", "yellow")
-        if taxi not in TAXI_TYPES:
-            raise PipelineError(f"--taxi {taxi!r}: expected one of {', '.join(TAXI_TYPES)}")
-        return cls(train_months=train, val_month=str(val[0]), **kwargs)  # type: ignore[arg-type]
+    def build(cls, **fields: Any) -> TrainConfig:
+        """Like the constructor, but a pydantic type error is a :class:`ConfigError` naming the field too."""
+        try:
+            return cls(**fields)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = str(first["loc"][0]) if first["loc"] else ""
+            name = f"{{{field}}}" if field in cls.model_fields else field.replace("{", "{{").replace("}", "}}")
+            raise ConfigError(name + " {given}: {why}", given=repr(fields.get(field)), why=first["msg"]) from None

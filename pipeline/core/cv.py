@@ -7,16 +7,14 @@ training on the months before and scoring on the next.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from functools import reduce
-from operator import add
-
-import numpy as np
+from typing import Any, Literal
 
 from pipeline.core import solve
-from pipeline.core.stats import Stats
+from pipeline.core.stats import Stats, combine
 
 
 @dataclass(frozen=True)
@@ -56,16 +54,26 @@ def kfold_score(pooled: Stats, fold: int, alpha: float) -> CVScore:
 
 def window_score(earlier: Sequence[Stats], month: Stats, fold: int, alpha: float) -> CVScore:
     """Rolling origin: train on ``earlier`` months, score on ``month``."""
-    return score(reduce(add, earlier), month, fold, alpha)
+    return score(combine(earlier), month, fold, alpha)
 
 
 def summarize(scores: Sequence[CVScore]) -> list[AlphaSummary]:
-    """Mean and standard deviation of RMSE per alpha, in alpha order."""
+    """Mean and (population) standard deviation of RMSE per alpha, in alpha order.
+
+    Summed with ``math.fsum`` in fold order, so the figures are correctly rounded
+    and identical however the scores were gathered from the workers.
+    """
     out = []
-    for alpha in sorted({s.alpha for s in scores}, key=lambda a: -1.0 if a is None else a):
-        rmses = np.array([s.rmse for s in scores if s.alpha == alpha])
-        out.append(AlphaSummary(alpha, float(rmses.mean()), float(rmses.std()), int(rmses.size)))
+    for alpha in sorted({s.alpha for s in scores}, key=_alpha_order):
+        rmses = [s.rmse for s in sorted(scores, key=lambda s: s.fold) if s.alpha == alpha]
+        mean = math.fsum(rmses) / len(rmses)
+        std = math.sqrt(math.fsum((r - mean) ** 2 for r in rmses) / len(rmses))
+        out.append(AlphaSummary(alpha, mean, std, len(rmses)))
     return out
+
+
+def _alpha_order(alpha: float | None) -> float:
+    return -1.0 if alpha is None else alpha
 
 
 def best_alpha(summaries: Sequence[AlphaSummary]) -> float:
@@ -73,17 +81,42 @@ def best_alpha(summaries: Sequence[AlphaSummary]) -> float:
     return min(summaries, key=lambda s: (s.mean_rmse, s.alpha or 0.0)).alpha or 0.0
 
 
-def alpha_text(alpha: float | None) -> str:
-    """An alpha for tables; models without one show a dash."""
-    return "-" if alpha is None else f"{alpha:g}"
+@dataclass(frozen=True)
+class CVReport:
+    """A cross-validation's every fold × alpha score, and the alpha chosen from them."""
 
+    kind: Literal["kfold", "time"]
+    scores: tuple[CVScore, ...]
+    chosen_alpha: float | None
 
-def report(kind: str, scores: Sequence[CVScore], chosen: float | None) -> dict[str, object]:
-    """The ``cv`` section of ``metrics.json``."""
-    return {
-        "kind": kind,
-        "folds": len({s.fold for s in scores}),
-        "chosen_alpha": chosen,
-        "by_alpha": [asdict(s) for s in summarize(scores)],
-        "scores": [asdict(s) for s in sorted(scores, key=lambda s: (s.alpha or 0.0, s.fold))],
-    }
+    @classmethod
+    def of(cls, kind: Literal["kfold", "time"], scores: Sequence[CVScore], chosen_alpha: float | None) -> CVReport:
+        """Scores kept in (alpha, fold) order, whatever order the workers returned them in."""
+        return cls(kind, tuple(sorted(scores, key=lambda s: (_alpha_order(s.alpha), s.fold))), chosen_alpha)
+
+    @property
+    def folds(self) -> int:
+        return len({s.fold for s in self.scores})
+
+    @property
+    def by_alpha(self) -> list[AlphaSummary]:
+        return summarize(self.scores)
+
+    @property
+    def chose(self) -> bool:
+        """Whether there was a choice: more than one alpha was scored."""
+        return len({s.alpha for s in self.scores}) > 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``cv`` section of ``metrics.json``."""
+        return {
+            "kind": self.kind,
+            "folds": self.folds,
+            "chosen_alpha": self.chosen_alpha,
+            "by_alpha": [asdict(s) for s in self.by_alpha],
+            "scores": [asdict(s) for s in self.scores],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CVReport:
+        return cls(data["kind"], tuple(CVScore(**s) for s in data["scores"]), data["chosen_alpha"])

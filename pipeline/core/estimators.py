@@ -2,18 +2,16 @@
 
 The exact linear path never holds rows: it adds per-pair statistics. A gradient
 boosted tree or a stochastic-gradient model needs the rows themselves, so each
-cross-validation fold is one task that reads the month files on its worker,
-fits, and returns a score. Folds are assigned with the statistics path's own
-hash (:func:`pipeline.core.stats.fold_of` of the row's position in its month file),
-so every model is scored on exactly the same held-out rows, however the files
-are chunked. Pure: no Prefect, no Dask.
+cross-validation fold is one task that gathers rows on its worker
+(:func:`pipeline.edge.chunks.load_rows`), fits, and returns a score. Folds are
+assigned with the statistics path's own hash (:func:`pipeline.core.hashing.fold_of`
+of the row's position in its month file), so every model is scored on exactly
+the same held-out rows, however the files are chunked. Pure: no I/O, no Prefect, no Dask.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,20 +21,15 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import SGDRegressor
 from sklearn.pipeline import Pipeline
 
-from pipeline.core import stats
-from pipeline.edge import reader
-from pipeline.core.config import MODELS
 from pipeline.core.cv import CVScore
-from pipeline.errors import PipelineError
-from pipeline.core.features import N_PAIRS, N_ZONES, FeatureSpec, encode
+from pipeline.core.features import N_PAIRS, N_ZONES
+from pipeline.core.rows import Rows
 from pipeline.core.solve import Weights
+from pipeline.errors import PipelineError
 
 #: Models fitted on rows, fold by fold; "linear" is the exact statistics path.
-ESTIMATORS = tuple(m for m in MODELS if m != "linear")
+ESTIMATORS = ("hist_gradient_boosting", "sgd")
 
-#: Rows per read (whole row groups): a read's temporaries, not the kept rows, set the
-#: peak memory of a subsampled load (1.2M rows kept 100k: +120 MB at 100k a read, +300 MB at 1M).
-_READ_ROWS = 250_000
 #: HistGradientBoosting takes at most 255 categories per feature: 254 zones and "other".
 _MAX_BINS = 255
 _OTHER = _MAX_BINS - 1
@@ -45,95 +38,6 @@ _PU, _DO, _PAIR, _NUMERIC = 0, N_ZONES, 2 * N_ZONES, 2 * N_ZONES + N_PAIRS
 #: SGD's L2 penalty as a ridge alpha on summed squared errors: 1.0 scored best on the
 #: exact path at 100k and 1M rows. SGD averages its loss, so its alpha is this / rows.
 _SGD_RIDGE = 1.0
-#: A second splitmix64 stream, so the subsample is independent of the fold assignment.
-_SAMPLE_STREAM = 0xD1B54A32D192ED03
-_GOLDEN = 0x9E3779B97F4A7C15
-_MASK64 = (1 << 64) - 1
-
-
-@dataclass(frozen=True)
-class Rows:
-    """Kept rows as arrays: zone codes, numeric features, minutes and fold ids."""
-
-    pu: np.ndarray  # int64 pickup zone codes, 1..265
-    do: np.ndarray  # int64 dropoff zone codes, 1..265
-    x: np.ndarray  # float64 (n, k), the spec's numeric columns
-    y: np.ndarray  # float64 duration in minutes
-    fold: np.ndarray  # int64 fold ids (all 0 without cross-validation)
-
-    @property
-    def rows(self) -> int:
-        return int(self.y.shape[0])
-
-    def select(self, mask: np.ndarray) -> Rows:
-        """The rows where ``mask`` holds (or at the given indices)."""
-        return Rows(self.pu[mask], self.do[mask], self.x[mask], self.y[mask], self.fold[mask])
-
-
-def _sample_key(position: np.ndarray, salt: int, seed: int) -> np.ndarray:
-    """A uint64 hash of (salt, position, seed), like :func:`stats.fold_of` but on another stream.
-
-    Keeping the rows with the smallest keys is a uniform sample that does not
-    depend on chunking, and is unrelated to which fold a row falls in.
-    """
-    z = (np.uint64(salt) << np.uint64(40)) ^ position.astype(np.uint64)
-    z = z + np.uint64((seed * _GOLDEN + _SAMPLE_STREAM) & _MASK64)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-def _concat(parts: list[Rows], k: int) -> Rows:
-    if not parts:
-        empty = np.empty(0, dtype=np.int64)
-        return Rows(empty, empty, np.empty((0, k)), np.empty(0), empty)
-    return Rows(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("pu", "do", "x", "y", "fold")))
-
-
-def load_rows(
-    plans: Sequence[reader.MonthPlan],
-    spec: FeatureSpec,
-    folds: int,
-    seed: int,
-    max_rows: int | None,
-    *,
-    chunk_rows: int = _READ_ROWS,
-) -> Rows:
-    """Read and encode every month, with fold ids; at most ``max_rows`` rows, a uniform sample.
-
-    Folds match the statistics path row for row. The sample keeps the
-    ``max_rows`` rows with the smallest :func:`_sample_key`: the same subset
-    (in file order) for any ``chunk_rows``. Chunks are thinned as they arrive,
-    so memory stays near ``max_rows`` rows plus one chunk.
-    """
-    if max_rows is not None and max_rows < 1:
-        raise ValueError(f"max_rows must be positive, got {max_rows}")
-    k = len(spec.numeric)
-    kept: list[Rows] = []
-    keys: list[np.ndarray] = []
-    threshold = np.uint64(_MASK64)  # the largest key kept so far, once max_rows are held
-    for plan in plans:
-        salt = stats.month_salt(plan.file.month)
-        for chunk in reader.plan(plan.layout, chunk_rows):
-            encoded = encode(reader.read(plan.layout, chunk), spec)
-            position = chunk.offset + encoded.position
-            fold = stats.fold_of(position, salt, seed, folds) if folds > 1 else np.zeros(encoded.rows, dtype=np.int64)
-            pu, do = np.divmod(encoded.pair, N_ZONES)
-            part = Rows(pu, do, encoded.x, encoded.y, fold)
-            if max_rows is None:
-                kept.append(part)
-                continue
-            key = _sample_key(position, salt, seed)
-            below = key <= threshold
-            kept.append(part.select(below))
-            keys.append(key[below])
-            held = sum(p.rows for p in kept)
-            if held > max_rows:
-                all_keys = np.concatenate(keys)
-                threshold = np.partition(all_keys, max_rows - 1)[max_rows - 1]
-                keep = all_keys <= threshold
-                kept, keys = [_concat(kept, k).select(keep)], [all_keys[keep]]
-    return _concat(kept, k)
 
 
 class _ZoneCategories(TransformerMixin, BaseEstimator):
@@ -235,7 +139,7 @@ def fit(name: str, rows: Rows, seed: int) -> Pipeline:
 
 def predict(fitted: Pipeline, rows: Rows) -> np.ndarray:
     """Predicted minutes for ``rows``."""
-    return fitted.predict(_design(rows))
+    return np.asarray(fitted.predict(_design(rows)))
 
 
 def rmse(fitted: Pipeline, rows: Rows) -> float:

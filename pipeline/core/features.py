@@ -9,6 +9,7 @@ three one-hot features. Numeric columns (``trip_distance``...) ride along as flo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -38,11 +39,11 @@ class FeatureSpec:
         return {"numeric": list(self.numeric), "min_minutes": self.min_minutes, "max_minutes": self.max_minutes}
 
     @classmethod
-    def from_dict(cls, data: dict[str, object]) -> FeatureSpec:
+    def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
         return cls(
-            numeric=tuple(str(c) for c in data["numeric"]),  # type: ignore[union-attr]
-            min_minutes=float(data["min_minutes"]),  # type: ignore[arg-type]
-            max_minutes=float(data["max_minutes"]),  # type: ignore[arg-type]
+            numeric=tuple(str(c) for c in data["numeric"]),
+            min_minutes=float(data["min_minutes"]),
+            max_minutes=float(data["max_minutes"]),
         )
 
 
@@ -66,7 +67,7 @@ class Encoded:
 
 
 def _int64(column: pa.ChunkedArray, fill: int) -> np.ndarray:
-    return pc.fill_null(column.cast(pa.int64()), fill).to_numpy()
+    return np.asarray(pc.fill_null(column.cast(pa.int64()), fill).to_numpy())
 
 
 def zone_codes(column: pa.ChunkedArray) -> np.ndarray:

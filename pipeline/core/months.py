@@ -39,29 +39,26 @@ class Month:
         return Month(self.year, self.month + 1)
 
 
-def parse_months(spec: str, flag: str = "months") -> list[Month]:
+def parse_months(spec: str) -> list[Month]:
     """Parse ``A,B`` lists and ``A:B`` inclusive ranges (mixable), sorted and unique.
 
     >>> [str(m) for m in parse_months("2023-11:2024-01,2023-03")]
     ['2023-03', '2023-11', '2023-12', '2024-01']
     """
     months: set[Month] = set()
-    try:
-        parts = [p for p in spec.split(",") if p.strip()]
-        if not parts:
-            raise PipelineError("empty month list")
-        for part in parts:
-            if ":" in part:
-                first_text, _, last_text = part.partition(":")
-                first, last = Month.parse(first_text), Month.parse(last_text)
-                if last < first:
-                    raise PipelineError(f"range {part.strip()!r} ends before it starts")
-                current = first
-                while current <= last:
-                    months.add(current)
-                    current = current.next()
-            else:
-                months.add(Month.parse(part))
-    except PipelineError as exc:
-        raise PipelineError(f"--{flag} {spec!r}: {exc}") from None
+    parts = [p for p in spec.split(",") if p.strip()]
+    if not parts:
+        raise PipelineError("empty month list")
+    for part in parts:
+        if ":" in part:
+            first_text, _, last_text = part.partition(":")
+            first, last = Month.parse(first_text), Month.parse(last_text)
+            if last < first:
+                raise PipelineError(f"range {part.strip()!r} ends before it starts")
+            current = first
+            while current <= last:
+                months.add(current)
+                current = current.next()
+        else:
+            months.add(Month.parse(part))
     return sorted(months)

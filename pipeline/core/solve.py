@@ -35,7 +35,7 @@ class Weights:
 
     def pair_prediction(self) -> np.ndarray:
         """Prediction of the one-hot part for every pair code, (Z*Z,)."""
-        return (self.intercept + self.pu[:, None] + self.do[None, :]).ravel() + self.pair
+        return np.asarray((self.intercept + self.pu[:, None] + self.do[None, :]).ravel() + self.pair)
 
 
 def _gram(d: np.ndarray) -> np.ndarray:
@@ -100,7 +100,7 @@ def sse(weights: Weights, stats: Stats) -> np.ndarray:
     if v.size:
         xv = np.einsum("k,fkp->fp", v, stats.sum_x)  # per-pair Σ x·v
         out = out + 2 * xv @ f - 2 * stats.sum_xy @ v + np.einsum("k,fkl,l->f", v, stats.sum_xx, v)
-    return out
+    return np.asarray(out)
 
 
 def rmse(weights: Weights, stats: Stats) -> float:

@@ -5,7 +5,7 @@ row chunks. With one-hot pickup, dropoff and pickup-dropoff features every entry
 of ``XᵀX`` and ``Xᵀy`` that involves the one-hots is a sum over pairs of the
 per-pair row count and target sum, so a chunk reduces to ``bincount``s over
 the 266² pair codes (plus per-pair sums for any numeric columns). Statistics are
-kept per fold, so K-fold cross-validation needs no second pass: fold k trains on
+kept per fold (:func:`pipeline.core.hashing.fold_of`), so K-fold cross-validation needs no second pass: fold k trains on
 ``total - fold_k`` and is scored on ``fold_k``.
 
 Target statistics are exact integers (durations in microseconds; ``yᵀy`` as a
@@ -16,15 +16,14 @@ Numeric-column sums are floats and may differ in the last bits.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import reduce
+from operator import add
 
 import numpy as np
 
 from pipeline.core.features import MICROS_PER_MINUTE, N_PAIRS, Encoded
-from pipeline.core.months import Month
-
-_GOLDEN = 0x9E3779B97F4A7C15
-_MASK64 = (1 << 64) - 1
 
 
 @dataclass(frozen=True)
@@ -96,25 +95,6 @@ def empty(folds: int = 1, n_numeric: int = 0) -> Stats:
     )
 
 
-def month_salt(month: Month) -> int:
-    """Tells months apart in :func:`fold_of`, so row 0 of each month gets its own fold."""
-    return month.year * 12 + month.month
-
-
-def fold_of(position: np.ndarray, salt: int, seed: int, folds: int) -> np.ndarray:
-    """Deterministic fold of each row from its position in the month file.
-
-    A splitmix64 hash of (``salt``, position, ``seed``): independent of how the
-    file is chunked or which worker reads it. ``salt`` tells months apart.
-    """
-    z = (np.uint64(salt) << np.uint64(40)) ^ position.astype(np.uint64)
-    z = z + np.uint64((seed * _GOLDEN) & _MASK64)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    z = z ^ (z >> np.uint64(31))
-    return (z % np.uint64(folds)).astype(np.int64)
-
-
 def _exact_sums(index: np.ndarray, micros: np.ndarray, size: int) -> np.ndarray:
     """Per-index Σ micros as int64, exactly: ``bincount`` sums in float64, so split into 16-bit limbs."""
     high = np.bincount(index, weights=micros >> 16, minlength=size)
@@ -138,7 +118,9 @@ def compute(encoded: Encoded, fold: np.ndarray | None = None, folds: int = 1) ->
     k = x.shape[1]
     count = np.bincount(index, minlength=size).reshape(folds, N_PAIRS)
     sum_micros = _exact_sums(index, micros, size).reshape(folds, N_PAIRS)
-    sum_micros2 = np.array([_exact_square_sum(micros[fold == f]) if folds > 1 else _exact_square_sum(micros) for f in range(folds)], dtype=object)
+    sum_micros2 = np.array(
+        [_exact_square_sum(micros[fold == f]) if folds > 1 else _exact_square_sum(micros) for f in range(folds)], dtype=object
+    )
     sum_x = np.zeros((folds, k, N_PAIRS))
     sum_xy = np.zeros((folds, k))
     sum_xx = np.zeros((folds, k, k))
@@ -151,3 +133,8 @@ def compute(encoded: Encoded, fold: np.ndarray | None = None, folds: int = 1) ->
             sum_xy[f] = x[rows].T @ y[rows]
             sum_xx[f] = x[rows].T @ x[rows]
     return Stats(count, sum_micros, sum_micros2, sum_x, sum_xy, sum_xx)
+
+
+def combine(parts: Sequence[Stats]) -> Stats:
+    """The sum of one or more statistics."""
+    return reduce(add, parts)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,20 +12,24 @@ from typing import IO
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it into place."""
+    """Yield a new, empty temporary path beside ``path``; on success rename it into place.
+
+    The temporary file is created with mode 0666 less the umask, as ``open`` would
+    create ``path`` itself, so a team's readers can read what a run wrote.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
-def write_bytes(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Atomically write ``path`` with ``write(file_object)``."""
+def write_bytes(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Atomically write ``path`` with ``write(file_object)``, flushed to disk before it takes the name."""
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         write(fh)
         fh.flush()

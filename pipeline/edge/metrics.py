@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
+from pipeline.core.results import RunResult
 from pipeline.edge.atomic import write_bytes
 
 METRICS_FILE = "metrics.json"
 
 
-def write_metrics(directory: Path, metrics: dict[str, Any]) -> Path:
+def write_metrics(directory: Path, result: RunResult) -> Path:
     """Write ``directory/metrics.json`` atomically and return its path."""
     path = Path(directory) / METRICS_FILE
-    text = json.dumps(metrics, indent=2, sort_keys=True).encode()
+    text = json.dumps(result.to_dict(), indent=2, sort_keys=True).encode()
     write_bytes(path, lambda fh: fh.write(text))
     return path
+
+
+def read_metrics(directory: Path) -> RunResult:
+    """The run result a ``metrics.json`` holds."""
+    return RunResult.from_dict(json.loads((Path(directory) / METRICS_FILE).read_text()))

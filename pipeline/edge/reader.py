@@ -14,10 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.core.config import TrainConfig
-from pipeline.errors import PipelineError
 from pipeline.core.months import Month
 from pipeline.core.schema import column_mapping, normalize
 from pipeline.edge.sources import MonthFile, is_local, resolve_month
+from pipeline.errors import PipelineError
 
 
 @dataclass(frozen=True)
@@ -76,9 +76,7 @@ def read(layout: Layout, chunk: Chunk) -> pa.Table:
     """The chunk's columns in canonical names and types."""
     where = str(layout.path)
     try:
-        table = _open(layout.path).read_row_groups(
-            list(range(chunk.first, chunk.stop)), columns=list(layout.mapping.values())
-        )
+        table = _open(layout.path).read_row_groups(list(range(chunk.first, chunk.stop)), columns=list(layout.mapping.values()))
     except PipelineError:
         raise
     except (pa.ArrowException, OSError) as exc:
@@ -100,13 +98,20 @@ def locate(source: str, taxi: str, month: Month, columns: Sequence[str], cache_d
     return MonthPlan(file, inspect(file.path, columns))
 
 
+def label(plan: MonthPlan) -> str:
+    """How messages name a month: ``month 2023-03 (path or URL)``."""
+    return f"month {plan.file.month} ({plan.file.location})"
 
-def preflight(config: TrainConfig) -> None:
-    """Check a run's local month files before any server or worker starts: bad input fails in a second.
 
-    Remote months are checked by the flow's locate tasks instead, with retries.
+def locate_local(config: TrainConfig) -> list[MonthPlan] | None:
+    """Plans of a run's months when they are local files, else None.
+
+    Called once before any server or worker starts, so bad input fails in a
+    second, and the plans are handed to the flow (footers are read once).
+    Remote months are fetched and checked by the flow's locate tasks instead, with retries.
     """
-    if is_local(config.source):
-        train, val = config.months()
-        for month in [*train, val]:
-            locate(config.source, config.taxi, month, config.feature_spec().columns(), config.cache_dir)
+    if not is_local(config.source):
+        return None
+    train, val = config.months()
+    columns = config.feature_spec().columns()
+    return [locate(config.source, config.taxi, month, columns, config.cache_dir) for month in [*train, val]]

@@ -29,14 +29,12 @@ from urllib.parse import urlsplit
 
 import fsspec
 
-from pipeline.edge.atomic import atomic_path
-from pipeline.errors import PipelineError
 from pipeline.core.months import Month
 from pipeline.core.schema import TAXI_TYPES
+from pipeline.edge.atomic import atomic_path
+from pipeline.errors import PipelineError
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_SOURCE = "https://d37ci6vzurychx.cloudfront.net/trip-data"
 
 #: Seconds a single socket operation may block; a hung server is then retried.
 HTTP_TIMEOUT = 60.0
@@ -44,8 +42,7 @@ _CHUNK = 1 << 20
 _USER_AGENT = "taxi-pipeline/0.1 (+urllib)"
 _T = TypeVar("_T")
 #: ``fs.info`` keys (lower-cased) that change with content: s3/gcs/azure/local/memory.
-_FSSPEC_STAMPS = ("etag", "md5", "md5hash", "content_md5", "mtime", "lastmodified",
-                  "last_modified", "updated", "created")
+_FSSPEC_STAMPS = ("etag", "md5", "md5hash", "content_md5", "mtime", "lastmodified", "last_modified", "updated", "created")
 
 
 @dataclass(frozen=True)
@@ -115,7 +112,11 @@ def resolve_month(
     if scheme in ("http", "https"):
         attempt: Callable[[], str] = functools.partial(_fetch_http, location, month, dest)
         transient: tuple[type[BaseException], ...] = (
-            urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, _Truncated
+            urllib.error.URLError,
+            http.client.HTTPException,
+            ConnectionError,
+            TimeoutError,
+            _Truncated,
         )
     else:
         try:
@@ -208,7 +209,8 @@ def _urlopen(url: str, method: str, month: Month) -> http.client.HTTPResponse:
     """Open ``url``; 404/403 and other client errors are final, 5xx/429 stay transient."""
     request = urllib.request.Request(url, method=method, headers={"User-Agent": _USER_AGENT})
     try:
-        return urllib.request.urlopen(request, timeout=HTTP_TIMEOUT)  # noqa: S310 - http(s) only
+        response: http.client.HTTPResponse = urllib.request.urlopen(request, timeout=HTTP_TIMEOUT)
+        return response
     except urllib.error.HTTPError as exc:
         exc.close()
         if method == "HEAD" and exc.code in (405, 501):
@@ -267,7 +269,7 @@ def _cache_matches(dest: Path, identity: str) -> bool:
         stat = dest.stat()
     except (OSError, ValueError):
         return False
-    hit = recorded == {"identity": identity, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    hit: bool = recorded == {"identity": identity, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     if hit:
         logger.debug("cache hit %s (%s)", dest, identity)
     return hit

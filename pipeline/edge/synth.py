@@ -25,11 +25,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.edge.atomic import atomic_path
-from pipeline.errors import PipelineError
 from pipeline.core.months import Month
 from pipeline.core.schema import TAXI_TYPES
+from pipeline.edge.atomic import atomic_path
 from pipeline.edge.sources import month_filename
+from pipeline.errors import PipelineError
 
 __all__ = [
     "GREEN_SCHEMA",
@@ -170,9 +170,7 @@ def _city() -> _City:
     size = np.where(manhattan, rng.uniform(0.35, 0.6, _N_ZONES), rng.uniform(0.7, 1.5, _N_ZONES))
 
     # Popularity: lognormal, Manhattan far ahead, a few zones almost deserted.
-    pop = np.where(
-        manhattan, 12.0 * rng.lognormal(0.0, 1.0, _N_ZONES), 0.15 * rng.lognormal(0.0, 1.3, _N_ZONES)
-    )
+    pop = np.where(manhattan, 12.0 * rng.lognormal(0.0, 1.0, _N_ZONES), 0.15 * rng.lognormal(0.0, 1.3, _N_ZONES))
     pop[np.isin(ids, _DESERTED)] *= 0.002
     fixed_share = {_JFK: 0.04, _LGA: 0.03, _EWR: 0.0002, 264: 0.004, 265: 0.002}
     special = np.isin(ids, list(fixed_share))
@@ -231,7 +229,7 @@ def _city() -> _City:
     return _City(pair_cdf=pair_cdf, **arrays)
 
 
-def _pick(rng: np.random.Generator, values: Sequence[float], probs: Sequence[float], n: int) -> np.ndarray:
+def _pick(rng: np.random.Generator, values: Sequence[float] | np.ndarray, probs: Sequence[float] | np.ndarray, n: int) -> np.ndarray:
     """Draw ``n`` of ``values`` with ``probs``; a searchsorted is much faster than ``choice``."""
     cdf = np.cumsum(np.asarray(probs, dtype=float))
     pos = np.searchsorted(cdf / cdf[-1], rng.random(n), side="right")
@@ -285,9 +283,7 @@ def synth_month(month: Month, rows: int, seed: int = 0, taxi: str = "yellow") ->
         for name, array in chunk.items():
             columns[name].append(array)
     schema = _SCHEMAS[taxi]
-    return pa.Table.from_arrays(
-        [pa.chunked_array(columns[f.name], type=f.type) for f in schema], schema=schema
-    )
+    return pa.Table.from_arrays([pa.chunked_array(columns[f.name], type=f.type) for f in schema], schema=schema)
 
 
 def _synth_chunk(
@@ -341,9 +337,7 @@ def _synth_chunk(
     passengers = _pick(rng, np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 0.0]), [73, 15, 4, 2, 2, 1.5, 2], n)
     payment = _pick(rng, np.array([1, 2, 3, 4], dtype=np.int64), [78, 19, 1, 2], n)
     flag = _pick(rng, np.array([0, 1], dtype=np.int8), [0.993, 0.007], n)
-    ratecode = _pick(
-        rng, np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 99.0]), [97.5, 0.1, 0.05, 0.3, 0.6, 0.01, 0.3], n
-    )
+    ratecode = _pick(rng, np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 99.0]), [97.5, 0.1, 0.05, 0.3, 0.6, 0.01, 0.3], n)
     w = rng.random(n)
     ratecode[city.jfk_flat[pair] & (w < 0.8)] = 2.0
     ratecode[city.to_newark[pair] & (w < 0.8)] = 3.0
@@ -359,9 +353,7 @@ def _synth_chunk(
     extra = np.where((hour >= 20) | (hour < 6), 1.0, np.where(weekday & (hour >= 16) & (hour < 20), 2.5, 0.0))
     mta_tax = np.full(n, 0.5)
     improvement = np.full(n, 1.0 if month.year >= 2023 else 0.3)
-    tip = np.where(
-        (payment == 1) & (rng.random(n) > 0.15), np.round(fare * rng.uniform(0.1, 0.3, n), 2), 0.0
-    )
+    tip = np.where((payment == 1) & (rng.random(n) > 0.15), np.round(fare * rng.uniform(0.1, 0.3, n), 2), 0.0)
     tolls = np.where(rng.random(n) < city.toll_prob[pair], 6.55, 0.0)
     congestion = np.where(city.congestion[pair], 2.5, 0.0)
     airport_fee = np.where(city.airport_pickup[pair], 1.25, 0.0) if taxi == "yellow" else np.zeros(n)

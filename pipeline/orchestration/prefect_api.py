@@ -8,7 +8,6 @@ starts (LocalCluster workers inherit the environment), and stops it at the end.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 from collections.abc import Iterator
@@ -16,12 +15,21 @@ from contextlib import contextmanager
 
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from pipeline.orchestration import prefect_patches
+
 log = logging.getLogger(__name__)
 
 
 def configured_api_url() -> str | None:
     """The API URL from the environment or the active Prefect profile, if any."""
     return os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value() or None
+
+
+def current_api_url() -> str:
+    """The API this process reports to: the configured one, else the temporary server Prefect started for it."""
+    from prefect.client.orchestration import get_client
+
+    return configured_api_url() or str(get_client().api_url).rstrip("/")
 
 
 @contextmanager
@@ -44,21 +52,7 @@ def prefect_api(timeout: int = 60) -> Iterator[str]:
             try:
                 yield server.api_url
             finally:
-                _drain_workers()
+                prefect_patches.drain_services()
     finally:
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()
-
-
-def _drain_workers() -> None:
-    """Send buffered logs and events before the server goes (else exit stalls on retries)."""
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-    from prefect.utilities.asyncutils import run_coro_as_sync
-
-    async def drain() -> None:
-        for result in (APILogWorker.drain_all(), EventsWorker.drain_all()):
-            if inspect.isawaitable(result):
-                await result
-
-    run_coro_as_sync(drain())

@@ -1,0 +1,78 @@
+"""The one place that spells results for people: table rows, titles and markdown.
+
+The CLI turns :func:`metric_rows` and :func:`cv_rows` into rich tables; the
+flow publishes :func:`markdown` and :func:`cv_table` as Prefect artifacts. Each
+figure is formatted once, here: rows with thousands separators, RMSEs with four
+decimals, seconds with one, rates as whole rows per second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pipeline.core.cv import CVReport
+from pipeline.core.results import RunResult
+
+CV_HEADER = ("alpha", "mean RMSE", "std", "folds")
+
+
+def alpha_text(alpha: float | None) -> str:
+    """An alpha for tables; models without one show a dash."""
+    return "-" if alpha is None else f"{alpha:g}"
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 fold``, ``3 folds``."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+def title(result: RunResult) -> str:
+    return f"{result.model}: trained on {', '.join(map(str, result.train_months))}, validated on {result.val_month}"
+
+
+def metric_rows(result: RunResult) -> list[tuple[str, str]]:
+    """(metric, value) rows of the run's headline figures."""
+    return [
+        ("train rows", f"{result.train_rows:,}"),
+        ("validation rows", f"{result.val_rows:,}"),
+        ("train RMSE (min)", f"{result.train_rmse:.4f}"),
+        ("validation RMSE (min)", f"{result.val_rmse:.4f}"),
+        ("alpha", alpha_text(result.alpha)),
+        ("seconds", f"{result.seconds:.1f}"),
+        ("rows per second", f"{result.rows_per_second:,.0f}"),
+    ]
+
+
+def cv_title(report: CVReport) -> str:
+    """Says what the CV did: chose among alphas, or only estimated the error at the one alpha given."""
+    what = f"{report.kind} CV over {plural(report.folds, 'fold')}"
+    if report.chosen_alpha is None:
+        return what
+    if report.chose:
+        return f"{what}; chosen alpha {alpha_text(report.chosen_alpha)} (lowest mean RMSE)"
+    return f"{what}; error estimate at alpha {alpha_text(report.chosen_alpha)} (one alpha given: nothing to choose)"
+
+
+def cv_rows(report: CVReport) -> list[tuple[str, str, str, str]]:
+    """One row per alpha under :data:`CV_HEADER`."""
+    return [(alpha_text(s.alpha), f"{s.mean_rmse:.4f}", f"{s.std_rmse:.4f}", str(s.folds)) for s in report.by_alpha]
+
+
+def cv_table(report: CVReport) -> list[dict[str, object]]:
+    """Every fold × alpha score, as rows of a Prefect table artifact."""
+    return [
+        {"alpha": s.alpha, "fold": s.fold, "rmse": s.rmse, "train_rows": s.train_rows, "test_rows": s.test_rows, "seconds": s.seconds}
+        for s in report.scores
+    ]
+
+
+def _markdown_table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str]:
+    return [f"| {' | '.join(header)} |", f"| {' | '.join('---:' for _ in header)} |", *(f"| {' | '.join(row)} |" for row in rows)]
+
+
+def markdown(result: RunResult) -> str:
+    """The run as markdown: its figures and, with CV, the per-alpha summary."""
+    lines = [f"### {title(result)}", "", *_markdown_table(("metric", "value"), metric_rows(result))]
+    if result.cv is not None:
+        lines += ["", f"#### {cv_title(result.cv)}", "", *_markdown_table(CV_HEADER, cv_rows(result.cv))]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,80 @@
+"""What a training run hands back: one typed result, and its ``metrics.json`` form.
+
+``metrics.json`` carries ``schema_version``; a change of meaning or a removed
+field bumps it (fields may be added within a version). The README's
+"metrics.json" section documents every field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.core.cv import CVReport
+from pipeline.core.months import Month
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A finished training run: months, rows, RMSEs (minutes), timing and its CV, if any."""
+
+    model: str
+    taxi: str
+    train_months: tuple[Month, ...]
+    val_month: Month
+    alpha: float | None  # None for models without one
+    train_rows: int
+    val_rows: int
+    train_rmse: float
+    val_rmse: float
+    seconds: float
+    flow_run_id: str
+    cv: CVReport | None = None
+
+    @property
+    def rows_per_second(self) -> float:
+        """Training and validation rows (after the duration filter) per second of flow time."""
+        return (self.train_rows + self.val_rows) / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``metrics.json`` document."""
+        out: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "model": self.model,
+            "train_months": [str(m) for m in self.train_months],
+            "val_month": str(self.val_month),
+            "taxi": self.taxi,
+            "alpha": self.alpha,
+            "train_rows": self.train_rows,
+            "val_rows": self.val_rows,
+            "train_rmse": self.train_rmse,
+            "val_rmse": self.val_rmse,
+            "seconds": self.seconds,
+            "rows_per_second": self.rows_per_second,
+            "flow_run_id": self.flow_run_id,
+        }
+        if self.cv is not None:
+            out["cv"] = self.cv.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunResult:
+        """Read a ``metrics.json`` document of this schema version."""
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(f"metrics schema_version {data.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+        return cls(
+            model=data["model"],
+            taxi=data["taxi"],
+            train_months=tuple(Month.parse(m) for m in data["train_months"]),
+            val_month=Month.parse(data["val_month"]),
+            alpha=data["alpha"],
+            train_rows=data["train_rows"],
+            val_rows=data["val_rows"],
+            train_rmse=data["train_rmse"],
+            val_rmse=data["val_rmse"],
+            seconds=data["seconds"],
+            flow_run_id=data["flow_run_id"],
+            cv=CVReport.from_dict(data["cv"]) if "cv" in data else None,
+        )

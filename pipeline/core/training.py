@@ -1,0 +1,97 @@
+"""The steps of a training run on statistics, as plain functions the flows wrap in tasks.
+
+Pooling months, the exact ridge fit, scoring held-out statistics, and a group
+of K-fold CV folds with the candidates' refits. Small values cross between
+steps (weights of about 0.5 MB, scores), never rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pipeline.core import cv, solve
+from pipeline.core.stats import Stats, combine
+
+
+@dataclass(frozen=True)
+class Fit:
+    """Weights and training figures; ``weights`` is None when a month had no rows left."""
+
+    weights: solve.Weights | None
+    month_rows: list[int]
+    rmse: float
+
+
+def fit(months: Sequence[Stats], alpha: float) -> Fit:
+    """Pool the training months and solve ridge exactly.
+
+    An empty month comes back as a value, so the flow can name it in one line.
+    """
+    rows = [m.rows for m in months]
+    if 0 in rows:
+        return Fit(None, rows, float("nan"))
+    pooled = combine(months).total()
+    weights = solve.solve(pooled, alpha)
+    return Fit(weights, rows, solve.rmse(weights, pooled))
+
+
+def score(fitted: Fit, held_out: Stats) -> tuple[int, float]:
+    """Rows and RMSE of the fitted model on held-out statistics."""
+    if fitted.weights is None or held_out.rows == 0:
+        return held_out.rows, float("nan")
+    return held_out.rows, solve.rmse(fitted.weights, held_out)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A model refit on all training rows at one alpha, scored on the validation month."""
+
+    alpha: float
+    fit: Fit
+    val_rows: int
+    val_rmse: float
+
+
+def kfold_group(
+    months: Sequence[Stats], val: Stats, folds: Sequence[int], alphas: Sequence[float], refit: Sequence[float]
+) -> tuple[list[cv.CVScore], list[Candidate]]:
+    """Some folds at every alpha, plus the final refits for the ``refit`` alphas.
+
+    A solve takes 5 ms and a Prefect task costs 80-100 ms, so the flow cuts the
+    grid into one group per worker slot rather than a task per fold × alpha,
+    and the candidates' final fits are made here too, instead of in a fit and a
+    score task after the choice. Every fold × alpha score is still reported.
+    """
+    pooled = combine(months)
+    scores = []
+    for k in folds:
+        train, test = pooled.without(k), pooled.fold(k)  # once per fold, not per alpha
+        scores += [cv.score(train, test, k, alpha) for alpha in alphas]
+    candidates = []
+    for alpha in refit:
+        fitted = fit(months, alpha)
+        candidates.append(Candidate(alpha, fitted, *score(fitted, val)))
+    return scores, candidates
+
+
+def window_scores(earlier: Sequence[Stats], month: Stats, fold: int, alphas: Sequence[float]) -> list[cv.CVScore]:
+    """One rolling-origin window (train on ``earlier``, score on ``month``), at every alpha."""
+    return [cv.window_score(earlier, month, fold, alpha) for alpha in alphas]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a training path hands back to the flow: small, whatever the data size."""
+
+    weights: solve.Weights | None  # None: nothing to save (no rows, or no pickle-free format)
+    train_rows: int
+    train_rmse: float
+    val_rows: int
+    val_rmse: float
+    empty: tuple[str, ...] = ()  # what had no trip left after the duration filter
+
+
+def empty_of(rows_by_name: dict[str, int]) -> tuple[str, ...]:
+    """Names of the parts (months) with no rows."""
+    return tuple(name for name, rows in rows_by_name.items() if rows == 0)

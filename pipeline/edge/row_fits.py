@@ -1,0 +1,36 @@
+"""Row-fitted estimators end to end on one worker: gather the rows, fit, score.
+
+These read month files (through :func:`pipeline.edge.chunks.load_rows`) and
+import scikit-learn, so the flows import this module only inside the tasks
+that fit estimators.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pipeline.core import estimators
+from pipeline.core.cv import CVScore
+from pipeline.core.features import FeatureSpec
+from pipeline.core.training import Outcome, empty_of
+from pipeline.edge.chunks import load_rows
+from pipeline.edge.reader import MonthPlan, label
+
+
+def fold_score(
+    plans: Sequence[MonthPlan], spec: FeatureSpec, model: str, folds: int, fold: int, seed: int, max_rows: int | None
+) -> CVScore:
+    """One CV fold of a row-fitted estimator, reading the months here."""
+    return estimators.fold_score(model, load_rows(plans, spec, folds, seed, max_rows), fold, seed)
+
+
+def fit_and_validate(train: Sequence[MonthPlan], val: MonthPlan, spec: FeatureSpec, model: str, seed: int, max_rows: int | None) -> Outcome:
+    """Fit on all (capped) training rows and score the validation month."""
+    train_rows = load_rows(train, spec, 1, seed, max_rows)
+    val_rows = load_rows([val], spec, 1, seed, None)
+    empty = empty_of({f"months {', '.join(str(p.file.month) for p in train)}": train_rows.rows, label(val): val_rows.rows})
+    if empty:
+        return Outcome(None, train_rows.rows, float("nan"), val_rows.rows, float("nan"), empty)
+    fitted = estimators.fit(model, train_rows, seed)
+    weights = estimators.sgd_weights(fitted) if model == "sgd" else None
+    return Outcome(weights, train_rows.rows, estimators.rmse(fitted, train_rows), val_rows.rows, estimators.rmse(fitted, val_rows))

@@ -1,0 +1,45 @@
+"""Where a flow run's tasks go: resolve the cluster from inside the run, and hand back a Dask task runner.
+
+A deployment starts a flow run in a fresh process with ``PREFECT_API_URL`` set
+and nothing else, so the cluster choice cannot live in the caller. Here a flow
+resolves it itself (:mod:`cluster`: a ``ClusterSpec`` parameter, else
+``DASK_SCHEDULER_ADDRESS`` or Dask's config, else a ``LocalCluster``), points
+every worker at the run's Prefect API and checks versions, then runs its
+training flow as a subflow on ``DaskTaskRunner(address=...)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from prefect import get_run_logger
+
+from cluster import ClusterSpec, connect, task_runner
+from pipeline.orchestration import prefect_patches
+from pipeline.orchestration.prefect_api import current_api_url
+
+
+@dataclass(frozen=True)
+class Runner:
+    """A task runner on the run's cluster, and how many tasks it runs at once."""
+
+    task_runner: Any  # a DaskTaskRunner; typed loosely, as Flow.with_options wants TaskRunner[PrefectFuture]
+    slots: int
+
+
+@contextmanager
+def dask_runner(spec: ClusterSpec | None = None) -> Iterator[Runner]:
+    """Connect to (or start) the cluster for the current flow run; a cluster started here stops after."""
+    logger = get_run_logger()
+    api_url = current_api_url()
+    with prefect_patches.installed(), connect(spec or ClusterSpec(), prefect_api_url=api_url) as connection:
+        workers = "worker" if connection.workers == 1 else "workers"
+        logger.info("Dask scheduler: %s (%s, %d %s)", connection.address, connection.origin, connection.workers, workers)
+        if connection.note:
+            logger.info("%s", connection.note)
+        if connection.dashboard_link:
+            logger.info("Dask dashboard: %s", connection.dashboard_link)
+        yield Runner(task_runner(connection), connection.threads)
