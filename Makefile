@@ -17,7 +17,12 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/taxi-pipeline demo
 
+# The layers (import-linter contracts in pyproject.toml), lint and format, types, then the tests and doctests.
 test: setup
+	$(BIN)/lint-imports
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 bench: setup
