@@ -1,0 +1,82 @@
+"""The Python API's front: checks before anything starts, footers read once, the flow called with what was read."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cluster import ClusterSpec
+from pipeline import run
+from pipeline.core.config import TrainConfig
+from pipeline.edge import reader
+from pipeline.errors import PipelineError
+
+
+def _config(source: Path | str, output: Path, **extra: Any) -> TrainConfig:
+    return TrainConfig(source=str(source), train_months="2023-01:2023-02", val_month="2023-03", output=output, **extra)
+
+
+@pytest.fixture
+def recorded(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Stand-ins for the run's Prefect API and the flow, recording how they were called."""
+    calls: dict[str, Any] = {"api": 0}
+
+    @contextmanager
+    def fake_api() -> Iterator[str]:
+        calls["api"] += 1
+        yield "http://127.0.0.1:1/api"
+
+    def fake_flow(config: TrainConfig, cluster: ClusterSpec, plans: list[reader.MonthPlan] | None) -> str:
+        calls["flow"] = (config, cluster, plans)
+        return "result"
+
+    monkeypatch.setattr(run, "prefect_api", fake_api)
+    monkeypatch.setattr(run, "train_flow", fake_flow)
+    return calls
+
+
+def test_local_footers_are_read_once_and_handed_to_the_flow(months_dir, tmp_path, recorded, monkeypatch):
+    opened: list[Path] = []
+    inspect = reader.inspect
+    monkeypatch.setattr(reader, "inspect", lambda path, columns: opened.append(path) or inspect(path, columns))
+    lines: list[str] = []
+    spec = ClusterSpec(n_workers=1)
+    assert run.train(_config(months_dir, tmp_path / "out"), spec, announce=lines.append) == "result"
+    _, cluster, plans = recorded["flow"]
+    assert cluster is spec and [str(p.file.month) for p in plans] == ["2023-01", "2023-02", "2023-03"]
+    assert len(opened) == 3  # one footer read per month, and the flow is handed the plans
+    assert lines == ["Prefect API: http://127.0.0.1:1/api"]
+
+
+def test_plans_given_by_the_caller_are_not_read_again(months_dir, tmp_path, recorded, monkeypatch):
+    plans = reader.locate_local(_config(months_dir, tmp_path / "out"))
+    monkeypatch.setattr(reader, "inspect", lambda *a: pytest.fail("footer read twice"))
+    run.train(_config(months_dir, tmp_path / "out"), plans=plans)
+    assert recorded["flow"][2] is plans
+
+
+def test_remote_sources_are_located_by_the_flow(tmp_path, recorded):
+    run.train(_config("http://127.0.0.1:9/trip-data", tmp_path / "out"))
+    assert recorded["flow"][2] is None  # no download before the run: the flow's locate tasks fetch with retries
+
+
+def test_a_missing_month_fails_before_the_api_starts(months_dir, tmp_path, recorded):
+    config = TrainConfig(source=str(months_dir), train_months="2023-01", val_month="2023-04", output=tmp_path / "out")
+    with pytest.raises(PipelineError, match=r"month 2023-04: file not found"):
+        run.train(config)
+    assert recorded["api"] == 0 and "flow" not in recorded
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unreachable_scheduler_fails_before_the_api_starts(months_dir, tmp_path, recorded):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(PipelineError, match=rf"scheduler tcp://127\.0\.0\.1:{port} \(--scheduler\): connection refused"):
+        run.train(_config(months_dir, tmp_path / "out"), ClusterSpec(address=f"tcp://127.0.0.1:{port}"))
+    assert recorded["api"] == 0 and "flow" not in recorded
