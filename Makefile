@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench constraints
+.PHONY: setup demo test bench constraints notebook
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+notebook: setup
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,notebook]'
+	$(BIN)/jupyter lab notebooks/quickstart.ipynb
 
 bench: setup
 	$(BIN)/pytest benchmarks --benchmark-json .benchmarks/latest.json
