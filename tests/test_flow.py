@@ -254,7 +254,8 @@ def test_metrics_and_weights_are_bit_identical_to_the_recorded_runs(case, months
         **_PINNED_CASES[case],
     )
     metrics = _without_timings(_train(config, ClusterSpec(n_workers=2, dashboard_address=":0")))
-    assert metrics.pop("schema_version") == 1  # the one field added since
+    assert metrics.pop("schema_version") == 1  # the fields added since
+    assert metrics.pop("numeric") == _PINNED_CASES[case].get("numeric", [])
     assert metrics == PINNED[case]["metrics"]
     with np.load(tmp_path / case / "model.npz", allow_pickle=False) as arrays:
         assert {k: hashlib.sha256(arrays[k].tobytes()).hexdigest() for k in arrays.files} == PINNED[case]["arrays"]

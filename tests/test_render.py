@@ -30,6 +30,7 @@ def _result(cv: CVReport | None = None, seconds: float = 3.0, alpha: float | Non
         train_months=tuple(parse_months("2023-01:2023-02")),
         val_month=Month(2023, 3),
         alpha=alpha,
+        numeric=("trip_distance",),
         train_rows=1_000_000,
         val_rows=234_567,
         train_rmse=5.123456,
@@ -90,6 +91,21 @@ def test_from_dict_refuses_another_schema_version(version: object) -> None:
 # --- figures ------------------------------------------------------------------------------------
 
 
+def test_candidates_add_a_features_column_and_name_the_chosen_set() -> None:
+    scores = [
+        CVScore(fold, 1.0, rmse, 900, 100, 0.1, features)
+        for features, rmses in (((), [5.0, 5.2]), (("trip_distance",), [4.0, 4.2]))
+        for fold, rmse in enumerate(rmses)
+    ]
+    report = CVReport.of("kfold", scores, 1.0, ("trip_distance",))
+    assert render.cv_header(report) == ("features", *render.CV_HEADER)
+    assert render.cv_rows(report) == [("zones", "1", "5.1000", "0.1000", "2"), ("zones + trip_distance", "1", "4.1000", "0.1000", "2")]
+    assert render.cv_title(report) == "kfold CV over 2 folds; chosen zones + trip_distance at alpha 1 (lowest mean RMSE)"
+    document = report.to_dict()
+    assert document["chosen_features"] == ["trip_distance"] and document["scores"][0]["features"] == []
+    assert CVReport.from_dict(document) == report
+
+
 def test_metric_rows_format_each_figure_once() -> None:
     rows = dict(render.metric_rows(_result(seconds=3.0)))
     assert rows == {
@@ -98,6 +114,7 @@ def test_metric_rows_format_each_figure_once() -> None:
         "train RMSE (min)": "5.1235",
         "validation RMSE (min)": "6.5000",
         "alpha": "0.1",
+        "features": "zones + trip_distance",
         "seconds": "3.0",
         "rows per second": "411,522",  # 1,234,567 / 3 = 411,522.33
     }
@@ -176,8 +193,8 @@ def test_markdown_without_cv_has_no_cv_table() -> None:
     text = render.markdown(_result(None))
     assert "| validation RMSE (min) | 6.5000 |" in text.splitlines()
     assert "####" not in text and "mean RMSE" not in text and "CV" not in text
-    # Exactly the header, the rule and the seven metric rows.
-    assert sum(line.startswith("|") for line in text.splitlines()) == 2 + 7
+    # Exactly the header, the rule and the eight metric rows.
+    assert sum(line.startswith("|") for line in text.splitlines()) == 2 + 8
 
 
 # --- CVReport summaries are independent of gathering order ---------------------------------------

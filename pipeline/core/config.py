@@ -99,6 +99,9 @@ class TrainConfig(BaseModel):
     model: ModelName = "linear"
     max_rows: int | None = Field(default=None, ge=1, description="row cap per fit for estimators other than linear")
     numeric: tuple[str, ...] = Field(default=(), description="numeric columns added as features")
+    candidates: tuple[tuple[str, ...], ...] = Field(
+        default=(), description="feature sets compared by CV from one read (numeric columns each); the best by CV is kept"
+    )
     chunk_rows: int = Field(default=4_000_000, ge=1, description="rows per task, rounded to row groups")
     cache_dir: Path | None = None
     cache: bool = Field(default=True, description="reuse chunk statistics of unchanged month files")
@@ -126,6 +129,10 @@ class TrainConfig(BaseModel):
                 "give one alpha, or 2 or more folds",
                 given=",".join(f"{a:g}" for a in self.alphas),
             )
+        if self.candidates and (self.model != "linear" or not self.cross_validates or self.cv != "kfold"):
+            raise ConfigError("{candidates}: comparing feature sets needs {model} linear and K-fold CV (2 or more {folds}, {cv} kfold)")
+        if len(set(self.candidates)) != len(self.candidates):
+            raise ConfigError("{candidates}: a feature set is listed twice")
         if self.cv == "time" and self.folds and len(self.train_months) < 2:
             raise ConfigError("{cv} time: needs at least two {train_months} (train on earlier, validate on the next)")
         return self
@@ -139,7 +146,13 @@ class TrainConfig(BaseModel):
         return list(self.train_months), self.val_month
 
     def feature_spec(self) -> FeatureSpec:
-        return FeatureSpec(numeric=tuple(self.numeric))
+        """What a run reads: ``numeric`` and every candidate's columns, in first-seen order."""
+        columns = dict.fromkeys([*self.numeric, *(c for candidate in self.candidates for c in candidate)])
+        return FeatureSpec(numeric=tuple(columns))
+
+    def feature_sets(self) -> tuple[tuple[str, ...], ...]:
+        """The feature sets CV compares: the candidates, or ``numeric`` alone."""
+        return self.candidates or (tuple(self.numeric),)
 
     @classmethod
     def build(cls, **fields: Any) -> TrainConfig:

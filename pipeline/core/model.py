@@ -36,12 +36,16 @@ class Model:
         missing = [c for c in (PU, DO, *self.spec.numeric) if c not in table.column_names]
         if missing:
             raise PipelineError(f"predict: missing column(s) {', '.join(missing)}")
-        pu, do = zone_codes(table.column(PU)), zone_codes(table.column(DO))
+        x = numeric_matrix(table, self.spec.numeric)
+        return self.predict_codes(zone_codes(table.column(PU)), zone_codes(table.column(DO)), x)
+
+    def predict_codes(self, pu: np.ndarray, do: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Predicted minutes from zone codes (-1: unknown) and the numeric matrix: a gather of weights."""
         known = (pu >= 0) & (do >= 0)
         pu0, do0 = np.where(pu >= 0, pu, 0), np.where(do >= 0, do, 0)  # a known end counts even if the other is not
         w = self.weights
         pair = np.where(known, w.pair[pu0 * N_ZONES + do0], 0.0)
         out = w.intercept + np.where(pu >= 0, w.pu[pu0], 0.0) + np.where(do >= 0, w.do[do0], 0.0) + pair
         if self.spec.numeric:
-            out = out + numeric_matrix(table, self.spec.numeric) @ w.numeric
-        return out
+            out = out + x @ w.numeric
+        return np.asarray(out)

@@ -32,6 +32,21 @@ class Month:
             raise PipelineError(f"invalid month {text.strip()!r}: expected YYYY-MM")
         return cls(int(match[1]), int(match[2]))
 
+    def previous(self) -> Month:
+        """The month before this one."""
+        if self.month == 1:
+            return Month(self.year - 1, 12)
+        return Month(self.year, self.month - 1)
+
+    def shift(self, months: int) -> Month:
+        """``months`` later (earlier when negative).
+
+        >>> str(Month(2023, 2).shift(-3))
+        '2022-11'
+        """
+        index = self.year * 12 + self.month - 1 + months
+        return Month(index // 12, index % 12 + 1)
+
     def next(self) -> Month:
         """The month after this one."""
         if self.month == 12:

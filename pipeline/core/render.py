@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pipeline.core.cv import CVReport
+from pipeline.core.decisions import Decision
 from pipeline.core.results import RunResult
 
 CV_HEADER = ("alpha", "mean RMSE", "std", "folds")
@@ -19,6 +20,11 @@ CV_HEADER = ("alpha", "mean RMSE", "std", "folds")
 def alpha_text(alpha: float | None) -> str:
     """An alpha for tables; models without one show a dash."""
     return "-" if alpha is None else f"{alpha:g}"
+
+
+def features_text(numeric: Sequence[str] | None) -> str:
+    """A feature set: the zone one-hots, plus any numeric columns."""
+    return "zones" + "".join(f" + {c}" for c in numeric or ())
 
 
 def plural(count: int, noun: str) -> str:
@@ -38,6 +44,7 @@ def metric_rows(result: RunResult) -> list[tuple[str, str]]:
         ("train RMSE (min)", f"{result.train_rmse:.4f}"),
         ("validation RMSE (min)", f"{result.val_rmse:.4f}"),
         ("alpha", alpha_text(result.alpha)),
+        ("features", features_text(result.numeric)),
         ("seconds", f"{result.seconds:.1f}"),
         ("rows per second", f"{result.rows_per_second:,.0f}"),
     ]
@@ -48,20 +55,39 @@ def cv_title(report: CVReport) -> str:
     what = f"{report.kind} CV over {plural(report.folds, 'fold')}"
     if report.chosen_alpha is None:
         return what
+    if report.compares_features:
+        return f"{what}; chosen {features_text(report.chosen_features)} at alpha {alpha_text(report.chosen_alpha)} (lowest mean RMSE)"
     if report.chose:
         return f"{what}; chosen alpha {alpha_text(report.chosen_alpha)} (lowest mean RMSE)"
     return f"{what}; error estimate at alpha {alpha_text(report.chosen_alpha)} (one alpha given: nothing to choose)"
 
 
-def cv_rows(report: CVReport) -> list[tuple[str, str, str, str]]:
-    """One row per alpha under :data:`CV_HEADER`."""
-    return [(alpha_text(s.alpha), f"{s.mean_rmse:.4f}", f"{s.std_rmse:.4f}", str(s.folds)) for s in report.by_alpha]
+def cv_header(report: CVReport) -> tuple[str, ...]:
+    """:data:`CV_HEADER`, with a ``features`` column first when candidates were compared."""
+    return ("features", *CV_HEADER) if report.compares_features else CV_HEADER
+
+
+def cv_rows(report: CVReport) -> list[tuple[str, ...]]:
+    """One row per alpha (and candidate) under :func:`cv_header`."""
+    rows: list[tuple[str, ...]] = []
+    for s in report.by_alpha:
+        row = (alpha_text(s.alpha), f"{s.mean_rmse:.4f}", f"{s.std_rmse:.4f}", str(s.folds))
+        rows.append((features_text(s.features), *row) if report.compares_features else row)
+    return rows
 
 
 def cv_table(report: CVReport) -> list[dict[str, object]]:
     """Every fold × alpha score, as rows of a Prefect table artifact."""
     return [
-        {"alpha": s.alpha, "fold": s.fold, "rmse": s.rmse, "train_rows": s.train_rows, "test_rows": s.test_rows, "seconds": s.seconds}
+        {
+            **({"features": features_text(s.features)} if report.compares_features else {}),
+            "alpha": s.alpha,
+            "fold": s.fold,
+            "rmse": s.rmse,
+            "train_rows": s.train_rows,
+            "test_rows": s.test_rows,
+            "seconds": s.seconds,
+        }
         for s in report.scores
     ]
 
@@ -74,5 +100,38 @@ def markdown(result: RunResult) -> str:
     """The run as markdown: its figures and, with CV, the per-alpha summary."""
     lines = [f"### {title(result)}", "", *_markdown_table(("metric", "value"), metric_rows(result))]
     if result.cv is not None:
-        lines += ["", f"#### {cv_title(result.cv)}", "", *_markdown_table(CV_HEADER, cv_rows(result.cv))]
+        lines += ["", f"#### {cv_title(result.cv)}", "", *_markdown_table(cv_header(result.cv), cv_rows(result.cv))]
     return "\n".join(lines) + "\n"
+
+
+def decision_line(decision: Decision) -> str:
+    """One line: what happened to the champion, with both RMSEs when they were compared."""
+    rmses = ""
+    if decision.challenger_rmse is not None:
+        champion = "-" if decision.champion_rmse is None else f"{decision.champion_rmse:.4f}"
+        rmses = f" (challenger {decision.challenger_rmse:.4f} vs champion {champion} min on {decision.val_month})"
+    return f"{decision.action} {decision.version}{rmses}: {decision.reason}; champion now {decision.champion_after or 'none'}"
+
+
+def decision_rows(decision: Decision) -> list[tuple[str, str]]:
+    """(field, value) rows of a champion/challenger decision."""
+
+    def rmse(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    return [
+        ("decision", decision.action),
+        ("version", decision.version),
+        ("validation month", decision.val_month or "-"),
+        ("challenger RMSE (min)", rmse(decision.challenger_rmse)),
+        ("champion RMSE (min)", rmse(decision.champion_rmse)),
+        ("champion before", decision.champion_before or "none"),
+        ("champion after", decision.champion_after or "none"),
+        ("why", decision.reason),
+    ]
+
+
+def retrain_markdown(decision: Decision, result: RunResult) -> str:
+    """A retraining run: the decision, then the challenger's figures and CV."""
+    lines = [f"### {decision_line(decision)}", "", *_markdown_table(("field", "value"), decision_rows(decision)), ""]
+    return "\n".join(lines) + markdown(result)

@@ -25,6 +25,7 @@ class RunResult:
     train_months: tuple[Month, ...]
     val_month: Month
     alpha: float | None  # None for models without one
+    numeric: tuple[str, ...]  # the model's numeric feature columns (beside the zone one-hots)
     train_rows: int
     val_rows: int
     train_rmse: float
@@ -32,6 +33,7 @@ class RunResult:
     seconds: float
     flow_run_id: str
     cv: CVReport | None = None
+    champion_val_rmse: float | None = None  # a retraining run's champion, scored on the same validation month
 
     @property
     def rows_per_second(self) -> float:
@@ -47,6 +49,7 @@ class RunResult:
             "val_month": str(self.val_month),
             "taxi": self.taxi,
             "alpha": self.alpha,
+            "numeric": list(self.numeric),
             "train_rows": self.train_rows,
             "val_rows": self.val_rows,
             "train_rmse": self.train_rmse,
@@ -57,6 +60,8 @@ class RunResult:
         }
         if self.cv is not None:
             out["cv"] = self.cv.to_dict()
+        if self.champion_val_rmse is not None:
+            out["champion_val_rmse"] = self.champion_val_rmse
         return out
 
     @classmethod
@@ -70,6 +75,7 @@ class RunResult:
             train_months=tuple(Month.parse(m) for m in data["train_months"]),
             val_month=Month.parse(data["val_month"]),
             alpha=data["alpha"],
+            numeric=tuple(data["numeric"]),
             train_rows=data["train_rows"],
             val_rows=data["val_rows"],
             train_rmse=data["train_rmse"],
@@ -77,4 +83,5 @@ class RunResult:
             seconds=data["seconds"],
             flow_run_id=data["flow_run_id"],
             cv=CVReport.from_dict(data["cv"]) if "cv" in data else None,
+            champion_val_rmse=data.get("champion_val_rmse"),
         )

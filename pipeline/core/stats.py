@@ -78,6 +78,13 @@ class Stats:
         """Fold ``k`` alone (its held-out rows)."""
         return Stats(*(a[k : k + 1] for a in self._arrays()))
 
+    def select_numeric(self, columns: Sequence[int]) -> Stats:
+        """The statistics of a model using only these numeric columns (by index): those of a feature subset."""
+        index = list(columns)
+        return Stats(
+            self.count, self.sum_micros, self.sum_micros2, self.sum_x[:, index], self.sum_xy[:, index], self.sum_xx[:, index][:, :, index]
+        )
+
     def without(self, k: int) -> Stats:
         """Every fold but ``k`` (fold k's training rows)."""
         return self.total() - self.fold(k)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pipeline.core import cv, solve
+from pipeline.core.cv import Features
 from pipeline.core.stats import Stats, combine
 
 
@@ -45,33 +46,59 @@ def score(fitted: Fit, held_out: Stats) -> tuple[int, float]:
 
 @dataclass(frozen=True)
 class Candidate:
-    """A model refit on all training rows at one alpha, scored on the validation month."""
+    """A model refit on all training rows at one alpha (and feature set), scored on the validation month."""
 
     alpha: float
     fit: Fit
     val_rows: int
     val_rmse: float
+    features: Features | None = None
+
+
+@dataclass(frozen=True)
+class FeatureSets:
+    """The feature sets a CV compares, as subsets of the columns read (``read``); ``None``: no comparison."""
+
+    read: Features
+    compared: tuple[Features, ...] | None = None
+
+    def options(self) -> list[Features | None]:
+        return list(self.compared) if self.compared is not None else [None]
+
+    def project(self, stats: Stats, features: Features | None) -> Stats:
+        """``stats`` (of the ``read`` columns) as the statistics of ``features``."""
+        if features is None:
+            return stats
+        return stats.select_numeric([self.read.index(c) for c in features])
 
 
 def kfold_group(
-    months: Sequence[Stats], val: Stats, folds: Sequence[int], alphas: Sequence[float], refit: Sequence[float]
+    months: Sequence[Stats],
+    val: Stats,
+    folds: Sequence[int],
+    alphas: Sequence[float],
+    refit: Sequence[tuple[Features | None, float]],
+    sets: FeatureSets | None = None,
 ) -> tuple[list[cv.CVScore], list[Candidate]]:
-    """Some folds at every alpha, plus the final refits for the ``refit`` alphas.
+    """Some folds at every alpha (and feature set), plus the final refits of the ``refit`` (features, alpha) pairs.
 
     A solve takes 5 ms and a Prefect task costs 80-100 ms, so the flow cuts the
     grid into one group per worker slot rather than a task per fold × alpha,
     and the candidates' final fits are made here too, instead of in a fit and a
     score task after the choice. Every fold × alpha score is still reported.
     """
+    sets = sets or FeatureSets(())
     pooled = combine(months)
     scores = []
-    for k in folds:
-        train, test = pooled.without(k), pooled.fold(k)  # once per fold, not per alpha
-        scores += [cv.score(train, test, k, alpha) for alpha in alphas]
+    for features in sets.options():
+        chosen = sets.project(pooled, features)
+        for k in folds:
+            train, test = chosen.without(k), chosen.fold(k)  # once per fold, not per alpha
+            scores += [cv.score(train, test, k, alpha, features) for alpha in alphas]
     candidates = []
-    for alpha in refit:
-        fitted = fit(months, alpha)
-        candidates.append(Candidate(alpha, fitted, *score(fitted, val)))
+    for features, alpha in refit:
+        fitted = fit([sets.project(m, features) for m in months], alpha)
+        candidates.append(Candidate(alpha, fitted, *score(fitted, sets.project(val, features)), features))
     return scores, candidates
 
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from pipeline.core import estimators
 from pipeline.core.cv import CVScore
 from pipeline.core.features import FeatureSpec
+from pipeline.core.model import Model
 from pipeline.core.training import Outcome, empty_of
 from pipeline.edge.chunks import load_rows
 from pipeline.edge.reader import MonthPlan, label
@@ -22,6 +25,13 @@ def fold_score(
 ) -> CVScore:
     """One CV fold of a row-fitted estimator, reading the months here."""
     return estimators.fold_score(model, load_rows(plans, spec, folds, seed, max_rows), fold, seed)
+
+
+def model_rmse(model: Model, val: MonthPlan) -> float:
+    """RMSE of a saved linear model on a month's kept rows, read here (for a champion whose columns were not read)."""
+    rows = load_rows([val], model.spec, 1, 0, None)
+    predicted = model.predict_codes(rows.pu, rows.do, rows.x)
+    return float(np.sqrt(np.mean((predicted - rows.y) ** 2)))
 
 
 def fit_and_validate(train: Sequence[MonthPlan], val: MonthPlan, spec: FeatureSpec, model: str, seed: int, max_rows: int | None) -> Outcome:

@@ -135,12 +135,65 @@ def resolve_month(
     return MonthFile(taxi, month, location, dest, identity)
 
 
+def latest_month(source: str, taxi: str, as_of: Month, max_back: int = 24, retries: int = 3, backoff: float = 1.0) -> Month:
+    """The newest month published at ``source`` on or before ``as_of``, probing newest first.
+
+    The TLC publishes with a lag of about two months, and not always the same:
+    so probe, do not assume. Local folders are listed; http(s) sources are asked
+    with HEAD (404/403/410: not published); other fsspec sources with ``exists``.
+    An unreachable source is one :class:`PipelineError` line, as is no month in
+    the ``max_back`` months before ``as_of``.
+    """
+    month = as_of
+    for _ in range(max_back):
+        if month_published(source, taxi, month, retries, backoff):
+            return month
+        month = month.previous()
+    raise PipelineError(f"no {taxi} month published at {source} from {month.next()} to {as_of} (probed {max_back} months back)")
+
+
+def month_published(source: str, taxi: str, month: Month, retries: int = 3, backoff: float = 1.0) -> bool:
+    """Whether ``source`` holds ``taxi``'s file for ``month`` (without fetching it)."""
+    name = month_filename(taxi, month)
+    if is_local(source):
+        folder = _local_folder(source)
+        if not folder.is_dir():
+            raise PipelineError(f"source folder does not exist: {source}")
+        return (folder / name).is_file()
+    location = f"{source.rstrip('/')}/{name}"
+    if _scheme(source) in ("http", "https"):
+        transient: tuple[type[BaseException], ...] = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
+        return _with_retries(functools.partial(_http_exists, location), transient, f"source {source} unreachable", retries, backoff)
+    try:
+        fs, path = fsspec.core.url_to_fs(location)
+        return bool(fs.exists(path))
+    except (ImportError, ValueError, OSError) as exc:
+        raise PipelineError(f"source {source}: cannot list it: {exc}") from None
+
+
+def _http_exists(url: str) -> bool:
+    request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": _USER_AGENT})
+    try:
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT):
+            return True
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        if exc.code in (403, 404, 410):  # CloudFront answers 403 for a key that does not exist (yet)
+            return False
+        if exc.code < 500 and exc.code != 429:
+            raise PipelineError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+        raise
+
+
+def _local_folder(source: str) -> Path:
+    if source.startswith("file://"):
+        return Path(urllib.request.url2pathname(urlsplit(source).path))
+    return Path(source).expanduser()
+
+
 def _resolve_local(source: str, taxi: str, month: Month, name: str) -> MonthFile:
     """Local folders are read in place; identity is size + mtime, which a rewrite changes."""
-    if source.startswith("file://"):
-        folder = Path(urllib.request.url2pathname(urlsplit(source).path))
-    else:
-        folder = Path(source).expanduser()
+    folder = _local_folder(source)
     if not folder.is_dir():
         raise PipelineError(f"month {month}: source folder does not exist: {source}")
     path = folder / name

@@ -7,10 +7,14 @@ deployment calls: it resolves the Dask cluster from inside the run and runs
 statistics (about 1 MB each) move worker to worker as Dask futures.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: Prefect builds a pydantic model of a flow's parameters from
+# its annotations, and a deployment's run loads this file under another module name, where postponed
+# (string) annotations such as `date` cannot be resolved.
 
 import time
+from dataclasses import dataclass
 from logging import Logger, LoggerAdapter
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task, unmapped
@@ -21,13 +25,14 @@ from prefect.runtime import flow_run
 from cluster import ClusterSpec
 from pipeline.core import cv, render, stats, training
 from pipeline.core.config import TrainConfig
-from pipeline.core.cv import CVReport
+from pipeline.core.cv import CVReport, Features
+from pipeline.core.features import FeatureSpec
 from pipeline.core.model import Model
 from pipeline.core.months import Month
 from pipeline.core.results import RunResult
 from pipeline.edge import chunks, reader
 from pipeline.edge.metrics import write_metrics
-from pipeline.edge.model_files import save_model
+from pipeline.edge.model_files import load_model, save_model
 from pipeline.edge.sources import is_local
 from pipeline.errors import PipelineError
 from pipeline.flows.cluster_runner import dask_runner
@@ -121,36 +126,51 @@ def _month_statistics(config: TrainConfig, plans: dict[Month, reader.MonthPlan],
 
 def _cross_validate(
     config: TrainConfig, train: list[Month], val: Month, per_month: dict[Month, Any], slots: int
-) -> tuple[list[cv.CVScore], dict[float, training.Candidate]]:
+) -> tuple[list[cv.CVScore], dict[tuple[Features | None, float], training.Candidate]]:
     """Spread the folds (K-fold: and the candidates' refits) over the cluster, one task per worker slot."""
     alphas = unmapped(list(config.alphas))
     if config.cv == "kfold":
+        sets = training.FeatureSets(config.feature_spec().numeric, config.candidates or None)
         groups = min(config.folds, slots)
         folds = [list(range(g, config.folds, groups)) for g in range(groups)]
-        refits = [list(config.alphas[g::groups]) for g in range(groups)]
-        results = cv_kfold.map(unmapped([per_month[m] for m in train]), unmapped(per_month[val]), folds, alphas, refits).result()
-        return [s for scores, _ in results for s in scores], {c.alpha: c for _, found in results for c in found}
+        pairs = [(features, alpha) for features in sets.options() for alpha in config.alphas]
+        refits = [pairs[g::groups] for g in range(groups)]
+        months = unmapped([per_month[m] for m in train])
+        results = cv_kfold.map(months, unmapped(per_month[val]), folds, alphas, refits, unmapped(sets)).result()
+        return [s for scores, _ in results for s in scores], {(c.features, c.alpha): c for _, found in results for c in found}
     windows = range(1, len(train))
     futures = cv_window.map([[per_month[m] for m in train[:i]] for i in windows], [per_month[train[i]] for i in windows], windows, alphas)
     return [s for group in futures.result() for s in group], {}
 
 
+@dataclass(frozen=True)
+class Trained:
+    """A training path's outcome, its alpha and feature set, its CV, and the validation month's statistics (linear only)."""
+
+    outcome: training.Outcome
+    alpha: float | None
+    features: Features
+    report: CVReport | None
+    val_stats: Any = None  # a future of the validation month's statistics (of the columns read)
+
+
 def _train_linear(
     config: TrainConfig, plans: dict[Month, reader.MonthPlan], train: list[Month], val: Month, slots: int, logger: RunLogger
-) -> tuple[training.Outcome, float, CVReport | None]:
+) -> Trained:
     """The exact path: statistics per month; CV from them (K-fold CV also refits every
-    candidate alpha, 5 ms each); else one fit and one score task at the alpha given."""
+    candidate alpha and feature set, 5 ms each); else one fit and one score task at the alpha given."""
     per_month = _month_statistics(config, plans, val)
     report: CVReport | None = None
-    alpha = config.alphas[0]
-    candidates: dict[float, training.Candidate] = {}
+    alpha, features = config.alphas[0], None
+    candidates: dict[tuple[Features | None, float], training.Candidate] = {}
     if config.cross_validates:
         scores, candidates = _cross_validate(config, train, val, per_month, slots)
-        alpha = cv.best_alpha(cv.summarize(scores))
-        report = CVReport.of(config.cv, scores, alpha)
-        logger.info("%s: %s", render.cv_title(report), ", ".join(f"{a} {m}" for a, m, _, _ in render.cv_rows(report)))
-    if alpha in candidates:
-        chosen = candidates[alpha]
+        chosen_summary = cv.best(cv.summarize(scores))
+        alpha, features = chosen_summary.alpha or 0.0, chosen_summary.features
+        report = CVReport.of(config.cv, scores, alpha, features)
+        logger.info("%s: %s", render.cv_title(report), ", ".join(" ".join(row[:-2]) for row in render.cv_rows(report)))
+    if (features, alpha) in candidates:
+        chosen = candidates[features, alpha]
         result, val_rows, val_rmse = chosen.fit, chosen.val_rows, chosen.val_rmse
     else:
         fitted: Any = fit.submit([per_month[m] for m in train], alpha)
@@ -158,12 +178,13 @@ def _train_linear(
         result = fitted.result()
         val_rows, val_rmse = validated.result()
     empty = training.empty_of({**{reader.label(plans[m]): n for m, n in zip(train, result.month_rows)}, reader.label(plans[val]): val_rows})
-    return training.Outcome(result.weights, sum(result.month_rows), result.rmse, val_rows, val_rmse, empty), alpha, report
+    outcome = training.Outcome(result.weights, sum(result.month_rows), result.rmse, val_rows, val_rmse, empty)
+    return Trained(outcome, alpha, config.feature_spec().numeric if features is None else features, report, per_month[val])
 
 
 def _train_estimator(
     config: TrainConfig, plans: dict[Month, reader.MonthPlan], train: list[Month], val: Month, logger: RunLogger
-) -> tuple[training.Outcome, None, CVReport | None]:
+) -> Trained:
     """Row-fitted estimators: each fold is a task reading the months on its own worker."""
     spec, train_plans = config.feature_spec(), [plans[m] for m in train]
     folds = None
@@ -183,7 +204,7 @@ def _train_estimator(
         report = CVReport.of("kfold", folds.result(), None)
         (summary,) = report.by_alpha
         logger.info("CV RMSE of %s: %.4f ± %.4f", config.model, summary.mean_rmse, summary.std_rmse)
-    return final.result(), None, report
+    return Trained(final.result(), None, spec.numeric, report)
 
 
 def _publish(result: RunResult) -> None:
@@ -197,38 +218,65 @@ def _publish(result: RunResult) -> None:
         )
 
 
+@task(name="champion-score", cache_policy=NO_CACHE)
+def champion_score(champion: Model, val_stats: stats.Stats | None, read: Features, val: reader.MonthPlan) -> float | None:
+    """The champion's RMSE on the validation month: exactly from its statistics when they hold the champion's
+    columns (no second read), else from its rows. None when it cannot be scored (another duration filter)."""
+    if champion.spec.min_minutes != FeatureSpec().min_minutes or champion.spec.max_minutes != FeatureSpec().max_minutes:
+        return None
+    if val_stats is not None and set(champion.spec.numeric) <= set(read):
+        projected = training.FeatureSets(read).project(val_stats, champion.spec.numeric)
+        return training.score(training.Fit(champion.weights, [], 0.0), projected)[1]
+    from pipeline.edge import row_fits
+
+    return row_fits.model_rmse(champion, val)
+
+
 @flow(name="train-on-dask", validate_parameters=False)
-def train_on_dask(config: TrainConfig, plans: list[reader.MonthPlan] | None = None, slots: int = 1) -> RunResult:
-    """Train on the training months, validate on the next, save model and metrics (on the flow's task runner)."""
+def train_on_dask(
+    config: TrainConfig, plans: list[reader.MonthPlan] | None = None, slots: int = 1, champion: Path | None = None
+) -> RunResult:
+    """Train on the training months, validate on the next, save model and metrics (on the flow's task runner).
+
+    With ``champion`` (a model folder), also score that model on the same validation month, exactly.
+    """
     logger = get_run_logger()
     started = time.perf_counter()
     train, val = config.months()
     logger.info("training %s on %s, validating on %s, from %s", config.model, ", ".join(map(str, train)), val, config.source)
     located = _locate(config, [*train, val], plans)
-    alpha: float | None
+    champion_model = load_model(champion) if champion is not None else None
     if config.model == "linear":
-        outcome, alpha, report = _train_linear(config, located, train, val, slots, logger)
+        trained = _train_linear(config, located, train, val, slots, logger)
     else:
-        outcome, alpha, report = _train_estimator(config, located, train, val, logger)
+        trained = _train_estimator(config, located, train, val, logger)
+    outcome = trained.outcome
     if outcome.empty:
         raise PipelineError(f"{outcome.empty[0]}: no trips left after the duration filter")
+    champion_rmse = None
+    if champion_model is not None:
+        read = config.feature_spec().numeric
+        champion_rmse = champion_score.submit(champion_model, trained.val_stats, read, located[val]).result()
     result = RunResult(
         model=config.model,
         taxi=config.taxi,
         train_months=tuple(train),
         val_month=val,
-        alpha=alpha,
+        alpha=trained.alpha,
+        numeric=trained.features,
         train_rows=outcome.train_rows,
         val_rows=outcome.val_rows,
         train_rmse=outcome.train_rmse,
         val_rmse=outcome.val_rmse,
         seconds=time.perf_counter() - started,
         flow_run_id=str(flow_run.id),
-        cv=report,
+        cv=trained.report,
+        champion_val_rmse=champion_rmse,
     )
     _publish(result)
     if outcome.weights is not None:
-        save_model(Model(outcome.weights, config.feature_spec(), {"metrics": result.to_dict(), "source": config.source}), config.output)
+        spec = FeatureSpec(numeric=trained.features)
+        save_model(Model(outcome.weights, spec, {"metrics": result.to_dict(), "source": config.source}), config.output)
     else:
         logger.warning("%s has no pickle-free model format: writing metrics only", config.model)
     write_metrics(config.output, result)

@@ -25,6 +25,14 @@ def configured_api_url() -> str | None:
     return os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value() or None
 
 
+def ui_url(flow_run_id: str) -> str:
+    """The flow run's page in the Prefect UI (``PREFECT_UI_URL``, else the API's address without ``/api``)."""
+    from prefect.settings import get_current_settings
+
+    base = get_current_settings().ui_url or current_api_url().removesuffix("/api")
+    return f"{str(base).rstrip('/')}/runs/flow-run/{flow_run_id}"
+
+
 def current_api_url() -> str:
     """The API this process reports to: the configured one, else the temporary server Prefect started for it."""
     from prefect.client.orchestration import get_client

@@ -1,0 +1,147 @@
+"""What the commands share: the consoles, the command group, the option sets and how tables are drawn."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+err = Console(stderr=True)
+out = Console()
+
+
+def table(title: str, header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> Table:
+    """A rich table of rows already spelt by :mod:`pipeline.core.render`."""
+    drawn = Table(title=title)
+    for index, column in enumerate(header):
+        drawn.add_column(column, justify="left" if index == 0 and header[0] in ("metric", "field") else "right")
+    for row in rows:
+        drawn.add_row(*row)
+    return drawn
+
+
+@click.group()
+@click.version_option(package_name="taxi-pipeline")
+def cli() -> None:
+    """Train NYC taxi trip-duration models with Prefect on Dask."""
+
+
+def comma_list(flag: str, convert: Any) -> Any:
+    """A click callback parsing ``a,b,c`` into a list, naming ``flag`` when an item is bad."""
+
+    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> list[Any] | None:
+        if value is None:
+            return None
+        try:
+            return [convert(item.strip()) for item in value.split(",") if item.strip()]
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is not a comma-separated list of {convert.__name__}s", param_hint=flag) from None
+
+    return parse
+
+
+def feature_sets(ctx: click.Context, param: click.Parameter, value: str | None) -> list[tuple[str, ...]] | None:
+    """``base;trip_distance;trip_distance+passenger_count``: feature sets, ``base`` for the zone one-hots alone."""
+    if value is None:
+        return None
+    sets = []
+    for item in value.split(";"):
+        columns = tuple(c.strip() for c in item.split("+") if c.strip() and c.strip() != "base")
+        if not item.strip() or any(not c.isidentifier() for c in columns):
+            raise click.BadParameter(
+                f"{value!r}: expected feature sets like base;trip_distance;trip_distance+fare_amount", param_hint="--candidates"
+            )
+        sets.append(columns)
+    return sets
+
+
+#: Options that configure the training run (TrainConfig fields); the rest choose the cluster.
+TRAIN_OPTIONS = [
+    click.option(
+        "--source", default=None, help="Folder, http(s):// prefix or fsspec URL of the month files [default: the public TLC prefix]."
+    ),
+    click.option("--taxi", type=click.Choice(["yellow", "green"]), default=None, help="[default: yellow]"),
+    click.option(
+        "--alphas",
+        callback=comma_list("--alphas", float),
+        default=None,
+        help="Ridge penalties, e.g. 0.01,0.1,1,10; CV picks the best [default: 0.001].",
+    ),
+    click.option("--folds", type=click.IntRange(min=0), default=None, help="K-fold CV over training rows; 0 turns CV off [default: 5]."),
+    click.option(
+        "--cv",
+        type=click.Choice(["kfold", "time"]),
+        default=None,
+        help="time: train on earlier months, validate on the next [default: kfold].",
+    ),
+    click.option("--seed", type=click.IntRange(min=0), default=None, help="Drives fold assignment and estimators [default: 0]."),
+    click.option(
+        "--model",
+        type=click.Choice(["linear", "hist_gradient_boosting", "sgd"]),
+        default=None,
+        help="linear: exact, from statistics [default]; the others fit on rows, fold by fold.",
+    ),
+    click.option("--max-rows", type=click.IntRange(min=1), default=None, help="Row cap per fit for models other than linear."),
+    click.option(
+        "--numeric", callback=comma_list("--numeric", str), default=None, help="Numeric columns to add as features, e.g. trip_distance."
+    ),
+    click.option(
+        "--candidates",
+        callback=feature_sets,
+        default=None,
+        help="Feature sets to compare by CV from one read, e.g. 'base;trip_distance'; the best wins.",
+    ),
+    click.option(
+        "--chunk-rows", type=click.IntRange(min=1), default=None, help="Rows per task, rounded to row groups [default: 4,000,000]."
+    ),
+    click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where remote months are cached."),
+    click.option("--cache/--no-cache", default=None, help="Reuse chunk statistics of unchanged month files [default: cache]."),
+]
+CLUSTER_OPTIONS = [
+    click.option(
+        "--n-workers",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Workers to start: of the LocalCluster [default: one per core], or of --cluster-class.",
+    ),
+    click.option(
+        "--scheduler",
+        "address",
+        default=None,
+        help="tcp:// or tls:// address of a running Dask scheduler (else DASK_SCHEDULER_ADDRESS, else a LocalCluster).",
+    ),
+    click.option(
+        "--cluster-class", default=None, help="Import path of a Dask cluster to start for the run, e.g. dask_jobqueue.SLURMCluster."
+    ),
+    click.option("--cluster-kwargs", default=None, help="Its keyword arguments: a JSON object, or @FILE (JSON or YAML)."),
+    click.option(
+        "--adapt-min",
+        type=click.IntRange(min=0),
+        default=None,
+        help="Let the started cluster scale between --adapt-min and --adapt-max workers.",
+    ),
+    click.option("--adapt-max", type=click.IntRange(min=1), default=None),
+    click.option("--tls-ca-file", default=None, help="TLS: CA certificate (PEM) [default: Dask config distributed.comm.tls.ca-file]."),
+    click.option("--tls-cert", default=None, help="TLS: our certificate (PEM) [default: distributed.comm.tls.client.cert]."),
+    click.option("--tls-key", default=None, help="TLS: our private key (PEM) [default: distributed.comm.tls.client.key]."),
+]
+
+
+def with_options(options: list[Any]) -> Any:
+    def decorate(function: Any) -> Any:
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return decorate
+
+
+def flag_names() -> dict[str, str]:
+    """Each TrainConfig field's flag: ``val_month`` -> ``--val-month``."""
+    from pipeline.core.config import TrainConfig
+
+    return {name: "--" + name.replace("_", "-") for name in TrainConfig.model_fields}

@@ -1,0 +1,223 @@
+"""``retrain``, ``models`` and ``deploy``: retraining that runs itself, and the registry it keeps."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pipeline.cli.common import CLUSTER_OPTIONS, cli, comma_list, err, feature_sets, out, table, with_options
+from pipeline.errors import PipelineError
+
+
+def _as_of(ctx: click.Context, param: click.Parameter, value: str | None) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected a date, YYYY-MM-DD", param_hint="--as-of") from None
+
+
+#: What a retraining run is told (retrain-trip-duration's parameters); the cluster options come on top.
+RETRAIN_OPTIONS = [
+    click.option("--source", default=None, help="Folder, http(s):// prefix or fsspec URL of the month files [default: the TLC prefix]."),
+    click.option("--registry", required=True, help="Model registry folder (made on first use)."),
+    click.option("--window", type=click.IntRange(min=1), default=None, help="Training months before the validation month [default: 2]."),
+    click.option("--taxi", type=click.Choice(["yellow", "green"]), default=None, help="[default: yellow]"),
+    click.option("--alphas", callback=comma_list("--alphas", float), default=None, help="Ridge penalties [default: 0.001,0.1,1,10]."),
+    click.option("--folds", type=click.IntRange(min=0), default=None, help="K-fold CV [default: 5]."),
+    click.option("--model", type=click.Choice(["linear", "sgd"]), default=None, help="[default: linear]"),
+    click.option(
+        "--candidates", callback=feature_sets, default=None, help="Feature sets compared from one read [default: base;trip_distance]."
+    ),
+    click.option("--chunk-rows", type=click.IntRange(min=1), default=None, help="Rows per task [default: 4,000,000]."),
+    click.option("--notify", default=None, help="A saved Prefect notification block, TYPE/NAME (e.g. slack-webhook/ops)."),
+    click.option("--notify-url", default=None, help="A Slack-compatible webhook or Apprise URL (a secret: never printed)."),
+    click.option("--notify-on-completion", is_flag=True, default=False, help="Send a message when a run completes, too."),
+]
+
+_FLOW_PARAMETERS = ("source", "registry", "window", "taxi", "alphas", "folds", "model", "candidates", "chunk_rows", "notify")
+
+
+def _parameters(options: dict[str, Any]) -> dict[str, Any]:
+    """The flow's parameters from the flags given (unset ones keep the flow's defaults); local paths made absolute."""
+    parameters = {k: options[k] for k in _FLOW_PARAMETERS if options.get(k) is not None}
+    for key in ("source", "registry"):
+        value = parameters.get(key)
+        if isinstance(value, str) and "://" not in value:
+            parameters[key] = str(Path(value).expanduser().resolve())
+    if options.get("notify_on_completion"):
+        parameters["notify_on_completion"] = True
+    return parameters
+
+
+def _preflight(parameters: dict[str, Any], as_of: date | None) -> None:
+    """Bad input fails here, in a second, with the registry unchanged: a folder that is not a registry, no month to train on."""
+    from pipeline.core.config import DEFAULT_SOURCE
+    from pipeline.core.months import Month
+    from pipeline.edge.registry import Registry
+    from pipeline.edge.sources import is_local, latest_month
+
+    registry = Path(parameters["registry"])
+    if registry.exists():
+        Registry.open(registry)
+    source = parameters.get("source", DEFAULT_SOURCE)
+    if is_local(source) or as_of is not None:
+        day = as_of or date.today()
+        latest_month(source, parameters.get("taxi", "yellow"), Month(day.year, day.month))
+
+
+@cli.command()
+@click.option("--as-of", callback=_as_of, default=None, help="Train as of this date, YYYY-MM-DD [default: today].")
+@with_options(RETRAIN_OPTIONS)
+@with_options(CLUSTER_OPTIONS)
+def retrain(as_of: date | None, notify_url: str | None, notify_on_completion: bool, **options: Any) -> None:
+    """Retrain now: validate on the newest published month, train on the window before it, keep the better model."""
+    from pipeline.orchestration.notify import target_from
+
+    target_from(options.get("notify"), notify_url, notify_on_completion)  # a contradiction fails before anything starts
+    parameters = _parameters({**options, "notify_on_completion": notify_on_completion})
+    _preflight(parameters, as_of)
+    from cluster import ClusterSpec, check_cluster
+    from pipeline.core import render
+    from pipeline.flows.retrain import NOTIFY_URL_ENV, retrain_flow
+    from pipeline.orchestration.prefect_api import prefect_api
+
+    cluster = ClusterSpec(**{k: v for k, v in options.items() if k not in _FLOW_PARAMETERS})
+    check_cluster(cluster)
+    if notify_url:
+        os.environ[NOTIFY_URL_ENV] = notify_url  # read by the run's state hooks in this process; never a parameter
+    with prefect_api() as api_url:
+        err.print(f"Prefect API: {api_url}")
+        result = retrain_flow(**parameters, as_of=as_of, cluster=cluster)
+    out.print(table(render.decision_line(result.decision), ("field", "value"), render.decision_rows(result.decision)))
+    out.print(table(render.title(result.run), ("metric", "value"), render.metric_rows(result.run)))
+    if result.run.cv is not None:
+        out.print(table(render.cv_title(result.run.cv), render.cv_header(result.run.cv), render.cv_rows(result.run.cv)))
+    out.print(f"registered {result.version} in {result.registry}")
+
+
+@cli.group()
+def models() -> None:
+    """List, show, promote and roll back the versions of a model registry."""
+
+
+_REGISTRY = click.option("--registry", required=True, help="Model registry folder.")
+
+
+def _open(registry: str) -> Any:
+    from pipeline.edge.registry import Registry
+
+    return Registry.open(registry)
+
+
+@models.command("list")
+@_REGISTRY
+@click.option("--json", "as_json", is_flag=True, help="One JSON array on stdout.")
+def list_versions(registry: str, as_json: bool) -> None:
+    """Versions with their months, validation RMSE and creation time; the champion marked."""
+    store = _open(registry)
+    champion = store.champion()
+    rows = [
+        {
+            "version": v.name,
+            "champion": champion is not None and v.name == champion.name,
+            "model": v.model,
+            "train_months": list(v.train_months),
+            "val_month": v.val_month,
+            "val_rmse": v.val_rmse,
+            "created": v.created,
+        }
+        for v in store.versions()
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    header = ("", "version", "model", "train months", "val month", "val RMSE", "created")
+    cells = [
+        (
+            "*" if r["champion"] else "",
+            r["version"],
+            r["model"],
+            ", ".join(r["train_months"]),
+            r["val_month"],
+            f"{r['val_rmse']:.4f}",
+            r["created"],
+        )
+        for r in rows
+    ]
+    out.print(table(f"{store.root}: {len(rows)} versions, champion {champion.name if champion else 'none'}", header, cells))
+
+
+@models.command("show")
+@click.argument("version")
+@_REGISTRY
+def show(version: str, registry: str) -> None:
+    """One version's figures and every decision about it."""
+    from pipeline.core import render
+    from pipeline.core.results import RunResult
+
+    store = _open(registry)
+    found = store.version(version)
+    result = RunResult.from_dict(found.metrics)
+    out.print(table(f"{found.name} ({found.path}): {render.title(result)}", ("metric", "value"), render.metric_rows(result)))
+    for decision in (d for d in store.history() if d.version == found.name):
+        out.print(render.decision_line(decision), highlight=False)
+
+
+@models.command("promote")
+@click.argument("version")
+@_REGISTRY
+def promote(version: str, registry: str) -> None:
+    """Make VERSION the champion (a manual override, recorded in the history)."""
+    from pipeline.core import render
+
+    out.print(render.decision_line(_open(registry).promote(version, reason="manual promotion from the CLI")), highlight=False)
+
+
+@models.command("rollback")
+@_REGISTRY
+def rollback(registry: str) -> None:
+    """Give the champion back to the previous one (recorded in the history)."""
+    from pipeline.core import render
+
+    out.print(render.decision_line(_open(registry).rollback()), highlight=False)
+
+
+@cli.command()
+@click.option("--cron", required=True, help='When to retrain, a cron string, e.g. "0 6 3 * *" (06:00 on the 3rd of each month).')
+@click.option("--timezone", default="UTC", show_default=True, help="Time zone of the cron string.")
+@click.option("--name", default="monthly", show_default=True, help="Deployment name: retrain-trip-duration/NAME.")
+@with_options(RETRAIN_OPTIONS)
+def deploy(cron: str, timezone: str, name: str, notify_url: str | None, notify_on_completion: bool, **options: Any) -> None:
+    """Serve the deployment retrain-trip-duration/NAME on its schedule against PREFECT_API_URL, until stopped."""
+    from pipeline.orchestration.notify import target_from
+
+    target_from(options.get("notify"), notify_url, notify_on_completion)
+    parameters = _parameters({**options, "notify_on_completion": notify_on_completion})
+    from prefect.client.schemas.schedules import CronSchedule
+
+    try:
+        schedule = CronSchedule(cron=cron, timezone=timezone)
+    except ValueError as exc:
+        reason = str(exc).splitlines()[-1].strip()
+        raise PipelineError(f"--cron {cron!r} / --timezone {timezone!r}: {reason}") from None
+    from pipeline.orchestration.prefect_api import configured_api_url
+
+    if not configured_api_url():
+        raise PipelineError("deploy needs a running Prefect server: `prefect server start`, then set PREFECT_API_URL")
+    if parameters.get("registry") and Path(parameters["registry"]).exists():
+        _open(parameters["registry"])
+    if notify_url:
+        from pipeline.orchestration.notify import save_url_block
+
+        parameters["notify"] = save_url_block(notify_url, f"taxi-pipeline-{name}")
+    from pipeline.flows.retrain import retrain_flow
+
+    err.print(f"serving retrain-trip-duration/{name} on {cron} ({timezone}) against {configured_api_url()}; Ctrl-C stops it")
+    retrain_flow.serve(name=name, schedules=[schedule], parameters=parameters)

@@ -1,0 +1,84 @@
+"""``synth``, ``train`` and ``demo``: make months, train on them, print the run's tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pipeline.cli.common import CLUSTER_OPTIONS, TRAIN_OPTIONS, cli, err, flag_names, out, table, with_options
+from pipeline.errors import PipelineError
+
+
+@cli.command()
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for the month files.")
+@click.option("--months", required=True, help="e.g. 2023-01:2023-03 or 2023-01,2023-03")
+@click.option("--rows", type=click.IntRange(min=1), required=True, help="Rows per month.")
+@click.option("--taxi", type=click.Choice(["yellow", "green"]), default="yellow", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--row-group-size", type=click.IntRange(min=1), default=500_000, show_default=True)
+def synth(output: Path, months: str, rows: int, taxi: str, seed: int, row_group_size: int) -> None:
+    """Write generated TLC-shaped month files (deterministic by seed)."""
+    from pipeline.core.months import parse_months
+    from pipeline.edge.synth import write_months
+
+    try:
+        chosen = parse_months(months)
+    except PipelineError as exc:
+        raise PipelineError(f"--months {months!r}: {exc}") from None
+    for path in write_months(output, chosen, rows, seed=seed, taxi=taxi, row_group_size=row_group_size):
+        out.print(f"wrote {path}")
+
+
+def _run_train(train_months: str, val_month: str, output: Path, **options: Any) -> None:
+    """Build the config (flags left unset take TrainConfig's defaults), check the input, run, print."""
+    from pipeline.core.config import ConfigError, TrainConfig
+    from pipeline.edge.reader import locate_local
+
+    fields = {k: v for k, v in options.items() if k in TrainConfig.model_fields and v is not None}
+    try:
+        config = TrainConfig.build(train_months=train_months, val_month=val_month, output=output, **fields)
+    except ConfigError as exc:
+        raise PipelineError(exc.render(flag_names())) from None
+    plans = locate_local(config)  # footers read once, before Prefect and Dask load
+    from cluster import ClusterSpec
+    from pipeline.core import render
+    from pipeline.run import train as run_train
+
+    cluster = ClusterSpec(**{k: v for k, v in options.items() if k not in TrainConfig.model_fields})
+    result = run_train(config, cluster, plans=plans, announce=err.print)
+    out.print(table(render.title(result), ("metric", "value"), render.metric_rows(result)))
+    if result.cv is not None:
+        out.print(table(render.cv_title(result.cv), render.cv_header(result.cv), render.cv_rows(result.cv)))
+    out.print(f"model and metrics in {output}")
+
+
+@cli.command()
+@click.option("--train-months", required=True, help="e.g. 2023-01:2023-02")
+@click.option("--val-month", required=True, help="e.g. 2023-03")
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for model and metrics.")
+@with_options(TRAIN_OPTIONS)
+@with_options(CLUSTER_OPTIONS)
+def train(**kwargs: Any) -> None:
+    """Train on months, validate on another, write the model and metrics.json."""
+    _run_train(**kwargs)
+
+
+@cli.command()
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=Path("data/synth"), show_default=True)
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/demo"), show_default=True)
+@click.option("--rows", type=click.IntRange(min=1), default=3_000_000, show_default=True, help="Rows per generated month.")
+@with_options(CLUSTER_OPTIONS)
+def demo(data: Path, output: Path, rows: int, **cluster: Any) -> None:
+    """Generate three months (once), train on two with 5-fold CV, validate on the third."""
+    from pipeline.core.months import parse_months
+    from pipeline.edge.sources import month_filename
+    from pipeline.edge.synth import write_months
+
+    months = parse_months("2023-01:2023-03")
+    missing = [m for m in months if not (data / month_filename("yellow", m)).exists()]
+    if missing:
+        err.print(f"generating {len(missing)} month(s) of {rows:,} rows in {data}")
+        write_months(data, missing, rows, seed=0)
+    _run_train("2023-01:2023-02", "2023-03", output, source=str(data), alphas=[1e-3, 0.1, 1.0, 10.0], **cluster)

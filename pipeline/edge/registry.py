@@ -1,0 +1,450 @@
+"""A model registry on a local folder: numbered versions, one champion, and a history of every decision.
+
+A monthly retraining run trains a challenger, writes its files into a staging
+folder, and commits it: the registry numbers it, and decides under a lock
+whether it replaces the champion, so two runs committing at once cannot both
+read the same champion or claim the same number. Layout::
+
+    REGISTRY/
+      registry.json     {"format": "taxi-pipeline/registry/v1", "created": ISO-8601 UTC}; marks the folder as a registry
+      versions/v0001/   a run's files: model.npz + model.json (if the model has a file) and metrics.json, then version.json LAST
+      champion.json     {"version": "v0003", "since": ISO time}, replaced atomically (absent until the first promotion)
+      history.jsonl     append-only decisions, one JSON object per line
+      .lock             fcntl.flock'ed for every change (claiming a version number, deciding, promoting, rolling back)
+      .staging/         where a run writes its files before they become a version
+
+A version is complete when its ``version.json`` exists: it is written last, so
+readers need no lock, and a folder without one (a commit killed half-way) is
+never listed; its number is not reused. A commit that fails in this process is
+undone: no version, no champion change, no history line, and the staged folder
+is back where it was. Files and folders get the usual modes (0666/0777 less the
+umask), so a team can read what a run registered. Object storage comes later:
+only local folders and ``file://`` paths are accepted.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from pipeline.core.decisions import Decision, decide
+from pipeline.core.months import Month
+from pipeline.edge.atomic import write_bytes
+from pipeline.edge.metrics import METRICS_FILE
+from pipeline.errors import PipelineError
+
+FORMAT = "taxi-pipeline/registry/v1"
+VERSION_FORMAT = "taxi-pipeline/registry-version/v1"
+REGISTRY_FILE = "registry.json"
+VERSIONS_DIR = "versions"
+VERSION_FILE = "version.json"
+CHAMPION_FILE = "champion.json"
+HISTORY_FILE = "history.jsonl"
+LOCK_FILE = ".lock"
+STAGING_DIR = ".staging"
+
+#: Decisions that move the champion pointer (a "keep" does not).
+MOVES = ("promote", "manual-promote", "rollback")
+
+_NAME = re.compile(r"^v(\d{4,})$")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+@dataclass(frozen=True)
+class Version:
+    """A complete registered version: its folder and the figures of the run that made it."""
+
+    name: str
+    path: Path
+    created: str
+    model: str
+    train_months: tuple[str, ...]
+    val_month: str
+    val_rmse: float
+    metrics: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Figures:
+    """What a commit needs from the staged ``metrics.json``."""
+
+    model: str
+    train_months: tuple[str, ...]
+    val_month: str
+    val_rmse: float
+
+
+@dataclass(frozen=True)
+class Registry:
+    """A registry folder; get one with :meth:`Registry.open`. Holds no state but its path: every call reads the files."""
+
+    root: Path
+
+    @classmethod
+    def open(cls, location: str | Path, create: bool = False) -> Registry:
+        """The registry at ``location`` (a folder or ``file://`` path); ``create`` makes one at a missing or empty folder.
+
+        A non-empty folder without a valid ``registry.json`` is refused even with
+        ``create``: a typo must not turn someone's folder into a registry.
+        """
+        root = _local_path(location)
+        marker = root / REGISTRY_FILE
+        if root.exists() and not root.is_dir():
+            raise PipelineError(f"{root}: not a folder, so not a model registry")
+        if not marker.exists():
+            if root.exists() and not _empty(root):
+                raise PipelineError(f"{root}: not a model registry (no {REGISTRY_FILE})")
+            if not create:
+                raise PipelineError(f"{root}: no model registry there")
+            root.mkdir(parents=True, exist_ok=True)
+            registry = cls(root)
+            with registry._locked():  # two runs creating the same registry at once: one writes, the other sees it
+                if not marker.exists():
+                    if not _empty(root):
+                        raise PipelineError(f"{root}: not a model registry (no {REGISTRY_FILE})")
+                    _write_json(marker, {"format": FORMAT, "created": _now()})
+        document = _read_json(marker)
+        if document.get("format") != FORMAT:
+            raise PipelineError(
+                f"{root}: not a model registry ({REGISTRY_FILE} has format {document.get('format')!r}, expected {FORMAT!r})"
+            )
+        return cls(root)
+
+    # --- reading: no lock (every file a reader looks at is replaced atomically or appended whole) ----------
+
+    def versions(self) -> list[Version]:
+        """Complete versions (with ``version.json``), oldest first."""
+        return [self._load(self._versions / name) for name in self._names(complete=True)]
+
+    def version(self, name: str) -> Version:
+        """The version called ``name`` (``v0001``); a PipelineError naming the registry and what it holds if there is none."""
+        folder = self._versions / name
+        if not _NAME.match(name) or name != _name(int(name[1:])) or not (folder / VERSION_FILE).is_file():
+            shown = name if name.isprintable() else repr(name)
+            names = self._names(complete=True)
+            held = "no versions yet" if not names else f"versions: {names[0]}" + (f"..{names[-1]}" if len(names) > 1 else "")
+            raise PipelineError(f"{self.root}: no version {shown} ({held})")
+        return self._load(folder)
+
+    def champion(self) -> Version | None:
+        """The current champion, or None before the first promotion."""
+        name = self._champion_name()
+        return None if name is None else self.version(name)
+
+    def history(self) -> list[Decision]:
+        """Every decision, oldest first; a last line still being written (no newline yet) is not one."""
+        path = self.root / HISTORY_FILE
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise PipelineError(f"{path}: unreadable ({exc})") from None
+        decisions = []
+        for number, line in enumerate(text.split("\n")[:-1], start=1):
+            try:
+                decisions.append(Decision.from_dict(json.loads(line)))
+            except (ValueError, TypeError, KeyError) as exc:
+                raise PipelineError(f"{path}: line {number} is not a decision ({type(exc).__name__}: {exc})") from None
+        return decisions
+
+    # --- changing: under the lock ---------------------------------------------------------------------------
+
+    @contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A fresh folder under ``.staging/`` for a run's files; removed if the block raises.
+
+        Staged beside the versions so that a commit is one rename on the same file
+        system. A plain ``mkdir`` (not ``mkdtemp``, which makes 0700) keeps the umask's mode.
+        """
+        folder = self.root / STAGING_DIR / f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        folder.mkdir(parents=True)
+        try:
+            yield folder
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    def commit(self, staged: Path, score_champion: Callable[[Version], float | None]) -> tuple[Version, Decision]:
+        """Register ``staged`` as the next version and decide, under the lock, whether it becomes champion.
+
+        ``score_champion(champion)`` gives the champion's RMSE on the challenger's
+        validation month (None: it cannot be scored, so the champion is kept). It is
+        called under the lock, before anything changes: if it raises, nothing has.
+        The first version is promoted; later ones iff no worse than the champion.
+        """
+        staged = Path(staged)
+        if staged.resolve().parent != (self.root / STAGING_DIR).resolve():
+            raise PipelineError(f"{staged}: not a staging folder of {self.root} (write a run into Registry.staging())")
+        if not staged.is_dir():
+            raise PipelineError(f"{staged}: no such staging folder (already committed?)")
+        if not (staged / METRICS_FILE).is_file():
+            raise PipelineError(f"{staged}: no {METRICS_FILE}, so the run did not complete; not committed")
+        if (staged / VERSION_FILE).exists():
+            raise PipelineError(f"{staged}: has a {VERSION_FILE} of its own; the registry writes that file")
+        figures = _figures(staged / METRICS_FILE)
+        with self._locked():
+            if not staged.is_dir():  # another process committed the same folder while this one waited
+                raise PipelineError(f"{staged}: no such staging folder (already committed?)")
+            before = self._champion_name()
+            champion = None if before is None else self.version(before)
+            champion_rmse = None if champion is None else score_champion(champion)
+            action, reason, champion_rmse = decide(figures.val_month, figures.val_rmse, champion.name if champion else None, champion_rmse)
+            name = self._next_name()
+            folder = self._versions / name
+            self._versions.mkdir(exist_ok=True)
+            os.rename(staged, folder)
+            try:
+                files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+                record = {
+                    "format": VERSION_FORMAT,
+                    "name": name,
+                    "created": _now(),
+                    "model": figures.model,
+                    "train_months": list(figures.train_months),
+                    "val_month": figures.val_month,
+                    "val_rmse": figures.val_rmse,
+                    "files": files,
+                }
+                _write_json(folder / VERSION_FILE, record)
+                _fsync_dir(folder)
+                _fsync_dir(self._versions)
+                version = self._load(folder)
+                decision = Decision(
+                    action=action,
+                    version=name,
+                    champion_before=before,
+                    champion_after=name if action == "promote" else before,
+                    challenger_rmse=figures.val_rmse,
+                    champion_rmse=champion_rmse,
+                    val_month=figures.val_month,
+                    reason=reason,
+                    time=_now(),
+                )
+                self._record(decision)
+            except BaseException:
+                (folder / VERSION_FILE).unlink(missing_ok=True)
+                os.rename(folder, staged)
+                raise
+        return version, decision
+
+    def promote(self, name: str, reason: str = "manual") -> Decision:
+        """Make ``name`` the champion whatever its figures (a manual override), recorded as "manual-promote"."""
+        with self._locked():
+            self.version(name)
+            before = self._champion_name()
+            decision = Decision("manual-promote", name, before, name, None, None, None, reason, _now())
+            self._record(decision)
+        return decision
+
+    def rollback(self) -> Decision:
+        """Make the champion before the current one champion again, as the history says; recorded as "rollback".
+
+        The history is read as a stack: a promotion pushes, a rollback pops back to
+        its target, so rolling back twice walks back two champions. Versions since
+        deleted are skipped.
+        """
+        with self._locked():
+            current = self._champion_name()
+            stack: list[str] = []
+            for decision in self.history():
+                if decision.action not in MOVES or decision.champion_after is None:
+                    continue
+                if decision.action == "rollback":
+                    while stack and stack[-1] != decision.champion_after:
+                        stack.pop()
+                    stack = stack or [decision.champion_after]
+                else:
+                    stack.append(decision.champion_after)
+            if current in stack:  # champion.json may be ahead of the history after a crash: then it is not in it
+                stack = stack[: len(stack) - 1 - stack[::-1].index(current)]
+            present = set(self._names(complete=True))
+            target = next((name for name in reversed(stack) if name != current and name in present), None)
+            if target is None:
+                raise PipelineError(f"{self.root}: nothing to roll back to")
+            reason = f"back to {target}, the champion before {current}" if current else f"back to {target}"
+            decision = Decision("rollback", target, current, target, None, None, None, reason, _now())
+            self._record(decision)
+        return decision
+
+    # --- the parts ---------------------------------------------------------------------------------------------
+
+    @property
+    def _versions(self) -> Path:
+        return self.root / VERSIONS_DIR
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold ``.lock`` exclusively (not re-entrant: a second ``_locked`` in the same process would wait forever).
+
+        Opened for writing as well: on NFS, flock is emulated with fcntl locks, which need that for an exclusive lock.
+        """
+        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _names(self, complete: bool) -> list[str]:
+        """Version folder names by number; with ``complete``, only those with a ``version.json``."""
+        try:
+            entries = os.listdir(self._versions)
+        except FileNotFoundError:
+            return []
+        numbers = sorted(int(m[1]) for m in map(_NAME.match, entries) if m)
+        names = [_name(n) for n in numbers]
+        return [n for n in names if (self._versions / n / VERSION_FILE).is_file()] if complete else names
+
+    def _next_name(self) -> str:
+        """One past every folder in ``versions/``, complete or not: a number is never given twice."""
+        names = self._names(complete=False)
+        return _name(int(names[-1][1:]) + 1 if names else 1)
+
+    def _load(self, folder: Path) -> Version:
+        record, path = _read_json(folder / VERSION_FILE), folder / VERSION_FILE
+        if record.get("name") != folder.name:
+            raise PipelineError(f"{path}: names version {record.get('name')!r}, but its folder is {folder.name}")
+        try:
+            return Version(
+                name=folder.name,
+                path=folder,
+                created=str(record["created"]),
+                model=str(record["model"]),
+                train_months=tuple(str(m) for m in record["train_months"]),
+                val_month=str(record["val_month"]),
+                val_rmse=float(record["val_rmse"]),
+                metrics=_read_json(folder / METRICS_FILE),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PipelineError(f"{path}: malformed ({type(exc).__name__}: {exc})") from None
+
+    def _champion_name(self) -> str | None:
+        path = self.root / CHAMPION_FILE
+        if not path.exists():
+            return None
+        name = _read_json(path).get("version")
+        if not isinstance(name, str):
+            raise PipelineError(f"{path}: no version named in it")
+        return name
+
+    def _record(self, decision: Decision) -> None:
+        """Move the champion pointer if the decision does, then append the decision; undo the pointer if the append fails."""
+        champion = self.root / CHAMPION_FILE
+        moves = decision.champion_after is not None and decision.champion_after != decision.champion_before
+        previous = champion.read_bytes() if champion.exists() else None
+        if moves:
+            _write_json(champion, {"version": decision.champion_after, "since": decision.time})
+            _fsync_dir(self.root)
+        try:
+            _append_line(self.root / HISTORY_FILE, json.dumps(decision.to_dict(), sort_keys=True))
+        except BaseException:
+            if moves:
+                if previous is None:
+                    champion.unlink(missing_ok=True)
+                else:
+                    write_bytes(champion, lambda fh: fh.write(previous))
+            raise
+
+
+def _figures(path: Path) -> _Figures:
+    """The challenger's figures from a ``metrics.json`` (only the fields a decision needs, so added fields do not matter)."""
+    document = _read_json(path)
+    try:
+        rmse = document["val_rmse"]
+        if isinstance(rmse, bool) or not isinstance(rmse, (int, float)) or not math.isfinite(rmse):
+            raise ValueError(f"val_rmse {rmse!r} is not a finite number")
+        months = document["train_months"]
+        if not isinstance(months, list) or not all(isinstance(m, str) for m in months):
+            raise ValueError(f"train_months {months!r} is not a list of months")
+        if not isinstance(document["model"], str) or not isinstance(document["val_month"], str):
+            raise ValueError("model and val_month must be strings")
+        return _Figures(
+            model=document["model"],
+            train_months=tuple(str(Month.parse(m)) for m in months),
+            val_month=str(Month.parse(document["val_month"])),
+            val_rmse=float(rmse),
+        )
+    except (KeyError, ValueError, PipelineError) as exc:
+        detail = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise PipelineError(f"{path}: not a run's metrics ({detail})") from None
+
+
+def _local_path(location: str | Path) -> Path:
+    """The absolute folder a location names; only local folders and ``file://`` URLs for now."""
+    text = os.fspath(location)
+    scheme = _SCHEME.match(text)
+    if scheme:
+        if scheme[1].lower() != "file":
+            raise PipelineError(f"{text}: object-storage registries are not supported yet (give a local folder or a file:// path)")
+        url = urlsplit(text)
+        if url.netloc not in ("", "localhost") or not url.path:
+            raise PipelineError(f"{text}: a file:// registry is a folder on this machine: file:///absolute/path")
+        text = unquote(url.path)
+    return Path(os.path.abspath(Path(text).expanduser()))
+
+
+def _empty(root: Path) -> bool:
+    """Nothing in the folder but a lock, or a ``registry.json`` being written by a concurrent ``open(create=True)``."""
+    return all(entry == LOCK_FILE or (entry.startswith(f".{REGISTRY_FILE}.") and entry.endswith(".tmp")) for entry in os.listdir(root))
+
+
+def _name(number: int) -> str:
+    return f"v{number:04d}"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
+    if not isinstance(document, dict):
+        raise PipelineError(f"{path}: not a JSON object")
+    return document
+
+
+def _write_json(path: Path, document: dict[str, Any]) -> None:
+    text = (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
+    write_bytes(path, lambda fh: fh.write(text))
+
+
+def _append_line(path: Path, line: str) -> None:
+    """Append one line in one write, flushed to disk; a short write is cut back off, so the file holds whole lines only."""
+    data = (line + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            if os.write(fd, data) != len(data):
+                raise OSError(f"{path}: short write")
+            os.fsync(fd)
+        except BaseException:
+            os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make renames and new names in ``folder`` durable (a crash must not lose a registered version)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

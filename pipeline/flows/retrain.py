@@ -1,0 +1,192 @@
+"""Retraining that runs itself: the newest published month, a challenger from one read, the champion scored exactly.
+
+``retrain-trip-duration`` is what a scheduled deployment runs. It probes the
+source for the newest month published on or before ``as_of`` (default: the
+run's scheduled start), validates on it and trains on the ``window`` months
+before it, comparing candidate feature sets × alphas × folds from one read. The
+current champion is scored on the same validation month from the statistics
+already computed (exact, no second pass), and the registry promotes the
+challenger only if it is no worse. State hooks send a message on failure (and,
+if asked, on completion) through a Prefect notification block.
+"""
+
+# No `from __future__ import annotations` here: Prefect builds a pydantic model of a flow's parameters from
+# its annotations, and a deployment's run loads this file under another module name, where postponed
+# (string) annotations such as `date` cannot be resolved.
+
+import logging
+import os
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run as current_run
+
+from cluster import ClusterSpec
+from pipeline.core import render
+from pipeline.core.config import DEFAULT_SOURCE, ModelName, Taxi, TrainConfig
+from pipeline.core.decisions import Decision
+from pipeline.core.months import Month
+from pipeline.core.results import RunResult
+from pipeline.edge import reader, row_fits
+from pipeline.edge.model_files import META_FILE, load_model
+from pipeline.edge.registry import Registry, Version
+from pipeline.edge.sources import latest_month
+from pipeline.errors import PipelineError
+from pipeline.flows.cluster_runner import dask_runner
+from pipeline.flows.train import train_on_dask
+from pipeline.orchestration.notify import send, target_from
+from pipeline.orchestration.prefect_api import ui_url
+
+log = logging.getLogger(__name__)
+
+#: Where ``--notify-url`` travels from the CLI to the state hooks of a run in the same process: an environment
+#: variable, never a flow parameter (parameters are stored in the Prefect database and shown in the UI).
+NOTIFY_URL_ENV = "TAXI_PIPELINE_NOTIFY_URL"
+#: The seed's features alone, and with the trip distance: compared on every retraining run unless told otherwise.
+DEFAULT_CANDIDATES: tuple[tuple[str, ...], ...] = ((), ("trip_distance",))
+
+
+@dataclass(frozen=True)
+class RetrainResult:
+    """A retraining run: the months it chose, the version it registered and the decision about it."""
+
+    as_of: str
+    registry: str
+    version: str
+    decision: Decision
+    run: RunResult
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "as_of": self.as_of,
+            "registry": self.registry,
+            "version": self.version,
+            "decision": self.decision.to_dict(),
+            "run": self.run.to_dict(),
+        }
+
+
+def _as_of(value: date | None) -> date:
+    """The given date, else the run's scheduled start (a deployment's schedule), else today."""
+    if value is not None:
+        return value
+    scheduled = current_run.scheduled_start_time
+    return scheduled.date() if isinstance(scheduled, datetime) else date.today()
+
+
+def _training_config(champion: Version | None, staged: Any, months: tuple[list[Month], Month], options: dict[str, Any]) -> TrainConfig:
+    """The challenger's config: candidates compared by CV, plus the champion's columns read so it can be scored exactly."""
+    train, val = months
+    candidates = tuple(tuple(c) for c in options.pop("candidates"))
+    champion_columns: tuple[str, ...] = ()
+    if champion is not None and (champion.path / META_FILE).exists():
+        champion_columns = load_model(champion.path).spec.numeric
+    if options["model"] != "linear" or options["folds"] < 2:
+        if len(candidates) > 1:
+            raise PipelineError("--candidates: comparing feature sets needs --model linear and 2 or more --folds")
+        return TrainConfig.build(train_months=train, val_month=val, output=staged, numeric=candidates[0] if candidates else (), **options)
+    return TrainConfig.build(train_months=train, val_month=val, output=staged, numeric=champion_columns, candidates=candidates, **options)
+
+
+def _rescore(current: Version, val: reader.MonthPlan) -> float | None:
+    """A champion promoted by another run while this one trained: scored on this run's validation month from its rows."""
+    if not (current.path / META_FILE).exists():
+        return None
+    return row_fits.model_rmse(load_model(current.path), val)
+
+
+def _notify(flow: Any, flow_run: Any, state: Any) -> None:
+    """State hook: a message on failure, and on completion when asked. Never fails the run."""
+    parameters = flow_run.parameters or {}
+    try:
+        target = target_from(parameters.get("notify"), os.environ.get(NOTIFY_URL_ENV), bool(parameters.get("notify_on_completion")))
+    except PipelineError as exc:
+        log.warning("notification not sent: %s", exc)
+        return
+    if target is None or (state.is_completed() and not target.on_completion):
+        return
+    link = ui_url(str(flow_run.id))
+    if state.is_completed():
+        result = state.result(raise_on_failure=False)
+        subject = f"retrain-trip-duration {flow_run.name}: {result.decision.action} {result.version}"
+        body = "\n".join([render.decision_line(result.decision), render.title(result.run), link])
+    else:
+        error = (state.message or "failed").splitlines()[0]
+        subject = f"retrain-trip-duration {flow_run.name} failed"
+        body = "\n".join([error, f"as_of {parameters.get('as_of') or 'scheduled'}, source {parameters.get('source')}", link])
+    send(target, subject, body, log)
+
+
+@flow(name="retrain-trip-duration", validate_parameters=True, on_failure=[_notify], on_completion=[_notify])
+def retrain_flow(
+    source: str = DEFAULT_SOURCE,
+    registry: str = "runs/registry",
+    as_of: date | None = None,
+    window: int = 2,
+    taxi: Taxi = "yellow",
+    alphas: tuple[float, ...] = (1e-3, 0.1, 1.0, 10.0),
+    folds: int = 5,
+    model: ModelName = "linear",
+    candidates: tuple[tuple[str, ...], ...] = DEFAULT_CANDIDATES,
+    chunk_rows: int = 4_000_000,
+    seed: int = 0,
+    cluster: ClusterSpec | None = None,
+    notify: str | None = None,
+    notify_on_completion: bool = False,
+) -> RetrainResult:
+    """Retrain on the newest published month and its ``window`` predecessors; promote the challenger if no worse.
+
+    ``notify`` names a saved notification block (``TYPE/NAME``); the CLI's
+    ``--notify-url`` reaches the hooks through the environment instead.
+    """
+    logger = get_run_logger()
+    if window < 1:
+        raise PipelineError(f"--window {window}: train on at least one month")
+    if model == "hist_gradient_boosting":
+        raise PipelineError("--model hist_gradient_boosting: it has no safe model file yet, so it cannot be registered or champion")
+    day = _as_of(as_of)
+    store = Registry.open(registry, create=True)
+    val = latest_month(source, taxi, Month(day.year, day.month))
+    train = [val.shift(-n) for n in range(window, 0, -1)]
+    champion = store.champion()
+    logger.info(
+        "as of %s: newest month at the source is %s; training on %s; champion %s",
+        day,
+        val,
+        ", ".join(map(str, train)),
+        champion.name if champion else "none (empty registry)",
+    )
+    options = {
+        "source": source,
+        "taxi": taxi,
+        "alphas": alphas,
+        "folds": folds,
+        "model": model,
+        "candidates": candidates,
+        "chunk_rows": chunk_rows,
+        "seed": seed,
+    }
+    with store.staging() as staged:
+        config = _training_config(champion, staged, (train, val), options)
+        plans = reader.locate_local(config)
+        with dask_runner(cluster) as runner:
+            result = train_on_dask.with_options(task_runner=runner.task_runner)(
+                config, plans, runner.slots, champion.path if champion else None
+            )
+
+        def score_champion(current: Version) -> float | None:
+            if champion is not None and current.name == champion.name:
+                return result.champion_val_rmse
+            val_plan = plans[-1] if plans else reader.locate(source, taxi, val, config.feature_spec().columns(), None)
+            return _rescore(current, val_plan)
+
+        version, decision = store.commit(staged, score_champion)
+    outcome = RetrainResult(str(day), str(store.root), version.name, decision, result)
+    create_markdown_artifact(
+        key="retrain-decision", markdown=render.retrain_markdown(decision, result), description=render.decision_line(decision)
+    )
+    logger.info("%s", render.decision_line(decision))
+    return outcome
