@@ -153,7 +153,7 @@ def test_train_writes_metrics_model_and_prints_the_table(months_dir, tmp_path, p
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert {"train_rows", "val_rows", "train_rmse", "val_rmse", "seconds"} <= metrics.keys()
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["metrics.json", "model.json", "model.npz"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["metrics.json", "model.json", "model.npz", "train_counts.npz"]
     assert f"{metrics['val_rmse']:,.4f}" in result.stdout
     assert "Dask dashboard: http://127.0.0.1:" in result.stderr
     assert f"Prefect API: {prefect_api_url}" in result.stderr

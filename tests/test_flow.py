@@ -173,7 +173,7 @@ def test_estimator_folds_run_concurrently_on_the_cluster(months_dir, prefect_api
     assert [s["fold"] for s in metrics["cv"]["scores"]] == [0, 1, 2, 3]
     assert sum(s["test_rows"] for s in metrics["cv"]["scores"]) == 60_000
     assert metrics["val_rmse"] < 0.8 * np.std(seed.read_dataframe(months_dir / month_filename("yellow", Month(2023, 3)))["duration"])
-    assert sorted(p.name for p in (tmp_path / "hgb").iterdir()) == ["metrics.json"]  # no pickle-free format for trees
+    assert sorted(p.name for p in (tmp_path / "hgb").iterdir()) == ["metrics.json", "model.json", "model.skops"]  # trees via skops
 
     folds = [r for r in read_task_runs(metrics["flow_run_id"], expected=0, timeout=0) if r.name.startswith("estimator-fold")]
     assert len(folds) == 4

@@ -116,7 +116,13 @@ def test_two_retrains_at_once_give_two_whole_versions_and_one_champion(months_di
     versions = store.versions()
     assert [v.name for v in versions] == ["v0001", "v0002"]
     for version in versions:
-        assert sorted(p.name for p in version.path.iterdir()) == ["metrics.json", "model.json", "model.npz", "version.json"]
+        assert sorted(p.name for p in version.path.iterdir()) == [
+            "metrics.json",
+            "model.json",
+            "model.npz",
+            "train_counts.npz",
+            "version.json",
+        ]
         assert json.loads((version.path / "metrics.json").read_text())["val_month"] == "2023-03"
         load_model(version.path)
     history = store.history()

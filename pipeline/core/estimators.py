@@ -40,12 +40,20 @@ _PU, _DO, _PAIR, _NUMERIC = 0, N_ZONES, 2 * N_ZONES, 2 * N_ZONES + N_PAIRS
 _SGD_RIDGE = 1.0
 
 
+def _known_zones(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Zone codes as int64 indices (0 where unknown) and whether each is a zone id, 1..265; NaN is unknown."""
+    known = (codes >= 1) & (codes < N_ZONES)
+    return np.where(known, codes, 0).astype(np.int64), known
+
+
 class _ZoneCategories(TransformerMixin, BaseEstimator):
     """Columns 0 and 1 (pickup, dropoff zone) to category indices by training frequency.
 
     HistGradientBoosting allows at most ``max_bins`` (255) categories, and zones
     have 265 ids: the 254 most frequent zones of each column get their own
-    category, the rest (and zones never seen in training) share "other".
+    category, the rest (and zones never seen in training) share "other". So do
+    codes that are no zone at all (-1 for null, 0, 300, NaN) when predicting:
+    indexing the lookup with -1 would silently take zone 265's category.
     """
 
     def fit(self, X: np.ndarray, y: Any = None) -> _ZoneCategories:
@@ -62,7 +70,8 @@ class _ZoneCategories(TransformerMixin, BaseEstimator):
     def transform(self, X: np.ndarray) -> np.ndarray:
         out = np.array(X, dtype=np.float64, copy=True)
         for column, lookup in enumerate(self.lookup_):
-            out[:, column] = lookup[X[:, column].astype(np.int64)]
+            zone, known = _known_zones(out[:, column])
+            out[:, column] = np.where(known, lookup[zone], _OTHER)
         return out
 
 
@@ -73,6 +82,7 @@ class _PairOneHot(TransformerMixin, BaseEstimator):
     every row's squared norm is at most ``3 + k`` and SGD's step stays stable
     whatever outliers the data holds (standardising lets one 100,000-mile
     ``trip_distance`` blow the weights up). :func:`sgd_weights` folds the scale back.
+    A code that is no zone (-1: unknown) adds nothing, as in :meth:`pipeline.core.model.Model.predict_codes`.
     """
 
     def fit(self, X: np.ndarray, y: Any = None) -> _PairOneHot:
@@ -82,10 +92,11 @@ class _PairOneHot(TransformerMixin, BaseEstimator):
 
     def transform(self, X: np.ndarray) -> sp.csr_matrix:
         n, k = X.shape[0], X.shape[1] - 2
-        pu, do = X[:, 0].astype(np.int64), X[:, 1].astype(np.int64)
+        (pu, pu_known), (do, do_known) = _known_zones(X[:, 0]), _known_zones(X[:, 1])
         numeric = np.broadcast_to(_NUMERIC + np.arange(k), (n, k))
         indices = np.column_stack([_PU + pu, _DO + do, _PAIR + pu * N_ZONES + do, numeric])
-        data = np.column_stack([np.ones((n, 3)), X[:, 2:] / self.scale_])
+        ones = np.column_stack([pu_known, do_known, pu_known & do_known]).astype(np.float64)
+        data = np.column_stack([ones, X[:, 2:] / self.scale_])
         indptr = np.arange(0, n * (3 + k) + 1, 3 + k)
         return sp.csr_matrix((data.ravel(), indices.ravel(), indptr), shape=(n, _NUMERIC + k))
 

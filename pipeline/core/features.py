@@ -92,17 +92,35 @@ def duration_micros(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     return _int64(drop, 0) - _int64(pick, 0), valid
 
 
+@dataclass(frozen=True)
+class TrainingRows:
+    """Every row of a chunk: zone codes (-1: unknown), duration, and whether the training filter keeps it."""
+
+    pu: np.ndarray
+    do: np.ndarray
+    micros: np.ndarray  # 0 where a timestamp is null
+    valid: np.ndarray  # both timestamps present
+    keep: np.ndarray  # valid, duration in [min, max] minutes, both zones known
+
+
+def training_rows(table: pa.Table, spec: FeatureSpec) -> TrainingRows:
+    """The one place that says which rows training keeps: scoring flags the same rows."""
+    micros, valid = duration_micros(table)
+    minutes = micros / MICROS_PER_MINUTE  # the seed's comparison, in the seed's unit
+    pu = zone_codes(table.column(PU))
+    do = zone_codes(table.column(DO))
+    keep = valid & (minutes >= spec.min_minutes) & (minutes <= spec.max_minutes) & (pu >= 0) & (do >= 0)
+    return TrainingRows(pu, do, micros, valid, keep)
+
+
 def encode(table: pa.Table, spec: FeatureSpec) -> Encoded:
     """Encode a normalised chunk, keeping the seed's rows: duration in [min, max] minutes.
 
     Rows with a null timestamp or a zone id outside 1..265 are dropped as well
     (real TLC files have none; DictVectorizer would choke on them).
     """
-    micros, valid = duration_micros(table)
-    minutes = micros / MICROS_PER_MINUTE  # the seed's comparison, in the seed's unit
-    pu = zone_codes(table.column(PU))
-    do = zone_codes(table.column(DO))
-    keep = valid & (minutes >= spec.min_minutes) & (minutes <= spec.max_minutes) & (pu >= 0) & (do >= 0)
-    position = np.flatnonzero(keep)
+    rows = training_rows(table, spec)
+    micros, pu, do = rows.micros, rows.pu, rows.do
+    position = np.flatnonzero(rows.keep)
     x = numeric_matrix(table, spec.numeric)[position]
     return Encoded(pair=pu[position] * N_ZONES + do[position], micros=micros[position], x=x, position=position)

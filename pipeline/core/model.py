@@ -1,13 +1,15 @@
-"""A trained duration model: linear weights over pair codes, and prediction on TLC-shaped rows.
+"""Trained duration models and their prediction on TLC-shaped rows.
 
-Its files (``model.npz`` + ``model.json``, no pickle) are written and read by
-:mod:`pipeline.edge.model_files`.
+Two kinds: :class:`Model`, linear weights over pair codes (files ``model.npz`` +
+``model.json``), and :class:`EstimatorModel`, a fitted scikit-learn pipeline of
+:mod:`pipeline.core.estimators` (files ``model.skops`` + ``model.json``). Both are
+written and read, without pickle, by :mod:`pipeline.edge.model_files`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -19,9 +21,21 @@ from pipeline.core.solve import Weights
 from pipeline.errors import PipelineError
 
 
+def _codes(frame: pd.DataFrame | pa.Table, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Zone codes (-1: null or not 1..265) and the numeric matrix of TLC-shaped rows, as every model predicts from them."""
+    table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
+    missing = [c for c in (PU, DO, *spec.numeric) if c not in table.column_names]
+    if missing:
+        raise PipelineError(f"predict: missing column(s) {', '.join(missing)}")
+    return zone_codes(table.column(PU)), zone_codes(table.column(DO)), numeric_matrix(table, spec.numeric)
+
+
 @dataclass(frozen=True)
 class Model:
-    """A trained duration model; ``predict`` takes TLC-shaped rows."""
+    """A trained linear duration model; ``predict`` takes TLC-shaped rows."""
+
+    #: Which kind of model this is, for callers holding either (see :data:`AnyModel`).
+    kind: ClassVar[str] = "linear"
 
     weights: Weights
     spec: FeatureSpec
@@ -32,12 +46,7 @@ class Model:
 
         Needs ``PULocationID``, ``DOLocationID`` and the model's numeric columns.
         """
-        table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
-        missing = [c for c in (PU, DO, *self.spec.numeric) if c not in table.column_names]
-        if missing:
-            raise PipelineError(f"predict: missing column(s) {', '.join(missing)}")
-        x = numeric_matrix(table, self.spec.numeric)
-        return self.predict_codes(zone_codes(table.column(PU)), zone_codes(table.column(DO)), x)
+        return self.predict_codes(*_codes(frame, self.spec))
 
     def predict_codes(self, pu: np.ndarray, do: np.ndarray, x: np.ndarray) -> np.ndarray:
         """Predicted minutes from zone codes (-1: unknown) and the numeric matrix: a gather of weights."""
@@ -49,3 +58,32 @@ class Model:
         if self.spec.numeric:
             out = out + x @ w.numeric
         return np.asarray(out)
+
+
+@dataclass(frozen=True)
+class EstimatorModel:
+    """A row-fitted estimator (a fitted pipeline of :func:`pipeline.core.estimators.make_estimator`) as a model.
+
+    It predicts from the same inputs as :class:`Model`, so callers need not know
+    which kind they hold. Unknown zones (code -1: null, or outside 1..265) are
+    the estimator's business: HistGradientBoosting puts them in its "other" category.
+    """
+
+    kind: ClassVar[str] = "estimator"
+
+    fitted: Any  # scikit-learn ships no types
+    spec: FeatureSpec
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def predict(self, frame: pd.DataFrame | pa.Table) -> np.ndarray:
+        """Predicted minutes for each row; needs ``PULocationID``, ``DOLocationID`` and the model's numeric columns."""
+        return self.predict_codes(*_codes(frame, self.spec))
+
+    def predict_codes(self, pu: np.ndarray, do: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Predicted minutes from zone codes (-1: unknown) and the numeric matrix, through the estimators' design."""
+        design = np.column_stack([pu, do, x]).astype(np.float64)
+        return np.asarray(self.fitted.predict(design), dtype=np.float64)
+
+
+#: Either kind of model; ``kind`` tells them apart.
+AnyModel: TypeAlias = Model | EstimatorModel

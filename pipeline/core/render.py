@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from pipeline.core.cv import CVReport
 from pipeline.core.decisions import Decision
+from pipeline.core.monitoring import MonthReport
 from pipeline.core.results import RunResult
 
 CV_HEADER = ("alpha", "mean RMSE", "std", "folds")
@@ -135,3 +136,50 @@ def retrain_markdown(decision: Decision, result: RunResult) -> str:
     """A retraining run: the decision, then the challenger's figures and CV."""
     lines = [f"### {decision_line(decision)}", "", *_markdown_table(("field", "value"), decision_rows(decision)), ""]
     return "\n".join(lines) + markdown(result)
+
+
+MONITORING_HEADER = ("month", "rows", "in range", "RMSE", "mean error", "RMSE / train", "PSI pickup", "PSI dropoff", "PSI pair", "breaches")
+
+
+def monitoring_rows(months: Sequence[MonthReport]) -> list[tuple[str, ...]]:
+    """One row per scored month under :data:`MONITORING_HEADER`."""
+
+    def figure(value: float, digits: int = 4) -> str:
+        return "-" if value != value else f"{value:.{digits}f}"  # NaN: not measured
+
+    return [
+        (
+            m.month,
+            f"{m.rows:,}",
+            f"{m.in_range:,}",
+            figure(m.rmse),
+            f"{m.mean_error:+.4f}" if m.mean_error == m.mean_error else "-",
+            figure(m.rmse_ratio, 3),
+            figure(m.psi_pickup, 3),
+            figure(m.psi_dropoff, 3),
+            figure(m.psi_pair, 3),
+            "; ".join(m.breaches) or "none",
+        )
+        for m in months
+    ]
+
+
+def monitoring_markdown(title_line: str, train_rmse: float, months: Sequence[MonthReport], max_psi: float, max_rmse_ratio: float) -> str:
+    """The monitoring report: per month error against the training RMSE, and drift of the trip mix."""
+    breaches = sum(len(m.breaches) for m in months)
+    lines = [
+        f"# {title_line}",
+        "",
+        f"Training RMSE {train_rmse:.4f} min. Thresholds: PSI above {max_psi:g}, RMSE above {max_rmse_ratio:g}× the training RMSE.",
+        f"**{breaches} breach{'es' if breaches != 1 else ''}** over {plural(len(months), 'month')}."
+        if breaches
+        else f"No breach over {plural(len(months), 'month')}.",
+        "",
+        *_markdown_table(MONITORING_HEADER, monitoring_rows(months)),
+        "",
+        "RMSE and mean error (predicted minus actual) are over the rows training would keep (1 to 60 minutes, known zones);",
+        "PSI compares each month's trip mix with the training months' (rare pairs pooled, so sampling noise stays below 0.02).",
+        "",
+        "![RMSE and drift per month](report.png)",
+    ]
+    return "\n".join(lines) + "\n"

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from pipeline.core import cv, solve
 from pipeline.core.cv import Features
 from pipeline.core.stats import Stats, combine
@@ -22,6 +24,7 @@ class Fit:
     weights: solve.Weights | None
     month_rows: list[int]
     rmse: float
+    pair_count: np.ndarray | None = None  # training trips per pair: the baseline of drift monitoring
 
 
 def fit(months: Sequence[Stats], alpha: float) -> Fit:
@@ -34,7 +37,7 @@ def fit(months: Sequence[Stats], alpha: float) -> Fit:
         return Fit(None, rows, float("nan"))
     pooled = combine(months).total()
     weights = solve.solve(pooled, alpha)
-    return Fit(weights, rows, solve.rmse(weights, pooled))
+    return Fit(weights, rows, solve.rmse(weights, pooled), pooled.count[0])
 
 
 def score(fitted: Fit, held_out: Stats) -> tuple[int, float]:
@@ -117,6 +120,7 @@ class Outcome:
     val_rows: int
     val_rmse: float
     empty: tuple[str, ...] = ()  # what had no trip left after the duration filter
+    pair_count: np.ndarray | None = None  # training trips per pair, when the path counted them
 
 
 def empty_of(rows_by_name: dict[str, int]) -> tuple[str, ...]:

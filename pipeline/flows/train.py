@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from logging import Logger, LoggerAdapter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -31,11 +31,15 @@ from pipeline.core.model import Model
 from pipeline.core.months import Month
 from pipeline.core.results import RunResult
 from pipeline.edge import chunks, reader
+from pipeline.edge.baseline import save_train_counts
 from pipeline.edge.metrics import write_metrics
-from pipeline.edge.model_files import load_model, save_model
+from pipeline.edge.model_files import load_model, save_estimator_bytes, save_model
 from pipeline.edge.sources import is_local
 from pipeline.errors import PipelineError
 from pipeline.flows.cluster_runner import dask_runner
+
+if TYPE_CHECKING:  # row_fits imports scikit-learn: only the tasks that fit estimators load it
+    from pipeline.edge.row_fits import FitResult
 
 RunLogger = Logger | LoggerAdapter[Logger]
 
@@ -83,8 +87,8 @@ def estimator_fold(
 @task(name="estimator-fit", cache_policy=NO_CACHE)
 def estimator_fit(
     train: list[reader.MonthPlan], val: reader.MonthPlan, spec: Any, model: str, seed: int, max_rows: int | None
-) -> training.Outcome:
-    """Fit a row-fitted estimator on all (capped) training rows and score the validation month."""
+) -> "FitResult":
+    """Fit a row-fitted estimator on all (capped) training rows and score the validation month; HGB's trees come back as skops bytes."""
     from pipeline.edge import row_fits
 
     return row_fits.fit_and_validate(train, val, spec, model, seed, max_rows)
@@ -152,6 +156,7 @@ class Trained:
     features: Features
     report: CVReport | None
     val_stats: Any = None  # a future of the validation month's statistics (of the columns read)
+    estimator_bytes: bytes | None = None  # a row-fitted model with no linear form, as model.skops bytes
 
 
 def _train_linear(
@@ -178,7 +183,7 @@ def _train_linear(
         result = fitted.result()
         val_rows, val_rmse = validated.result()
     empty = training.empty_of({**{reader.label(plans[m]): n for m, n in zip(train, result.month_rows)}, reader.label(plans[val]): val_rows})
-    outcome = training.Outcome(result.weights, sum(result.month_rows), result.rmse, val_rows, val_rmse, empty)
+    outcome = training.Outcome(result.weights, sum(result.month_rows), result.rmse, val_rows, val_rmse, empty, result.pair_count)
     return Trained(outcome, alpha, config.feature_spec().numeric if features is None else features, report, per_month[val])
 
 
@@ -204,7 +209,8 @@ def _train_estimator(
         report = CVReport.of("kfold", folds.result(), None)
         (summary,) = report.by_alpha
         logger.info("CV RMSE of %s: %.4f ± %.4f", config.model, summary.mean_rmse, summary.std_rmse)
-    return Trained(final.result(), None, spec.numeric, report)
+    fitted = final.result()
+    return Trained(fitted.outcome, None, spec.numeric, report, estimator_bytes=fitted.estimator_bytes)
 
 
 def _publish(result: RunResult) -> None:
@@ -274,11 +280,15 @@ def train_on_dask(
         champion_val_rmse=champion_rmse,
     )
     _publish(result)
+    if outcome.pair_count is not None:
+        save_train_counts(outcome.pair_count, config.output)
+    spec, metadata = FeatureSpec(numeric=trained.features), {"metrics": result.to_dict(), "source": config.source}
     if outcome.weights is not None:
-        spec = FeatureSpec(numeric=trained.features)
-        save_model(Model(outcome.weights, spec, {"metrics": result.to_dict(), "source": config.source}), config.output)
+        save_model(Model(outcome.weights, spec, metadata), config.output)
+    elif trained.estimator_bytes is not None:
+        save_estimator_bytes(trained.estimator_bytes, spec, metadata, config.output)
     else:
-        logger.warning("%s has no pickle-free model format: writing metrics only", config.model)
+        logger.warning("%s returned no model to save: writing metrics only", config.model)
     write_metrics(config.output, result)
     logger.info(
         "val RMSE %.4f min on %d rows; train RMSE %.4f on %d rows; %.1f s",

@@ -1,0 +1,84 @@
+"""Batch scoring output: one parquet part per chunk, a month's parts swapped in whole.
+
+Layout: ``OUT/month=2023-04/part-00000.parquet``, one part per row-group chunk,
+so no task holds more than a chunk. Every input row gets a row out, with the
+trip's identity (pickup time, zones), ``predicted_minutes``, the actual
+``duration_minutes`` (null where a timestamp is) and ``in_training_range``
+(the rows training keeps), so predictions on rows the model was never trained
+for are there to compare. A run writes a month's parts into a staging folder
+and swaps it in when all are written: a reader sees the old month or the new
+one, never a mix of parts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.core.features import MICROS_PER_MINUTE, N_ZONES, numeric_matrix, training_rows
+from pipeline.core.model import AnyModel
+from pipeline.core.monitoring import MonthCounts
+from pipeline.core.months import Month
+from pipeline.core.schema import DO, PICKUP, PU
+from pipeline.edge import reader
+from pipeline.edge.atomic import atomic_path
+from pipeline.errors import PipelineError
+
+
+def month_folder(output: Path, month: Month) -> Path:
+    return output / f"month={month}"
+
+
+def staging_folder(output: Path, month: Month, run: str) -> Path:
+    """Where one run writes a month's parts before they replace the month's folder."""
+    return output / f".staging-{run}" / f"month={month}"
+
+
+def score_chunk(plan: reader.MonthPlan, chunk: reader.Chunk, model: AnyModel, part: Path) -> MonthCounts:
+    """Predict every row of a chunk, write them as one parquet part (atomically), return the month's counts."""
+    table = reader.read(plan.layout, chunk)
+    rows = training_rows(table, model.spec)
+    x = numeric_matrix(table, model.spec.numeric)
+    predicted = model.predict_codes(rows.pu, rows.do, x)
+    minutes = rows.micros / MICROS_PER_MINUTE
+    out = pa.table(
+        {
+            PICKUP: table.column(PICKUP),
+            PU: table.column(PU),
+            DO: table.column(DO),
+            "predicted_minutes": pa.array(predicted, pa.float64()),
+            "duration_minutes": pa.array(minutes, pa.float64(), mask=~rows.valid),
+            "in_training_range": pa.array(rows.keep, pa.bool_()),
+        }
+    )
+    with atomic_path(part) as tmp:
+        pq.write_table(out, tmp)
+    keep = rows.keep
+    error = predicted[keep] - minutes[keep]
+    pair = np.bincount(rows.pu[keep] * N_ZONES + rows.do[keep], minlength=N_ZONES * N_ZONES)
+    return MonthCounts(int(table.num_rows), int(keep.sum()), float(error @ error), float(error.sum()), pair)
+
+
+def publish_month(staged: Path, final: Path) -> None:
+    """Swap a month's staged parts in for its folder: the old parts go whole, the new arrive whole."""
+    if final.exists() and not final.is_dir():
+        raise PipelineError(f"{final}: exists and is not a folder")
+    old = final.with_name(f".old-{uuid.uuid4().hex}-{final.name}")
+    if final.exists():
+        final.rename(old)
+    staged.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        staged.parent.rmdir()  # the run's staging folder, once its last month is in
+
+
+def check_output(output: Path) -> None:
+    """An output that exists as a file is refused before anything runs."""
+    if output.exists() and not output.is_dir():
+        raise PipelineError(f"--output {output}: exists and is not a folder")

@@ -1,0 +1,80 @@
+"""The monitoring report's files: ``report.md``, ``report.png`` and ``report.json``, each written atomically.
+
+matplotlib draws with its non-interactive Agg backend (no display needed) and
+is imported only when a report is written.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.core.monitoring import MonthReport
+from pipeline.edge.atomic import write_bytes
+
+REPORT_MD, REPORT_PNG, REPORT_JSON = "report.md", "report.png", "report.json"
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def chart(months: Sequence[MonthReport], train_rmse: float, max_psi: float, max_rmse_ratio: float) -> bytes:
+    """Two panels: RMSE per month against the training RMSE, and PSI per month against the threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [m.month for m in months]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), dpi=100, sharex=True)
+    top.plot(labels, [m.rmse for m in months], marker="o", label="RMSE of the scored month")
+    top.axhline(train_rmse, color="grey", linestyle="--", label=f"training RMSE {train_rmse:.3f}")
+    top.axhline(train_rmse * max_rmse_ratio, color="red", linestyle=":", label=f"alarm: {max_rmse_ratio:g}× training")
+    top.set(ylabel="RMSE (minutes)", title="Error per month")
+    top.legend(fontsize=8)
+    width = 0.25
+    positions = range(len(months))
+    for offset, (name, values) in enumerate(
+        (
+            ("pickup zones", [m.psi_pickup for m in months]),
+            ("dropoff zones", [m.psi_dropoff for m in months]),
+            ("pairs", [m.psi_pair for m in months]),
+        )
+    ):
+        bottom.bar([p + (offset - 1) * width for p in positions], [v if math.isfinite(v) else 0 for v in values], width, label=name)
+    bottom.axhline(max_psi, color="red", linestyle=":", label=f"alarm: PSI {max_psi:g}")
+    if all(not math.isfinite(m.psi_pair) for m in months):
+        bottom.text(0.5, 0.5, "not measured: the model has no training counts", transform=bottom.transAxes, ha="center", color="grey")
+    bottom.set(ylabel="PSI vs training months", title="Drift of the trip mix", xticks=list(positions), xticklabels=labels)
+    bottom.legend(fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def write_report(
+    output: Path,
+    markdown: str,
+    months: Sequence[MonthReport],
+    summary: dict[str, Any],
+    train_rmse: float,
+    max_psi: float,
+    max_rmse_ratio: float,
+) -> None:
+    """Write the chart, then the markdown that shows it, then ``report.json`` (last: its presence means a whole report)."""
+    png = chart(months, train_rmse, max_psi, max_rmse_ratio)
+    write_bytes(output / REPORT_PNG, lambda fh: fh.write(png))
+    write_bytes(output / REPORT_MD, lambda fh: fh.write(markdown.encode()))
+    document = {
+        **summary,
+        "breaches": sum(len(m.breaches) for m in months),
+        "months": [{k: _finite(v) if isinstance(v, float) else v for k, v in m.to_dict().items()} for m in months],
+    }
+    write_bytes(output / REPORT_JSON, lambda fh: fh.write(json.dumps(document, indent=2, sort_keys=True).encode()))

@@ -1,0 +1,160 @@
+"""Batch scoring on Dask, and the monthly monitoring report that comes with it.
+
+``score-trip-duration`` resolves the cluster (as training does) and runs
+``score-on-dask``: one task per row-group chunk, each predicting its rows and
+writing its own parquet part, then each month's parts swapped in whole. The
+chunks also count what the report needs (error over the rows training would
+keep, trips per pair), so the report costs no second read.
+"""
+
+# No `from __future__ import annotations` here: Prefect builds a pydantic model of a flow's parameters from
+# its annotations, and a deployment's run loads this file under another module name.
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from functools import reduce
+from operator import add
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from cluster import ClusterSpec
+from pipeline.core import render
+from pipeline.core.config import DEFAULT_SOURCE, Taxi
+from pipeline.core.monitoring import MonthCounts, MonthReport, month_report
+from pipeline.core.months import Month, parse_months
+from pipeline.edge import predictions, reader
+from pipeline.edge.baseline import load_train_counts
+from pipeline.edge.model_files import load_any
+from pipeline.edge.registry import Registry
+from pipeline.edge.report import write_report
+from pipeline.edge.sources import is_local
+from pipeline.errors import PipelineError
+from pipeline.flows.cluster_runner import dask_runner
+from pipeline.flows.train import locate_month
+
+log = logging.getLogger(__name__)
+
+score_chunk = task(name="score-chunk", cache_policy=NO_CACHE)(predictions.score_chunk)
+publish_month = task(name="publish-month", cache_policy=NO_CACHE)(predictions.publish_month)
+
+
+@task(name="month-counts", cache_policy=NO_CACHE)
+def month_counts(parts: list[MonthCounts]) -> MonthCounts:
+    """Add a month's chunk counts."""
+    return reduce(add, parts)
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """A scoring run: where its predictions went, and each month's report."""
+
+    output: str
+    model: str  # the model folder scored with (a registry version's folder, or the one given)
+    rows: int
+    seconds: float
+    months: tuple[MonthReport, ...]
+    flow_run_id: str
+
+    @property
+    def breaches(self) -> int:
+        return sum(len(m.breaches) for m in self.months)
+
+
+@flow(name="score-on-dask", validate_parameters=False)
+def score_on_dask(
+    model_dir: Path, source: str, taxi: str, months: list[Month], output: Path, max_psi: float, max_rmse_ratio: float, chunk_rows: int
+) -> ScoreResult:
+    """Score ``months`` with the model in ``model_dir`` on the flow's task runner; write parts and the report."""
+    logger = get_run_logger()
+    started = time.perf_counter()
+    model = load_any(model_dir)
+    metrics = model.metadata.get("metrics", {})
+    train_rmse = float(metrics.get("train_rmse", float("nan")))
+    columns = model.spec.columns()
+    if is_local(source):
+        plans = {m: reader.locate(source, taxi, m, columns) for m in months}
+    else:
+        futures = {m: locate_month.submit(source, taxi, m, columns, None) for m in months}
+        plans = {m: f.result() for m, f in futures.items()}
+    run = uuid.uuid4().hex[:12]
+    counted: dict[Month, Any] = {}
+    for month, plan in plans.items():
+        staged = predictions.staging_folder(output, month, run)
+        parts: list[Any] = [
+            score_chunk.submit(plan, chunk, model, staged / f"part-{index:05d}.parquet")
+            for index, chunk in enumerate(reader.plan(plan.layout, chunk_rows))
+        ]
+        counted[month] = month_counts.submit(parts)
+        publish_month.submit(staged, predictions.month_folder(output, month), wait_for=parts, return_state=False).result()
+    train_counts = load_train_counts(model_dir)
+    reports = tuple(month_report(str(m), f.result(), train_counts, train_rmse, max_psi, max_rmse_ratio) for m, f in counted.items())
+    for report in reports:
+        for breach in report.breaches:
+            logger.warning("month %s: %s", report.month, breach)
+    title = f"Monitoring: {len(reports)} month(s) scored with {model_dir}"
+    markdown = render.monitoring_markdown(title, train_rmse, reports, max_psi, max_rmse_ratio)
+    summary = {
+        "model": str(model_dir),
+        "train_rmse": train_rmse,
+        "max_psi": max_psi,
+        "max_rmse_ratio": max_rmse_ratio,
+        "train_months": metrics.get("train_months"),
+        "flow_run_id": str(flow_run.id),
+    }
+    write_report(output, markdown, reports, summary, train_rmse, max_psi, max_rmse_ratio)
+    create_markdown_artifact(key="monitoring-report", markdown=markdown, description=title)
+    create_table_artifact(key="monitoring-months", table=[r.to_dict() for r in reports], description="per month: error and drift")
+    result = ScoreResult(
+        str(output), str(model_dir), sum(r.rows for r in reports), time.perf_counter() - started, reports, str(flow_run.id)
+    )
+    logger.info("scored %d rows of %d month(s) in %.1f s; %d breach(es)", result.rows, len(reports), result.seconds, result.breaches)
+    return result
+
+
+def model_folder(model: str | None, registry: str | None, version: str | None) -> Path:
+    """The model folder a run scores with: ``model``, or a registry's version (default: its champion)."""
+    if (model is None) == (registry is None):
+        raise PipelineError("give one model: --model DIR or --registry R [--version V]")
+    if model is not None:
+        if version is not None:
+            raise PipelineError("--version goes with --registry, not --model")
+        return Path(model)
+    store = Registry.open(registry or "")
+    if version is not None:
+        return store.version(version).path
+    champion = store.champion()
+    if champion is None:
+        raise PipelineError(f"{store.root}: no champion yet; retrain first, or name a --version")
+    return champion.path
+
+
+@flow(name="score-trip-duration", validate_parameters=True)
+def score_flow(
+    months: str,
+    output: str,
+    model: str | None = None,
+    registry: str | None = None,
+    version: str | None = None,
+    source: str = DEFAULT_SOURCE,
+    taxi: Taxi = "yellow",
+    max_psi: float = 0.2,
+    max_rmse_ratio: float = 1.5,
+    chunk_rows: int = 4_000_000,
+    cluster: ClusterSpec | None = None,
+) -> ScoreResult:
+    """Score ``months`` (e.g. ``2023-04:2023-06``) with a model folder or a registry's champion; write parts and a report."""
+    folder = model_folder(model, registry, version)
+    load_any(folder)  # a folder that is not a model fails here, before the cluster starts
+    predictions.check_output(Path(output))
+    chosen = parse_months(months)
+    with dask_runner(cluster) as runner:
+        return score_on_dask.with_options(task_runner=runner.task_runner)(
+            folder, source, taxi, chosen, Path(output), max_psi, max_rmse_ratio, chunk_rows
+        )
