@@ -17,8 +17,7 @@ from conftest import read_task_runs
 
 from cluster import ClusterSpec
 from pipeline.core.months import Month
-from pipeline.edge import reader
-from pipeline.edge.chunks import load_rows
+from pipeline.edge import seed
 from pipeline.edge.model_files import load_model
 from pipeline.edge.registry import Registry
 from pipeline.edge.sources import latest_month, month_filename
@@ -38,11 +37,16 @@ def _retrain(months_dir: Path, registry: Path, **parameters: Any) -> Any:
 
 
 def _rmse_from_rows(model_dir: Path, months_dir: Path, month: Month) -> float:
-    """The independent reference: the saved model's predictions on the month's kept rows."""
+    """The independent reference: the seed's pandas reading of the month, and the saved model's predict on it."""
     model = load_model(model_dir)
-    plan = reader.locate(str(months_dir), "yellow", month, model.spec.columns())
-    rows = load_rows([plan], model.spec, 1, 0, None)
-    return float(np.sqrt(np.mean((model.predict_codes(rows.pu, rows.do, rows.x) - rows.y) ** 2)))
+    frame = seed.read_dataframe(months_dir / month_filename("yellow", month)).astype({"PULocationID": int, "DOLocationID": int})
+    return float(np.sqrt(np.mean((model.predict(frame) - frame["duration"].to_numpy()) ** 2)))
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})}
+    )
 
 
 def test_newest_published_month_is_probed_not_assumed(months_dir):
@@ -76,17 +80,20 @@ def test_champion_and_challenger_are_compared_exactly_on_the_new_month(months_di
     store = Registry.open(registry)
     assert store.champion().name == "v0001" and [v.name for v in store.versions()] == ["v0001", "v0002"]
 
-    # a manual promotion, then a rollback restores the previous champion; all in the history
-    store.promote("v0002")
-    assert store.champion().name == "v0002"
-    assert store.rollback().champion_after == "v0001" and store.champion().name == "v0001"
+    # the CLI reads the registry: list (the champion marked), show; then a manual promotion and a rollback
+    listed = _cli("models", "list", "--registry", str(registry), "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert [(r["version"], r["champion"], r["val_month"]) for r in rows] == [("v0001", True, "2023-03"), ("v0002", False, "2023-03")]
+    assert [r["val_rmse"] for r in rows] == [first.run.val_rmse, worse.run.val_rmse]
+    assert "champion v0001" in _cli("models", "list", "--registry", str(registry)).stdout
+    shown = _cli("models", "show", "v0002", "--registry", str(registry))
+    assert "keep v0002" in shown.stdout and f"{worse.run.val_rmse:.4f}" in shown.stdout
+    promoted = _cli("models", "promote", "v0002", "--registry", str(registry))
+    assert promoted.returncode == 0 and "manual-promote v0002" in promoted.stdout and store.champion().name == "v0002"
+    rolled = _cli("models", "rollback", "--registry", str(registry))
+    assert rolled.returncode == 0 and "champion now v0001" in rolled.stdout and store.champion().name == "v0001"
     assert [d.action for d in store.history()] == ["promote", "keep", "manual-promote", "rollback"]
-
-
-def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})}
-    )
 
 
 def test_two_retrains_at_once_give_two_whole_versions_and_one_champion(months_dir, prefect_api_url, tmp_path):
@@ -129,25 +136,6 @@ def test_two_retrains_at_once_give_two_whole_versions_and_one_champion(months_di
     assert [d.version for d in history] == ["v0001", "v0002"] and history[0].action == "promote"
     assert history[1].champion_before == "v0001" and store.champion().name == history[1].champion_after
     assert not list((registry / ".staging").iterdir())
-
-
-def test_models_commands_list_show_promote_and_roll_back(months_dir, prefect_api_url, tmp_path):
-    registry = tmp_path / "registry"
-    _retrain(months_dir, registry, folds=0, alphas=(1.0,), candidates=((),))
-    _retrain(months_dir, registry, folds=0, alphas=(1e5,), candidates=((),))
-    listed = _cli("models", "list", "--registry", str(registry), "--json")
-    assert listed.returncode == 0, listed.stderr
-    rows = json.loads(listed.stdout)
-    assert [(r["version"], r["champion"], r["val_month"]) for r in rows] == [("v0001", True, "2023-03"), ("v0002", False, "2023-03")]
-    assert rows[0]["val_rmse"] < rows[1]["val_rmse"]
-    table = _cli("models", "list", "--registry", str(registry))
-    assert "champion v0001" in table.stdout and f"{rows[1]['val_rmse']:.4f}" in table.stdout
-    shown = _cli("models", "show", "v0002", "--registry", str(registry))
-    assert "keep v0002" in shown.stdout and f"{rows[1]['val_rmse']:.4f}" in shown.stdout
-    promoted = _cli("models", "promote", "v0002", "--registry", str(registry))
-    assert promoted.returncode == 0 and "manual-promote v0002" in promoted.stdout
-    rolled = _cli("models", "rollback", "--registry", str(registry))
-    assert rolled.returncode == 0 and "champion now v0001" in rolled.stdout
 
 
 def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -367,3 +355,13 @@ def test_prefect_yaml_deploys_onto_a_process_pool_whose_worker_runs_it(months_di
         assert deployment.schedules[0].schedule.cron == "0 6 3 * *"
     assert [v.name for v in Registry.open(registry).versions()] == ["v0001"]
     assert month_filename("yellow", Month(2023, 3)) in os.listdir(months_dir)
+
+
+def test_a_gradient_boosting_challenger_is_registered_with_skops_and_compared_on_rows(months_dir, prefect_api_url, tmp_path):
+    registry = tmp_path / "registry"
+    _retrain(months_dir, registry, folds=0, alphas=(1.0,), candidates=((),))
+    trees = _retrain(months_dir, registry, model="hist_gradient_boosting", folds=0, candidates=((),), max_rows=20_000)
+    assert trees.version == "v0002" and (registry / "versions" / "v0002" / "model.skops").exists()
+    reference = _rmse_from_rows(registry / "versions" / "v0001", months_dir, Month(2023, 3))
+    assert trees.decision.champion_rmse == pytest.approx(reference, rel=1e-9)  # the linear champion, on the same month
+    assert trees.decision.action == ("promote" if trees.run.val_rmse <= reference else "keep")

@@ -31,7 +31,8 @@ RETRAIN_OPTIONS = [
     click.option("--taxi", type=click.Choice(["yellow", "green"]), default=None, help="[default: yellow]"),
     click.option("--alphas", callback=comma_list("--alphas", float), default=None, help="Ridge penalties [default: 0.001,0.1,1,10]."),
     click.option("--folds", type=click.IntRange(min=0), default=None, help="K-fold CV [default: 5]."),
-    click.option("--model", type=click.Choice(["linear", "sgd"]), default=None, help="[default: linear]"),
+    click.option("--model", type=click.Choice(["linear", "sgd", "hist_gradient_boosting"]), default=None, help="[default: linear]"),
+    click.option("--max-rows", type=click.IntRange(min=1), default=None, help="Row cap per fit for models other than linear."),
     click.option(
         "--candidates", callback=feature_sets, default=None, help="Feature sets compared from one read [default: base;trip_distance]."
     ),
@@ -41,7 +42,7 @@ RETRAIN_OPTIONS = [
     click.option("--notify-on-completion", is_flag=True, default=False, help="Send a message when a run completes, too."),
 ]
 
-_FLOW_PARAMETERS = ("source", "registry", "window", "taxi", "alphas", "folds", "model", "candidates", "chunk_rows", "notify")
+_FLOW_PARAMETERS = ("source", "registry", "window", "taxi", "alphas", "folds", "model", "candidates", "chunk_rows", "max_rows", "notify")
 
 
 def _parameters(options: dict[str, Any]) -> dict[str, Any]:

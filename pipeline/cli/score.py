@@ -84,7 +84,9 @@ def predict(
             cluster=cluster,
         )
     drawn = table(f"scored {result.rows:,} rows with {result.model}", render.MONITORING_HEADER, render.monitoring_rows(result.months))
-    out.print(drawn, width=max(out.width, 150))
+    from rich.console import Console
+
+    Console(width=max(out.width, 160)).print(drawn)  # ten columns: wider than a default terminal's 80
     out.print(f"predictions and report.md, report.png, report.json in {output}; {result.breaches} breach(es)")
 
 

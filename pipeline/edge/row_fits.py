@@ -15,7 +15,7 @@ import numpy as np
 from pipeline.core import estimators
 from pipeline.core.cv import CVScore
 from pipeline.core.features import FeatureSpec
-from pipeline.core.model import Model
+from pipeline.core.model import AnyModel
 from pipeline.core.training import Outcome, empty_of
 from pipeline.edge.chunks import load_rows
 from pipeline.edge.model_files import dump_estimator
@@ -29,8 +29,8 @@ def fold_score(
     return estimators.fold_score(model, load_rows(plans, spec, folds, seed, max_rows), fold, seed)
 
 
-def model_rmse(model: Model, val: MonthPlan) -> float:
-    """RMSE of a saved linear model on a month's kept rows, read here (for a champion whose columns were not read)."""
+def model_rmse(model: AnyModel, val: MonthPlan) -> float:
+    """RMSE of a saved model on a month's kept rows, read here (a champion that statistics cannot score)."""
     rows = load_rows([val], model.spec, 1, 0, None)
     predicted = model.predict_codes(rows.pu, rows.do, rows.x)
     return float(np.sqrt(np.mean((predicted - rows.y) ** 2)))

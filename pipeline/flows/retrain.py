@@ -31,7 +31,7 @@ from pipeline.core.decisions import Decision
 from pipeline.core.months import Month
 from pipeline.core.results import RunResult
 from pipeline.edge import reader, row_fits
-from pipeline.edge.model_files import META_FILE, load_model
+from pipeline.edge.model_files import META_FILE, load_any
 from pipeline.edge.registry import Registry, Version
 from pipeline.edge.sources import latest_month
 from pipeline.errors import PipelineError
@@ -83,7 +83,9 @@ def _training_config(champion: Version | None, staged: Any, months: tuple[list[M
     candidates = tuple(tuple(c) for c in options.pop("candidates"))
     champion_columns: tuple[str, ...] = ()
     if champion is not None and (champion.path / META_FILE).exists():
-        champion_columns = load_model(champion.path).spec.numeric
+        champion_columns = load_any(champion.path).spec.numeric
+    if options["model"] != "linear":
+        options["alphas"] = tuple(options["alphas"])[:1]  # row-fitted models have no alpha grid
     if options["model"] != "linear" or options["folds"] < 2:
         if len(candidates) > 1:
             raise PipelineError("--candidates: comparing feature sets needs --model linear and 2 or more --folds")
@@ -95,7 +97,7 @@ def _rescore(current: Version, val: reader.MonthPlan) -> float | None:
     """A champion promoted by another run while this one trained: scored on this run's validation month from its rows."""
     if not (current.path / META_FILE).exists():
         return None
-    return row_fits.model_rmse(load_model(current.path), val)
+    return row_fits.model_rmse(load_any(current.path), val)
 
 
 def _notify(flow: Any, flow_run: Any, state: Any) -> None:
@@ -133,6 +135,7 @@ def retrain_flow(
     candidates: tuple[tuple[str, ...], ...] = DEFAULT_CANDIDATES,
     chunk_rows: int = 4_000_000,
     seed: int = 0,
+    max_rows: int | None = None,
     cluster: ClusterSpec | None = None,
     notify: str | None = None,
     notify_on_completion: bool = False,
@@ -145,8 +148,6 @@ def retrain_flow(
     logger = get_run_logger()
     if window < 1:
         raise PipelineError(f"--window {window}: train on at least one month")
-    if model == "hist_gradient_boosting":
-        raise PipelineError("--model hist_gradient_boosting: it has no safe model file yet, so it cannot be registered or champion")
     day = _as_of(as_of)
     store = Registry.open(registry, create=True)
     val = latest_month(source, taxi, Month(day.year, day.month))
@@ -168,6 +169,7 @@ def retrain_flow(
         "candidates": candidates,
         "chunk_rows": chunk_rows,
         "seed": seed,
+        "max_rows": max_rows,
     }
     with store.staging() as staged:
         config = _training_config(champion, staged, (train, val), options)

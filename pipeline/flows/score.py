@@ -85,14 +85,17 @@ def score_on_dask(
         plans = {m: f.result() for m, f in futures.items()}
     run = uuid.uuid4().hex[:12]
     counted: dict[Month, Any] = {}
-    for month, plan in plans.items():
+    published = []
+    for month, plan in plans.items():  # every month's chunks are submitted before any is waited for
         staged = predictions.staging_folder(output, month, run)
         parts: list[Any] = [
             score_chunk.submit(plan, chunk, model, staged / f"part-{index:05d}.parquet")
             for index, chunk in enumerate(reader.plan(plan.layout, chunk_rows))
         ]
         counted[month] = month_counts.submit(parts)
-        publish_month.submit(staged, predictions.month_folder(output, month), wait_for=parts, return_state=False).result()
+        published.append(publish_month.submit(staged, predictions.month_folder(output, month), wait_for=parts, return_state=False))
+    for future in published:
+        future.result()
     train_counts = load_train_counts(model_dir)
     reports = tuple(month_report(str(m), f.result(), train_counts, train_rmse, max_psi, max_rmse_ratio) for m, f in counted.items())
     for report in reports:

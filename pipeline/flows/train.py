@@ -27,13 +27,13 @@ from pipeline.core import cv, render, stats, training
 from pipeline.core.config import TrainConfig
 from pipeline.core.cv import CVReport, Features
 from pipeline.core.features import FeatureSpec
-from pipeline.core.model import Model
+from pipeline.core.model import AnyModel, Model
 from pipeline.core.months import Month
 from pipeline.core.results import RunResult
 from pipeline.edge import chunks, reader
 from pipeline.edge.baseline import save_train_counts
 from pipeline.edge.metrics import write_metrics
-from pipeline.edge.model_files import load_model, save_estimator_bytes, save_model
+from pipeline.edge.model_files import load_any, save_estimator_bytes, save_model
 from pipeline.edge.sources import is_local
 from pipeline.errors import PipelineError
 from pipeline.flows.cluster_runner import dask_runner
@@ -225,12 +225,12 @@ def _publish(result: RunResult) -> None:
 
 
 @task(name="champion-score", cache_policy=NO_CACHE)
-def champion_score(champion: Model, val_stats: stats.Stats | None, read: Features, val: reader.MonthPlan) -> float | None:
+def champion_score(champion: AnyModel, val_stats: stats.Stats | None, read: Features, val: reader.MonthPlan) -> float | None:
     """The champion's RMSE on the validation month: exactly from its statistics when they hold the champion's
     columns (no second read), else from its rows. None when it cannot be scored (another duration filter)."""
     if champion.spec.min_minutes != FeatureSpec().min_minutes or champion.spec.max_minutes != FeatureSpec().max_minutes:
         return None
-    if val_stats is not None and set(champion.spec.numeric) <= set(read):
+    if isinstance(champion, Model) and val_stats is not None and set(champion.spec.numeric) <= set(read):
         projected = training.FeatureSets(read).project(val_stats, champion.spec.numeric)
         return training.score(training.Fit(champion.weights, [], 0.0), projected)[1]
     from pipeline.edge import row_fits
@@ -251,7 +251,7 @@ def train_on_dask(
     train, val = config.months()
     logger.info("training %s on %s, validating on %s, from %s", config.model, ", ".join(map(str, train)), val, config.source)
     located = _locate(config, [*train, val], plans)
-    champion_model = load_model(champion) if champion is not None else None
+    champion_model = load_any(champion) if champion is not None else None
     if config.model == "linear":
         trained = _train_linear(config, located, train, val, slots, logger)
     else:
