@@ -52,3 +52,15 @@ def measure(folder: Path, month: Month, rows: int) -> dict[str, float]:
 if __name__ == "__main__":
     folder, month, rows = sys.argv[1:]
     print(json.dumps(measure(Path(folder), Month.parse(month), int(rows))))
+
+
+def memory_figures(probe: dict[str, int], smallest: dict[str, int]) -> dict[str, float]:
+    """Peak bytes, bytes per row, growth over linear (1.0: linear) and, past the smallest chunk, the marginal bytes per row."""
+    figures: dict[str, float] = {
+        "peak_bytes": probe["peak_bytes"],
+        "bytes_per_row": probe["peak_bytes"] / probe["rows"],
+        "growth_over_linear": (probe["peak_bytes"] / smallest["peak_bytes"]) / (probe["rows"] / smallest["rows"]),
+    }
+    if probe is not smallest:
+        figures["marginal_bytes_per_row"] = (probe["peak_bytes"] - smallest["peak_bytes"]) / (probe["rows"] - smallest["rows"])
+    return figures

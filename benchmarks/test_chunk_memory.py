@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from benchmarks.chunk_memory import CLEAR_REFS
+from benchmarks.chunk_memory import CLEAR_REFS, memory_figures
 from benchmarks.common import SPEC, TAXI, best_of, months
 from pipeline.edge import reader
 from pipeline.edge.chunks import chunk_statistics
@@ -55,17 +55,9 @@ def test_chunk_memory(benchmark, bench, peaks, quarters):
     chunk = reader.plan(plan.layout, _target_rows(bench, quarters))[0]
     seconds, _ = best_of(lambda: chunk_statistics(plan, chunk, SPEC), rounds=5, benchmark=benchmark)
     probe, smallest = peaks[quarters], peaks[min(QUARTERS)]
-    growth = (probe["peak_bytes"] / smallest["peak_bytes"]) / (probe["rows"] / smallest["rows"])
-    benchmark.extra_info.update(
-        rows=chunk.rows,
-        rows_per_second=chunk.rows / seconds,
-        peak_bytes=probe["peak_bytes"],
-        bytes_per_row=probe["peak_bytes"] / probe["rows"],
-        stats_bytes=probe["stats_bytes"],
-        growth_over_linear=growth,
-    )
-    if probe is not smallest:
-        benchmark.extra_info["marginal_bytes_per_row"] = (probe["peak_bytes"] - smallest["peak_bytes"]) / (probe["rows"] - smallest["rows"])
+    figures = memory_figures(probe, smallest)
+    growth = figures["growth_over_linear"]
+    benchmark.extra_info.update(rows=chunk.rows, rows_per_second=chunk.rows / seconds, stats_bytes=probe["stats_bytes"], **figures)
     assert probe["rows"] == chunk.rows
     # constant but for the exact Σy², a Python int whose pickle grows a byte per 256-fold rows
     assert probe["stats_bytes"] == pytest.approx(smallest["stats_bytes"], abs=8)

@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from benchmarks.chunk_memory import CLEAR_REFS
+from benchmarks.chunk_memory import CLEAR_REFS, memory_figures
 from benchmarks.common import ALPHA, CHUNK_ROWS, TAXI, best_of, decode, month_path, months
 from benchmarks.conftest import QUICK_FLOORS, Bench
 from cluster import ClusterSpec
@@ -221,16 +221,8 @@ def test_scoring_memory(benchmark, bench, model, peaks, quarters, tmp_path):
     chunk = reader.plan(plan.layout, _target_rows(bench, quarters))[0]
     seconds, counts = best_of(lambda: score_chunk(plan, chunk, model, tmp_path / "part.parquet"), rounds=3, benchmark=benchmark)
     probe, smallest = peaks[quarters], peaks[min(QUARTERS)]
-    growth = (probe["peak_bytes"] / smallest["peak_bytes"]) / (probe["rows"] / smallest["rows"])
-    benchmark.extra_info.update(
-        rows=chunk.rows,
-        rows_per_second=chunk.rows / seconds,
-        peak_bytes=probe["peak_bytes"],
-        bytes_per_row=probe["peak_bytes"] / probe["rows"],
-        part_bytes=probe["part_bytes"],
-        growth_over_linear=growth,
-    )
-    if probe is not smallest:
-        benchmark.extra_info["marginal_bytes_per_row"] = (probe["peak_bytes"] - smallest["peak_bytes"]) / (probe["rows"] - smallest["rows"])
+    figures = memory_figures(probe, smallest)
+    growth = figures["growth_over_linear"]
+    benchmark.extra_info.update(rows=chunk.rows, rows_per_second=chunk.rows / seconds, part_bytes=probe["part_bytes"], **figures)
     assert probe["rows"] == probe["scored_rows"] == chunk.rows == counts.rows
     assert growth <= bench.floors.memory_growth

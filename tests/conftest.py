@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,17 @@ from pipeline.edge.synth import write_months
 from pipeline.orchestration.testing import temporary_prefect_api
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@contextmanager
+def umask(mask: int) -> Iterator[None]:
+    """Run a block under another umask (process-wide: restored after)."""
+    previous = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
 
 #: Small enough for seconds, large enough that every frequent pair recurs across months.
 ROWS = 40_000

@@ -5,23 +5,14 @@ from __future__ import annotations
 import os
 import stat
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
 import pytest
+from conftest import umask
 
 from pipeline.edge.atomic import atomic_path, write_bytes
-
-
-@contextmanager
-def _umask(mask: int) -> Iterator[None]:
-    previous = os.umask(mask)
-    try:
-        yield
-    finally:
-        os.umask(previous)
 
 
 def _writing(data: bytes) -> Callable[[IO[bytes]], None]:
@@ -104,7 +95,7 @@ def test_a_failure_with_no_old_file_leaves_nothing(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("mask", "expected"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
 def test_the_mode_honours_the_umask(tmp_path: Path, mask: int, expected: int) -> None:
-    with _umask(mask):
+    with umask(mask):
         write_bytes(tmp_path / "written", _writing(b"x"))
         with atomic_path(tmp_path / "renamed") as tmp:
             tmp.write_bytes(b"y")

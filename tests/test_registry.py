@@ -8,14 +8,14 @@ import multiprocessing
 import os
 import stat
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from conftest import umask
 
 from pipeline.core.features import N_PAIRS, N_ZONES, FeatureSpec
 from pipeline.core.model import Model
@@ -318,18 +318,9 @@ def test_a_folder_left_by_a_killed_commit_is_not_a_version_and_its_number_is_not
 # --- files on disk --------------------------------------------------------------------------------------------
 
 
-@contextmanager
-def _umask(mask: int) -> Iterator[None]:
-    previous = os.umask(mask)
-    try:
-        yield
-    finally:
-        os.umask(previous)
-
-
 @pytest.mark.parametrize(("mask", "file_mode", "dir_mode"), [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
 def test_files_follow_the_umask(tmp_path: Path, mask: int, file_mode: int, dir_mode: int) -> None:
-    with _umask(mask):
+    with umask(mask):
         registry = Registry.open(tmp_path / "registry", create=True)
         _commit(registry, 5.5)
         _commit(registry, 5.6)
