@@ -365,3 +365,26 @@ def test_a_gradient_boosting_challenger_is_registered_with_skops_and_compared_on
     reference = _rmse_from_rows(registry / "versions" / "v0001", months_dir, Month(2023, 3))
     assert trees.decision.champion_rmse == pytest.approx(reference, rel=1e-9)  # the linear champion, on the same month
     assert trees.decision.action == ("promote" if trees.run.val_rmse <= reference else "keep")
+
+
+@pytest.mark.parametrize(("model", "folds"), [("sgd", 5), ("linear", 0)])
+def test_the_default_candidates_fall_back_to_the_seeds_features_where_they_cannot_be_compared(model, folds, tmp_path):
+    from pipeline.flows.retrain import DEFAULT_CANDIDATES, _training_config
+
+    options = {
+        "source": "s",
+        "taxi": "yellow",
+        "alphas": (0.1, 1.0) if folds else (0.1,),
+        "folds": folds,
+        "model": model,
+        "candidates": DEFAULT_CANDIDATES,
+        "chunk_rows": 1000,
+        "seed": 0,
+        "max_rows": None,
+    }
+    config = _training_config(None, tmp_path, ([Month(2023, 1)], Month(2023, 2)), options)
+    assert config.candidates == () and config.numeric == ()
+    assert config.alphas == (0.1,)  # a row-fitted model has no alpha grid; without CV one alpha is given
+    options = {**options, "candidates": ((), ("trip_distance",), ("fare_amount",))}
+    with pytest.raises(PipelineError, match="--candidates: comparing feature sets needs --model linear"):
+        _training_config(None, tmp_path, ([Month(2023, 1)], Month(2023, 2)), options)

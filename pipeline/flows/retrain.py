@@ -87,8 +87,9 @@ def _training_config(champion: Version | None, staged: Any, months: tuple[list[M
     if options["model"] != "linear":
         options["alphas"] = tuple(options["alphas"])[:1]  # row-fitted models have no alpha grid
     if options["model"] != "linear" or options["folds"] < 2:
-        if len(candidates) > 1:
+        if len(candidates) > 1 and candidates != DEFAULT_CANDIDATES:
             raise PipelineError("--candidates: comparing feature sets needs --model linear and 2 or more --folds")
+        candidates = candidates if len(candidates) == 1 else ((),)  # without linear CV, the default is the seed's features
         return TrainConfig.build(train_months=train, val_month=val, output=staged, numeric=candidates[0] if candidates else (), **options)
     return TrainConfig.build(train_months=train, val_month=val, output=staged, numeric=champion_columns, candidates=candidates, **options)
 
