@@ -64,3 +64,14 @@ def memory_figures(probe: dict[str, int], smallest: dict[str, int]) -> dict[str,
     if probe is not smallest:
         figures["marginal_bytes_per_row"] = (probe["peak_bytes"] - smallest["peak_bytes"]) / (probe["rows"] - smallest["rows"])
     return figures
+
+
+def probe_peaks(module: str, arguments: dict[int, list[str]], root: Path) -> dict[int, dict[str, float]]:
+    """``python -m module *arguments[key]`` in a fresh interpreter per key (a peak belongs to one process); each prints JSON."""
+    import subprocess
+
+    out = {}
+    for key, args in arguments.items():
+        probe = subprocess.run([sys.executable, "-m", module, *args], cwd=root, check=True, capture_output=True, text=True)
+        out[key] = json.loads(probe.stdout)
+    return out

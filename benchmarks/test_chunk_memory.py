@@ -10,13 +10,9 @@ task in this process, on one core.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 
-from benchmarks.chunk_memory import CLEAR_REFS, memory_figures
+from benchmarks.chunk_memory import CLEAR_REFS, memory_figures, probe_peaks
 from benchmarks.common import SPEC, TAXI, best_of, months
 from pipeline.edge import reader
 from pipeline.edge.chunks import chunk_statistics
@@ -34,17 +30,8 @@ def peaks(bench, pytestconfig) -> dict[int, dict[str, float]]:
     if not CLEAR_REFS.exists():
         pytest.skip("the peak probe needs Linux's /proc/self/clear_refs")
     (month,) = months(1)
-    out = {}
-    for quarters in QUARTERS:
-        probe = subprocess.run(
-            [sys.executable, "-m", "benchmarks.chunk_memory", str(bench.folder), str(month), str(_target_rows(bench, quarters))],
-            cwd=pytestconfig.rootpath,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        out[quarters] = json.loads(probe.stdout)
-    return out
+    arguments = {q: [str(bench.folder), str(month), str(_target_rows(bench, q))] for q in QUARTERS}
+    return probe_peaks("benchmarks.chunk_memory", arguments, pytestconfig.rootpath)
 
 
 @pytest.mark.usefixtures("one_core")

@@ -20,9 +20,6 @@ as a trained model's run does; the next months are scored.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from functools import reduce
 from operator import add
 from pathlib import Path
@@ -31,7 +28,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from benchmarks.chunk_memory import CLEAR_REFS, memory_figures
+from benchmarks.chunk_memory import CLEAR_REFS, memory_figures, probe_peaks
 from benchmarks.common import ALPHA, CHUNK_ROWS, TAXI, best_of, decode, month_path, months
 from benchmarks.conftest import QUICK_FLOORS, Bench
 from cluster import ClusterSpec
@@ -185,26 +182,10 @@ def peaks(bench, model_dir, pytestconfig, tmp_path_factory) -> dict[int, dict[st
         pytest.skip("the peak probe needs Linux's /proc/self/clear_refs")
     month = _scored()[0]
     parts = tmp_path_factory.mktemp("scoring-memory")
-    out = {}
-    for quarters in QUARTERS:
-        probe = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.scoring_memory",
-                str(bench.folder),
-                str(month),
-                str(_target_rows(bench, quarters)),
-                str(model_dir),
-                str(parts / f"part-{quarters}.parquet"),
-            ],
-            cwd=pytestconfig.rootpath,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        out[quarters] = json.loads(probe.stdout)
-    return out
+    arguments = {
+        q: [str(bench.folder), str(month), str(_target_rows(bench, q)), str(model_dir), str(parts / f"part-{q}.parquet")] for q in QUARTERS
+    }
+    return probe_peaks("benchmarks.scoring_memory", arguments, pytestconfig.rootpath)
 
 
 @pytest.mark.usefixtures("one_core")
