@@ -157,3 +157,23 @@ def test_train_writes_metrics_model_and_prints_the_table(months_dir, tmp_path, p
     assert f"{metrics['val_rmse']:,.4f}" in result.stdout
     assert "Dask dashboard: http://127.0.0.1:" in result.stderr
     assert f"Prefect API: {prefect_api_url}" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_damaged_data_page_is_the_chunk_tasks_one_line_not_a_pending_downstream_task(months_copy, tmp_path, prefect_api_url):
+    path = months_copy / month_filename("yellow", Month(2023, 2))
+    column = next(
+        c for c in (pq.ParquetFile(path).metadata.row_group(1).column(i) for i in range(19)) if c.path_in_schema == "PULocationID"
+    )
+    damaged = bytearray(path.read_bytes())
+    for i in range(64):  # inside the page header of row group 1's PULocationID: the footer stays intact
+        damaged[column.data_page_offset + 40 + i] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+    result = _train(
+        months_copy, tmp_path / "out", "--n-workers", "1", "--folds", "0", "--chunk-rows", "10000", env={"PREFECT_API_URL": prefect_api_url}
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.rstrip().splitlines()[-1]
+    assert last.startswith(f"error: {path}: corrupt parquet data in row groups 1..1 (")
+    assert "UnfinishedRun" not in result.stderr
+    assert not (tmp_path / "out").exists()

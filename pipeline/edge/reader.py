@@ -43,13 +43,18 @@ class Layout:
         return sum(self.group_rows)
 
 
+def _one_line(exc: BaseException) -> str:
+    """Arrow's messages run over several lines; the user gets one."""
+    return " ".join(str(exc).split())
+
+
 def _open(path: Path) -> pq.ParquetFile:
     try:
         return pq.ParquetFile(path)
     except FileNotFoundError:
         raise PipelineError(f"{path}: file not found") from None
     except (pa.ArrowException, OSError) as exc:
-        raise PipelineError(f"{path}: corrupt or unreadable parquet file ({exc})") from None
+        raise PipelineError(f"{path}: corrupt or unreadable parquet file ({_one_line(exc)})") from None
 
 
 def inspect(path: Path, columns: Sequence[str]) -> Layout:
@@ -80,7 +85,7 @@ def read(layout: Layout, chunk: Chunk) -> pa.Table:
     except PipelineError:
         raise
     except (pa.ArrowException, OSError) as exc:
-        raise PipelineError(f"{where}: corrupt parquet data in row groups {chunk.first}..{chunk.stop - 1} ({exc})") from None
+        raise PipelineError(f"{where}: corrupt parquet data in row groups {chunk.first}..{chunk.stop - 1} ({_one_line(exc)})") from None
     return normalize(table, layout.mapping, where)
 
 

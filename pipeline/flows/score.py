@@ -37,7 +37,7 @@ from pipeline.edge.report import write_report
 from pipeline.edge.sources import is_local
 from pipeline.errors import PipelineError
 from pipeline.flows.cluster_runner import dask_runner
-from pipeline.flows.train import locate_month
+from pipeline.flows.train import locate_month, raise_first_failure
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def score_on_dask(
         plans = {m: f.result() for m, f in futures.items()}
     run = uuid.uuid4().hex[:12]
     counted: dict[Month, Any] = {}
-    published = []
+    published, every_part = [], []
     for month, plan in plans.items():  # every month's chunks are submitted before any is waited for
         staged = predictions.staging_folder(output, month, run)
         parts: list[Any] = [
@@ -93,7 +93,9 @@ def score_on_dask(
             for index, chunk in enumerate(reader.plan(plan.layout, chunk_rows))
         ]
         counted[month] = month_counts.submit(parts)
+        every_part += parts
         published.append(publish_month.submit(staged, predictions.month_folder(output, month), wait_for=parts, return_state=False))
+    raise_first_failure(every_part)
     for future in published:
         future.result()
     train_counts = load_train_counts(model_dir)

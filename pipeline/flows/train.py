@@ -109,8 +109,21 @@ def _locate(config: TrainConfig, months: list[Month], plans: list[reader.MonthPl
     return {m: f.result() for m, f in futures.items()}
 
 
+def raise_first_failure(futures: list[Any]) -> None:
+    """Wait for ``futures``; a failed one raises its task's own exception here.
+
+    Without this, a chunk task's PipelineError (the file and row groups at
+    fault) reaches the user as Prefect's ``UnfinishedRun`` of a downstream task
+    that was left pending. Waiting costs nothing: everything after needs them.
+    """
+    for future in futures:
+        future.wait()
+        if future.state.is_failed() or future.state.is_crashed():
+            future.result()
+
+
 def _month_statistics(config: TrainConfig, plans: dict[Month, reader.MonthPlan], val: Month) -> dict[Month, Any]:
-    """Submit chunk and month tasks; return a future of each month's statistics.
+    """Submit chunk and month tasks; return a future of each month's statistics (once every chunk succeeded).
 
     Training months keep per-fold statistics when K-fold CV is on; that is the
     whole cost of CV on the data side.
@@ -119,12 +132,15 @@ def _month_statistics(config: TrainConfig, plans: dict[Month, reader.MonthPlan],
     folds = config.folds if config.cross_validates and config.cv == "kfold" else 1
     compute = chunk_stats if config.cache else chunk_stats_uncached
     futures = {}
+    every_part: list[Any] = []
     for month, plan in plans.items():
         month_folds = folds if month != val else 1
         parts: list[Any] = [
             compute.submit(plan, chunk, spec, month_folds, config.seed) for chunk in reader.plan(plan.layout, config.chunk_rows)
         ]
         futures[month] = month_stats.submit(parts)
+        every_part += parts
+    raise_first_failure(every_part)
     return futures
 
 
