@@ -34,10 +34,9 @@ from pipeline.edge.baseline import load_train_counts
 from pipeline.edge.model_files import load_any
 from pipeline.edge.registry import Registry
 from pipeline.edge.report import write_report
-from pipeline.edge.sources import is_local
 from pipeline.errors import PipelineError
 from pipeline.flows.cluster_runner import dask_runner
-from pipeline.flows.train import locate_month, raise_first_failure
+from pipeline.flows.train import locate_months, raise_first_failure
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +76,7 @@ def score_on_dask(
     model = load_any(model_dir)
     metrics = model.metadata.get("metrics", {})
     train_rmse = float(metrics.get("train_rmse", float("nan")))
-    columns = model.spec.columns()
-    if is_local(source):
-        plans = {m: reader.locate(source, taxi, m, columns) for m in months}
-    else:
-        futures = {m: locate_month.submit(source, taxi, m, columns, None) for m in months}
-        plans = {m: f.result() for m, f in futures.items()}
+    plans = locate_months(source, taxi, months, model.spec.columns())
     run = uuid.uuid4().hex[:12]
     counted: dict[Month, Any] = {}
     published, every_part = [], []

@@ -102,10 +102,16 @@ def _locate(config: TrainConfig, months: list[Month], plans: list[reader.MonthPl
         by_month = {p.file.month: p for p in plans}
         if set(months) <= set(by_month):
             return {m: by_month[m] for m in months}
-    columns = config.feature_spec().columns()
-    if is_local(config.source):
-        return {m: reader.locate(config.source, config.taxi, m, columns, config.cache_dir) for m in months}
-    futures = {m: locate_month.submit(config.source, config.taxi, m, columns, config.cache_dir) for m in months}
+    return locate_months(config.source, config.taxi, months, config.feature_spec().columns(), config.cache_dir)
+
+
+def locate_months(
+    source: str, taxi: str, months: list[Month], columns: tuple[str, ...], cache_dir: Path | None = None
+) -> dict[Month, reader.MonthPlan]:
+    """Local footers are read here (milliseconds, no task's overhead); remote months are fetched by tasks in parallel, with retries."""
+    if is_local(source):
+        return {m: reader.locate(source, taxi, m, columns, cache_dir) for m in months}
+    futures = {m: locate_month.submit(source, taxi, m, columns, cache_dir) for m in months}
     return {m: f.result() for m, f in futures.items()}
 
 
