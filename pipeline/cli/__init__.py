@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from pipeline.cli import models, score, train  # noqa: F401  (they register their commands)
+from pipeline.cli import cache, models, score, train  # noqa: F401  (they register their commands)
 from pipeline.cli.common import cli, err
 from pipeline.errors import PipelineError
 

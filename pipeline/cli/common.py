@@ -100,6 +100,12 @@ TRAIN_OPTIONS = [
     ),
     click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where remote months are cached."),
     click.option("--cache/--no-cache", default=None, help="Reuse chunk statistics of unchanged month files [default: cache]."),
+    click.option(
+        "--stats-cache",
+        default=None,
+        help="Folder or fsspec URL (s3://bucket/prefix) of the chunk statistics cache, shared by the workers "
+        "[default: $TAXI_PIPELINE_STATS_CACHE, else stats/ in the month cache folder].",
+    ),
 ]
 CLUSTER_OPTIONS = [
     click.option(

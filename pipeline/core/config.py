@@ -105,6 +105,10 @@ class TrainConfig(BaseModel):
     chunk_rows: int = Field(default=4_000_000, ge=1, description="rows per task, rounded to row groups")
     cache_dir: Path | None = None
     cache: bool = Field(default=True, description="reuse chunk statistics of unchanged month files")
+    stats_cache: str | None = Field(
+        default=None,
+        description="folder or fsspec URL of the statistics cache [default: $TAXI_PIPELINE_STATS_CACHE, else <cache dir>/stats]",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:

@@ -19,6 +19,7 @@ from pipeline.core import hashing, stats
 from pipeline.core.features import N_ZONES, Encoded, FeatureSpec, encode
 from pipeline.core.rows import Rows, concat_rows
 from pipeline.edge import reader
+from pipeline.edge.stats_cache import StatsCache
 
 #: Bump when the statistics' layout or meaning changes, so old cache entries stop matching.
 STATS_VERSION = "stats-v2"
@@ -59,6 +60,24 @@ def cache_key(plan: reader.MonthPlan, chunk: reader.Chunk, spec: FeatureSpec, fo
     """
     key = [STATS_VERSION, plan.file.location, plan.file.identity, chunk.first, chunk.stop, spec.to_dict(), folds, seed]
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def cached_statistics(
+    location: str | None, plan: reader.MonthPlan, chunk: reader.Chunk, spec: FeatureSpec, folds: int = 1, seed: int = 0
+) -> tuple[stats.Stats, bool]:
+    """:func:`chunk_statistics` through the statistics cache at ``location`` (None: no cache), and whether it was a hit.
+
+    A miss computes and stores the entry, so the next run with the same file and options reads it instead.
+    """
+    if location is None:
+        return chunk_statistics(plan, chunk, spec, folds, seed), False
+    cache, key = StatsCache(location), cache_key(plan, chunk, spec, folds, seed)
+    hit = cache.get(key)
+    if hit is not None:
+        return hit, True
+    computed = chunk_statistics(plan, chunk, spec, folds, seed)
+    cache.put(key, computed)
+    return computed, False
 
 
 def load_rows(

@@ -21,6 +21,7 @@ from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
+from prefect.states import Completed
 
 from cluster import ClusterSpec
 from pipeline.core import cv, render, stats, training
@@ -30,7 +31,7 @@ from pipeline.core.features import FeatureSpec
 from pipeline.core.model import AnyModel, Model
 from pipeline.core.months import Month
 from pipeline.core.results import RunResult
-from pipeline.edge import chunks, reader
+from pipeline.edge import chunks, reader, stats_cache
 from pipeline.edge.baseline import save_train_counts
 from pipeline.edge.metrics import write_metrics
 from pipeline.edge.model_files import load_any, save_estimator_bytes, save_model
@@ -60,13 +61,17 @@ locate_month = task(
 )(reader.locate)
 
 
-def _chunk_cache_key(context: Any, parameters: dict[str, Any]) -> str:
-    return chunks.cache_key(**parameters)
+@task(name="chunk-stats", cache_policy=NO_CACHE, persist_result=False)
+def chunk_stats(plan: reader.MonthPlan, chunk: reader.Chunk, spec: FeatureSpec, folds: int, seed: int, cache_location: str | None) -> Any:
+    """One chunk's statistics, read from the statistics cache at ``cache_location`` (a run in state "Cached") or computed and stored.
+
+    The worker reads and writes the cache itself: no Prefect result round trip, and the location is a
+    string, so workers on other machines reach the same folder or URL.
+    """
+    value, hit = chunks.cached_statistics(cache_location, plan, chunk, spec, folds, seed)
+    return Completed(data=value, name="Cached", message="from the statistics cache") if hit else value
 
 
-chunk_stats = task(name="chunk-stats", cache_key_fn=_chunk_cache_key)(chunks.chunk_statistics)
-#: A task of its own: ``with_options(cache_key_fn=None)`` keeps the key function (Prefect 3.8).
-chunk_stats_uncached = task(name="chunk-stats", cache_policy=NO_CACHE)(chunks.chunk_statistics)
 month_stats = task(name="month-stats", cache_policy=NO_CACHE)(stats.combine)
 fit = task(name="fit", cache_policy=NO_CACHE)(training.fit)
 score = task(name="score", cache_policy=NO_CACHE)(training.score)
@@ -136,17 +141,28 @@ def _month_statistics(config: TrainConfig, plans: dict[Month, reader.MonthPlan],
     """
     spec = config.feature_spec()
     folds = config.folds if config.cross_validates and config.cv == "kfold" else 1
-    compute = chunk_stats if config.cache else chunk_stats_uncached
+    location = stats_cache.resolve(config.stats_cache) if config.cache else None
     futures = {}
     every_part: list[Any] = []
     for month, plan in plans.items():
         month_folds = folds if month != val else 1
         parts: list[Any] = [
-            compute.submit(plan, chunk, spec, month_folds, config.seed) for chunk in reader.plan(plan.layout, config.chunk_rows)
+            chunk_stats.submit(plan, chunk, spec, month_folds, config.seed, location)
+            for chunk in reader.plan(plan.layout, config.chunk_rows)
         ]
         futures[month] = month_stats.submit(parts)
         every_part += parts
     raise_first_failure(every_part)
+    if location is not None:
+        hits = sum(part.state.name == "Cached" for part in every_part)
+        pruned = stats_cache.StatsCache(location).prune(max_bytes=stats_cache.max_bytes())
+        get_run_logger().info(
+            "statistics cache %s; %d of %d chunks read from it, %d old entries pruned",
+            pruned.left.describe(),
+            hits,
+            len(every_part),
+            pruned.removed,
+        )
     return futures
 
 

@@ -1,0 +1,337 @@
+"""Chunk statistics cached as one compact ``.npz`` file per chunk, in a folder or at any fsspec URL.
+
+Prefect's result cache pickled every chunk's dense 70k-pair arrays through its
+result store, and a warm run was slower than a cold one. Here an entry keeps
+only the pairs the chunk populated (a bit mask and the values under it; object
+arrays of exact Python ints as decimal strings, so no pickle), and a worker
+reads it straight from the location it is given as a string, so workers on
+other machines share an ``s3://`` location.
+
+An entry is written whole (locally a temporary file renamed into place,
+remotely one object put), so readers see the old entry, the new one or none.
+It is verified on read (zip CRCs, format tag, key, fields): a torn, foreign or
+outdated entry is a miss, removed and logged once, never an error for the
+user. The cache is bounded: :meth:`StatsCache.prune` drops the least recently
+used entries (a local hit touches its file; on object stores recency is the
+write time) beyond a size or an age.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import logging
+import os
+import re
+import time
+import zipfile
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+
+from pipeline.core.features import N_PAIRS
+from pipeline.core.stats import Stats
+from pipeline.edge.atomic import atomic_path
+from pipeline.edge.sources import default_cache_dir, is_local
+from pipeline.errors import PipelineError
+
+logger = logging.getLogger(__name__)
+
+#: Bump when an entry's layout changes: older entries then read as misses (and are removed).
+FORMAT = "taxi-pipeline-stats/1"
+SUFFIX = ".npz"
+LOCATION_ENV = "TAXI_PIPELINE_STATS_CACHE"
+MAX_BYTES_ENV = "TAXI_PIPELINE_STATS_CACHE_MAX_BYTES"
+DEFAULT_MAX_BYTES = 2 * 10**9
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12}
+_SIZE_UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40})
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+#: Where listings keep an entry's last change, by backend: local, s3, gcs and others, memory.
+_TIME_FIELDS = ("mtime", "LastModified", "last_modified", "updated", "created")
+
+
+class CorruptEntry(ValueError):
+    """An entry that cannot be this key's statistics: torn, garbage, foreign or of another format."""
+
+
+def default_location() -> str:
+    """``$TAXI_PIPELINE_STATS_CACHE``, else ``stats`` in the month cache folder (``$TAXI_PIPELINE_CACHE``)."""
+    return os.environ.get(LOCATION_ENV) or str(default_cache_dir() / "stats")
+
+
+def resolve(location: str | None) -> str:
+    """The location as a string every worker can use: a URL as given, a local folder made absolute."""
+    chosen = location or default_location()
+    return chosen if not is_local(chosen) or "://" in chosen else os.path.abspath(os.path.expanduser(chosen))
+
+
+def parse_size(text: str) -> int:
+    """``500MB``, ``2GB``, ``1.5GiB`` or plain bytes, as bytes (KB, MB, GB: powers of 1000)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([a-zA-Z]*)\s*", text)
+    if not match or match[2].lower() not in _SIZE_UNITS:
+        raise PipelineError(f"size {text!r}: expected bytes or a number with B, KB, MB, GB, TB, KiB, MiB, GiB")
+    return int(float(match[1]) * _SIZE_UNITS[match[2].lower()])
+
+
+def parse_age(text: str) -> float:
+    """``30d``, ``12h``, ``90m``, ``45s`` or ``2w``, as seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([smhdw])\s*", text.lower())
+    if not match:
+        raise PipelineError(f"age {text!r}: expected a number and a unit, e.g. 30d, 12h, 90m, 45s, 2w")
+    return float(match[1]) * _AGE_UNITS[match[2]]
+
+
+def max_bytes() -> int:
+    """The bound applied after each run: ``$TAXI_PIPELINE_STATS_CACHE_MAX_BYTES`` (e.g. ``500MB``), else 2 GB."""
+    value = os.environ.get(MAX_BYTES_ENV)
+    if not value:
+        return DEFAULT_MAX_BYTES
+    try:
+        return parse_size(value)
+    except PipelineError as exc:
+        raise PipelineError(f"${MAX_BYTES_ENV}: {exc}") from None
+
+
+def human_size(size: float) -> str:
+    """Bytes for people: ``1.2 MB``."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
+# --- one entry: a Stats as arrays, sparse over the populated pairs ---------------------------------------
+
+
+def _is_pair_array(value: Any) -> bool:
+    return isinstance(value, np.ndarray) and value.dtype != object and value.ndim >= 1 and value.shape[-1] == N_PAIRS
+
+
+def _nonzero_pairs(value: np.ndarray) -> np.ndarray:
+    """Pairs where any slice of ``value`` differs from +0 (a -0.0 counts, so a round trip is bit-exact)."""
+    nonzero: np.ndarray = np.asarray(value != 0)
+    if value.dtype.kind == "f":
+        nonzero |= np.signbit(value)
+    return np.asarray(nonzero.reshape(-1, N_PAIRS).any(axis=0))
+
+
+def encode(value: Stats, key: str) -> bytes:
+    """An entry's bytes: every field of ``value`` (any added later too), none pickled.
+
+    Arrays over the pairs keep only the pairs populated in any of them; object
+    arrays (exact Python ints) are stored as decimal strings; Python scalars as
+    0-d arrays.
+    """
+    fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    pair_arrays = [a for a in fields.values() if _is_pair_array(a)]
+    populated = np.logical_or.reduce([_nonzero_pairs(a) for a in pair_arrays]) if pair_arrays else np.zeros(N_PAIRS, dtype=bool)
+    arrays: dict[str, np.ndarray] = {"format": np.array(FORMAT), "key": np.array(key), "populated": np.packbits(populated)}
+    for name, field in fields.items():
+        if _is_pair_array(field):
+            arrays[f"{name}@pairs"] = np.ascontiguousarray(field[..., populated])
+        elif isinstance(field, np.ndarray) and field.dtype == object:
+            arrays[f"{name}@ints"] = np.array([str(int(v)) for v in field.ravel()]).reshape(field.shape)
+        elif isinstance(field, np.ndarray):
+            arrays[name] = field
+        elif isinstance(field, (int, float)) and not isinstance(field, bool):
+            arrays[f"{name}@{type(field).__name__}"] = np.array(str(field))
+        else:
+            raise TypeError(f"Stats field {name!r} of type {type(field).__name__} has no cache encoding")
+    buffer = io.BytesIO()
+    # np.savez_compressed's level 6 takes 4x longer than level 1 for 10% less (1M rows, 5 folds: 45 vs 10 ms, 318 vs 358 kB)
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _decode_field(name: str, kind: str, array: np.ndarray, populated: np.ndarray) -> Any:
+    """Undo :func:`encode` for one member ``name@kind``."""
+    if kind == "pairs":
+        full = np.zeros((*array.shape[:-1], N_PAIRS), dtype=array.dtype)
+        full[..., populated] = array
+        return full
+    if kind == "ints":
+        ints = np.empty(array.size, dtype=object)
+        ints[:] = [int(v) for v in array.ravel()]
+        return ints.reshape(array.shape)
+    if kind == "int":
+        return int(array.item())
+    if kind == "float":
+        return float(array.item())
+    if kind:
+        raise CorruptEntry(f"field {name!r} of unknown kind {kind!r}")
+    return array
+
+
+def decode(data: bytes, key: str) -> Stats:
+    """The statistics in an entry's bytes; :class:`CorruptEntry` unless it is exactly ``key``'s, whole."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as entry:
+            members = {name: entry[name] for name in entry.files}  # reading a member checks its CRC
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise CorruptEntry(f"unreadable: {exc}") from None
+    if str(members.pop("format", "")) != FORMAT:
+        raise CorruptEntry("another format")
+    if str(members.pop("key", "")) != key:
+        raise CorruptEntry("another key")
+    try:
+        populated = np.unpackbits(members.pop("populated"), count=N_PAIRS).astype(bool)
+        fields = {}
+        for member, array in members.items():
+            name, _, kind = member.partition("@")
+            fields[name] = _decode_field(name, kind, array, populated)
+        expected = {f.name for f in dataclasses.fields(Stats)}
+        if set(fields) != expected:
+            raise CorruptEntry(f"fields {sorted(fields)}, expected {sorted(expected)}")
+        return Stats(**fields)
+    except CorruptEntry:
+        raise
+    except (KeyError, ValueError, TypeError, IndexError) as exc:
+        raise CorruptEntry(f"inconsistent: {exc}") from None
+
+
+# --- the store ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One cached chunk: its path in the store, size in bytes, last use (epoch seconds)."""
+
+    path: str
+    size: int
+    used: float
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What the cache holds: for ``cache info`` and the line each run logs."""
+
+    location: str
+    entries: int
+    bytes: int
+    oldest: float | None
+    newest: float | None
+
+    def describe(self) -> str:
+        return f"{self.location}: {self.entries} entries, {human_size(self.bytes)}"
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What a prune removed and what is left."""
+
+    removed: int
+    freed: int
+    left: Usage
+
+
+def _used(info: dict[str, Any]) -> float:
+    for field in _TIME_FIELDS:
+        value = info.get(field)
+        if isinstance(value, datetime):
+            return value.timestamp()
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    return 0.0
+
+
+class StatsCache:
+    """Chunk statistics by key at ``location`` (a folder or fsspec URL; ``storage_options`` go to fsspec)."""
+
+    def __init__(self, location: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.location = location
+        self.local = is_local(location)
+        self.fs, self.root = fsspec.core.url_to_fs(location, **(storage_options or {}))
+
+    def _path(self, key: str) -> str:
+        return f"{self.root.rstrip('/')}/{key}{SUFFIX}"
+
+    def get(self, key: str) -> Stats | None:
+        """The statistics stored under ``key``, or None (absent, unreadable, or a bad entry, which is removed)."""
+        path = self._path(key)
+        try:
+            data = self.fs.cat_file(path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            logger.warning("statistics cache: cannot read %s (%s); computing instead", path, exc)
+            return None
+        try:
+            value = decode(data, key)
+        except CorruptEntry as exc:
+            logger.warning("statistics cache: removed a bad entry %s (%s)", path, exc)
+            self._remove(path)
+            return None
+        if self.local:
+            with contextlib.suppress(OSError):  # another process may have just pruned it
+                os.utime(path)  # recency, for least-recently-used pruning
+        return value
+
+    def put(self, key: str, value: Stats) -> None:
+        """Store ``value`` under ``key`` whole; a failure to write costs only a later miss, so it is logged, not raised."""
+        data = encode(value, key)
+        path = self._path(key)
+        try:
+            if self.local:
+                # no fsync: a file torn by a crash fails its CRCs on read and is a miss
+                with atomic_path(Path(path)) as tmp:
+                    tmp.write_bytes(data)
+            else:
+                self.fs.pipe_file(path, data)
+        except OSError as exc:
+            logger.warning("statistics cache: cannot write %s (%s)", path, exc)
+
+    def entries(self) -> list[Entry]:
+        """Every entry, newest use first (temporary files of writes in progress are not entries)."""
+        self.fs.invalidate_cache(self.root)  # other processes write here: never trust a cached listing
+        try:
+            listing = self.fs.ls(self.root, detail=True)
+        except FileNotFoundError:
+            return []
+        found = [
+            Entry(info["name"], int(info.get("size") or 0), _used(info))
+            for info in listing
+            if info.get("type") == "file" and info["name"].endswith(SUFFIX) and not info["name"].rsplit("/", 1)[-1].startswith(".")
+        ]
+        return sorted(found, key=lambda e: e.used, reverse=True)
+
+    def usage(self, entries: list[Entry] | None = None) -> Usage:
+        listed = self.entries() if entries is None else entries
+        used = [e.used for e in listed]
+        return Usage(self.location, len(listed), sum(e.size for e in listed), min(used, default=None), max(used, default=None))
+
+    def prune(self, max_bytes: int | None = None, older_than: float | None = None, now: float | None = None) -> Pruned:
+        """Remove entries unused for ``older_than`` seconds, then the least recently used beyond ``max_bytes``."""
+        now = time.time() if now is None else now
+        kept: list[Entry] = []
+        removed: list[Entry] = []
+        total = 0
+        for entry in self.entries():
+            too_old = older_than is not None and now - entry.used > older_than
+            too_big = max_bytes is not None and total + entry.size > max_bytes
+            if too_old or too_big:
+                removed.append(entry)
+                self._remove(entry.path)
+            else:
+                kept.append(entry)
+                total += entry.size
+        return Pruned(len(removed), sum(e.size for e in removed), self.usage(kept))
+
+    def clear(self) -> Pruned:
+        """Remove every entry."""
+        return self.prune(max_bytes=0)
+
+    def _remove(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):  # a concurrent prune got there first
+            self.fs.rm_file(path)
