@@ -42,9 +42,9 @@ def _open(location: str | None) -> Any:
 
 
 def _report(removed: int, freed: int, left: Any) -> None:
-    from pipeline.edge.stats_cache import human_size
+    from pipeline.edge.stats_cache import entries_text, human_size
 
-    out.print(f"removed {removed} entries ({human_size(freed)}); {left.describe()} left")
+    out.print(f"removed {entries_text(removed)} ({human_size(freed)}); {left.describe()} left")
 
 
 @cli.group()

@@ -29,7 +29,7 @@ import zipfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import fsspec
 import numpy as np
@@ -41,6 +41,7 @@ from pipeline.edge.sources import default_cache_dir, is_local
 from pipeline.errors import PipelineError
 
 logger = logging.getLogger(__name__)
+_D = TypeVar("_D")
 
 #: Bump when an entry's layout changes: older entries then read as misses (and are removed).
 FORMAT = "taxi-pipeline-stats/1"
@@ -107,6 +108,11 @@ def human_size(size: float) -> str:
     raise AssertionError("unreachable")
 
 
+def entries_text(count: int) -> str:
+    """``1 entry``, ``2 entries``."""
+    return f"{count:,} {'entry' if count == 1 else 'entries'}"
+
+
 # --- one entry: a Stats as arrays, sparse over the populated pairs ---------------------------------------
 
 
@@ -122,12 +128,12 @@ def _nonzero_pairs(value: np.ndarray) -> np.ndarray:
     return np.asarray(nonzero.reshape(-1, N_PAIRS).any(axis=0))
 
 
-def encode(value: Stats, key: str) -> bytes:
-    """An entry's bytes: every field of ``value`` (any added later too), none pickled.
+def encode(value: Any, key: str) -> bytes:
+    """An entry's bytes: every field of the dataclass ``value`` (:class:`Stats`, with any field added later), none pickled.
 
     Arrays over the pairs keep only the pairs populated in any of them; object
-    arrays (exact Python ints) are stored as decimal strings; Python scalars as
-    0-d arrays.
+    arrays (exact Python ints) and Python ints as decimal strings; other scalars
+    as 0-d arrays, tagged so they come back as the same type.
     """
     fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
     pair_arrays = [a for a in fields.values() if _is_pair_array(a)]
@@ -140,6 +146,8 @@ def encode(value: Stats, key: str) -> bytes:
             arrays[f"{name}@ints"] = np.array([str(int(v)) for v in field.ravel()]).reshape(field.shape)
         elif isinstance(field, np.ndarray):
             arrays[name] = field
+        elif isinstance(field, np.generic):
+            arrays[f"{name}@scalar"] = np.asarray(field)
         elif isinstance(field, (int, float)) and not isinstance(field, bool):
             arrays[f"{name}@{type(field).__name__}"] = np.array(str(field))
         else:
@@ -163,6 +171,8 @@ def _decode_field(name: str, kind: str, array: np.ndarray, populated: np.ndarray
         ints = np.empty(array.size, dtype=object)
         ints[:] = [int(v) for v in array.ravel()]
         return ints.reshape(array.shape)
+    if kind == "scalar":
+        return array[()]
     if kind == "int":
         return int(array.item())
     if kind == "float":
@@ -172,11 +182,14 @@ def _decode_field(name: str, kind: str, array: np.ndarray, populated: np.ndarray
     return array
 
 
-def decode(data: bytes, key: str) -> Stats:
-    """The statistics in an entry's bytes; :class:`CorruptEntry` unless it is exactly ``key``'s, whole."""
+def decode(data: bytes, key: str, cls: type[_D]) -> _D:
+    """The ``cls`` (:class:`Stats`) in an entry's bytes; :class:`CorruptEntry` unless it is exactly ``key``'s, whole."""
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as entry:
-            members = {name: entry[name] for name in entry.files}  # reading a member checks its CRC
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:  # read() checks each member's CRC
+            members = {
+                name.removesuffix(".npy"): np.lib.format.read_array(io.BytesIO(archive.read(name)), allow_pickle=False)
+                for name in archive.namelist()
+            }
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise CorruptEntry(f"unreadable: {exc}") from None
     if str(members.pop("format", "")) != FORMAT:
@@ -189,10 +202,10 @@ def decode(data: bytes, key: str) -> Stats:
         for member, array in members.items():
             name, _, kind = member.partition("@")
             fields[name] = _decode_field(name, kind, array, populated)
-        expected = {f.name for f in dataclasses.fields(Stats)}
+        expected = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         if set(fields) != expected:
             raise CorruptEntry(f"fields {sorted(fields)}, expected {sorted(expected)}")
-        return Stats(**fields)
+        return cls(**fields)
     except CorruptEntry:
         raise
     except (KeyError, ValueError, TypeError, IndexError) as exc:
@@ -222,7 +235,7 @@ class Usage:
     newest: float | None
 
     def describe(self) -> str:
-        return f"{self.location}: {self.entries} entries, {human_size(self.bytes)}"
+        return f"{self.location}: {entries_text(self.entries)}, {human_size(self.bytes)}"
 
 
 @dataclass(frozen=True)
@@ -268,7 +281,7 @@ class StatsCache:
             logger.warning("statistics cache: cannot read %s (%s); computing instead", path, exc)
             return None
         try:
-            value = decode(data, key)
+            value = decode(data, key, Stats)
         except CorruptEntry as exc:
             logger.warning("statistics cache: removed a bad entry %s (%s)", path, exc)
             self._remove(path)
