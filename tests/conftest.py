@@ -30,6 +30,12 @@ def umask(mask: int) -> Iterator[None]:
 ROWS = 40_000
 
 
+@pytest.fixture(scope="session", autouse=True)
+def stats_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Runs with the statistics cache on keep it in the session's temporary folder, not in ~/.cache (subprocesses inherit it)."""
+    os.environ["TAXI_PIPELINE_STATS_CACHE"] = str(tmp_path_factory.mktemp("stats-cache"))
+
+
 @pytest.fixture(scope="session")
 def months_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three generated yellow months (2023-01..03), several row groups each."""

@@ -126,6 +126,22 @@ def test_a_torn_garbage_outdated_or_foreign_entry_is_a_miss_recomputed_and_repla
         assert chunks.cached_statistics(str(location), *chunk, SPEC, FOLDS, SEED)[1], name  # replaced by a valid entry
 
 
+def test_any_flipped_byte_is_refused_or_harmless(computed):
+    """A damaged entry never decodes to other statistics: each flip is caught (CRCs, headers) or hits bytes nothing reads."""
+    whole = encode(computed, "k")
+    rng = np.random.default_rng(0)
+    positions = {*range(64), *range(len(whole) - 128, len(whole)), *rng.integers(0, len(whole), 200).tolist()}
+    refused = 0
+    for position in sorted(positions):
+        damaged = bytearray(whole)
+        damaged[position] ^= 0x5A
+        try:
+            _assert_identical(computed, decode(bytes(damaged), "k", Stats))
+        except CorruptEntry:
+            refused += 1
+    assert refused > len(positions) / 2  # about a quarter land in zip header fields nothing checks (times, attributes)
+
+
 _WRITER = """
 import sys
 from pathlib import Path
