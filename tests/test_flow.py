@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -124,38 +123,6 @@ def test_cv_is_identical_for_any_worker_count_and_chunking_and_published(months_
     assert f"chosen alpha {two['cv']['chosen_alpha']:g}" in by_key["training-summary"]["data"]
     assert f"{two['val_rmse']:.4f}" in by_key["training-summary"]["data"]
     assert len(json.loads(by_key["cv-scores"]["data"])) == 6
-
-
-def _chunk_states(flow_run_id: str) -> list[str]:
-    runs = read_task_runs(flow_run_id, expected=0, timeout=0)
-    deadline = time.monotonic() + 30
-    while any(r.state is None or not r.state.is_final() for r in runs) and time.monotonic() < deadline:
-        time.sleep(0.5)
-        runs = read_task_runs(flow_run_id, expected=0, timeout=0)
-    return sorted(r.state.name for r in runs if r.name.startswith("chunk-stats"))
-
-
-def test_chunk_statistics_are_cached_until_the_month_file_changes(months_dir, prefect_api_url, tmp_path):
-    import shutil
-
-    folder = tmp_path / "months"
-    shutil.copytree(months_dir, folder)
-    config = TrainConfig(
-        source=str(folder), train_months=["2023-01"], val_month="2023-02", output=tmp_path / "out", folds=0, chunk_rows=20_000
-    )
-    spec = ClusterSpec(n_workers=1, dashboard_address=":0")
-    first = _train(config, spec)
-    second = _train(config, spec)
-    path = folder / month_filename("yellow", Month(2023, 2))
-    path.write_bytes(path.read_bytes())  # same content, new mtime: a new identity
-    third = _train(config, spec)
-    fourth = _train(config.model_copy(update={"cache": False}), spec)
-
-    assert _chunk_states(first["flow_run_id"]) == ["Completed"] * 4
-    assert _chunk_states(second["flow_run_id"]) == ["Cached"] * 4
-    assert _chunk_states(third["flow_run_id"]) == ["Cached", "Cached", "Completed", "Completed"]
-    assert _chunk_states(fourth["flow_run_id"]) == ["Completed"] * 4  # --no-cache reads again
-    assert first["val_rmse"] == second["val_rmse"] == third["val_rmse"] == fourth["val_rmse"]
 
 
 def test_estimator_folds_run_concurrently_on_the_cluster(months_dir, prefect_api_url, tmp_path):

@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -16,7 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from test_flow import _chunk_states, _without_timings
+from conftest import read_task_runs
+from test_flow import _without_timings
 
 from pipeline.cli import cli
 from pipeline.core.config import TrainConfig
@@ -24,6 +26,7 @@ from pipeline.core.features import FeatureSpec
 from pipeline.core.months import Month
 from pipeline.core.stats import Stats
 from pipeline.edge import chunks, reader, stats_cache
+from pipeline.edge.sources import month_filename
 from pipeline.edge.stats_cache import CorruptEntry, StatsCache, decode, encode
 
 SPEC = FeatureSpec(numeric=("trip_distance",))
@@ -249,14 +252,24 @@ def test_cache_info_prune_and_clear_commands(computed, tmp_path):
     assert cleared.exit_code == 0 and "removed 1 entry" in cleared.output and "0 entries, 0 B left" in cleared.output
 
 
+def _chunk_states(flow_run_id: str) -> list[str]:
+    runs = read_task_runs(flow_run_id, expected=0, timeout=0)
+    deadline = time.monotonic() + 30
+    while any(r.state is None or not r.state.is_final() for r in runs) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        runs = read_task_runs(flow_run_id, expected=0, timeout=0)
+    return sorted(r.state.name for r in runs if r.name.startswith("chunk-stats"))
+
+
 @pytest.mark.slow
-def test_a_second_identical_run_reads_every_chunk_from_the_cache_and_gives_the_same_metrics(months_dir, prefect_api_url, tmp_path):
+def test_a_rerun_reads_every_chunk_from_the_cache_until_its_month_file_changes(months_dir, prefect_api_url, tmp_path):
     from cluster import ClusterSpec
     from pipeline.run import train
 
-    location = tmp_path / "stats"
+    folder, location = tmp_path / "months", tmp_path / "stats"
+    shutil.copytree(months_dir, folder)
     config = TrainConfig(
-        source=str(months_dir),
+        source=str(folder),
         train_months=["2023-01"],
         val_month="2023-02",
         output=tmp_path / "out",
@@ -267,7 +280,14 @@ def test_a_second_identical_run_reads_every_chunk_from_the_cache_and_gives_the_s
     )
     spec = ClusterSpec(n_workers=1, dashboard_address=":0")
     cold, warm = (train(config, spec).to_dict() for _ in range(2))
+    path = folder / month_filename("yellow", Month(2023, 2))
+    path.write_bytes(path.read_bytes())  # same content, new mtime: a new identity
+    rewritten = train(config, spec).to_dict()
+    uncached = train(config.model_copy(update={"cache": False}), spec).to_dict()
+
     assert _chunk_states(cold["flow_run_id"]) == ["Completed"] * 4
-    assert _chunk_states(warm["flow_run_id"]) == ["Cached"] * 4
-    assert _without_timings(cold) == _without_timings(warm)
-    assert StatsCache(str(location)).usage().entries == 4
+    assert _chunk_states(warm["flow_run_id"]) == ["Cached"] * 4  # every chunk read from its entry
+    assert _chunk_states(rewritten["flow_run_id"]) == ["Cached", "Cached", "Completed", "Completed"]
+    assert _chunk_states(uncached["flow_run_id"]) == ["Completed"] * 4  # --no-cache reads again
+    assert _without_timings(cold) == _without_timings(warm) == _without_timings(rewritten) == _without_timings(uncached)
+    assert StatsCache(str(location)).usage().entries == 6  # 2023-02's old entries stay until pruned

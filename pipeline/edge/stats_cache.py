@@ -235,6 +235,7 @@ class Usage:
     newest: float | None
 
     def describe(self) -> str:
+        """``LOCATION: N entries, SIZE``."""
         return f"{self.location}: {entries_text(self.entries)}, {human_size(self.bytes)}"
 
 
@@ -320,6 +321,7 @@ class StatsCache:
         return sorted(found, key=lambda e: e.used, reverse=True)
 
     def usage(self, entries: list[Entry] | None = None) -> Usage:
+        """What the cache holds (of ``entries`` when the caller has just listed them)."""
         listed = self.entries() if entries is None else entries
         used = [e.used for e in listed]
         return Usage(self.location, len(listed), sum(e.size for e in listed), min(used, default=None), max(used, default=None))

@@ -137,11 +137,13 @@ def _month_statistics(config: TrainConfig, plans: dict[Month, reader.MonthPlan],
     """Submit chunk and month tasks; return a future of each month's statistics (once every chunk succeeded).
 
     Training months keep per-fold statistics when K-fold CV is on; that is the
-    whole cost of CV on the data side.
+    whole cost of CV on the data side. With the cache on, each chunk task reads or
+    writes its own entry; once all are done, the cache is pruned to its bound and its size logged.
     """
     spec = config.feature_spec()
     folds = config.folds if config.cross_validates and config.cv == "kfold" else 1
     location = stats_cache.resolve(config.stats_cache) if config.cache else None
+    limit = stats_cache.max_bytes()  # a bad $TAXI_PIPELINE_STATS_CACHE_MAX_BYTES stops the run before any work
     futures = {}
     every_part: list[Any] = []
     for month, plan in plans.items():
@@ -155,7 +157,7 @@ def _month_statistics(config: TrainConfig, plans: dict[Month, reader.MonthPlan],
     raise_first_failure(every_part)
     if location is not None:
         hits = sum(part.state.name == "Cached" for part in every_part)
-        pruned = stats_cache.StatsCache(location).prune(max_bytes=stats_cache.max_bytes())
+        pruned = stats_cache.StatsCache(location).prune(max_bytes=limit)
         get_run_logger().info(
             "statistics cache %s; %d of %d chunks read from it, %d old entries pruned",
             pruned.left.describe(),
