@@ -53,7 +53,7 @@ def _open(path: Path) -> pq.ParquetFile:
         return pq.ParquetFile(path)
     except FileNotFoundError:
         raise PipelineError(f"{path}: file not found") from None
-    except (pa.ArrowException, OSError) as exc:
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:  # a damaged column name fails to decode
         raise PipelineError(f"{path}: corrupt or unreadable parquet file ({_one_line(exc)})") from None
 
 
