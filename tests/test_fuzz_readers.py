@@ -114,7 +114,7 @@ def _outcomes(month_bytes: bytes, folder: Path, damage: Callable[[bytes, np.rand
     ("damage", "cases", "always_refused"),
     [
         (_flip_data, 40, False),
-        (_overwrite_footer, 300, False),
+        (_overwrite_footer, 200, False),
         (_flip_magic, 16, False),
         (_truncate, 25, True),
         (_random_footer, 20, True),
