@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import subprocess
 import threading
 import time
 import uuid
@@ -20,8 +21,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from test_cli import _one_error_line, _train
 
-from pipeline.core.months import Month
+from pipeline.core.months import Month, parse_months
 from pipeline.edge import sources
 from pipeline.edge.sources import (
     MonthFile,
@@ -29,6 +31,7 @@ from pipeline.edge.sources import (
     month_filename,
     resolve_month,
 )
+from pipeline.edge.synth import write_months
 from pipeline.errors import PipelineError
 
 JAN = Month(2023, 1)
@@ -426,6 +429,32 @@ def test_pipeline_error_from_a_404_survives_pickling_of_its_chain(server: Server
     tblib.pickling_support.install(PipelineError)  # as distributed does for the exceptions it sends
     copy = pickle.loads(pickle.dumps(error))
     assert type(copy) is PipelineError and str(copy) == str(error)
+
+
+@pytest.mark.slow
+def test_cli_http_404_is_the_months_one_line(server: Server, tmp_path: Path, prefect_api_url: str) -> None:
+    write_months(server.root, parse_months("2023-01:2023-02"), 2_000)
+    result = _train_http(server.url, tmp_path, prefect_api_url)
+    line = _one_error_line(result)
+    assert line == f"error: month 2023-03: not found (HTTP 404) at {server.url}/yellow_tripdata_2023-03.parquet"
+    assert "TypeError" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_cli_http_body_not_parquet_is_one_line(server: Server, tmp_path: Path, prefect_api_url: str) -> None:
+    write_months(server.root, parse_months("2023-01:2023-03"), 2_000)
+    server.body = b"<html><body>Please log in</body></html>"
+    line = _one_error_line(_train_http(server.url, tmp_path, prefect_api_url))
+    assert line.startswith(f"error: month 2023-01: {server.url}/yellow_tripdata_2023-01.parquet is not a parquet file (39 bytes")
+    assert not (tmp_path / "out").exists()
+    assert not list((tmp_path / "cache").rglob("*.parquet"))
+
+
+def _train_http(url: str, tmp_path: Path, prefect_api_url: str) -> subprocess.CompletedProcess[str]:
+    """``taxi-pipeline train`` on an http source, one worker, no CV, months cached under ``tmp_path``."""
+    options = ("--n-workers", "1", "--folds", "0", "--cache-dir", str(tmp_path / "cache"))
+    return _train(url, tmp_path / "out", *options, env={"PREFECT_API_URL": prefect_api_url})  # type: ignore[arg-type]  # a URL, not a Path
 
 
 def test_damaged_cache_entry_is_fetched_again(server: Server, cache: Path) -> None:
