@@ -15,6 +15,7 @@ from test_cli import _train
 from pipeline.core import render, screening
 from pipeline.core.features import FeatureSpec
 from pipeline.core.months import Month, parse_months
+from pipeline.core.results import RunResult
 from pipeline.edge import chunks, reader
 from pipeline.edge.sources import month_filename
 from pipeline.edge.synth import synth_month, write_months
@@ -140,3 +141,29 @@ def test_cli_trains_on_a_silently_damaged_month_but_warns(tmp_path: Path, prefec
     (warning,) = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
     assert re.match(r"warning: month 2023-02 dropped \d+\.\d\d% of its 8,000 rows, the other months' median 2\.\d\d% ", warning)
     assert "WARNING" in result.stderr and "month 2023-02 dropped" in result.stderr  # the run log too
+
+
+def test_months_round_trip_through_metrics_json_and_render_as_a_table() -> None:
+    counted = (
+        screening.MonthRows(Month(2023, 1), 10_000, 9_750, 240, 30, 12),
+        screening.MonthRows(FEB, 8_000, 7_300, 690, 520, 0),
+    )
+    result = RunResult("linear", "yellow", (Month(2023, 1),), FEB, 1e-3, (), 9_750, 7_300, 7.1, 7.4, 1.0, "id", months=counted)
+    document = json.loads(json.dumps(result.to_dict()))
+    assert document["schema_version"] == 1
+    assert document["months"][1] == {
+        "month": "2023-02",
+        "rows_read": 8_000,
+        "rows_kept": 7_300,
+        "dropped_by_duration": 690,
+        "out_of_range_timestamps": 520,
+        "out_of_range_zones": 0,
+        "drop_rate": pytest.approx(0.0875),
+    }
+    assert RunResult.from_dict(document) == result
+    assert "months" not in RunResult.from_dict({**document, "months": []}).to_dict()  # the field is absent when not counted
+    assert render.month_rows(counted) == [
+        ("2023-01", "10,000", "9,750", "2.50%", "240", "30", "12"),
+        ("2023-02", "8,000", "7,300", "8.75%", "690", "520", "0"),
+    ]
+    assert "| 2023-02 | 8,000 | 7,300 | 8.75% | 690 | 520 | 0 |" in render.markdown(result)
