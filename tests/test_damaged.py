@@ -52,7 +52,8 @@ def _month_rows(folder: Path, month: Month) -> screening.MonthRows:
     spec = FeatureSpec()
     plan = reader.locate(str(folder), "yellow", month, spec.columns())
     parts = [chunks.chunk_statistics(plan, c, spec) for c in reader.plan(plan.layout, GROUP)]
-    return screening.of(month, sum(parts[1:], parts[0]))
+    (counted,) = screening.of([month], [sum(parts[1:], parts[0])])
+    return counted
 
 
 def test_synth_writes_page_checksums_so_damage_is_named_not_decoded(tmp_path: Path) -> None:

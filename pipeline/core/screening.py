@@ -49,10 +49,13 @@ class MonthRows:
         return cls(Month.parse(data["month"]), **counts)
 
 
-def of(month: Month, stats: Stats) -> MonthRows:
-    """A month's accounting from its statistics (all folds)."""
-    read, duration, timestamps, zones = (int(v) for v in stats.screened)
-    return MonthRows(month, read, stats.rows, duration, timestamps, zones)
+def of(months: Sequence[Month], stats: Sequence[Stats]) -> tuple[MonthRows, ...]:
+    """Each month's accounting from its statistics (all folds): a few ints each, whatever the data size."""
+    counted = []
+    for month, month_stats in zip(months, stats, strict=True):
+        read, duration, timestamps, zones = (int(v) for v in month_stats.screened)
+        counted.append(MonthRows(month, read, month_stats.rows, duration, timestamps, zones))
+    return tuple(counted)
 
 
 @dataclass(frozen=True)

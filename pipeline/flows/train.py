@@ -189,7 +189,7 @@ def _train_linear(
     """The exact path: statistics per month; CV from them (K-fold CV also refits every
     candidate alpha and feature set, 5 ms each); else one fit and one score task at the alpha given."""
     per_month = _month_statistics(config, plans, val)
-    counted = [month_rows.submit(m, per_month[m]) for m in [*train, val]]  # a few ints each cross to the flow
+    counted = month_rows.submit([*train, val], [per_month[m] for m in [*train, val]])  # one task: a few ints a month
     report: CVReport | None = None
     alpha, features = config.alphas[0], None
     candidates: dict[tuple[Features | None, float], training.Candidate] = {}
@@ -210,7 +210,7 @@ def _train_linear(
     empty = training.empty_of({**{reader.label(plans[m]): n for m, n in zip(train, result.month_rows)}, reader.label(plans[val]): val_rows})
     outcome = training.Outcome(result.weights, sum(result.month_rows), result.rmse, val_rows, val_rmse, empty, result.pair_count)
     numeric = config.feature_spec().numeric if features is None else features
-    return Trained(outcome, alpha, numeric, report, per_month[val], months=tuple(c.result() for c in counted))
+    return Trained(outcome, alpha, numeric, report, per_month[val], months=counted.result())
 
 
 def _train_estimator(
