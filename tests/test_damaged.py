@@ -127,8 +127,8 @@ def test_screening_counts_early_timestamps_and_unknown_zones(tmp_path: Path) -> 
 
 @pytest.mark.slow
 def test_cli_trains_on_a_silently_damaged_month_but_warns(tmp_path: Path, prefect_api_url: str) -> None:
-    """With checksums the same damage is one line naming the file (test_synth_writes_page_checksums_... and
-    test_cli's damaged-page test show that path end to end)."""
+    """With checksums the same damage is one line naming the file: test_synth_writes_page_checksums_... here, and
+    end to end test_cli's damaged-page test (synth months carry CRCs), so no second run of the CLI here."""
     _write(tmp_path / "months", checksums=False)
     _damage(tmp_path / "months" / month_filename("yellow", FEB))
     result = _train(tmp_path / "months", tmp_path / "out", "--n-workers", "1", "--folds", "0", env={"PREFECT_API_URL": prefect_api_url})
