@@ -43,7 +43,7 @@ def _run_train(train_months: str, val_month: str, output: Path, **options: Any) 
         raise PipelineError(exc.render(flag_names())) from None
     plans = locate_local(config)  # footers read once, before Prefect and Dask load
     from cluster import ClusterSpec
-    from pipeline.core import render
+    from pipeline.core import render, screening
     from pipeline.run import train as run_train
 
     cluster = ClusterSpec(**{k: v for k, v in options.items() if k not in TrainConfig.model_fields})
@@ -51,6 +51,10 @@ def _run_train(train_months: str, val_month: str, output: Path, **options: Any) 
     out.print(table(render.title(result), ("metric", "value"), render.metric_rows(result)))
     if result.cv is not None:
         out.print(table(render.cv_title(result.cv), render.cv_header(result.cv), render.cv_rows(result.cv)))
+    if result.months:
+        out.print(table("rows per month", render.MONTH_ROWS_HEADER, render.month_rows(result.months)))
+    for found in screening.unusual(result.months):
+        out.print(f"warning: {render.drop_warning(found)}", highlight=False, soft_wrap=True)
     out.print(f"model and metrics in {output}")
 
 

@@ -23,7 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from cluster import ClusterSpec
-from pipeline.core import cv, render, stats, training
+from pipeline.core import cv, render, screening, stats, training
 from pipeline.core.config import TrainConfig
 from pipeline.core.cv import CVReport, Features
 from pipeline.core.features import FeatureSpec
@@ -68,6 +68,7 @@ chunk_stats = task(name="chunk-stats", cache_key_fn=_chunk_cache_key)(chunks.chu
 #: A task of its own: ``with_options(cache_key_fn=None)`` keeps the key function (Prefect 3.8).
 chunk_stats_uncached = task(name="chunk-stats", cache_policy=NO_CACHE)(chunks.chunk_statistics)
 month_stats = task(name="month-stats", cache_policy=NO_CACHE)(stats.combine)
+month_rows = task(name="month-rows", cache_policy=NO_CACHE)(screening.of)
 fit = task(name="fit", cache_policy=NO_CACHE)(training.fit)
 score = task(name="score", cache_policy=NO_CACHE)(training.score)
 cv_kfold = task(name="cv-kfold", cache_policy=NO_CACHE)(training.kfold_group)
@@ -179,6 +180,7 @@ class Trained:
     report: CVReport | None
     val_stats: Any = None  # a future of the validation month's statistics (of the columns read)
     estimator_bytes: bytes | None = None  # a row-fitted model with no linear form, as model.skops bytes
+    months: tuple[screening.MonthRows, ...] = ()  # rows read and dropped per month (linear path)
 
 
 def _train_linear(
@@ -187,6 +189,7 @@ def _train_linear(
     """The exact path: statistics per month; CV from them (K-fold CV also refits every
     candidate alpha and feature set, 5 ms each); else one fit and one score task at the alpha given."""
     per_month = _month_statistics(config, plans, val)
+    counted = month_rows.submit([*train, val], [per_month[m] for m in [*train, val]])  # one task: a few ints a month
     report: CVReport | None = None
     alpha, features = config.alphas[0], None
     candidates: dict[tuple[Features | None, float], training.Candidate] = {}
@@ -206,7 +209,8 @@ def _train_linear(
         val_rows, val_rmse = validated.result()
     empty = training.empty_of({**{reader.label(plans[m]): n for m, n in zip(train, result.month_rows)}, reader.label(plans[val]): val_rows})
     outcome = training.Outcome(result.weights, sum(result.month_rows), result.rmse, val_rows, val_rmse, empty, result.pair_count)
-    return Trained(outcome, alpha, config.feature_spec().numeric if features is None else features, report, per_month[val])
+    numeric = config.feature_spec().numeric if features is None else features
+    return Trained(outcome, alpha, numeric, report, per_month[val], months=counted.result())
 
 
 def _train_estimator(
@@ -281,6 +285,8 @@ def train_on_dask(
     outcome = trained.outcome
     if outcome.empty:
         raise PipelineError(f"{outcome.empty[0]}: no trips left after the duration filter")
+    for found in screening.unusual(trained.months):
+        logger.warning(render.drop_warning(found))
     champion_rmse = None
     if champion_model is not None:
         read = config.feature_spec().numeric
@@ -300,6 +306,7 @@ def train_on_dask(
         flow_run_id=str(flow_run.id),
         cv=trained.report,
         champion_val_rmse=champion_rmse,
+        months=trained.months,
     )
     _publish(result)
     if outcome.pair_count is not None:
