@@ -13,6 +13,7 @@ from collections.abc import Callable
 from cluster import ClusterSpec, check_cluster
 from pipeline.core.config import TrainConfig
 from pipeline.core.results import RunResult
+from pipeline.edge import tracking
 from pipeline.edge.reader import MonthPlan, locate_local
 from pipeline.flows.train import train_flow
 from pipeline.orchestration.prefect_api import prefect_api
@@ -36,6 +37,8 @@ def train(
     if plans is None:
         plans = locate_local(config)
     check_cluster(spec)  # bad cluster flags, address, TLS or versions fail here, before any server starts
+    if config.mlflow:
+        tracking.check(config.mlflow_uri)  # so do a missing [mlflow] extra and a missing tracking URI
     with prefect_api() as api_url:
         announce(f"Prefect API: {api_url}")
         return train_flow(config, spec, plans)

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from pipeline.cli.common import CLUSTER_OPTIONS, cli, comma_list, err, feature_sets, out, table, with_options
+from pipeline.cli.common import CLUSTER_OPTIONS, MLFLOW_OPTIONS, cli, comma_list, err, feature_sets, out, table, with_options
 from pipeline.errors import PipelineError
 
 
@@ -40,9 +40,13 @@ RETRAIN_OPTIONS = [
     click.option("--notify", default=None, help="A saved Prefect notification block, TYPE/NAME (e.g. slack-webhook/ops)."),
     click.option("--notify-url", default=None, help="A Slack-compatible webhook or Apprise URL (a secret: never printed)."),
     click.option("--notify-on-completion", is_flag=True, default=False, help="Send a message when a run completes, too."),
+    *MLFLOW_OPTIONS,
 ]
 
-_FLOW_PARAMETERS = ("source", "registry", "window", "taxi", "alphas", "folds", "model", "candidates", "chunk_rows", "max_rows", "notify")
+_FLOW_PARAMETERS = (
+    *("source", "registry", "window", "taxi", "alphas", "folds", "model", "candidates", "chunk_rows", "max_rows", "notify"),
+    *("mlflow", "mlflow_uri", "mlflow_experiment"),
+)
 
 
 def _parameters(options: dict[str, Any]) -> dict[str, Any]:
@@ -71,6 +75,10 @@ def _preflight(parameters: dict[str, Any], as_of: date | None) -> None:
     if is_local(source) or as_of is not None:
         day = as_of or date.today()
         latest_month(source, parameters.get("taxi", "yellow"), Month(day.year, day.month))
+    if parameters.get("mlflow"):
+        from pipeline.edge import tracking
+
+        tracking.check(parameters.get("mlflow_uri"))
 
 
 @cli.command()
