@@ -36,9 +36,9 @@ def train(
     spec = cluster or ClusterSpec()
     if plans is None:
         plans = locate_local(config)
-    check_cluster(spec)  # bad cluster flags, address, TLS or versions fail here, before any server starts
     if config.mlflow:
-        tracking.check(config.mlflow_uri)  # so do a missing [mlflow] extra and a missing tracking URI
+        tracking.check(config.mlflow_uri)  # a missing [mlflow] extra or tracking URI: one line, at once
+    check_cluster(spec)  # bad cluster flags, address, TLS or versions fail here, before any server starts
     with prefect_api() as api_url:
         announce(f"Prefect API: {api_url}")
         return train_flow(config, spec, plans)

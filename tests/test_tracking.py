@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
 import sys
-from datetime import date
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cluster import ClusterSpec
 from pipeline.core.config import TrainConfig
 from pipeline.edge import tracking
 from pipeline.errors import PipelineError
-from pipeline.flows.retrain import retrain_flow
 
 pytestmark = pytest.mark.slow
 
@@ -48,9 +47,21 @@ def _train_args(months_dir: Path, output: Path, *extra: str) -> list[str]:
     ]
 
 
+class _Lines(logging.Handler):
+    """Messages of flow run loggers while attached."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
 @pytest.fixture(scope="module")
-def cli_run(months_dir: Path, prefect_api_url: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, dict[str, Any], Path]:
-    """``taxi-pipeline train --mlflow`` (3 folds × 2 alphas) into a fresh SQLite store: its client, MLflow run, metrics.json, output."""
+def retrain_run(months_dir: Path, prefect_api_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """``taxi-pipeline retrain --mlflow`` (2 candidates × 2 alphas × 3 folds) into a fresh SQLite store, read back."""
+    import prefect.main  # noqa: F401  (its first import configures Prefect's logging, replacing its loggers' handlers)
     from mlflow import MlflowClient
 
     from pipeline import cli
@@ -60,19 +71,34 @@ def cli_run(months_dir: Path, prefect_api_url: str, tmp_path_factory: pytest.Tem
     client = MlflowClient(tracking_uri=uri)
     # with a database store the default artifact root is ./mlruns of the current folder: keep it in the temp folder
     experiment = client.create_experiment("trips", artifact_location=(folder / "artifacts").as_uri())
-    output = folder / "run"
-    args = _train_args(months_dir, output, "--folds", "3", "--alphas", "0.1,10", "--chunk-rows", "20000", "--n-workers", "2")
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setattr(sys, "argv", ["taxi-pipeline", *args, "--mlflow", "--mlflow-uri", uri, "--mlflow-experiment", "trips"])
-        cli.main()
+    registry = folder / "registry"
+    args = ["retrain", "--source", str(months_dir), "--registry", str(registry), "--as-of", "2023-04-20", "--folds", "3"]
+    args += ["--alphas", "0.1,10", "--n-workers", "2", "--mlflow", "--mlflow-uri", uri, "--mlflow-experiment", "trips"]
+    logged = _Lines()
+    logging.getLogger("prefect.flow_runs").addHandler(logged)
+    try:
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            monkeypatch.setattr(sys, "argv", ["taxi-pipeline", *args])
+            cli.main()
+    finally:
+        logging.getLogger("prefect.flow_runs").removeHandler(logged)
     (run,) = client.search_runs([experiment])
-    return client, run, json.loads((output / "metrics.json").read_text()), output
+    version = registry / "versions" / "v0001"
+    return {
+        "uri": uri,
+        "client": client,
+        "run": run,
+        "metrics": json.loads((version / "metrics.json").read_text()),
+        "version": version,
+        "decision": json.loads((registry / "history.jsonl").read_text().splitlines()[0]),
+        "log": logged.lines,
+    }
 
 
-def test_parameters_are_the_config_and_what_cv_chose(cli_run, months_dir):
-    _, run, metrics, _ = cli_run
+def test_parameters_are_the_config_and_what_cv_chose(retrain_run, months_dir):
+    run, metrics = retrain_run["run"], retrain_run["metrics"]
     assert run.data.params == {
-        "source": str(months_dir),
+        "source": str(months_dir.resolve()),
         "taxi": "yellow",
         "train_months": "2023-01,2023-02",
         "val_month": "2023-03",
@@ -82,80 +108,63 @@ def test_parameters_are_the_config_and_what_cv_chose(cli_run, months_dir):
         "seed": "0",
         "model": "linear",
         "numeric": "",
-        "candidates": "",
-        "chunk_rows": "20000",
+        "candidates": "base;trip_distance",
+        "chunk_rows": "4000000",
         "cache": "True",
         "chosen_alpha": str(metrics["cv"]["chosen_alpha"]),
-        "chosen_features": "base",
+        "chosen_features": "trip_distance",
     }
     assert run.info.status == "FINISHED" and run.info.run_name == "linear: trained on 2023-01, 2023-02, validated on 2023-03"
 
 
-def test_metrics_are_those_of_metrics_json_and_cv_has_a_point_per_fold(cli_run):
-    client, run, metrics, _ = cli_run
+def test_metrics_are_those_of_metrics_json_and_cv_has_a_point_per_fold(retrain_run):
+    client, run, metrics = retrain_run["client"], retrain_run["run"], retrain_run["metrics"]
     logged = run.data.metrics
     for key in ("train_rmse", "val_rmse", "train_rows", "val_rows", "seconds", "rows_per_second"):
         assert logged[key] == metrics[key], key
-    assert "champion_val_rmse" not in logged
+    assert "champion_val_rmse" not in logged  # the first version has no champion to beat
     for summary in metrics["cv"]["by_alpha"]:
-        assert logged[f"cv_mean_rmse_alpha_{summary['alpha']:g}"] == summary["mean_rmse"]
-    for alpha in (0.1, 10.0):
-        history = client.get_metric_history(run.info.run_id, f"cv_rmse_alpha_{alpha:g}")
-        expected = [(s["fold"], s["rmse"]) for s in metrics["cv"]["scores"] if s["alpha"] == alpha]
+        key = f"cv_mean_rmse_features_{'.'.join(summary['features']) or 'base'}_alpha_{summary['alpha']:g}"
+        assert logged[key] == summary["mean_rmse"]
+    histories = 0
+    for features, alpha in itertools.product(((), ("trip_distance",)), (0.1, 10.0)):
+        history = client.get_metric_history(run.info.run_id, f"cv_rmse_features_{'.'.join(features) or 'base'}_alpha_{alpha:g}")
+        expected = [(s["fold"], s["rmse"]) for s in metrics["cv"]["scores"] if s["alpha"] == alpha and tuple(s["features"]) == features]
         assert sorted((m.step, m.value) for m in history) == expected
         assert [step for step, _ in expected] == [0, 1, 2]
+        histories += 1
+    assert histories * 3 == len(metrics["cv"]["scores"]) == 12
 
 
-def test_model_files_and_metrics_are_artifacts_and_tags_link_the_flow_run(cli_run, prefect_api_url):
-    client, run, metrics, output = cli_run
+def test_model_files_and_metrics_are_artifacts_and_tags_link_the_flow_run(retrain_run, prefect_api_url):
+    client, run, metrics = retrain_run["client"], retrain_run["run"], retrain_run["metrics"]
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert names == {"model.json", "model.npz", "metrics.json", "train_counts.npz"}
     downloaded = Path(client.download_artifacts(run.info.run_id, "metrics.json"))
-    assert downloaded.read_bytes() == (output / "metrics.json").read_bytes()
+    assert downloaded.read_bytes() == (retrain_run["version"] / "metrics.json").read_bytes()
     flow_run_id = metrics["flow_run_id"]
     assert run.data.tags[tracking.FLOW_RUN_TAG] == flow_run_id
     assert run.data.tags[tracking.FLOW_RUN_URL_TAG] == f"{prefect_api_url.removesuffix('/api')}/runs/flow-run/{flow_run_id}"
+    assert f"MLflow run {run.info.run_id} in experiment 'trips' at {retrain_run['uri']}" in retrain_run["log"]
 
 
-def test_a_retraining_run_logs_its_decision(months_dir, prefect_api_url, tmp_path, caplog):
-    from mlflow import MlflowClient
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri)
-    experiment = client.create_experiment("retrain", artifact_location=(tmp_path / "artifacts").as_uri())
-    result = retrain_flow(
-        source=str(months_dir),
-        registry=str(tmp_path / "registry"),
-        as_of=date(2023, 4, 20),
-        alphas=(0.1,),
-        folds=2,
-        cluster=ClusterSpec(n_workers=2, dashboard_address=":0"),
-        mlflow=True,
-        mlflow_uri=uri,
-        mlflow_experiment="retrain",
-    )
-    (run,) = client.search_runs([experiment])
+def test_a_retraining_run_adds_its_decision(retrain_run):
+    run, recorded = retrain_run["run"], retrain_run["decision"]
     decision = {k.removeprefix("decision."): v for k, v in run.data.tags.items() if k.startswith("decision.")}
-    assert decision == {
-        "action": "promote",
-        "version": result.version,
-        "champion_after": result.version,
-        "challenger_rmse": str(result.run.val_rmse),
-        "val_month": "2023-03",
-        "reason": "first version",
-        "time": result.decision.time,
-    }
-    assert run.data.tags[tracking.FLOW_RUN_TAG] == result.run.flow_run_id
-    # candidates compared: one CV history per feature set, named so MLflow takes them
-    assert run.data.metrics["cv_rmse_features_base_alpha_0.1"] > run.data.metrics["cv_rmse_features_trip_distance_alpha_0.1"]
-    assert run.data.params["candidates"] == "base;trip_distance"
-    assert f"decision added to MLflow run {run.info.run_id} at {uri}" in caplog.text
+    assert decision == {k: str(v) for k, v in recorded.items() if v is not None}
+    assert (decision["action"], decision["version"], decision["reason"]) == ("promote", "v0001", "first version")
+    assert decision["challenger_rmse"] == str(retrain_run["metrics"]["val_rmse"])
+    assert f"decision added to MLflow run {run.info.run_id} at {retrain_run['uri']}" in retrain_run["log"]
 
 
-def test_missing_extra_is_one_line_before_anything_starts(monkeypatch, capsys, months_dir, tmp_path):
+@pytest.mark.parametrize("command", ["train", "retrain"])
+def test_missing_extra_is_one_line_before_anything_starts(command, monkeypatch, capsys, months_dir, tmp_path):
     monkeypatch.setitem(sys.modules, "mlflow", None)  # what `import mlflow` meets without the extra
-    output = tmp_path / "run"
-    code, _, err = _main(monkeypatch, capsys, *_train_args(months_dir, output), "--mlflow", "--mlflow-uri", f"sqlite:///{tmp_path}/m.db")
+    if command == "train":
+        args = _train_args(months_dir, tmp_path / "run")
+    else:
+        args = ["retrain", "--source", str(months_dir), "--registry", str(tmp_path / "registry"), "--as-of", "2023-04-20"]
+    code, _, err = _main(monkeypatch, capsys, *args, "--mlflow", "--mlflow-uri", f"sqlite:///{tmp_path}/m.db")
     assert (code, err) == (2, "error: --mlflow needs MLflow: pip install 'taxi-pipeline[mlflow]'\n")
     assert sorted(tmp_path.iterdir()) == []
 

@@ -50,7 +50,10 @@ _FLOW_PARAMETERS = (
 
 
 def _parameters(options: dict[str, Any]) -> dict[str, Any]:
-    """The flow's parameters from the flags given (unset ones keep the flow's defaults); local paths made absolute."""
+    """The flow's parameters from the flags given (unset ones keep the flow's defaults); local paths made absolute.
+
+    With ``--mlflow``, the extra must be installed and a tracking URI given (flag or MLFLOW_TRACKING_URI).
+    """
     parameters = {k: options[k] for k in _FLOW_PARAMETERS if options.get(k) is not None}
     for key in ("source", "registry"):
         value = parameters.get(key)
@@ -58,6 +61,10 @@ def _parameters(options: dict[str, Any]) -> dict[str, Any]:
             parameters[key] = str(Path(value).expanduser().resolve())
     if options.get("notify_on_completion"):
         parameters["notify_on_completion"] = True
+    if parameters.get("mlflow"):  # a missing [mlflow] extra or tracking URI fails now, not when a run ends
+        from pipeline.edge import tracking
+
+        tracking.check(parameters.get("mlflow_uri"))
     return parameters
 
 
@@ -75,10 +82,6 @@ def _preflight(parameters: dict[str, Any], as_of: date | None) -> None:
     if is_local(source) or as_of is not None:
         day = as_of or date.today()
         latest_month(source, parameters.get("taxi", "yellow"), Month(day.year, day.month))
-    if parameters.get("mlflow"):
-        from pipeline.edge import tracking
-
-        tracking.check(parameters.get("mlflow_uri"))
 
 
 @cli.command()
