@@ -33,18 +33,8 @@ def _main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *
 
 
 def _train_args(months_dir: Path, output: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--source",
-        str(months_dir),
-        "--train-months",
-        "2023-01:2023-02",
-        "--val-month",
-        "2023-03",
-        "--output",
-        str(output),
-        *extra,
-    ]
+    months = ["--train-months", "2023-01:2023-02", "--val-month", "2023-03"]
+    return ["train", "--source", str(months_dir), *months, "--output", str(output), *extra]
 
 
 class _Lines(logging.Handler):
@@ -193,6 +183,12 @@ def test_bad_tracking_flags_are_one_line(flags, env, message, monkeypatch, capsy
     code, _, err = _main(monkeypatch, capsys, *_train_args(months_dir, tmp_path / "run"), *flags)
     assert (code, err) == (2, f"error: {message}\n")
     assert "s3cret" not in err and sorted(tmp_path.iterdir()) == []
+
+
+def test_importing_tracking_loads_no_mlflow_and_no_orchestration():
+    from test_layers import _ORCHESTRATION, _loaded_after
+
+    assert _loaded_after("pipeline.edge.tracking").isdisjoint({"mlflow", *_ORCHESTRATION})  # MLflow loads when a run asks for it
 
 
 def test_the_uri_from_the_environment_is_used_and_printed_without_credentials(monkeypatch):
