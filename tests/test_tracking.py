@@ -199,3 +199,22 @@ def test_the_uri_from_the_environment_is_used_and_printed_without_credentials(mo
     assert tracking.redact("sqlite:////tmp/m.db") == "sqlite:////tmp/m.db"
     with pytest.raises(PipelineError, match="holds a password"):
         TrainConfig(train_months="2023-01", val_month="2023-02", output=Path("o"), mlflow=True, mlflow_uri="http://a:b@h")
+
+
+def test_an_unreachable_store_is_one_line_without_the_password(monkeypatch, tmp_path):
+    import socket
+
+    from pipeline.core.months import Month
+    from pipeline.core.results import RunResult
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = RunResult("linear", "yellow", (Month(2023, 1),), Month(2023, 2), 0.1, (), 10, 5, 6.0, 6.5, 1.0, "flow-run")
+    config = TrainConfig(train_months="2023-01", val_month="2023-02", output=tmp_path, mlflow=True)
+    with pytest.raises(PipelineError) as raised:
+        tracking.log_training(f"http://ann:s3cret@127.0.0.1:{port}", "trips", config, result, {})
+    message = str(raised.value)
+    assert message.startswith(f"MLflow at http://127.0.0.1:{port}: ") and "\n" not in message
+    assert "s3cret" not in message and "ann" not in message

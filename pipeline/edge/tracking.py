@@ -84,8 +84,13 @@ def _experiment_id(client: Any, name: str) -> str:
     return str(found.experiment_id if found is not None else client.create_experiment(name))
 
 
-def _one_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+def _failure(uri: str, exc: BaseException, run_id: str | None = None) -> PipelineError:
+    """One line naming the store (and run), with the URI's password kept out even if MLflow's message repeats it."""
+    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0].replace(uri, redact(uri))
+    password = urlsplit(uri).password
+    if password:
+        line = line.replace(password, "***")
+    return PipelineError(f"MLflow at {redact(uri)}: " + (f"run {run_id}: " if run_id else "") + line)
 
 
 def _features_key(features: Features | None) -> str:
@@ -151,7 +156,7 @@ def log_training(uri: str, experiment: str, config: TrainConfig, result: RunResu
         experiment_id = _experiment_id(client, experiment)
         run = client.create_run(experiment_id, run_name=title(result), tags=tags)
     except Exception as exc:
-        raise PipelineError(f"MLflow at {redact(uri)}: {_one_line(exc)}") from None
+        raise _failure(uri, exc) from None
     run_id = run.info.run_id
     try:
         now = int(time.time() * 1000)
@@ -163,7 +168,7 @@ def log_training(uri: str, experiment: str, config: TrainConfig, result: RunResu
             client.log_artifact(run_id, str(path))
     except Exception as exc:
         client.set_terminated(run_id, status="FAILED")
-        raise PipelineError(f"MLflow at {redact(uri)}: run {run_id}: {_one_line(exc)}") from None
+        raise _failure(uri, exc, run_id) from None
     client.set_terminated(run_id, status="FINISHED")
     return Tracked(run_id, experiment_id, redact(uri))
 
@@ -181,5 +186,5 @@ def log_decision(uri: str, experiment: str, flow_run_id: str, decision: Decision
         run_id = found[0].info.run_id
         client.log_batch(run_id, tags=[RunTag(f"decision.{k}", str(v)) for k, v in decision.to_dict().items() if v is not None])
     except Exception as exc:
-        raise PipelineError(f"MLflow at {redact(uri)}: {_one_line(exc)}") from None
+        raise _failure(uri, exc) from None
     return Tracked(run_id, experiment_id, redact(uri))
