@@ -59,6 +59,12 @@ def feature_sets(ctx: click.Context, param: click.Parameter, value: str | None) 
     return sets
 
 
+#: MLflow tracking (TrainConfig fields, retrain-trip-duration parameters): the training run as an MLflow run.
+MLFLOW_OPTIONS = [
+    click.option("--mlflow", is_flag=True, default=None, help="Log the run to MLflow (needs the [mlflow] extra)."),
+    click.option("--mlflow-uri", default=None, help="MLflow tracking URI, e.g. sqlite:///mlflow.db [default: MLFLOW_TRACKING_URI]."),
+    click.option("--mlflow-experiment", default=None, help="MLflow experiment, made on first use [default: taxi-trip-duration]."),
+]
 #: Options that configure the training run (TrainConfig fields); the rest choose the cluster.
 TRAIN_OPTIONS = [
     click.option(
@@ -100,6 +106,7 @@ TRAIN_OPTIONS = [
     ),
     click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where remote months are cached."),
     click.option("--cache/--no-cache", default=None, help="Reuse chunk statistics of unchanged month files [default: cache]."),
+    *MLFLOW_OPTIONS,
 ]
 CLUSTER_OPTIONS = [
     click.option(

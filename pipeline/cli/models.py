@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from pipeline.cli.common import CLUSTER_OPTIONS, cli, comma_list, err, feature_sets, out, table, with_options
+from pipeline.cli.common import CLUSTER_OPTIONS, MLFLOW_OPTIONS, cli, comma_list, err, feature_sets, out, table, with_options
 from pipeline.errors import PipelineError
 
 
@@ -40,13 +40,20 @@ RETRAIN_OPTIONS = [
     click.option("--notify", default=None, help="A saved Prefect notification block, TYPE/NAME (e.g. slack-webhook/ops)."),
     click.option("--notify-url", default=None, help="A Slack-compatible webhook or Apprise URL (a secret: never printed)."),
     click.option("--notify-on-completion", is_flag=True, default=False, help="Send a message when a run completes, too."),
+    *MLFLOW_OPTIONS,
 ]
 
-_FLOW_PARAMETERS = ("source", "registry", "window", "taxi", "alphas", "folds", "model", "candidates", "chunk_rows", "max_rows", "notify")
+_FLOW_PARAMETERS = (
+    *("source", "registry", "window", "taxi", "alphas", "folds", "model", "candidates", "chunk_rows", "max_rows", "notify"),
+    *("mlflow", "mlflow_uri", "mlflow_experiment"),
+)
 
 
 def _parameters(options: dict[str, Any]) -> dict[str, Any]:
-    """The flow's parameters from the flags given (unset ones keep the flow's defaults); local paths made absolute."""
+    """The flow's parameters from the flags given (unset ones keep the flow's defaults); local paths made absolute.
+
+    With ``--mlflow``, the extra must be installed and a tracking URI given (flag or MLFLOW_TRACKING_URI).
+    """
     parameters = {k: options[k] for k in _FLOW_PARAMETERS if options.get(k) is not None}
     for key in ("source", "registry"):
         value = parameters.get(key)
@@ -54,6 +61,10 @@ def _parameters(options: dict[str, Any]) -> dict[str, Any]:
             parameters[key] = str(Path(value).expanduser().resolve())
     if options.get("notify_on_completion"):
         parameters["notify_on_completion"] = True
+    if parameters.get("mlflow"):  # a missing [mlflow] extra or tracking URI fails now, not when a run ends
+        from pipeline.edge import tracking
+
+        tracking.check(parameters.get("mlflow_uri"))
     return parameters
 
 

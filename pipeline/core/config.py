@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError, ValidationInfo, model_validator
 
@@ -24,6 +25,8 @@ Taxi = Literal["yellow", "green"]
 #: ``linear`` trains exactly from statistics; the others fit on rows, fold by fold.
 ModelName = Literal["linear", "hist_gradient_boosting", "sgd"]
 CVKind = Literal["kfold", "time"]
+#: The MLflow experiment a tracked run goes to unless ``mlflow_experiment`` names another.
+DEFAULT_EXPERIMENT = "taxi-trip-duration"
 
 
 class ConfigError(PipelineError):
@@ -105,6 +108,9 @@ class TrainConfig(BaseModel):
     chunk_rows: int = Field(default=4_000_000, ge=1, description="rows per task, rounded to row groups")
     cache_dir: Path | None = None
     cache: bool = Field(default=True, description="reuse chunk statistics of unchanged month files")
+    mlflow: bool = Field(default=False, description="log the run to MLflow (the [mlflow] extra)")
+    mlflow_uri: str | None = Field(default=None, min_length=1, description="MLflow tracking URI [default: MLFLOW_TRACKING_URI]")
+    mlflow_experiment: str = Field(default=DEFAULT_EXPERIMENT, min_length=1, description="MLflow experiment, made on first use")
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
@@ -135,6 +141,13 @@ class TrainConfig(BaseModel):
             raise ConfigError("{candidates}: a feature set is listed twice")
         if self.cv == "time" and self.folds and len(self.train_months) < 2:
             raise ConfigError("{cv} time: needs at least two {train_months} (train on earlier, validate on the next)")
+        if self.mlflow_uri is not None and not self.mlflow:
+            raise ConfigError("{mlflow_uri} given without {mlflow}: add {mlflow} to track the run")
+        if self.mlflow_uri is not None and urlsplit(self.mlflow_uri).password is not None:
+            raise ConfigError(
+                "{mlflow_uri}: holds a password, and run parameters are stored and shown by Prefect; "
+                "set MLFLOW_TRACKING_URI, or MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, instead"
+            )
         return self
 
     @property

@@ -30,13 +30,14 @@ from pipeline.core.features import FeatureSpec
 from pipeline.core.model import AnyModel, Model
 from pipeline.core.months import Month
 from pipeline.core.results import RunResult
-from pipeline.edge import chunks, reader
+from pipeline.edge import chunks, reader, tracking
 from pipeline.edge.baseline import save_train_counts
 from pipeline.edge.metrics import write_metrics
 from pipeline.edge.model_files import load_any, save_estimator_bytes, save_model
 from pipeline.edge.sources import is_local
 from pipeline.errors import PipelineError
 from pipeline.flows.cluster_runner import dask_runner
+from pipeline.orchestration.prefect_api import ui_url
 
 if TYPE_CHECKING:  # row_fits imports scikit-learn: only the tasks that fit estimators load it
     from pipeline.edge.row_fits import FitResult
@@ -250,6 +251,16 @@ def _publish(result: RunResult) -> None:
         )
 
 
+def track_training(config: TrainConfig, result: RunResult, logger: RunLogger) -> tracking.Tracked:
+    """The run, its files and its flow run's UI link as an MLflow run. Called in the flow process: the tracking
+    URI may come from its environment (MLFLOW_TRACKING_URI), which remote Dask workers do not share."""
+    uri = tracking.check(config.mlflow_uri)
+    tags = {tracking.FLOW_RUN_TAG: result.flow_run_id, tracking.FLOW_RUN_URL_TAG: ui_url(result.flow_run_id)}
+    tracked = tracking.log_training(uri, config.mlflow_experiment, config, result, tags)
+    logger.info("MLflow run %s in experiment %r at %s", tracked.run_id, config.mlflow_experiment, tracked.uri)
+    return tracked
+
+
 @task(name="champion-score", cache_policy=NO_CACHE)
 def champion_score(champion: AnyModel, val_stats: stats.Stats | None, read: Features, val: reader.MonthPlan) -> float | None:
     """The champion's RMSE on the validation month: exactly from its statistics when they hold the champion's
@@ -319,6 +330,8 @@ def train_on_dask(
     else:
         logger.warning("%s returned no model to save: writing metrics only", config.model)
     write_metrics(config.output, result)
+    if config.mlflow:
+        track_training(config, result, logger)
     logger.info(
         "val RMSE %.4f min on %d rows; train RMSE %.4f on %d rows; %.1f s",
         result.val_rmse,
