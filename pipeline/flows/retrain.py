@@ -177,7 +177,7 @@ def retrain_flow(
         plans = reader.locate_local(config)
         with dask_runner(cluster) as runner:
             result = train_on_dask.with_options(task_runner=runner.task_runner)(
-                config, plans, runner.slots, champion.path if champion else None
+                config, plans, runner.slots, str(champion.path) if champion else None
             )
 
         def score_champion(current: Version) -> float | None:

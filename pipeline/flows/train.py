@@ -31,9 +31,10 @@ from pipeline.core.model import AnyModel, Model
 from pipeline.core.months import Month
 from pipeline.core.results import RunResult
 from pipeline.edge import chunks, reader
-from pipeline.edge.baseline import save_train_counts
-from pipeline.edge.metrics import write_metrics
-from pipeline.edge.model_files import load_any, save_estimator_bytes, save_model
+from pipeline.edge.baseline import COUNTS_FILE, train_counts_bytes
+from pipeline.edge.metrics import metrics_bytes
+from pipeline.edge.model_files import estimator_objects, load_any, model_objects
+from pipeline.edge.run_files import publish_run
 from pipeline.edge.sources import is_local
 from pipeline.errors import PipelineError
 from pipeline.flows.cluster_runner import dask_runner
@@ -262,7 +263,7 @@ def champion_score(champion: AnyModel, val_stats: stats.Stats | None, read: Feat
 
 @flow(name="train-on-dask", validate_parameters=False)
 def train_on_dask(
-    config: TrainConfig, plans: list[reader.MonthPlan] | None = None, slots: int = 1, champion: Path | None = None
+    config: TrainConfig, plans: list[reader.MonthPlan] | None = None, slots: int = 1, champion: str | None = None
 ) -> RunResult:
     """Train on the training months, validate on the next, save model and metrics (on the flow's task runner).
 
@@ -302,16 +303,18 @@ def train_on_dask(
         champion_val_rmse=champion_rmse,
     )
     _publish(result)
+    spec = FeatureSpec(numeric=trained.features)
+    metadata = {"metrics": result.to_dict(), "source": config.source, "run_id": result.flow_run_id}
+    objects: dict[str, bytes] = {}
     if outcome.pair_count is not None:
-        save_train_counts(outcome.pair_count, config.output)
-    spec, metadata = FeatureSpec(numeric=trained.features), {"metrics": result.to_dict(), "source": config.source}
+        objects[COUNTS_FILE] = train_counts_bytes(outcome.pair_count)
     if outcome.weights is not None:
-        save_model(Model(outcome.weights, spec, metadata), config.output)
+        objects.update(model_objects(Model(outcome.weights, spec, metadata)))
     elif trained.estimator_bytes is not None:
-        save_estimator_bytes(trained.estimator_bytes, spec, metadata, config.output)
+        objects.update(estimator_objects(trained.estimator_bytes, spec, metadata, config.output))
     else:
         logger.warning("%s returned no model to save: writing metrics only", config.model)
-    write_metrics(config.output, result)
+    publish_run(config.output, result.flow_run_id, objects, metrics_bytes(result))
     logger.info(
         "val RMSE %.4f min on %d rows; train RMSE %.4f on %d rows; %.1f s",
         result.val_rmse,
