@@ -42,6 +42,9 @@ def _run_train(train_months: str, val_month: str, output: str | Path, **options:
     except ConfigError as exc:
         raise PipelineError(exc.render(flag_names())) from None
     plans = locate_local(config)  # footers read once, before Prefect and Dask load
+    from pipeline.edge.storage import probe
+
+    probe(config.output)  # an unreachable or refusing object store fails here, not after training
     from cluster import ClusterSpec
     from pipeline.core import render
     from pipeline.run import train as run_train

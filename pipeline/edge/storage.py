@@ -162,7 +162,7 @@ def _one_line(exc: BaseException) -> str:
 
 @contextmanager
 def failures(what: Location | str, action: str, keep: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
-    """Turn a storage failure into one line naming the object; a missing object stays ``FileNotFoundError``.
+    """Turn a storage failure into one line naming the object; a missing (or, creating, existing) object stays as it is.
 
     Covers what s3fs raises (``OSError``, ``PermissionError``) and what botocore
     and aiobotocore raise past it (connection refused, bad credentials). The
@@ -171,12 +171,13 @@ def failures(what: Location | str, action: str, keep: tuple[type[BaseException],
     """
     try:
         yield
-    except (FileNotFoundError, PipelineError, *keep):
+    except (FileNotFoundError, FileExistsError, PipelineError, *keep):
         raise
     except Exception as exc:
         if not isinstance(exc, OSError) and not type(exc).__module__.startswith(("botocore", "aiobotocore", "aiohttp", "fsspec", "s3fs")):
             raise
-        raise PipelineError(f"{what}: cannot {action} ({_one_line(exc)})") from None
+        hint = "; access denied: check the credentials (environment, AWS config files) and the bucket's policy"
+        raise PipelineError(f"{what}: cannot {action} ({_one_line(exc)}){hint if isinstance(exc, PermissionError) else ''}") from None
 
 
 def read_bytes(where: Where) -> bytes:
@@ -204,17 +205,7 @@ def put(where: Location | str, data: bytes, *, create: bool = False) -> None:
                 write_bytes(loc.path, lambda fh: fh.write(data))
             return
         fs, path = filesystem(loc.url)
-        if create:
-            try:
-                fs.pipe_file(path, data, mode="create")
-            except FileExistsError:
-                raise
-            except OSError as exc:
-                if "pre-condition" in str(exc).lower() or "precondition" in str(exc).lower():
-                    raise FileExistsError(f"{loc}: exists") from None
-                raise
-        else:
-            fs.pipe_file(path, data)
+        fs.pipe_file(path, data, mode="create" if create else "overwrite")  # s3fs: "create" is If-None-Match, FileExistsError
 
 
 def _create_local(path: Path, data: bytes) -> None:
@@ -249,6 +240,13 @@ def listdir(where: Where) -> list[str]:
         except FileNotFoundError:
             return []
         return sorted({entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries if entry.rstrip("/") != path.rstrip("/")})
+
+
+def probe(where: Where) -> None:
+    """Fail now, in one line, if a remote location cannot be reached or read (wrong credentials, no server)."""
+    loc = locate(where)
+    if loc.remote:
+        listdir(loc)
 
 
 def delete(where: Where) -> None:
