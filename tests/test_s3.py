@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.core.months import parse_months
+from pipeline.core.months import Month, parse_months
 from pipeline.edge import storage
 from pipeline.edge.run_files import publish_run
 from pipeline.edge.sources import month_filename
@@ -241,3 +241,43 @@ def test_train_from_s3_to_s3_gives_the_local_runs_metrics_to_the_bit(moto: Moto,
     meta = json.loads(storage.read_bytes(f"{output}/model.json"))
     assert meta["run_id"] == json.loads(storage.read_bytes(f"{output}/metrics.json"))["flow_run_id"]
     assert moto.env["AWS_SECRET_ACCESS_KEY"] not in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_a_registry_on_s3_retrains_promotes_serves_and_scores_to_s3(moto: Moto, prefect_api_url: str, months_dir: Path) -> None:
+    from datetime import date
+
+    import pyarrow.parquet as pq
+
+    from cluster import ClusterSpec
+    from pipeline.edge.registry import Registry
+    from pipeline.flows.retrain import retrain_flow
+    from pipeline.service.source import ModelSlot, ModelSource
+
+    registry = f"s3://{BUCKET}/registry"
+    options: dict[str, Any] = {"source": MONTHS, "registry": registry, "as_of": date(2023, 4, 20), "folds": 0, "alphas": (1e-3,)}
+    first = retrain_flow(**options, cluster=ClusterSpec(n_workers=1, dashboard_address=":0"))
+    worse = retrain_flow(**{**options, "alphas": (1e5,)}, cluster=ClusterSpec(n_workers=1, dashboard_address=":0"))
+    assert (first.version, first.decision.action, worse.version, worse.decision.action) == ("v0001", "promote", "v0002", "keep")
+    assert worse.decision.champion_rmse == pytest.approx(first.run.val_rmse, rel=1e-9)  # the champion read back from S3, scored
+    store = Registry.open(registry)
+    assert storage.listdir(f"{registry}/versions/v0002") == ["metrics.json", "model.json", "model.npz", "train_counts.npz", "version.json"]
+    slot = ModelSlot(ModelSource.registry(registry), max_batch=10)
+    assert slot.current is not None and slot.current.version == "v0001"
+
+    promoted = _cli("models", "promote", "v0002", "--registry", registry)
+    assert promoted.returncode == 0 and "manual-promote v0002" in promoted.stdout, promoted.stderr
+    assert store.champion().name == "v0002" and [d.action for d in store.history()] == ["promote", "keep", "manual-promote"]
+    assert slot.refresh() and slot.current.version == "v0002"  # the service follows a champion on S3
+
+    output = f"s3://{BUCKET}/scored"
+    scored = _cli("predict", "--registry", registry, "--source", MONTHS, "--months", "2023-02:2023-03", "--output", output,
+                  "--n-workers", "1", env={"PREFECT_API_URL": prefect_api_url})  # fmt: skip
+    assert scored.returncode == 0, scored.stderr
+    assert storage.listdir(output) == ["month=2023-02", "month=2023-03", "report.json", "report.md", "report.png"]
+    fs, _ = storage.filesystem(output)
+    for month in ("2023-02", "2023-03"):
+        table = pq.read_table(f"{BUCKET}/scored/month={month}", filesystem=fs)
+        assert table.num_rows == pq.read_metadata(months_dir / month_filename("yellow", Month.parse(month))).num_rows
+    report = json.loads(storage.read_bytes(f"{output}/report.json"))
+    assert report["model"] == f"{registry}/versions/v0002"

@@ -23,33 +23,25 @@ as the later one's whole set.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import socket
-import time
-from collections.abc import Iterator
-
 from pipeline.edge import storage
 from pipeline.edge.baseline import COUNTS_FILE
 from pipeline.edge.metrics import METRICS_FILE
 from pipeline.edge.model_files import ESTIMATOR_FILE, META_FILE, WEIGHTS_FILE
-from pipeline.edge.storage import Location, Where
-from pipeline.errors import PipelineError
+from pipeline.edge.storage import Where
 
 #: Every file a run writes; a run removes those of the previous run it does not write itself.
 RUN_FILES = (METRICS_FILE, META_FILE, WEIGHTS_FILE, ESTIMATOR_FILE, COUNTS_FILE)
 LOCK_FILE = ".run.lock"
 #: Seconds a run waits for another run's write into the same folder (a write takes well under a second).
 LOCK_WAIT = 30.0
-#: A lock older than this is a crashed run's, whatever host it names.
-STALE_AFTER = 600.0
 
 
 def publish_run(output: Where, run_id: str, objects: dict[str, bytes], metrics: bytes) -> None:
     """Replace the run files in ``output`` with ``objects`` (data first, ``model.json`` last) and ``metrics``."""
     folder = storage.locate(output)
-    with _claimed(folder, run_id):
+    lock = folder.child(LOCK_FILE)
+    busy = f"{folder}: run {{holder}} is writing its files here; not written (delete {lock} if that run is gone)"
+    with storage.exclusive(lock, run_id, LOCK_WAIT, busy):
         previous = set(storage.listdir(folder)) & set(RUN_FILES)
         for marker in (METRICS_FILE, META_FILE):
             if marker in previous:
@@ -59,56 +51,3 @@ def publish_run(output: Where, run_id: str, objects: dict[str, bytes], metrics: 
         storage.put(folder.child(METRICS_FILE), metrics)
         for stale in sorted(previous - set(objects) - {METRICS_FILE}):
             storage.delete(folder.child(stale))
-
-
-@contextlib.contextmanager
-def _claimed(folder: Location, run_id: str) -> Iterator[None]:
-    """Hold ``folder/.run.lock`` for ``run_id``; removed on the way out (a crash leaves it: then it goes stale)."""
-    lock = folder.child(LOCK_FILE)
-    document = json.dumps({"run": run_id, "host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}).encode()
-    deadline = time.monotonic() + LOCK_WAIT
-    while True:
-        try:
-            storage.put(lock, document, create=True)
-            break
-        except FileExistsError:
-            holder = _holder(lock)
-            if holder is None:  # stale: its run is gone
-                storage.delete(lock)
-                continue
-            if time.monotonic() >= deadline:
-                raise PipelineError(
-                    f"{folder}: run {holder} is writing its files here; not written (delete {lock} if that run is gone)"
-                ) from None
-            time.sleep(0.2)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(PipelineError):  # the store gone mid-write: the error being raised says so
-            storage.delete(lock)
-
-
-def _holder(lock: Location) -> str | None:
-    """The run holding ``lock``, or None if the lock is stale (its process gone, or older than :data:`STALE_AFTER`)."""
-    try:
-        document = json.loads(storage.read_bytes(lock))
-    except FileNotFoundError:
-        return None
-    except ValueError:
-        return "(being written)"  # created, its content not yet in: a live holder
-    age = time.time() - float(document.get("since", 0))
-    if age > STALE_AFTER:
-        return None
-    if document.get("host") == socket.gethostname() and not lock.remote and not _alive(int(document.get("pid", 0))):
-        return None
-    return str(document.get("run"))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return pid > 0

@@ -53,6 +53,9 @@ class Location:
             return Location(str(self.path.joinpath(*names)), self.path.joinpath(*names))
         return Location("/".join([self.url.rstrip("/"), *names]), None)
 
+    def __truediv__(self, name: str) -> Location:
+        return self.child(name)
+
     @property
     def name(self) -> str:
         return self.url.rstrip("/").rsplit("/", 1)[-1]
@@ -169,9 +172,10 @@ def failures(what: Location | str, action: str, keep: tuple[type[BaseException],
     message is the backend's, which names the endpoint and the object but never
     a credential. Exceptions of ``keep`` pass unchanged (a caller that retries them).
     """
+    passing: tuple[type[BaseException], ...] = (FileNotFoundError, FileExistsError, PipelineError, *keep)
     try:
         yield
-    except (FileNotFoundError, FileExistsError, PipelineError, *keep):
+    except passing:
         raise
     except Exception as exc:
         if not isinstance(exc, OSError) and not type(exc).__module__.startswith(("botocore", "aiobotocore", "aiohttp", "fsspec", "s3fs")):
@@ -190,7 +194,7 @@ def read_bytes(where: Where) -> bytes:
         return bytes(fs.cat_file(path))
 
 
-def put(where: Location | str, data: bytes, *, create: bool = False) -> None:
+def put(where: Where, data: bytes, *, create: bool = False) -> None:
     """Write the whole object: locally atomically (temp + rename), remotely one put.
 
     ``create`` puts only if nothing is there (a conditional put remotely,
@@ -242,6 +246,31 @@ def listdir(where: Where) -> list[str]:
         return sorted({entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries if entry.rstrip("/") != path.rstrip("/")})
 
 
+def copy(source: Where, target: Where) -> None:
+    """Copy one object whole (server side on object storage)."""
+    src, dst = locate(source), locate(target)
+    if src.remote != dst.remote:
+        put(dst, read_bytes(src))
+        return
+    with failures(dst, "write"):
+        if dst.path is not None:
+            put(dst, read_bytes(src))
+            return
+        fs, path = filesystem(src.url)
+        fs.copy(path, filesystem(dst.url)[1])
+
+
+def stamp(where: Where) -> str | None:
+    """What changes when a remote object is replaced (its ETag, time and size), or None if it is not there."""
+    loc = locate(where)
+    fs, path = filesystem(loc.url)
+    try:
+        info = fs.info(path, refresh=True)  # s3fs caches listings; a stamp must be fresh
+    except (OSError, ValueError):
+        return None
+    return json.dumps({k: str(v) for k, v in sorted(info.items()) if k.lower() in ("etag", "lastmodified", "size", "mtime")})
+
+
 def probe(where: Where) -> None:
     """Fail now, in one line, if a remote location cannot be reached or read (wrong credentials, no server)."""
     loc = locate(where)
@@ -273,3 +302,71 @@ def delete_tree(where: Where) -> None:
         fs, path = filesystem(loc.url)
         with suppress(FileNotFoundError):
             fs.rm(path, recursive=True)
+
+
+# --- a lock that works on object storage too -------------------------------------------------------------------
+
+#: A lock older than this is a crashed holder's, whatever host it names.
+STALE_AFTER = 600.0
+
+
+@contextmanager
+def exclusive(lock: Where, owner: str, wait: float, busy: str) -> Iterator[None]:
+    """Hold the object ``lock`` for ``owner``: created only if absent (``O_EXCL`` here, a conditional put remotely).
+
+    Waits up to ``wait`` seconds for a live holder, then raises ``busy`` (``{holder}``
+    filled in) as a PipelineError. A lock whose process is gone (same host, local)
+    or older than :data:`STALE_AFTER` is taken over. Object stores have no lease:
+    this keeps well-behaved writers apart, and a crashed one's lock goes stale.
+    """
+    import socket
+    import time
+
+    where = locate(lock)
+    document = json.dumps({"run": owner, "host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}).encode()
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            put(where, document, create=True)
+            break
+        except FileExistsError:
+            holder = _holder(where)
+            if holder is None:
+                delete(where)
+                continue
+            if time.monotonic() >= deadline:
+                raise PipelineError(busy.replace("{holder}", holder)) from None
+            time.sleep(0.2)
+    try:
+        yield
+    finally:
+        with suppress(PipelineError):  # the store gone mid-write: the error being raised says so
+            delete(where)
+
+
+def _holder(lock: Location) -> str | None:
+    """Who holds ``lock``, or None if nobody does or it is stale."""
+    import socket
+    import time
+
+    try:
+        document = json.loads(read_bytes(lock))
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return "(being written)"  # created, its content not in yet: a live holder
+    if time.time() - float(document.get("since", 0)) > STALE_AFTER:
+        return None
+    if not lock.remote and document.get("host") == socket.gethostname() and not _alive(int(document.get("pid", 0))):
+        return None
+    return str(document.get("run"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid > 0
