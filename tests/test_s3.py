@@ -76,22 +76,18 @@ class Moto:
 def moto(months_dir: Path) -> Iterator[Moto]:
     """The S3 server, its credentials in the environment (as a user's shell has them), the months uploaded."""
     server = Moto()
-    saved = {name: os.environ.get(name) for name in server.env}
-    os.environ.update(server.env)
-    try:
-        fs, _ = storage.filesystem(MONTHS)
-        fs.mkdir(BUCKET)
-        for month in parse_months("2023-01:2023-03"):
-            name = month_filename("yellow", month)
-            storage.put(f"{MONTHS}/{name}", (months_dir / name).read_bytes())
-        yield server
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        server.stop()
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in server.env.items():
+            patch.setenv(name, value)
+        try:
+            fs, _ = storage.filesystem(MONTHS)
+            fs.mkdir(BUCKET)
+            for month in parse_months("2023-01:2023-03"):
+                name = month_filename("yellow", month)
+                storage.put(f"{MONTHS}/{name}", (months_dir / name).read_bytes())
+            yield server
+        finally:
+            server.stop()
 
 
 def _cli(*args: str, env: dict[str, str | None] | None = None) -> subprocess.CompletedProcess[str]:

@@ -19,17 +19,19 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from pipeline.edge.atomic import write_bytes
 from pipeline.errors import PipelineError
 
 STORAGE_OPTIONS_ENV = "TAXI_PIPELINE_STORAGE_OPTIONS"
+_T = TypeVar("_T")
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 #: Option names that hold credentials (``key``, ``secret``, ``token``, ``aws_secret_access_key``, ``session_token``...).
@@ -184,14 +186,19 @@ def failures(what: Location | str, action: str, keep: tuple[type[BaseException],
         raise PipelineError(f"{what}: cannot {action} ({_one_line(exc)}){hint if isinstance(exc, PermissionError) else ''}") from None
 
 
+def _apply(where: Where, action: str, local: Callable[[Path], _T], remote: Callable[[Any, str], _T]) -> _T:
+    """``local(path)`` for a local location, else ``remote(fs, path)``; failures as one line naming the object."""
+    loc = locate(where)
+    with failures(loc, action):
+        if loc.path is not None:
+            return local(loc.path)
+        fs, path = filesystem(loc.url)
+        return remote(fs, path)
+
+
 def read_bytes(where: Where) -> bytes:
     """The object's bytes; ``FileNotFoundError`` if there is none, else one PipelineError line."""
-    loc = locate(where)
-    with failures(loc, "read"):
-        if loc.path is not None:
-            return loc.path.read_bytes()
-        fs, path = filesystem(loc.url)
-        return bytes(fs.cat_file(path))
+    return _apply(where, "read", Path.read_bytes, lambda fs, path: bytes(fs.cat_file(path)))
 
 
 def put(where: Where, data: bytes, *, create: bool = False) -> None:
@@ -200,16 +207,15 @@ def put(where: Where, data: bytes, *, create: bool = False) -> None:
     ``create`` puts only if nothing is there (a conditional put remotely,
     ``If-None-Match: *`` on S3); else ``FileExistsError``.
     """
-    loc = locate(where)
-    with failures(loc, "write"):
-        if loc.path is not None:
-            if create:
-                _create_local(loc.path, data)
-            else:
-                write_bytes(loc.path, lambda fh: fh.write(data))
-            return
-        fs, path = filesystem(loc.url)
-        fs.pipe_file(path, data, mode="create" if create else "overwrite")  # s3fs: "create" is If-None-Match, FileExistsError
+
+    def local(path: Path) -> None:
+        if create:
+            _create_local(path, data)
+        else:
+            write_bytes(path, lambda fh: fh.write(data))
+
+    # s3fs: mode "create" is a put with If-None-Match, refused as FileExistsError
+    _apply(where, "write", local, lambda fs, path: fs.pipe_file(path, data, mode="create" if create else "overwrite"))
 
 
 def _create_local(path: Path, data: bytes) -> None:
@@ -224,38 +230,49 @@ def _create_local(path: Path, data: bytes) -> None:
 
 
 def exists(where: Where) -> bool:
-    loc = locate(where)
-    with failures(loc, "look up"):
-        if loc.path is not None:
-            return loc.path.exists()
-        fs, path = filesystem(loc.url)
-        return bool(fs.exists(path))
+    return _apply(where, "look up", Path.exists, lambda fs, path: bool(fs.exists(path)))
 
 
 def listdir(where: Where) -> list[str]:
     """Names directly under a folder or prefix, sorted; none if it does not exist."""
-    loc = locate(where)
-    with failures(loc, "list"):
-        if loc.path is not None:
-            return sorted(os.listdir(loc.path)) if loc.path.is_dir() else []
-        fs, path = filesystem(loc.url)
+
+    def remote(fs: Any, path: str) -> list[str]:
         try:
             entries = fs.ls(path, detail=False, refresh=True)
         except FileNotFoundError:
             return []
         return sorted({entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries if entry.rstrip("/") != path.rstrip("/")})
 
+    return _apply(where, "list", lambda path: sorted(os.listdir(path)) if path.is_dir() else [], remote)
+
+
+def delete(where: Where) -> None:
+    """Remove one object (or local file); nothing there is fine."""
+
+    def remote(fs: Any, path: str) -> None:
+        with suppress(FileNotFoundError):
+            fs.rm_file(path)
+
+    _apply(where, "delete", lambda path: path.unlink(missing_ok=True), remote)
+
+
+def delete_tree(where: Where) -> None:
+    """Remove a folder or prefix and everything under it; nothing there is fine."""
+
+    def remote(fs: Any, path: str) -> None:
+        with suppress(FileNotFoundError):
+            fs.rm(path, recursive=True)
+
+    _apply(where, "delete", lambda path: shutil.rmtree(path, ignore_errors=True), remote)
+
 
 def copy(source: Where, target: Where) -> None:
-    """Copy one object whole (server side on object storage)."""
+    """Copy one object whole: server side when both ends are on object storage."""
     src, dst = locate(source), locate(target)
-    if src.remote != dst.remote:
+    if not (src.remote and dst.remote):
         put(dst, read_bytes(src))
         return
     with failures(dst, "write"):
-        if dst.path is not None:
-            put(dst, read_bytes(src))
-            return
         fs, path = filesystem(src.url)
         fs.copy(path, filesystem(dst.url)[1])
 
@@ -276,32 +293,6 @@ def probe(where: Where) -> None:
     loc = locate(where)
     if loc.remote:
         listdir(loc)
-
-
-def delete(where: Where) -> None:
-    """Remove one object (or local file); nothing there is fine."""
-    loc = locate(where)
-    with failures(loc, "delete"):
-        if loc.path is not None:
-            loc.path.unlink(missing_ok=True)
-            return
-        fs, path = filesystem(loc.url)
-        with suppress(FileNotFoundError):
-            fs.rm_file(path)
-
-
-def delete_tree(where: Where) -> None:
-    """Remove a folder or prefix and everything under it; nothing there is fine."""
-    import shutil
-
-    loc = locate(where)
-    with failures(loc, "delete"):
-        if loc.path is not None:
-            shutil.rmtree(loc.path, ignore_errors=True)
-            return
-        fs, path = filesystem(loc.url)
-        with suppress(FileNotFoundError):
-            fs.rm(path, recursive=True)
 
 
 # --- a lock that works on object storage too -------------------------------------------------------------------
