@@ -146,6 +146,17 @@ def test_wrong_credentials_are_one_line_naming_the_output(moto: Moto, months_dir
     assert time.monotonic() - started < 20  # refused before any server or cluster starts
 
 
+def test_a_stopped_server_and_an_inline_secret_are_one_line_each_before_anything_runs(months_dir: Path) -> None:
+    stopped = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    args = ("train", "--source", str(months_dir), "--train-months", "2023-01", "--val-month", "2023-02", "--output", "s3://taxi/runs/x")
+    options = {"endpoint_url": stopped, "config_kwargs": {"retries": {"max_attempts": 1}}}
+    env: dict[str, str | None] = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    line = _one_error_line(_cli(*args, "--storage-options", json.dumps(options), env=env))
+    assert line.startswith("error: s3://taxi/runs/x: cannot list (EndpointConnectionError: Could not connect to the endpoint URL")
+    line = _one_error_line(_cli(*args, "--storage-options", '{"endpoint_url": "http://127.0.0.1:1", "secret": "hunter2"}'))
+    assert "--storage-options: secret looks like a credential" in line and "hunter2" not in line
+
+
 class _Proxy:
     """A TCP relay to the moto server that can be cut: the object store gone mid-write, its objects still there to inspect."""
 
