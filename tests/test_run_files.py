@@ -91,3 +91,19 @@ def test_two_processes_writing_one_folder_both_finish_and_leave_one_runs_whole_s
     expected = [METRICS_FILE, META_FILE, WEIGHTS_FILE] + ([COUNTS_FILE] if last.startswith("w1") else [])
     assert sorted(os.listdir(tmp_path)) == sorted(expected)
     assert loads > 0, (loads, mixes)
+
+
+def test_a_data_file_of_another_run_is_refused_and_a_folder_from_before_digests_still_loads(tmp_path: Path) -> None:
+    publish_run(tmp_path / "a", "run-1", _objects("run-1", with_counts=False), _metrics("run-1"))
+    publish_run(tmp_path / "b", "run-2", _objects("run-2", with_counts=False), _metrics("run-2"))
+    (tmp_path / "b" / WEIGHTS_FILE).replace(tmp_path / "a" / WEIGHTS_FILE)  # run-2's weights under run-1's model.json
+    with pytest.raises(PipelineError) as caught:
+        load_model(tmp_path / "a")
+    assert (
+        str(caught.value)
+        == f"{tmp_path / 'a' / WEIGHTS_FILE}: not the file {META_FILE} describes (another run replaced the folder meanwhile?)"
+    )
+    meta = json.loads((tmp_path / "a" / META_FILE).read_text())
+    del meta["files"], meta["run_id"]  # as the previous version wrote model.json
+    (tmp_path / "a" / META_FILE).write_text(json.dumps(meta))
+    assert load_model(tmp_path / "a").weights.intercept == 2.0
