@@ -49,7 +49,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from pipeline.core.decisions import Decision, decide
 from pipeline.core.months import Month
@@ -119,9 +118,9 @@ class Registry:
         ``create``: a typo must not turn someone's folder into a registry.
         """
         where = storage.locate(location)
-        if where.remote:
+        if where.path is None:
             return cls._open_remote(where, create)
-        root = _local_path(location)
+        root = Path(os.path.abspath(where.path))
         marker = root / REGISTRY_FILE
         if root.exists() and not root.is_dir():
             raise PipelineError(f"{root}: not a folder, so not a model registry")
@@ -453,17 +452,6 @@ def _figures(path: Root) -> _Figures:
     except (KeyError, ValueError, PipelineError) as exc:
         detail = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
         raise PipelineError(f"{path}: not a run's metrics ({detail})") from None
-
-
-def _local_path(location: str | os.PathLike[str]) -> Path:
-    """The absolute folder a local location (a folder or ``file://`` URL) names."""
-    text = os.fspath(location)
-    if text.lower().startswith("file://"):
-        url = urlsplit(text)
-        if url.netloc not in ("", "localhost") or not url.path:
-            raise PipelineError(f"{text}: a file:// registry is a folder on this machine: file:///absolute/path")
-        text = unquote(url.path)
-    return Path(os.path.abspath(Path(text).expanduser()))
 
 
 def _empty(root: Path) -> bool:

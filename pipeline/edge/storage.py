@@ -65,11 +65,6 @@ class Location:
     def __str__(self) -> str:
         return self.url
 
-    def __fspath__(self) -> str:  # lets a local Location go wherever a path does
-        if self.path is None:
-            raise TypeError(f"{self.url} is not a local path")
-        return str(self.path)
-
 
 #: What names a folder or object: a local path, a location string (``s3://bucket/prefix``) or a :class:`Location`.
 Where = str | os.PathLike[str] | Location
