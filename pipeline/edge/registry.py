@@ -25,6 +25,8 @@ no rename and no flock: a run stages its files in a local temporary folder, and
 a commit puts them under ``versions/vNNNN/`` then ``version.json`` last, so a
 reader still sees a version whole or not at all; ``champion.json`` is one
 whole-object put; ``history.jsonl`` is rewritten whole (read, add a line, put).
+A commit that fails there leaves the objects it put without a ``version.json``:
+an incomplete version, never listed, whose number is not reused.
 ``.lock`` is an object created by a conditional put (``If-None-Match``), which
 keeps runs that commit at once apart; a lock left by a crashed run goes stale
 after ten minutes (:data:`pipeline.edge.storage.STALE_AFTER`). Object stores
