@@ -214,7 +214,7 @@ def test_an_unreachable_store_is_one_line_without_the_password(monkeypatch, tmp_
     result = RunResult("linear", "yellow", (Month(2023, 1),), Month(2023, 2), 0.1, (), 10, 5, 6.0, 6.5, 1.0, "flow-run")
     config = TrainConfig(train_months="2023-01", val_month="2023-02", output=tmp_path, mlflow=True)
     with pytest.raises(PipelineError) as raised:
-        tracking.log_training(f"http://ann:s3cret@127.0.0.1:{port}", "trips", config, result, {})
+        tracking.log_training(f"http://ann:s3cret@127.0.0.1:{port}", "trips", config, result, {}, {})
     message = str(raised.value)
     assert message.startswith(f"MLflow at http://127.0.0.1:{port}: ") and "\n" not in message
     assert "s3cret" not in message and "ann" not in message

@@ -8,7 +8,7 @@ prints it with its flag names instead (``val_month`` -> ``--val-month``).
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -79,6 +79,15 @@ def _months(value: object) -> tuple[Month, ...]:
     raise PipelineError("expected a list of YYYY-MM or a spec such as 2023-01:2023-03")
 
 
+def _location(value: object) -> str:
+    """A folder or a storage URL (``s3://bucket/prefix``), kept as text: ``Path`` would fold ``s3://`` into ``s3:/``."""
+    if isinstance(value, (str, PurePath)):
+        return str(value)
+    raise PipelineError("expected a folder or a URL such as s3://bucket/prefix")
+
+
+#: Where a run writes: a local folder or a storage URL.
+Location = Annotated[str, BeforeValidator(_checked(_location))]
 MonthValue = Annotated[Month, BeforeValidator(_checked(_month)), PlainSerializer(str, return_type=str)]
 MonthList = Annotated[
     tuple[Month, ...], BeforeValidator(_checked(_months)), PlainSerializer(lambda ms: [str(m) for m in ms], return_type=list[str])
@@ -94,7 +103,7 @@ class TrainConfig(BaseModel):
     taxi: Taxi = "yellow"
     train_months: MonthList
     val_month: MonthValue
-    output: Path
+    output: Location
     alphas: tuple[float, ...] = Field(default=(1e-3,), min_length=1, description="ridge penalties; CV picks the best")
     folds: int = Field(default=5, ge=0, description="K-fold CV over training rows; 0 turns CV off")
     cv: CVKind = "kfold"

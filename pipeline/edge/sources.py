@@ -27,10 +27,9 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 from urllib.parse import urlsplit
 
-import fsspec
-
 from pipeline.core.months import Month
 from pipeline.core.schema import TAXI_TYPES
+from pipeline.edge import storage
 from pipeline.edge.atomic import atomic_path
 from pipeline.errors import PipelineError
 
@@ -144,10 +143,7 @@ def resolve_month(
             _Truncated,
         )
     else:
-        try:
-            fs, remote_path = fsspec.core.url_to_fs(location)
-        except (ImportError, ValueError) as exc:
-            raise PipelineError(f"month {month}: cannot open source {source}: {exc}") from None
+        fs, remote_path = storage.filesystem(location)  # with --storage-options
         attempt = functools.partial(_fetch_fsspec, fs, remote_path, location, month, dest)
         transient = (ConnectionError, TimeoutError, _Truncated)  # backends retry the rest themselves
     try:
@@ -191,11 +187,7 @@ def month_published(source: str, taxi: str, month: Month, retries: int = 3, back
     if _scheme(source) in ("http", "https"):
         transient: tuple[type[BaseException], ...] = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
         return _with_retries(functools.partial(_http_exists, location), transient, f"source {source} unreachable", retries, backoff)
-    try:
-        fs, path = fsspec.core.url_to_fs(location)
-        return bool(fs.exists(path))
-    except (ImportError, ValueError, OSError) as exc:
-        raise PipelineError(f"source {source}: cannot list it: {exc}") from None
+    return storage.exists(location)
 
 
 def _http_exists(url: str) -> bool:
@@ -312,18 +304,22 @@ def _http_identity(headers: http.client.HTTPMessage) -> str | None:
 
 
 def _fetch_fsspec(fs: Any, remote_path: str, url: str, month: Month, dest: Path) -> str:
-    """One attempt: identity from ``fs.info``, reuse the cache if it matches, else copy."""
-    try:
-        info = fs.info(remote_path)
-    except FileNotFoundError:
-        info = {"type": "missing"}
-    if info.get("type", "file") != "file":
-        raise PipelineError(f"month {month}: file not found: {url}")
-    identity = _fsspec_identity(info)
-    if identity and _cache_matches(dest, identity):
-        return identity
-    with fs.open(remote_path, "rb") as remote:
-        return _cache_store(dest, remote, info.get("size"), identity)
+    """One attempt: identity from ``fs.info``, reuse the cache if it matches, else copy.
+
+    A refusing or unreachable object store (s3fs has retried already) is one line naming the object.
+    """
+    with storage.failures(f"month {month}: {url}", "read", keep=(ConnectionError, TimeoutError, _Truncated)):
+        try:
+            info = fs.info(remote_path)
+        except FileNotFoundError:
+            info = {"type": "missing"}
+        if info.get("type", "file") != "file":
+            raise PipelineError(f"month {month}: file not found: {url}")
+        identity = _fsspec_identity(info)
+        if identity and _cache_matches(dest, identity):
+            return identity
+        with fs.open(remote_path, "rb") as remote:
+            return _cache_store(dest, remote, info.get("size"), identity)
 
 
 def _fsspec_identity(info: dict[str, Any]) -> str | None:

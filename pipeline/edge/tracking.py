@@ -14,6 +14,7 @@ log ``cv_rmse``. ``cv_mean_rmse_*`` is the mean over folds that CV chose by.
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +26,6 @@ from pipeline.core.cv import Features
 from pipeline.core.decisions import Decision
 from pipeline.core.render import title
 from pipeline.core.results import RunResult
-from pipeline.edge.baseline import COUNTS_FILE
-from pipeline.edge.metrics import METRICS_FILE
-from pipeline.edge.model_files import ESTIMATOR_FILE, META_FILE, WEIGHTS_FILE
 from pipeline.errors import PipelineError
 
 INSTALL_HINT = "--mlflow needs MLflow: pip install 'taxi-pipeline[mlflow]'"
@@ -35,8 +33,6 @@ URI_ENV = "MLFLOW_TRACKING_URI"
 #: Tag that links an MLflow run to the Prefect flow run that trained it (and finds it again for the decision).
 FLOW_RUN_TAG = "prefect.flow_run_id"
 FLOW_RUN_URL_TAG = "prefect.flow_run_url"
-#: The output files logged as artifacts, when present; report charts (``*.png``) too.
-ARTIFACT_FILES = (META_FILE, WEIGHTS_FILE, ESTIMATOR_FILE, METRICS_FILE, COUNTS_FILE)
 #: Config fields that are not parameters of the model: where files go, and tracking itself.
 _NOT_PARAMS = frozenset({"output", "cache_dir", "mlflow", "mlflow_uri", "mlflow_experiment"})
 
@@ -139,13 +135,12 @@ def metrics(result: RunResult) -> list[tuple[str, float, int]]:
     return out
 
 
-def artifacts(folder: Path) -> list[Path]:
-    """The output files worth keeping beside the run: model files, metrics.json, training counts and report charts."""
-    return sorted(p for p in Path(folder).iterdir() if p.is_file() and (p.name in ARTIFACT_FILES or p.suffix == ".png"))
+def log_training(
+    uri: str, experiment: str, config: TrainConfig, result: RunResult, tags: dict[str, str], files: dict[str, bytes]
+) -> Tracked:
+    """One MLflow run for a finished training run: parameters, metrics, ``tags`` and the run's files as artifacts.
 
-
-def log_training(uri: str, experiment: str, config: TrainConfig, result: RunResult, tags: dict[str, str]) -> Tracked:
-    """One MLflow run for a finished training run: parameters, metrics, ``tags`` and the output folder's files.
+    ``files`` are the bytes the run wrote (name: content), so the output may be local or in object storage.
 
     A failure on the way ends the MLflow run as FAILED and is one PipelineError line naming the (redacted) URI.
     """
@@ -164,8 +159,10 @@ def log_training(uri: str, experiment: str, config: TrainConfig, result: RunResu
         figures = [Metric(key, value, now, step) for key, value, step in metrics(result)]
         for start in range(0, len(figures), 1000):  # MLflow takes at most 1000 metrics per batch
             client.log_batch(run_id, metrics=figures[start : start + 1000])
-        for path in artifacts(config.output):
-            client.log_artifact(run_id, str(path))
+        with tempfile.TemporaryDirectory() as folder:
+            for name, data in files.items():
+                (Path(folder) / name).write_bytes(data)
+            client.log_artifacts(run_id, folder)
     except Exception as exc:
         client.set_terminated(run_id, status="FAILED")
         raise _failure(uri, exc, run_id) from None

@@ -30,7 +30,7 @@ from pipeline.core.config import DEFAULT_EXPERIMENT, DEFAULT_SOURCE, ModelName, 
 from pipeline.core.decisions import Decision
 from pipeline.core.months import Month
 from pipeline.core.results import RunResult
-from pipeline.edge import reader, row_fits, tracking
+from pipeline.edge import reader, row_fits, storage, tracking
 from pipeline.edge.model_files import META_FILE, load_any
 from pipeline.edge.registry import Registry, Version
 from pipeline.edge.sources import latest_month
@@ -82,7 +82,7 @@ def _training_config(champion: Version | None, staged: Any, months: tuple[list[M
     train, val = months
     candidates = tuple(tuple(c) for c in options.pop("candidates"))
     champion_columns: tuple[str, ...] = ()
-    if champion is not None and (champion.path / META_FILE).exists():
+    if champion is not None and storage.exists(champion.path / META_FILE):
         champion_columns = load_any(champion.path).spec.numeric
     if options["model"] != "linear":
         options["alphas"] = tuple(options["alphas"])[:1]  # row-fitted models have no alpha grid
@@ -96,7 +96,7 @@ def _training_config(champion: Version | None, staged: Any, months: tuple[list[M
 
 def _rescore(current: Version, val: reader.MonthPlan) -> float | None:
     """A champion promoted by another run while this one trained: scored on this run's validation month from its rows."""
-    if not (current.path / META_FILE).exists():
+    if not storage.exists(current.path / META_FILE):
         return None
     return row_fits.model_rmse(load_any(current.path), val)
 
@@ -184,7 +184,7 @@ def retrain_flow(
         plans = reader.locate_local(config)
         with dask_runner(cluster) as runner:
             result = train_on_dask.with_options(task_runner=runner.task_runner)(
-                config, plans, runner.slots, champion.path if champion else None
+                config, plans, runner.slots, str(champion.path) if champion else None
             )
 
         def score_champion(current: Version) -> float | None:

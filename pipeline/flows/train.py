@@ -31,9 +31,10 @@ from pipeline.core.model import AnyModel, Model
 from pipeline.core.months import Month
 from pipeline.core.results import RunResult
 from pipeline.edge import chunks, reader, tracking
-from pipeline.edge.baseline import save_train_counts
-from pipeline.edge.metrics import write_metrics
-from pipeline.edge.model_files import load_any, save_estimator_bytes, save_model
+from pipeline.edge.baseline import COUNTS_FILE, train_counts_bytes
+from pipeline.edge.metrics import METRICS_FILE, metrics_bytes
+from pipeline.edge.model_files import estimator_objects, load_any, model_objects
+from pipeline.edge.run_files import publish_run
 from pipeline.edge.sources import is_local
 from pipeline.errors import PipelineError
 from pipeline.flows.cluster_runner import dask_runner
@@ -251,12 +252,12 @@ def _publish(result: RunResult) -> None:
         )
 
 
-def track_training(config: TrainConfig, result: RunResult, logger: RunLogger) -> tracking.Tracked:
-    """The run, its files and its flow run's UI link as an MLflow run. Called in the flow process: the tracking
+def track_training(config: TrainConfig, result: RunResult, files: dict[str, bytes], logger: RunLogger) -> tracking.Tracked:
+    """The run, its files (name: bytes) and its flow run's UI link as an MLflow run. Called in the flow process: the tracking
     URI may come from its environment (MLFLOW_TRACKING_URI), which remote Dask workers do not share."""
     uri = tracking.check(config.mlflow_uri)
     tags = {tracking.FLOW_RUN_TAG: result.flow_run_id, tracking.FLOW_RUN_URL_TAG: ui_url(result.flow_run_id)}
-    tracked = tracking.log_training(uri, config.mlflow_experiment, config, result, tags)
+    tracked = tracking.log_training(uri, config.mlflow_experiment, config, result, tags, files)
     logger.info("MLflow run %s in experiment %r at %s", tracked.run_id, config.mlflow_experiment, tracked.uri)
     return tracked
 
@@ -277,7 +278,7 @@ def champion_score(champion: AnyModel, val_stats: stats.Stats | None, read: Feat
 
 @flow(name="train-on-dask", validate_parameters=False)
 def train_on_dask(
-    config: TrainConfig, plans: list[reader.MonthPlan] | None = None, slots: int = 1, champion: Path | None = None
+    config: TrainConfig, plans: list[reader.MonthPlan] | None = None, slots: int = 1, champion: str | None = None
 ) -> RunResult:
     """Train on the training months, validate on the next, save model and metrics (on the flow's task runner).
 
@@ -320,18 +321,21 @@ def train_on_dask(
         months=trained.months,
     )
     _publish(result)
+    spec = FeatureSpec(numeric=trained.features)
+    metadata = {"metrics": result.to_dict(), "source": config.source, "run_id": result.flow_run_id}
+    objects: dict[str, bytes] = {}
     if outcome.pair_count is not None:
-        save_train_counts(outcome.pair_count, config.output)
-    spec, metadata = FeatureSpec(numeric=trained.features), {"metrics": result.to_dict(), "source": config.source}
+        objects[COUNTS_FILE] = train_counts_bytes(outcome.pair_count)
     if outcome.weights is not None:
-        save_model(Model(outcome.weights, spec, metadata), config.output)
+        objects.update(model_objects(Model(outcome.weights, spec, metadata)))
     elif trained.estimator_bytes is not None:
-        save_estimator_bytes(trained.estimator_bytes, spec, metadata, config.output)
+        objects.update(estimator_objects(trained.estimator_bytes, spec, metadata, config.output))
     else:
         logger.warning("%s returned no model to save: writing metrics only", config.model)
-    write_metrics(config.output, result)
+    metrics = metrics_bytes(result)
+    publish_run(config.output, result.flow_run_id, objects, metrics)
     if config.mlflow:
-        track_training(config, result, logger)
+        track_training(config, result, {**objects, METRICS_FILE: metrics}, logger)
     logger.info(
         "val RMSE %.4f min on %d rows; train RMSE %.4f on %d rows; %.1f s",
         result.val_rmse,
