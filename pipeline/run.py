@@ -13,6 +13,7 @@ from collections.abc import Callable
 from cluster import ClusterSpec, check_cluster
 from pipeline.core.config import TrainConfig
 from pipeline.core.results import RunResult
+from pipeline.edge import tracking
 from pipeline.edge.reader import MonthPlan, locate_local
 from pipeline.flows.train import train_flow
 from pipeline.orchestration.prefect_api import prefect_api
@@ -35,6 +36,8 @@ def train(
     spec = cluster or ClusterSpec()
     if plans is None:
         plans = locate_local(config)
+    if config.mlflow:
+        tracking.check(config.mlflow_uri)  # a missing [mlflow] extra or tracking URI: one line, at once
     check_cluster(spec)  # bad cluster flags, address, TLS or versions fail here, before any server starts
     with prefect_api() as api_url:
         announce(f"Prefect API: {api_url}")

@@ -166,8 +166,8 @@ def test_a_damaged_data_page_is_the_chunk_tasks_one_line_not_a_pending_downstrea
         c for c in (pq.ParquetFile(path).metadata.row_group(1).column(i) for i in range(19)) if c.path_in_schema == "PULocationID"
     )
     damaged = bytearray(path.read_bytes())
-    for i in range(64):  # inside the page header of row group 1's PULocationID: the footer stays intact
-        damaged[column.data_page_offset + 40 + i] ^= 0xFF
+    for i in range(64):  # inside the data of row group 1's PULocationID page, past its header: the footer stays intact
+        damaged[column.data_page_offset + 256 + i] ^= 0xFF
     path.write_bytes(bytes(damaged))
     result = _train(
         months_copy, tmp_path / "out", "--n-workers", "1", "--folds", "0", "--chunk-rows", "10000", env={"PREFECT_API_URL": prefect_api_url}
@@ -175,5 +175,6 @@ def test_a_damaged_data_page_is_the_chunk_tasks_one_line_not_a_pending_downstrea
     assert result.returncode == 2, result.stderr[-3000:]
     last = result.stderr.rstrip().splitlines()[-1]
     assert last.startswith(f"error: {path}: corrupt parquet data in row groups 1..1 (")
+    assert "CRC checksum verification failed" in last  # synth writes page checksums: caught however the bytes decode
     assert "UnfinishedRun" not in result.stderr
     assert not (tmp_path / "out").exists()

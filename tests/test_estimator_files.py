@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -111,7 +112,8 @@ def test_trusted_types_are_exactly_what_a_freshly_fitted_model_names(fitted: Pip
 def test_save_then_load_keeps_predictions_to_the_bit(fitted: Pipeline, rows: Rows, val_table: pa.Table, saved: Path) -> None:
     assert sorted(os.listdir(saved)) == [META_FILE, ESTIMATOR_FILE]
     meta = json.loads((saved / META_FILE).read_text())
-    assert meta == {"format": SKOPS_FORMAT, "features": SPEC.to_dict(), "source": "synth"}
+    digest = hashlib.sha256((saved / ESTIMATOR_FILE).read_bytes()).hexdigest()
+    assert meta == {"format": SKOPS_FORMAT, "features": SPEC.to_dict(), "source": "synth", "files": {ESTIMATOR_FILE: digest}}
 
     loaded = load_any(saved)
     assert isinstance(loaded, EstimatorModel) and loaded.kind == "estimator" != Model.kind

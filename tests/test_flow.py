@@ -54,7 +54,7 @@ def test_train_flow_matches_seed_and_reports_every_task_to_one_api(months_dir, p
         len(reader.plan(reader.inspect(months_dir / month_filename("yellow", Month(2023, m)), FeatureSpec().columns()), 15_000))
         for m in (1, 2, 3)
     )
-    expected = chunks + 3 + 2  # chunk-stats, month-stats per month; a CV task per worker slot (with the refits)
+    expected = chunks + 3 + 2 + 1  # chunk-stats, month-stats per month; a CV task per worker slot (with the refits); month-rows
     runs = read_task_runs(metrics["flow_run_id"], expected)
     assert chunks == 6  # 4 row groups of 10k rows a month, 2 per chunk
     assert len(runs) == expected
@@ -64,6 +64,7 @@ def test_train_flow_matches_seed_and_reports_every_task_to_one_api(months_dir, p
         "chunk-stats": chunks,
         "month-stats": 3,
         "cv-kfold": 2,
+        "month-rows": 1,
     }
 
 
@@ -223,6 +224,10 @@ def test_metrics_and_weights_are_bit_identical_to_the_recorded_runs(case, months
     metrics = _without_timings(_train(config, ClusterSpec(n_workers=2, dashboard_address=":0")))
     assert metrics.pop("schema_version") == 1  # the fields added since
     assert metrics.pop("numeric") == _PINNED_CASES[case].get("numeric", [])
+    months = metrics.pop("months", [])  # counted on the linear path only
+    expected_months = [(f"2023-0{i}", 40_000) for i in (1, 2, 3)] if metrics["model"] == "linear" else []
+    assert [(m["month"], m["rows_read"]) for m in months] == expected_months
+    assert sum(m["rows_kept"] for m in months[:2]) == (metrics["train_rows"] if months else 0)
     assert metrics == PINNED[case]["metrics"]
     with np.load(tmp_path / case / "model.npz", allow_pickle=False) as arrays:
         assert {k: hashlib.sha256(arrays[k].tobytes()).hexdigest() for k in arrays.files} == PINNED[case]["arrays"]

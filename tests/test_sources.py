@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import subprocess
 import threading
 import time
 import uuid
@@ -20,8 +21,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from test_cli import _one_error_line, _train
 
-from pipeline.core.months import Month
+from pipeline.core.months import Month, parse_months
 from pipeline.edge import sources
 from pipeline.edge.sources import (
     MonthFile,
@@ -29,6 +31,7 @@ from pipeline.edge.sources import (
     month_filename,
     resolve_month,
 )
+from pipeline.edge.synth import write_months
 from pipeline.errors import PipelineError
 
 JAN = Month(2023, 1)
@@ -71,6 +74,9 @@ class Server:
     head_status: int | None = None  # answer this status to HEAD (e.g. 405)
     truncate: bool = False  # announce the full length but send half the body, then close
     stall_first: float = 0.0  # the first request sleeps this long before answering
+    stall_body: float = 0.0  # GETs send half the body, then sleep this long before the rest
+    stall_gets: int = 1  # how many GETs stall mid-body (the first ones)
+    body: bytes | None = None  # serve these bytes instead of the file's (e.g. an HTML page)
     etag: bool = True
     requests: Counter[tuple[str, str]] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -105,7 +111,7 @@ def _handler(state: Server) -> type[BaseHTTPRequestHandler]:
             file = state.root / Path(unquote(urlsplit(self.path).path)).name
             if not file.is_file():
                 return self.send_error(404)
-            data, stat = file.read_bytes(), file.stat()
+            data, stat = file.read_bytes() if state.body is None else state.body, file.stat()
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Content-Length", str(len(data)))
@@ -113,8 +119,14 @@ def _handler(state: Server) -> type[BaseHTTPRequestHandler]:
             if state.etag:
                 self.send_header("ETag", f'"{stat.st_size:x}-{stat.st_mtime_ns:x}"')
             self.end_headers()
-            if body:
-                self.wfile.write(data[: len(data) // 2] if state.truncate else data)
+            if not body:
+                return None
+            if state.stall_body and state.count("GET") <= state.stall_gets:
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                time.sleep(state.stall_body)
+                return None
+            self.wfile.write(data[: len(data) // 2] if state.truncate else data)
 
         def log_message(self, *args: object) -> None:
             pass
@@ -278,7 +290,7 @@ def test_http_404_is_final_and_names_url_and_month(server: Server, cache: Path, 
     with pytest.raises(PipelineError) as info:
         resolve_month(server.url, "green", FEB, cache_dir=cache)
     url = f"{server.url}/green_tripdata_2023-02.parquet"
-    assert str(info.value) == f"month 2023-02: not found at {url} (HTTP 404)"
+    assert str(info.value) == f"month 2023-02: not found (HTTP 404) at {url}"
     assert server.count() == 1 and no_sleep == []
     assert cached_files(cache) == []
 
@@ -346,6 +358,103 @@ def test_http_timeout_is_retried(server: Server, cache: Path, monkeypatch: pytes
     found = resolve_month(server.url, "yellow", JAN, cache_dir=cache, backoff=0)
     assert time.monotonic() - started < 1.0
     assert found.path.read_bytes() == original.read_bytes()
+
+
+def test_http_three_500s_then_success_after_real_backoff(server: Server, cache: Path) -> None:
+    original = write_month(server.root)
+    server.fail_first = 3
+    started = time.monotonic()
+    found = resolve_month(server.url, "yellow", JAN, cache_dir=cache, retries=3, backoff=0.05)
+    assert time.monotonic() - started >= 0.05 + 0.1 + 0.2  # slept 0.05 * 2**n after each 500
+    assert found.path.read_bytes() == original.read_bytes()
+    assert server.count("HEAD") == 4 and server.count("GET") == 1
+
+
+def test_http_stall_mid_body_times_out_then_succeeds(server: Server, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = write_month(server.root, rows=20_000)
+    monkeypatch.setenv(sources.TIMEOUT_VARIABLE, "0.3")
+    server.stall_body = 3.0
+    started = time.monotonic()
+    found = resolve_month(server.url, "yellow", JAN, cache_dir=cache, backoff=0)
+    assert time.monotonic() - started < 2.0  # the stalled body was abandoned after 0.3 s, not waited for
+    assert found.path.read_bytes() == original.read_bytes()
+    assert server.count("GET") == 2
+    assert len(cached_files(cache)) == 2
+
+
+def test_http_body_that_always_stalls_is_one_line_and_leaves_nothing(server: Server, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_month(server.root, rows=20_000)
+    monkeypatch.setenv(sources.TIMEOUT_VARIABLE, "0.2")
+    server.stall_body, server.stall_gets = 2.0, 99
+    with pytest.raises(PipelineError) as info:
+        resolve_month(server.url, "yellow", JAN, cache_dir=cache, retries=1, backoff=0)
+    message = str(info.value)
+    assert message.startswith(f"month 2023-01: could not fetch {server.url}/yellow_tripdata_2023-01.parquet after 2 attempts")
+    assert "timed out" in message and "\n" not in message
+    assert cached_files(cache) == []
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon"])
+def test_http_timeout_setting_must_be_positive_seconds(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv(sources.TIMEOUT_VARIABLE, value)
+    with pytest.raises(PipelineError, match=f"TAXI_PIPELINE_HTTP_TIMEOUT='{value}': expected a number of seconds above 0"):
+        sources.http_timeout()
+    monkeypatch.setenv(sources.TIMEOUT_VARIABLE, "2.5")
+    assert sources.http_timeout() == 2.5
+
+
+def test_http_body_not_parquet_is_final_and_never_cached(server: Server, cache: Path, no_sleep: list[float]) -> None:
+    original = write_month(server.root)
+    server.body = b"<!DOCTYPE html><html><body>Service moved</body></html>"
+    with pytest.raises(PipelineError) as info:
+        resolve_month(server.url, "yellow", JAN, cache_dir=cache)
+    url = f"{server.url}/yellow_tripdata_2023-01.parquet"
+    assert str(info.value) == f"month 2023-01: {url} is not a parquet file (54 bytes starting b'<!DOCTYPE html><')"
+    assert server.count("GET") == 1 and no_sleep == []  # final: not retried
+    assert cached_files(cache) == []
+    server.body = None  # the server recovers: the next run fetches the real file
+    assert resolve_month(server.url, "yellow", JAN, cache_dir=cache).path.read_bytes() == original.read_bytes()
+
+
+def test_pipeline_error_from_a_404_survives_pickling_of_its_chain(server: Server, cache: Path) -> None:
+    """distributed pickles a task's exception with tblib, chain included; urllib's HTTPError cannot be unpickled."""
+    import pickle
+
+    import tblib.pickling_support
+
+    with pytest.raises(PipelineError) as info:
+        resolve_month(server.url, "yellow", FEB, cache_dir=cache)
+    error = info.value
+    assert error.__context__ is None and error.__cause__ is None
+    tblib.pickling_support.install(PipelineError)  # as distributed does for the exceptions it sends
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is PipelineError and str(copy) == str(error)
+
+
+@pytest.mark.slow
+def test_cli_http_404_is_the_months_one_line(server: Server, tmp_path: Path, prefect_api_url: str) -> None:
+    write_months(server.root, parse_months("2023-01:2023-02"), 2_000)
+    result = _train_http(server.url, tmp_path, prefect_api_url)
+    line = _one_error_line(result)
+    assert line == f"error: month 2023-03: not found (HTTP 404) at {server.url}/yellow_tripdata_2023-03.parquet"
+    assert "TypeError" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_cli_http_body_not_parquet_is_one_line(server: Server, tmp_path: Path, prefect_api_url: str) -> None:
+    write_months(server.root, parse_months("2023-01:2023-03"), 2_000)
+    server.body = b"<html><body>Please log in</body></html>"
+    line = _one_error_line(_train_http(server.url, tmp_path, prefect_api_url))
+    assert line.startswith(f"error: month 2023-01: {server.url}/yellow_tripdata_2023-01.parquet is not a parquet file (39 bytes")
+    assert not (tmp_path / "out").exists()
+    assert not list((tmp_path / "cache").rglob("*.parquet"))
+
+
+def _train_http(url: str, tmp_path: Path, prefect_api_url: str) -> subprocess.CompletedProcess[str]:
+    """``taxi-pipeline train`` on an http source, one worker, no CV, months cached under ``tmp_path``."""
+    options = ("--n-workers", "1", "--folds", "0", "--cache-dir", str(tmp_path / "cache"))
+    return _train(url, tmp_path / "out", *options, env={"PREFECT_API_URL": prefect_api_url})  # type: ignore[arg-type]  # a URL, not a Path
 
 
 def test_damaged_cache_entry_is_fetched_again(server: Server, cache: Path) -> None:

@@ -59,3 +59,18 @@ def test_per_fold_statistics_partition_the_total():
 def test_adding_mismatched_statistics_fails():
     with pytest.raises(ValueError):
         stats.empty(folds=1) + stats.empty(folds=2)
+
+
+def test_rows_read_and_dropped_add_across_chunks_and_survive_fold_selections():
+    def counted(seed, screened):
+        enc = _enc(1_000, seed)
+        return Encoded(enc.pair, enc.micros, enc.x, enc.position, np.array(screened, dtype=np.int64))
+
+    folds = 3
+    parts = [counted(0, [1_030, 20, 11, 2]), counted(1, [1_010, 7, 3, 0])]
+    total = stats.combine([stats.compute(p, hashing.fold_of(p.position, 0, 0, folds), folds) for p in parts])
+    assert total.screened.tolist() == [2_040, 27, 14, 2]
+    assert total.rows == 2_000
+    for selected in (total.total(), total.fold(1), total.without(1), total.select_numeric([])):
+        assert selected.screened.tolist() == [2_040, 27, 14, 2]
+    assert stats.empty().screened.tolist() == [0, 0, 0, 0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,31 @@ def feature_sets(ctx: click.Context, param: click.Parameter, value: str | None) 
     return sets
 
 
+def _storage_options(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """Check ``--storage-options`` and hand it to every process of the run through the environment, never a parameter."""
+    if value is None:
+        return
+    from pipeline.edge.storage import STORAGE_OPTIONS_ENV, parse_options
+
+    parse_options(value)  # bad JSON, or a credential inline: one line, before anything runs
+    os.environ[STORAGE_OPTIONS_ENV] = value
+
+
+#: ``--storage-options``: file system options for s3:// and other fsspec locations (never credentials inline).
+STORAGE_OPTIONS = click.option(
+    "--storage-options",
+    callback=_storage_options,
+    expose_value=False,
+    help='fsspec options for s3:// and other URLs, e.g. \'{"endpoint_url": "http://127.0.0.1:5000"}\', or @FILE; '
+    "credentials from the environment, the AWS config files or @FILE, never inline.",
+)
+
+#: MLflow tracking (TrainConfig fields, retrain-trip-duration parameters): the training run as an MLflow run.
+MLFLOW_OPTIONS = [
+    click.option("--mlflow", is_flag=True, default=None, help="Log the run to MLflow (needs the [mlflow] extra)."),
+    click.option("--mlflow-uri", default=None, help="MLflow tracking URI, e.g. sqlite:///mlflow.db [default: MLFLOW_TRACKING_URI]."),
+    click.option("--mlflow-experiment", default=None, help="MLflow experiment, made on first use [default: taxi-trip-duration]."),
+]
 #: Options that configure the training run (TrainConfig fields); the rest choose the cluster.
 TRAIN_OPTIONS = [
     click.option(
@@ -100,6 +126,7 @@ TRAIN_OPTIONS = [
     ),
     click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where remote months are cached."),
     click.option("--cache/--no-cache", default=None, help="Reuse chunk statistics of unchanged month files [default: cache]."),
+    *MLFLOW_OPTIONS,
     click.option(
         "--stats-cache",
         default=None,

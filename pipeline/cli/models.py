@@ -10,7 +10,18 @@ from typing import Any
 
 import click
 
-from pipeline.cli.common import CLUSTER_OPTIONS, cli, comma_list, err, feature_sets, out, table, with_options
+from pipeline.cli.common import (
+    CLUSTER_OPTIONS,
+    MLFLOW_OPTIONS,
+    STORAGE_OPTIONS,
+    cli,
+    comma_list,
+    err,
+    feature_sets,
+    out,
+    table,
+    with_options,
+)
 from pipeline.errors import PipelineError
 
 
@@ -26,7 +37,8 @@ def _as_of(ctx: click.Context, param: click.Parameter, value: str | None) -> dat
 #: What a retraining run is told (retrain-trip-duration's parameters); the cluster options come on top.
 RETRAIN_OPTIONS = [
     click.option("--source", default=None, help="Folder, http(s):// prefix or fsspec URL of the month files [default: the TLC prefix]."),
-    click.option("--registry", required=True, help="Model registry folder (made on first use)."),
+    click.option("--registry", required=True, help="Model registry folder or URL, e.g. s3://bucket/registry (made on first use)."),
+    STORAGE_OPTIONS,
     click.option("--window", type=click.IntRange(min=1), default=None, help="Training months before the validation month [default: 2]."),
     click.option("--taxi", type=click.Choice(["yellow", "green"]), default=None, help="[default: yellow]"),
     click.option("--alphas", callback=comma_list("--alphas", float), default=None, help="Ridge penalties [default: 0.001,0.1,1,10]."),
@@ -40,13 +52,20 @@ RETRAIN_OPTIONS = [
     click.option("--notify", default=None, help="A saved Prefect notification block, TYPE/NAME (e.g. slack-webhook/ops)."),
     click.option("--notify-url", default=None, help="A Slack-compatible webhook or Apprise URL (a secret: never printed)."),
     click.option("--notify-on-completion", is_flag=True, default=False, help="Send a message when a run completes, too."),
+    *MLFLOW_OPTIONS,
 ]
 
-_FLOW_PARAMETERS = ("source", "registry", "window", "taxi", "alphas", "folds", "model", "candidates", "chunk_rows", "max_rows", "notify")
+_FLOW_PARAMETERS = (
+    *("source", "registry", "window", "taxi", "alphas", "folds", "model", "candidates", "chunk_rows", "max_rows", "notify"),
+    *("mlflow", "mlflow_uri", "mlflow_experiment"),
+)
 
 
 def _parameters(options: dict[str, Any]) -> dict[str, Any]:
-    """The flow's parameters from the flags given (unset ones keep the flow's defaults); local paths made absolute."""
+    """The flow's parameters from the flags given (unset ones keep the flow's defaults); local paths made absolute.
+
+    With ``--mlflow``, the extra must be installed and a tracking URI given (flag or MLFLOW_TRACKING_URI).
+    """
     parameters = {k: options[k] for k in _FLOW_PARAMETERS if options.get(k) is not None}
     for key in ("source", "registry"):
         value = parameters.get(key)
@@ -54,19 +73,30 @@ def _parameters(options: dict[str, Any]) -> dict[str, Any]:
             parameters[key] = str(Path(value).expanduser().resolve())
     if options.get("notify_on_completion"):
         parameters["notify_on_completion"] = True
+    if parameters.get("mlflow"):  # a missing [mlflow] extra or tracking URI fails now, not when a run ends
+        from pipeline.edge import tracking
+
+        tracking.check(parameters.get("mlflow_uri"))
     return parameters
+
+
+def _open_existing(registry: str) -> None:
+    """Refuse a registry location that is not a registry (or, remote, cannot be reached), before anything starts."""
+    from pipeline.edge import storage
+    from pipeline.edge.registry import REGISTRY_FILE, Registry
+
+    where = storage.locate(registry)
+    if storage.exists(where / REGISTRY_FILE) if where.remote else Path(registry).exists():
+        Registry.open(registry)
 
 
 def _preflight(parameters: dict[str, Any], as_of: date | None) -> None:
     """Bad input fails here, in a second, with the registry unchanged: a folder that is not a registry, no month to train on."""
     from pipeline.core.config import DEFAULT_SOURCE
     from pipeline.core.months import Month
-    from pipeline.edge.registry import Registry
     from pipeline.edge.sources import is_local, latest_month
 
-    registry = Path(parameters["registry"])
-    if registry.exists():
-        Registry.open(registry)
+    _open_existing(parameters["registry"])
     source = parameters.get("source", DEFAULT_SOURCE)
     if is_local(source) or as_of is not None:
         day = as_of or date.today()
@@ -108,7 +138,7 @@ def models() -> None:
     """List, show, promote and roll back the versions of a model registry."""
 
 
-_REGISTRY = click.option("--registry", required=True, help="Model registry folder.")
+_REGISTRY = click.option("--registry", required=True, help="Model registry folder or URL.")
 
 
 def _open(registry: str) -> Any:
@@ -119,6 +149,7 @@ def _open(registry: str) -> Any:
 
 @models.command("list")
 @_REGISTRY
+@STORAGE_OPTIONS
 @click.option("--json", "as_json", is_flag=True, help="One JSON array on stdout.")
 def list_versions(registry: str, as_json: bool) -> None:
     """Versions with their months, validation RMSE and creation time; the champion marked."""
@@ -158,6 +189,7 @@ def list_versions(registry: str, as_json: bool) -> None:
 @models.command("show")
 @click.argument("version")
 @_REGISTRY
+@STORAGE_OPTIONS
 def show(version: str, registry: str) -> None:
     """One version's figures and every decision about it."""
     from pipeline.core import render
@@ -174,6 +206,7 @@ def show(version: str, registry: str) -> None:
 @models.command("promote")
 @click.argument("version")
 @_REGISTRY
+@STORAGE_OPTIONS
 def promote(version: str, registry: str) -> None:
     """Make VERSION the champion (a manual override, recorded in the history)."""
     from pipeline.core import render
@@ -183,6 +216,7 @@ def promote(version: str, registry: str) -> None:
 
 @models.command("rollback")
 @_REGISTRY
+@STORAGE_OPTIONS
 def rollback(registry: str) -> None:
     """Give the champion back to the previous one (recorded in the history)."""
     from pipeline.core import render
@@ -212,8 +246,8 @@ def deploy(cron: str, timezone: str, name: str, notify_url: str | None, notify_o
 
     if not configured_api_url():
         raise PipelineError("deploy needs a running Prefect server: `prefect server start`, then set PREFECT_API_URL")
-    if parameters.get("registry") and Path(parameters["registry"]).exists():
-        _open(parameters["registry"])
+    if parameters.get("registry"):
+        _open_existing(parameters["registry"])
     if notify_url:
         from pipeline.orchestration.notify import save_url_block
 

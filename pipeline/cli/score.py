@@ -7,17 +7,18 @@ from typing import Any, cast
 
 import click
 
-from pipeline.cli.common import CLUSTER_OPTIONS, cli, err, out, table, with_options
+from pipeline.cli.common import CLUSTER_OPTIONS, STORAGE_OPTIONS, cli, err, out, table, with_options
 
 
 @cli.command()
-@click.option("--model", "model_dir", default=None, help="A model folder (model.json + its files).")
-@click.option("--registry", default=None, help="A model registry: score with its champion, or --version.")
+@click.option("--model", "model_dir", default=None, help="A model folder or URL (model.json + its files).")
+@click.option("--registry", default=None, help="A model registry (folder or URL): score with its champion, or --version.")
 @click.option("--version", "version", default=None, help="A registry version, e.g. v0003 [default: the champion].")
 @click.option("--source", default=None, help="Folder, http(s):// prefix or fsspec URL of the month files [default: the TLC prefix].")
 @click.option("--taxi", type=click.Choice(["yellow", "green"]), default="yellow", show_default=True)
 @click.option("--months", required=True, help="Months to score, e.g. 2023-04:2023-06.")
-@click.option("--output", required=True, type=click.Path(path_type=Path), help="Folder for month=YYYY-MM/part-*.parquet and the report.")
+@click.option("--output", required=True, help="Folder or URL (s3://bucket/prefix) for month=YYYY-MM/part-*.parquet and the report.")
+@STORAGE_OPTIONS
 @click.option(
     "--max-psi", type=click.FloatRange(min=0), default=0.2, show_default=True, help="Drift alarm: PSI of pickup, dropoff or pair mix."
 )
@@ -33,7 +34,7 @@ def predict(
     source: str | None,
     taxi: str,
     months: str,
-    output: Path,
+    output: str,
     max_psi: float,
     max_rmse_ratio: float,
     chunk_rows: int,
@@ -59,6 +60,7 @@ def predict(
     folder = model_folder(model_dir, registry, version)
     model = load_any(folder)
     from pipeline.edge.sources import is_local
+    from pipeline.edge.storage import is_remote
 
     if is_local(source):
         for month in chosen:
@@ -74,7 +76,7 @@ def predict(
         err.print(f"Prefect API: {api_url}")
         result = score_flow(
             months=months,
-            output=str(output.resolve()),
+            output=output if is_remote(output) else str(Path(output).resolve()),
             model=str(folder),
             source=source,
             taxi=cast(Any, taxi),
@@ -91,11 +93,12 @@ def predict(
 
 
 @cli.command()
-@click.option("--model", "model_dir", type=click.Path(), default=None, help="A model folder to serve.")
+@click.option("--model", "model_dir", default=None, help="A model folder or URL to serve.")
 @click.option("--registry", default=None, help="A model registry: serve its champion; a new champion is picked up without a restart.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--max-batch", type=click.IntRange(min=1), default=10_000, show_default=True, help="Most trips in one request.")
+@STORAGE_OPTIONS
 def serve(model_dir: str | None, registry: str | None, host: str, port: int, max_batch: int) -> None:
     """The HTTP prediction service: POST /predict, GET /health, GET /model, GET /docs."""
     if (model_dir is None) == (registry is None):

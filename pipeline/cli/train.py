@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from pipeline.cli.common import CLUSTER_OPTIONS, TRAIN_OPTIONS, cli, err, flag_names, out, table, with_options
+from pipeline.cli.common import CLUSTER_OPTIONS, STORAGE_OPTIONS, TRAIN_OPTIONS, cli, err, flag_names, out, table, with_options
 from pipeline.errors import PipelineError
 
 
@@ -31,7 +31,7 @@ def synth(output: Path, months: str, rows: int, taxi: str, seed: int, row_group_
         out.print(f"wrote {path}")
 
 
-def _run_train(train_months: str, val_month: str, output: Path, **options: Any) -> None:
+def _run_train(train_months: str, val_month: str, output: str | Path, **options: Any) -> None:
     """Build the config (flags left unset take TrainConfig's defaults), check the input, run, print."""
     from pipeline.core.config import ConfigError, TrainConfig
     from pipeline.edge.reader import locate_local
@@ -42,8 +42,11 @@ def _run_train(train_months: str, val_month: str, output: Path, **options: Any) 
     except ConfigError as exc:
         raise PipelineError(exc.render(flag_names())) from None
     plans = locate_local(config)  # footers read once, before Prefect and Dask load
+    from pipeline.edge.storage import probe
+
+    probe(config.output)  # an unreachable or refusing object store fails here, not after training
     from cluster import ClusterSpec
-    from pipeline.core import render
+    from pipeline.core import render, screening
     from pipeline.run import train as run_train
 
     cluster = ClusterSpec(**{k: v for k, v in options.items() if k not in TrainConfig.model_fields})
@@ -51,13 +54,18 @@ def _run_train(train_months: str, val_month: str, output: Path, **options: Any) 
     out.print(table(render.title(result), ("metric", "value"), render.metric_rows(result)))
     if result.cv is not None:
         out.print(table(render.cv_title(result.cv), render.cv_header(result.cv), render.cv_rows(result.cv)))
+    if result.months:
+        out.print(table("rows per month", render.MONTH_ROWS_HEADER, render.month_rows(result.months)))
+    for found in screening.unusual(result.months):
+        out.print(f"warning: {render.drop_warning(found)}", highlight=False, soft_wrap=True)
     out.print(f"model and metrics in {output}")
 
 
 @cli.command()
 @click.option("--train-months", required=True, help="e.g. 2023-01:2023-02")
 @click.option("--val-month", required=True, help="e.g. 2023-03")
-@click.option("--output", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for model and metrics.")
+@click.option("--output", required=True, help="Folder or URL (s3://bucket/prefix) for model and metrics.")
+@STORAGE_OPTIONS
 @with_options(TRAIN_OPTIONS)
 @with_options(CLUSTER_OPTIONS)
 def train(**kwargs: Any) -> None:

@@ -8,8 +8,9 @@ prints it with its flag names instead (``val_month`` -> ``--val-month``).
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError, ValidationInfo, model_validator
 
@@ -24,6 +25,8 @@ Taxi = Literal["yellow", "green"]
 #: ``linear`` trains exactly from statistics; the others fit on rows, fold by fold.
 ModelName = Literal["linear", "hist_gradient_boosting", "sgd"]
 CVKind = Literal["kfold", "time"]
+#: The MLflow experiment a tracked run goes to unless ``mlflow_experiment`` names another.
+DEFAULT_EXPERIMENT = "taxi-trip-duration"
 
 
 class ConfigError(PipelineError):
@@ -76,6 +79,15 @@ def _months(value: object) -> tuple[Month, ...]:
     raise PipelineError("expected a list of YYYY-MM or a spec such as 2023-01:2023-03")
 
 
+def _location(value: object) -> str:
+    """A folder or a storage URL (``s3://bucket/prefix``), kept as text: ``Path`` would fold ``s3://`` into ``s3:/``."""
+    if isinstance(value, (str, PurePath)):
+        return str(value)
+    raise PipelineError("expected a folder or a URL such as s3://bucket/prefix")
+
+
+#: Where a run writes: a local folder or a storage URL.
+Location = Annotated[str, BeforeValidator(_checked(_location))]
 MonthValue = Annotated[Month, BeforeValidator(_checked(_month)), PlainSerializer(str, return_type=str)]
 MonthList = Annotated[
     tuple[Month, ...], BeforeValidator(_checked(_months)), PlainSerializer(lambda ms: [str(m) for m in ms], return_type=list[str])
@@ -91,7 +103,7 @@ class TrainConfig(BaseModel):
     taxi: Taxi = "yellow"
     train_months: MonthList
     val_month: MonthValue
-    output: Path
+    output: Location
     alphas: tuple[float, ...] = Field(default=(1e-3,), min_length=1, description="ridge penalties; CV picks the best")
     folds: int = Field(default=5, ge=0, description="K-fold CV over training rows; 0 turns CV off")
     cv: CVKind = "kfold"
@@ -109,6 +121,9 @@ class TrainConfig(BaseModel):
         default=None,
         description="folder or fsspec URL of the statistics cache [default: $TAXI_PIPELINE_STATS_CACHE, else <cache dir>/stats]",
     )
+    mlflow: bool = Field(default=False, description="log the run to MLflow (the [mlflow] extra)")
+    mlflow_uri: str | None = Field(default=None, min_length=1, description="MLflow tracking URI [default: MLFLOW_TRACKING_URI]")
+    mlflow_experiment: str = Field(default=DEFAULT_EXPERIMENT, min_length=1, description="MLflow experiment, made on first use")
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
@@ -139,6 +154,13 @@ class TrainConfig(BaseModel):
             raise ConfigError("{candidates}: a feature set is listed twice")
         if self.cv == "time" and self.folds and len(self.train_months) < 2:
             raise ConfigError("{cv} time: needs at least two {train_months} (train on earlier, validate on the next)")
+        if self.mlflow_uri is not None and not self.mlflow:
+            raise ConfigError("{mlflow_uri} given without {mlflow}: add {mlflow} to track the run")
+        if self.mlflow_uri is not None and urlsplit(self.mlflow_uri).password is not None:
+            raise ConfigError(
+                "{mlflow_uri}: holds a password, and run parameters are stored and shown by Prefect; "
+                "set MLFLOW_TRACKING_URI, or MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, instead"
+            )
         return self
 
     @property

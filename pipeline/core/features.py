@@ -8,19 +8,24 @@ three one-hot features. Numeric columns (``trip_distance``...) ride along as flo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.core.months import Month
 from pipeline.core.schema import DO, DROPOFF, PICKUP, PU, REQUIRED
 
 #: Zone ids are 1..265 (264 and 265 are TLC's "unknown"); code 0 stays unused.
 N_ZONES = 266
 N_PAIRS = N_ZONES * N_ZONES
 MICROS_PER_MINUTE = 60_000_000
+MICROS_PER_DAY = 86_400_000_000
+#: What :func:`encode` counts in a chunk, in the order of ``Encoded.screened``. The last three
+#: may overlap (a dropoff before its pickup is also outside the duration window).
+SCREENED = ("rows_read", "dropped_by_duration", "out_of_range_timestamps", "out_of_range_zones")
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,7 @@ class Encoded:
     micros: np.ndarray  # int64 duration in microseconds: exact, so sums are too
     x: np.ndarray  # float64 (rows, len(spec.numeric))
     position: np.ndarray  # int64 row index within the chunk, for fold hashing
+    screened: np.ndarray = field(default_factory=lambda: np.zeros(len(SCREENED), dtype=np.int64))  # counts named by SCREENED
 
     @property
     def rows(self) -> int:
@@ -113,14 +119,35 @@ def training_rows(table: pa.Table, spec: FeatureSpec) -> TrainingRows:
     return TrainingRows(pu, do, micros, valid, keep)
 
 
-def encode(table: pa.Table, spec: FeatureSpec) -> Encoded:
+def screen(table: pa.Table, rows: TrainingRows, month: Month | None = None) -> np.ndarray:
+    """The chunk's row accounting, named by :data:`SCREENED`, so damage that decodes silently shows up.
+
+    A timestamp is out of range when null, when the dropoff precedes the pickup,
+    or (given the file's ``month``) when either lies outside the month widened by
+    a day on each side: garbage decoded from a damaged page almost surely does.
+    """
+    known = (rows.pu >= 0) & (rows.do >= 0)
+    odd_time = ~rows.valid | (rows.micros < 0)
+    if month is not None:
+        low = int(np.datetime64(f"{month}-01", "us").astype(np.int64)) - MICROS_PER_DAY
+        high = int(np.datetime64(f"{month.next()}-01", "us").astype(np.int64)) + MICROS_PER_DAY
+        for name in (PICKUP, DROPOFF):
+            stamp = _int64(table.column(name), low)
+            odd_time |= (stamp < low) | (stamp >= high)
+    counts = (table.num_rows, np.count_nonzero(rows.valid & known & ~rows.keep), np.count_nonzero(odd_time), np.count_nonzero(~known))
+    return np.array(counts, dtype=np.int64)
+
+
+def encode(table: pa.Table, spec: FeatureSpec, month: Month | None = None) -> Encoded:
     """Encode a normalised chunk, keeping the seed's rows: duration in [min, max] minutes.
 
     Rows with a null timestamp or a zone id outside 1..265 are dropped as well
-    (real TLC files have none; DictVectorizer would choke on them).
+    (real TLC files have none; DictVectorizer would choke on them). The rows
+    read and dropped are counted (:func:`screen`; ``month``: the file's).
     """
     rows = training_rows(table, spec)
     micros, pu, do = rows.micros, rows.pu, rows.do
     position = np.flatnonzero(rows.keep)
     x = numeric_matrix(table, spec.numeric)[position]
-    return Encoded(pair=pu[position] * N_ZONES + do[position], micros=micros[position], x=x, position=position)
+    pair = pu[position] * N_ZONES + do[position]
+    return Encoded(pair=pair, micros=micros[position], x=x, position=position, screened=screen(table, rows, month))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from pipeline.errors import PipelineError
 
-_MONTH = re.compile(r"^(\d{4})-(\d{2})$")
+_MONTH = re.compile(r"^(\d{4})-(\d{2})$", re.ASCII)  # ASCII digits only: "２０２３-０１" is not a month
 
 
 @dataclass(frozen=True, order=True)
@@ -71,9 +71,10 @@ def parse_months(spec: str) -> list[Month]:
             if last < first:
                 raise PipelineError(f"range {part.strip()!r} ends before it starts")
             current = first
-            while current <= last:
-                months.add(current)
+            months.add(current)
+            while current < last:  # never steps past ``last``: a range may end at the last valid month
                 current = current.next()
+                months.add(current)
         else:
             months.add(Month.parse(part))
     return sorted(months)

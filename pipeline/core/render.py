@@ -14,6 +14,7 @@ from pipeline.core.cv import CVReport
 from pipeline.core.decisions import Decision
 from pipeline.core.monitoring import MonthReport
 from pipeline.core.results import RunResult
+from pipeline.core.screening import MonthRows, Unusual
 
 CV_HEADER = ("alpha", "mean RMSE", "std", "folds")
 
@@ -49,6 +50,35 @@ def metric_rows(result: RunResult) -> list[tuple[str, str]]:
         ("seconds", f"{result.seconds:.1f}"),
         ("rows per second", f"{result.rows_per_second:,.0f}"),
     ]
+
+
+MONTH_ROWS_HEADER = ("month", "rows read", "kept", "dropped", "by duration", "bad timestamps", "bad zones")
+
+
+def month_rows(months: Sequence[MonthRows]) -> list[tuple[str, ...]]:
+    """One row per month under :data:`MONTH_ROWS_HEADER`: what was read and why rows were dropped."""
+    return [
+        (
+            str(m.month),
+            f"{m.rows_read:,}",
+            f"{m.rows_kept:,}",
+            f"{m.drop_rate:.2%}",
+            f"{m.dropped_by_duration:,}",
+            f"{m.out_of_range_timestamps:,}",
+            f"{m.out_of_range_zones:,}",
+        )
+        for m in months
+    ]
+
+
+def drop_warning(found: Unusual) -> str:
+    """One line naming the month, its drop rate and the others' median, for the log and the CLI."""
+    m = found.month
+    return (
+        f"month {m.month} dropped {m.drop_rate:.2%} of its {m.rows_read:,} rows, the other months' median {found.others_median:.2%} "
+        f"({m.dropped_by_duration:,} by the duration filter, {m.out_of_range_timestamps:,} with out-of-range timestamps, "
+        f"{m.out_of_range_zones:,} with out-of-range zones): a damaged file?"
+    )
 
 
 def cv_title(report: CVReport) -> str:
@@ -102,6 +132,8 @@ def markdown(result: RunResult) -> str:
     lines = [f"### {title(result)}", "", *_markdown_table(("metric", "value"), metric_rows(result))]
     if result.cv is not None:
         lines += ["", f"#### {cv_title(result.cv)}", "", *_markdown_table(cv_header(result.cv), cv_rows(result.cv))]
+    if result.months:
+        lines += ["", "#### Rows per month", "", *_markdown_table(MONTH_ROWS_HEADER, month_rows(result.months))]
     return "\n".join(lines) + "\n"
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from pipeline.core.cv import CVReport
 from pipeline.core.months import Month
+from pipeline.core.screening import MonthRows
 
 SCHEMA_VERSION = 1
 
@@ -34,6 +35,7 @@ class RunResult:
     flow_run_id: str
     cv: CVReport | None = None
     champion_val_rmse: float | None = None  # a retraining run's champion, scored on the same validation month
+    months: tuple[MonthRows, ...] = ()  # rows read and dropped per month (training months, then validation), when counted
 
     @property
     def rows_per_second(self) -> float:
@@ -62,6 +64,8 @@ class RunResult:
             out["cv"] = self.cv.to_dict()
         if self.champion_val_rmse is not None:
             out["champion_val_rmse"] = self.champion_val_rmse
+        if self.months:
+            out["months"] = [m.to_dict() for m in self.months]
         return out
 
     @classmethod
@@ -84,4 +88,5 @@ class RunResult:
             flow_run_id=data["flow_run_id"],
             cv=CVReport.from_dict(data["cv"]) if "cv" in data else None,
             champion_val_rmse=data.get("champion_val_rmse"),
+            months=tuple(MonthRows.from_dict(m) for m in data.get("months", ())),
         )

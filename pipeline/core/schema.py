@@ -61,12 +61,13 @@ def _cast(column: pa.ChunkedArray, canonical: str, where: str) -> pa.ChunkedArra
     try:
         if canonical in _TIMESTAMPS:
             if pa.types.is_timestamp(kind):
-                return column.cast(pa.timestamp("us"))  # drops any time zone label too
+                # Drops any time zone label too; sub-microsecond digits are cut, not refused (overflow still is).
+                return pc.cast(column, options=pc.CastOptions(pa.timestamp("us"), allow_time_truncate=True))
             raise TypeError(f"type {kind}")
         if canonical in _IDS:
             if pa.types.is_floating(kind):
-                # Nulls and NaN stay null; fractional ids would be a corrupt file.
-                return pc.cast(column, pa.int32(), safe=True)
+                # Nulls and NaN become null; fractional ids would be a corrupt file.
+                return pc.cast(pc.if_else(pc.is_nan(column), pa.scalar(None, kind), column), pa.int32(), safe=True)
             return column.cast(pa.int32())
         if canonical in _STRINGS:
             return column.cast(pa.string())

@@ -12,18 +12,21 @@ Target statistics are exact integers (durations in microseconds; ``yᵀy`` as a
 Python int), so the same rows give bit-identical statistics and so identical
 models and metrics however they are chunked, ordered or spread over workers.
 Numeric-column sums are floats and may differ in the last bits.
+
+Beside them, ``screened`` counts the rows read and dropped (:data:`pipeline.core.features.SCREENED`):
+it describes the chunks read, not a fold, so fold selections keep it whole.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import reduce
 from operator import add
 
 import numpy as np
 
-from pipeline.core.features import MICROS_PER_MINUTE, N_PAIRS, Encoded
+from pipeline.core.features import MICROS_PER_MINUTE, N_PAIRS, SCREENED, Encoded
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class Stats:
     sum_x: np.ndarray  # (F, k, P) numeric column sums per pair
     sum_xy: np.ndarray  # (F, k) Σ x·minutes
     sum_xx: np.ndarray  # (F, k, k)
+    screened: np.ndarray  # (4,) int64 rows read and dropped, named by SCREENED
 
     @property
     def folds(self) -> int:
@@ -62,32 +66,45 @@ class Stats:
     def __add__(self, other: Stats) -> Stats:
         if self.count.shape != other.count.shape or self.sum_x.shape != other.sum_x.shape:
             raise ValueError("statistics of different fold counts or features cannot be added")
-        return Stats(*(a + b for a, b in zip(self._arrays(), other._arrays())))
+        return _assemble((a + b for a, b in zip(self._arrays(), other._arrays())), self.screened + other.screened)
 
     def __sub__(self, other: Stats) -> Stats:
-        return Stats(*(a - b for a, b in zip(self._arrays(), other._arrays())))
+        """Remove ``other``'s rows (a fold) from the fit; the rows read stay those of ``self``."""
+        return _assemble((a - b for a, b in zip(self._arrays(), other._arrays())), self.screened)
 
     def _arrays(self) -> tuple[np.ndarray, ...]:
         return (self.count, self.sum_micros, self.sum_micros2, self.sum_x, self.sum_xy, self.sum_xx)
 
     def total(self) -> Stats:
         """All folds pooled into one."""
-        return Stats(*(a.sum(axis=0, keepdims=True) for a in self._arrays()))
+        return _assemble((a.sum(axis=0, keepdims=True) for a in self._arrays()), self.screened)
 
     def fold(self, k: int) -> Stats:
         """Fold ``k`` alone (its held-out rows)."""
-        return Stats(*(a[k : k + 1] for a in self._arrays()))
+        return _assemble((a[k : k + 1] for a in self._arrays()), self.screened)
 
     def select_numeric(self, columns: Sequence[int]) -> Stats:
         """The statistics of a model using only these numeric columns (by index): those of a feature subset."""
         index = list(columns)
         return Stats(
-            self.count, self.sum_micros, self.sum_micros2, self.sum_x[:, index], self.sum_xy[:, index], self.sum_xx[:, index][:, :, index]
+            self.count,
+            self.sum_micros,
+            self.sum_micros2,
+            self.sum_x[:, index],
+            self.sum_xy[:, index],
+            self.sum_xx[:, index][:, :, index],
+            self.screened,
         )
 
     def without(self, k: int) -> Stats:
         """Every fold but ``k`` (fold k's training rows)."""
         return self.total() - self.fold(k)
+
+
+def _assemble(arrays: Iterable[np.ndarray], screened: np.ndarray) -> Stats:
+    """Statistics from the fit's arrays (in field order) and the rows-read counts."""
+    count, sum_micros, sum_micros2, sum_x, sum_xy, sum_xx = arrays
+    return Stats(count, sum_micros, sum_micros2, sum_x, sum_xy, sum_xx, screened)
 
 
 def empty(folds: int = 1, n_numeric: int = 0) -> Stats:
@@ -99,6 +116,7 @@ def empty(folds: int = 1, n_numeric: int = 0) -> Stats:
         sum_x=np.zeros((folds, n_numeric, N_PAIRS)),
         sum_xy=np.zeros((folds, n_numeric)),
         sum_xx=np.zeros((folds, n_numeric, n_numeric)),
+        screened=np.zeros(len(SCREENED), dtype=np.int64),
     )
 
 
@@ -139,7 +157,7 @@ def compute(encoded: Encoded, fold: np.ndarray | None = None, folds: int = 1) ->
             rows = fold == f
             sum_xy[f] = x[rows].T @ y[rows]
             sum_xx[f] = x[rows].T @ x[rows]
-    return Stats(count, sum_micros, sum_micros2, sum_x, sum_xy, sum_xx)
+    return Stats(count, sum_micros, sum_micros2, sum_x, sum_xy, sum_xx, encoded.screened.copy())
 
 
 def combine(parts: Sequence[Stats]) -> Stats:

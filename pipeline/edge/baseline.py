@@ -9,32 +9,37 @@ without drift figures.
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 
 from pipeline.core.features import N_PAIRS
-from pipeline.edge.atomic import write_bytes
+from pipeline.edge import storage
+from pipeline.edge.storage import Where
 from pipeline.errors import PipelineError
 
 COUNTS_FILE = "train_counts.npz"
 
 
-def save_train_counts(pair_count: np.ndarray, directory: Path) -> None:
-    """Write ``train_counts.npz`` atomically."""
+def train_counts_bytes(pair_count: np.ndarray) -> bytes:
+    """The ``train_counts.npz`` of a run's pair counts."""
     buffer = io.BytesIO()
     np.savez_compressed(buffer, pair_count=np.asarray(pair_count, dtype=np.int64))
-    write_bytes(Path(directory) / COUNTS_FILE, lambda fh: fh.write(buffer.getvalue()))
+    return buffer.getvalue()
 
 
-def load_train_counts(directory: Path) -> np.ndarray | None:
+def save_train_counts(pair_count: np.ndarray, directory: Where) -> None:
+    """Write ``train_counts.npz`` whole (atomically locally)."""
+    storage.put(storage.locate(directory).child(COUNTS_FILE), train_counts_bytes(pair_count))
+
+
+def load_train_counts(directory: Where) -> np.ndarray | None:
     """The model's training pair counts, or None when it has none; a damaged file is one PipelineError."""
-    path = Path(directory) / COUNTS_FILE
-    if not path.exists():
-        return None
+    path = storage.locate(directory).child(COUNTS_FILE)
     try:
-        with np.load(path, allow_pickle=False) as arrays:
+        with np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False) as arrays:
             counts = np.asarray(arrays["pair_count"])
+    except FileNotFoundError:
+        return None
     except (OSError, ValueError, KeyError) as exc:
         raise PipelineError(f"{path}: not readable training counts ({exc})") from None
     if counts.shape != (N_PAIRS,) or counts.dtype != np.int64 or (counts < 0).any():

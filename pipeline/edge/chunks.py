@@ -22,7 +22,7 @@ from pipeline.edge import reader
 from pipeline.edge.stats_cache import StatsCache
 
 #: Bump when the statistics' layout or meaning changes, so old cache entries stop matching.
-STATS_VERSION = "stats-v2"
+STATS_VERSION = "stats-v3"  # v3: Stats.screened, the rows read and dropped
 
 #: Rows per read (whole row groups) when gathering rows: a read's temporaries, not the kept
 #: rows, set the peak memory of a subsampled load (1.2M rows kept 100k: +120 MB at 100k a
@@ -32,8 +32,8 @@ READ_ROWS = 250_000
 
 def read_encoded(plan: reader.MonthPlan, chunk: reader.Chunk, spec: FeatureSpec) -> Encoded:
     """The chunk's kept rows, encoded; ``position`` counts from the start of the month file."""
-    encoded = encode(reader.read(plan.layout, chunk), spec)
-    return Encoded(encoded.pair, encoded.micros, encoded.x, chunk.offset + encoded.position)
+    encoded = encode(reader.read(plan.layout, chunk), spec, plan.file.month)
+    return Encoded(encoded.pair, encoded.micros, encoded.x, chunk.offset + encoded.position, encoded.screened)
 
 
 def folds_of(plan: reader.MonthPlan, encoded: Encoded, folds: int, seed: int) -> np.ndarray:

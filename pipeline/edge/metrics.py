@@ -1,24 +1,28 @@
-"""``metrics.json``: written last and atomically, so its presence means a complete run."""
+"""``metrics.json``: written last and whole, so its presence means a complete run."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from pipeline.core.results import RunResult
-from pipeline.edge.atomic import write_bytes
+from pipeline.edge import storage
+from pipeline.edge.storage import Location, Where
 
 METRICS_FILE = "metrics.json"
 
 
-def write_metrics(directory: Path, result: RunResult) -> Path:
-    """Write ``directory/metrics.json`` atomically and return its path."""
-    path = Path(directory) / METRICS_FILE
-    text = json.dumps(result.to_dict(), indent=2, sort_keys=True).encode()
-    write_bytes(path, lambda fh: fh.write(text))
-    return path
+def metrics_bytes(result: RunResult) -> bytes:
+    """The ``metrics.json`` document of a run."""
+    return json.dumps(result.to_dict(), indent=2, sort_keys=True).encode()
 
 
-def read_metrics(directory: Path) -> RunResult:
+def write_metrics(directory: Where, result: RunResult) -> Location:
+    """Write ``directory/metrics.json`` whole (atomically locally) and return where."""
+    where = storage.locate(directory).child(METRICS_FILE)
+    storage.put(where, metrics_bytes(result))
+    return where
+
+
+def read_metrics(directory: Where) -> RunResult:
     """The run result a ``metrics.json`` holds."""
-    return RunResult.from_dict(json.loads((Path(directory) / METRICS_FILE).read_text()))
+    return RunResult.from_dict(json.loads(storage.read_bytes(storage.locate(directory).child(METRICS_FILE))))

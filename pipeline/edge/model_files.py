@@ -6,16 +6,20 @@ loading it builds only the types skops trusts by default (NumPy, SciPy,
 scikit-learn estimators) and the few of :data:`TRUSTED_TYPES`, and refuses a
 file naming any other type before anything in it is imported or run. Either way
 a model file can be loaded from an untrusted place without running its code.
+``model.json`` is written last and names each data file's SHA-256 (``files``): a
+reader that meets a data file of another run than the ``model.json`` it read
+(a run replacing the folder meanwhile) is told so instead of mixing the two.
+A folder is a local path or any location :mod:`pipeline.edge.storage` reads.
 skops (and through it scikit-learn) is imported only when a skops file is
 written or read: both take seconds to import, and the flow process needs neither.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import zipfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +27,8 @@ import numpy as np
 from pipeline.core.features import N_PAIRS, N_ZONES, FeatureSpec
 from pipeline.core.model import EstimatorModel, Model
 from pipeline.core.solve import Weights
-from pipeline.edge.atomic import write_bytes
+from pipeline.edge import storage
+from pipeline.edge.storage import Location, Where
 from pipeline.errors import PipelineError
 
 FORMAT = "taxi-pipeline/linear-pairs/v1"
@@ -31,6 +36,8 @@ SKOPS_FORMAT = "taxi-pipeline/sklearn-skops/v1"
 WEIGHTS_FILE = "model.npz"
 ESTIMATOR_FILE = "model.skops"
 META_FILE = "model.json"
+#: ``model.json``'s map of data file name to SHA-256 (absent in folders written before it existed: then not checked).
+FILES_KEY = "files"
 
 #: The types a ``model.skops`` may name beyond skops's defaults: exactly what
 #: ``skops.io.get_untrusted_types`` reports for a fitted ``hist_gradient_boosting``
@@ -46,32 +53,53 @@ TRUSTED_TYPES: tuple[str, ...] = (
 )
 
 
-def save_model(model: Model, directory: Path) -> None:
-    """Write ``model.npz`` then ``model.json``, each atomically."""
+def model_objects(model: Model) -> dict[str, bytes]:
+    """A linear model's objects in write order: ``model.npz``, then ``model.json`` naming its digest."""
     w = model.weights
     buffer = io.BytesIO()
     np.savez_compressed(buffer, intercept=np.array([w.intercept]), pu=w.pu, do=w.do, pair=w.pair, numeric=w.numeric)
-    write_bytes(directory / WEIGHTS_FILE, lambda fh: fh.write(buffer.getvalue()))
-    meta = {
-        **model.metadata,
-        "format": FORMAT,
-        "features": model.spec.to_dict(),
-        "vocabulary": {
-            "pickup_zones": np.flatnonzero(w.pu).tolist(),
-            "dropoff_zones": np.flatnonzero(w.do).tolist(),
-            "pairs": int(np.count_nonzero(w.pair)),
-        },
+    vocabulary = {
+        "pickup_zones": np.flatnonzero(w.pu).tolist(),
+        "dropoff_zones": np.flatnonzero(w.do).tolist(),
+        "pairs": int(np.count_nonzero(w.pair)),
     }
-    text = json.dumps(meta, indent=2, sort_keys=True).encode()
-    write_bytes(directory / META_FILE, lambda fh: fh.write(text))
+    meta = {**model.metadata, "format": FORMAT, "features": model.spec.to_dict(), "vocabulary": vocabulary}
+    return _with_meta({WEIGHTS_FILE: buffer.getvalue()}, meta)
 
 
-def load_model(directory: Path) -> Model:
+def _with_meta(data: dict[str, bytes], meta: dict[str, Any]) -> dict[str, bytes]:
+    """``data`` then ``model.json``: ``meta`` plus the SHA-256 of every data file."""
+    digests = {name: hashlib.sha256(blob).hexdigest() for name, blob in data.items()}
+    return {**data, META_FILE: json.dumps({**meta, FILES_KEY: digests}, indent=2, sort_keys=True).encode()}
+
+
+def save_objects(objects: dict[str, bytes], directory: Where) -> None:
+    """Write each object whole, in order (``model.json`` last)."""
+    folder = storage.locate(directory)
+    for name, data in objects.items():
+        storage.put(folder.child(name), data)
+
+
+def save_model(model: Model, directory: Where) -> None:
+    """Write ``model.npz`` then ``model.json``, each atomically (a whole-object put remotely)."""
+    save_objects(model_objects(model), directory)
+
+
+def _check_digest(folder: Location, name: str, meta: dict[str, Any], data: bytes) -> None:
+    """Refuse a data file other than the one ``model.json`` names (checked after the content's own checks)."""
+    files = meta.get(FILES_KEY)
+    expected = files.get(name) if isinstance(files, dict) else None
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+        raise PipelineError(f"{folder.child(name)}: not the file {META_FILE} describes (another run replaced the folder meanwhile?)")
+
+
+def load_model(directory: Where) -> Model:
     """Read a saved model; refuses anything that is not this format, or arrays of the wrong shape."""
-    directory = Path(directory)
+    directory = storage.locate(directory)
     try:
-        meta = json.loads((directory / META_FILE).read_text())
-        arrays = np.load(directory / WEIGHTS_FILE, allow_pickle=False)
+        meta = json.loads(storage.read_bytes(directory.child(META_FILE)))
+        blob = storage.read_bytes(directory.child(WEIGHTS_FILE))
+        arrays = np.load(io.BytesIO(blob), allow_pickle=False)
         if not isinstance(arrays, np.lib.npyio.NpzFile):
             raise ValueError(f"{WEIGHTS_FILE} is not an .npz archive")
         with arrays:
@@ -79,17 +107,19 @@ def load_model(directory: Path) -> Model:
     except (OSError, ValueError, KeyError) as exc:
         raise PipelineError(f"{directory}: not a readable model ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise PipelineError(f"{directory / META_FILE}: unknown model format {meta.get('format') if isinstance(meta, dict) else None!r}")
+        named = meta.get("format") if isinstance(meta, dict) else None
+        raise PipelineError(f"{directory.child(META_FILE)}: unknown model format {named!r}")
     try:
         spec = FeatureSpec.from_dict(meta["features"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise PipelineError(f"{directory / META_FILE}: unreadable feature description ({type(exc).__name__}: {exc})") from None
+        raise PipelineError(f"{directory.child(META_FILE)}: unreadable feature description ({type(exc).__name__}: {exc})") from None
     shapes = {"pu": (N_ZONES,), "do": (N_ZONES,), "pair": (N_PAIRS,), "numeric": (len(spec.numeric),), "intercept": (1,)}
     for name, shape in shapes.items():
         if data[name].shape != shape or data[name].dtype != np.float64:
-            raise PipelineError(f"{directory / WEIGHTS_FILE}: array {name!r} has shape {data[name].shape}, expected {shape}")
+            raise PipelineError(f"{directory.child(WEIGHTS_FILE)}: array {name!r} has shape {data[name].shape}, expected {shape}")
+    _check_digest(directory, WEIGHTS_FILE, meta, blob)
     weights = Weights(float(data["intercept"][0]), data["pu"], data["do"], data["pair"], data["numeric"])
-    extra = {k: v for k, v in meta.items() if k not in ("format", "features", "vocabulary")}
+    extra = {k: v for k, v in meta.items() if k not in ("format", "features", "vocabulary", FILES_KEY)}
     return Model(weights, spec, extra)
 
 
@@ -104,7 +134,7 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
-def _untrusted(data: bytes, path: Path) -> list[str]:
+def _untrusted(data: bytes, path: Location) -> list[str]:
     """Types the skops bytes name that neither skops nor :data:`TRUSTED_TYPES` trust; reads the schema, builds nothing."""
     import skops.io
 
@@ -117,31 +147,33 @@ def _untrusted(data: bytes, path: Path) -> list[str]:
     return sorted(set(named) - set(TRUSTED_TYPES))
 
 
-def save_estimator_bytes(data: bytes, spec: FeatureSpec, metadata: dict[str, Any], directory: Path) -> None:
-    """Write ``model.skops`` (``data``, from :func:`dump_estimator`, maybe on a Dask worker) then ``model.json``, each atomically.
+def estimator_objects(data: bytes, spec: FeatureSpec, metadata: dict[str, Any], directory: Where) -> dict[str, bytes]:
+    """An estimator's objects in write order: ``model.skops`` (``data``, from :func:`dump_estimator`), then ``model.json``.
 
     Refuses bytes that :func:`load_estimator` would refuse, so no run writes a model it cannot read back.
     """
-    directory = Path(directory)
-    untrusted = _untrusted(data, directory / ESTIMATOR_FILE)
+    path = storage.locate(directory).child(ESTIMATOR_FILE)
+    untrusted = _untrusted(data, path)
     if untrusted:
-        raise PipelineError(f"{directory / ESTIMATOR_FILE}: not saved: the model names untrusted types: {', '.join(untrusted)}")
-    write_bytes(directory / ESTIMATOR_FILE, lambda fh: fh.write(data))
-    meta = {**metadata, "format": SKOPS_FORMAT, "features": spec.to_dict()}
-    text = json.dumps(meta, indent=2, sort_keys=True).encode()
-    write_bytes(directory / META_FILE, lambda fh: fh.write(text))
+        raise PipelineError(f"{path}: not saved: the model names untrusted types: {', '.join(untrusted)}")
+    return _with_meta({ESTIMATOR_FILE: data}, {**metadata, "format": SKOPS_FORMAT, "features": spec.to_dict()})
 
 
-def save_estimator(model: EstimatorModel, directory: Path) -> None:
+def save_estimator_bytes(data: bytes, spec: FeatureSpec, metadata: dict[str, Any], directory: Where) -> None:
+    """Write ``model.skops`` (``data``, maybe made on a Dask worker) then ``model.json``, each whole."""
+    save_objects(estimator_objects(data, spec, metadata, directory), directory)
+
+
+def save_estimator(model: EstimatorModel, directory: Where) -> None:
     """Write ``model.skops`` then ``model.json``, each atomically."""
     save_estimator_bytes(dump_estimator(model.fitted), model.spec, model.metadata, directory)
 
 
-def _read_meta(directory: Path) -> dict[str, Any]:
+def _read_meta(directory: Location) -> dict[str, Any]:
     """``model.json`` as a dict, or one line saying why this folder holds no model."""
-    path = directory / META_FILE
+    path = directory.child(META_FILE)
     try:
-        text = path.read_text()
+        text = storage.read_bytes(path).decode()
     except FileNotFoundError:
         raise PipelineError(f"{directory}: not a model folder (no {META_FILE})") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -155,27 +187,27 @@ def _read_meta(directory: Path) -> dict[str, Any]:
     return meta
 
 
-def _spec(meta: dict[str, Any], directory: Path) -> FeatureSpec:
+def _spec(meta: dict[str, Any], directory: Location) -> FeatureSpec:
     try:
         return FeatureSpec.from_dict(meta["features"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise PipelineError(f"{directory / META_FILE}: unreadable feature description ({type(exc).__name__}: {exc})") from None
+        raise PipelineError(f"{directory.child(META_FILE)}: unreadable feature description ({type(exc).__name__}: {exc})") from None
 
 
-def load_estimator(directory: Path) -> EstimatorModel:
+def load_estimator(directory: Where) -> EstimatorModel:
     """Read a saved estimator model, trusting exactly skops's defaults and :data:`TRUSTED_TYPES`.
 
     The types are checked on the file's schema first: a file naming any other
     type is refused before any of its objects is built or its modules imported.
     """
-    directory = Path(directory)
+    directory = storage.locate(directory)
     meta = _read_meta(directory)
     if meta.get("format") != SKOPS_FORMAT:
-        raise PipelineError(f"{directory / META_FILE}: format {meta.get('format')!r}, expected {SKOPS_FORMAT!r}")
+        raise PipelineError(f"{directory.child(META_FILE)}: format {meta.get('format')!r}, expected {SKOPS_FORMAT!r}")
     spec = _spec(meta, directory)
-    path = directory / ESTIMATOR_FILE
+    path = directory.child(ESTIMATOR_FILE)
     try:
-        data = path.read_bytes()
+        data = storage.read_bytes(path)
     except FileNotFoundError:
         raise PipelineError(f"{path}: missing, though {META_FILE} says {SKOPS_FORMAT}") from None
     except OSError as exc:
@@ -196,15 +228,16 @@ def load_estimator(directory: Path) -> EstimatorModel:
     if columns != 2 + len(spec.numeric):
         described = 2 + len(spec.numeric)
         raise PipelineError(f"{path}: the model takes {columns} columns; {META_FILE} describes {described} (zones, {spec.numeric})")
-    return EstimatorModel(fitted, spec, {k: v for k, v in meta.items() if k not in ("format", "features")})
+    _check_digest(directory, ESTIMATOR_FILE, meta, data)
+    return EstimatorModel(fitted, spec, {k: v for k, v in meta.items() if k not in ("format", "features", FILES_KEY)})
 
 
-def load_any(directory: Path) -> Model | EstimatorModel:
+def load_any(directory: Where) -> Model | EstimatorModel:
     """Read whichever model a folder holds, by the format ``model.json`` names; ``.kind`` tells them apart."""
-    directory = Path(directory)
+    directory = storage.locate(directory)
     fmt = _read_meta(directory).get("format")
     if fmt == FORMAT:
         return load_model(directory)
     if fmt == SKOPS_FORMAT:
         return load_estimator(directory)
-    raise PipelineError(f"{directory / META_FILE}: unknown model format {fmt!r}, expected {FORMAT!r} or {SKOPS_FORMAT!r}")
+    raise PipelineError(f"{directory.child(META_FILE)}: unknown model format {fmt!r}, expected {FORMAT!r} or {SKOPS_FORMAT!r}")

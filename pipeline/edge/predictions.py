@@ -13,9 +13,9 @@ one, never a mix of parts.
 from __future__ import annotations
 
 import contextlib
+import io
 import shutil
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -26,21 +26,21 @@ from pipeline.core.model import AnyModel
 from pipeline.core.monitoring import MonthCounts
 from pipeline.core.months import Month
 from pipeline.core.schema import DO, PICKUP, PU
-from pipeline.edge import reader
-from pipeline.edge.atomic import atomic_path
+from pipeline.edge import reader, storage
+from pipeline.edge.storage import Location, Where
 from pipeline.errors import PipelineError
 
 
-def month_folder(output: Path, month: Month) -> Path:
-    return output / f"month={month}"
+def month_folder(output: Where, month: Month) -> Location:
+    return storage.locate(output).child(f"month={month}")
 
 
-def staging_folder(output: Path, month: Month, run: str) -> Path:
+def staging_folder(output: Where, month: Month, run: str) -> Location:
     """Where one run writes a month's parts before they replace the month's folder."""
-    return output / f".staging-{run}" / f"month={month}"
+    return storage.locate(output).child(f".staging-{run}", f"month={month}")
 
 
-def score_chunk(plan: reader.MonthPlan, chunk: reader.Chunk, model: AnyModel, part: Path) -> MonthCounts:
+def score_chunk(plan: reader.MonthPlan, chunk: reader.Chunk, model: AnyModel, part: Location) -> MonthCounts:
     """Predict every row of a chunk, write them as one parquet part (atomically), return the month's counts."""
     table = reader.read(plan.layout, chunk)
     rows = training_rows(table, model.spec)
@@ -57,28 +57,45 @@ def score_chunk(plan: reader.MonthPlan, chunk: reader.Chunk, model: AnyModel, pa
             "in_training_range": pa.array(rows.keep, pa.bool_()),
         }
     )
-    with atomic_path(part) as tmp:
-        pq.write_table(out, tmp)
+    buffer = io.BytesIO()
+    pq.write_table(out, buffer)
+    storage.put(part, buffer.getvalue())
     keep = rows.keep
     error = predicted[keep] - minutes[keep]
     pair = np.bincount(rows.pu[keep] * N_ZONES + rows.do[keep], minlength=N_ZONES * N_ZONES)
     return MonthCounts(int(table.num_rows), int(keep.sum()), float(error @ error), float(error.sum()), pair)
 
 
-def publish_month(staged: Path, final: Path) -> None:
+def publish_month(staged: Location, final: Location) -> None:
     """Swap a month's staged parts in for its folder: the old parts go whole, the new arrive whole."""
-    if final.exists() and not final.is_dir():
+    if final.remote:
+        _publish_remote(staged, final)
+        return
+    assert staged.path is not None and final.path is not None
+    if final.path.exists() and not final.path.is_dir():
         raise PipelineError(f"{final}: exists and is not a folder")
-    old = final.with_name(f".old-{uuid.uuid4().hex}-{final.name}")
-    if final.exists():
-        final.rename(old)
-    staged.rename(final)
+    old = final.path.with_name(f".old-{uuid.uuid4().hex}-{final.name}")
+    if final.path.exists():
+        final.path.rename(old)
+    staged.path.rename(final.path)
     shutil.rmtree(old, ignore_errors=True)
     with contextlib.suppress(OSError):
-        staged.parent.rmdir()  # the run's staging folder, once its last month is in
+        staged.path.parent.rmdir()  # the run's staging folder, once its last month is in
 
 
-def check_output(output: Path) -> None:
-    """An output that exists as a file is refused before anything runs."""
-    if output.exists() and not output.is_dir():
+def _publish_remote(staged: Location, final: Location) -> None:
+    """Object storage: copy each staged part in (server side), then delete the old parts it did not replace."""
+    new, old = storage.listdir(staged), storage.listdir(final)
+    for name in new:
+        storage.copy(staged.child(name), final.child(name))
+    for name in sorted(set(old) - set(new)):
+        storage.delete(final.child(name))
+    storage.delete_tree(staged)
+
+
+def check_output(output: Where) -> None:
+    """An output that exists as a file is refused, and a remote one that cannot be reached fails, before anything runs."""
+    where = storage.locate(output)
+    if where.path is not None and where.path.exists() and not where.path.is_dir():
         raise PipelineError(f"--output {output}: exists and is not a folder")
+    storage.probe(where)

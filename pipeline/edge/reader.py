@@ -49,11 +49,12 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _open(path: Path) -> pq.ParquetFile:
+    """Open with page CRC verification: a damaged page of a file that has CRCs fails its read (files without read as before)."""
     try:
-        return pq.ParquetFile(path)
+        return pq.ParquetFile(path, page_checksum_verification=True)
     except FileNotFoundError:
         raise PipelineError(f"{path}: file not found") from None
-    except (pa.ArrowException, OSError) as exc:
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:  # a damaged column name fails to decode
         raise PipelineError(f"{path}: corrupt or unreadable parquet file ({_one_line(exc)})") from None
 
 

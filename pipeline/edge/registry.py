@@ -1,4 +1,4 @@
-"""A model registry on a local folder: numbered versions, one champion, and a history of every decision.
+"""A model registry in a local folder or on object storage: numbered versions, one champion, every decision.
 
 A monthly retraining run trains a challenger, writes its files into a staging
 folder, and commits it: the registry numbers it, and decides under a lock
@@ -18,18 +18,32 @@ readers need no lock, and a folder without one (a commit killed half-way) is
 never listed; its number is not reused. A commit that fails in this process is
 undone: no version, no champion change, no history line, and the staged folder
 is back where it was. Files and folders get the usual modes (0666/0777 less the
-umask), so a team can read what a run registered. Object storage comes later:
-only local folders and ``file://`` paths are accepted.
+umask), so a team can read what a run registered.
+
+On object storage (``s3://bucket/registry``) the layout is the same. There is
+no rename and no flock: a run stages its files in a local temporary folder, and
+a commit puts them under ``versions/vNNNN/`` then ``version.json`` last, so a
+reader still sees a version whole or not at all; ``champion.json`` is one
+whole-object put; ``history.jsonl`` is rewritten whole (read, add a line, put).
+A commit that fails there leaves the objects it put without a ``version.json``:
+an incomplete version, never listed, whose number is not reused.
+``.lock`` is an object created by a conditional put (``If-None-Match``), which
+keeps runs that commit at once apart; a lock left by a crashed run goes stale
+after ten minutes (:data:`pipeline.edge.storage.STALE_AFTER`). Object stores
+give no lease, so a writer stalled past that could overlap another: run one
+retraining schedule per registry.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import math
 import os
 import re
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,12 +51,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from pipeline.core.decisions import Decision, decide
 from pipeline.core.months import Month
-from pipeline.edge.atomic import write_bytes
+from pipeline.edge import storage
 from pipeline.edge.metrics import METRICS_FILE
+from pipeline.edge.storage import Location
 from pipeline.errors import PipelineError
 
 FORMAT = "taxi-pipeline/registry/v1"
@@ -59,7 +73,13 @@ STAGING_DIR = ".staging"
 MOVES = ("promote", "manual-promote", "rollback")
 
 _NAME = re.compile(r"^v(\d{4,})$")
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+#: Seconds a change waits for another run's change on object storage (each takes a few requests).
+LOCK_WAIT = 120.0
+#: Where a remote registry's runs stage their files: local temporary folders named so.
+_REMOTE_STAGING = "taxi-pipeline-staging-"
+
+#: A registry's root: a local folder, or a location on object storage.
+Root = Path | Location
 
 
 @dataclass(frozen=True)
@@ -67,7 +87,7 @@ class Version:
     """A complete registered version: its folder and the figures of the run that made it."""
 
     name: str
-    path: Path
+    path: Root
     created: str
     model: str
     train_months: tuple[str, ...]
@@ -90,16 +110,19 @@ class _Figures:
 class Registry:
     """A registry folder; get one with :meth:`Registry.open`. Holds no state but its path: every call reads the files."""
 
-    root: Path
+    root: Root
 
     @classmethod
     def open(cls, location: str | Path, create: bool = False) -> Registry:
-        """The registry at ``location`` (a folder or ``file://`` path); ``create`` makes one at a missing or empty folder.
+        """The registry at ``location`` (a folder, ``file://`` path or ``s3://`` URL); ``create`` makes one at a missing or empty one.
 
         A non-empty folder without a valid ``registry.json`` is refused even with
         ``create``: a typo must not turn someone's folder into a registry.
         """
-        root = _local_path(location)
+        where = storage.locate(location)
+        if where.path is None:
+            return cls._open_remote(where, create)
+        root = Path(os.path.abspath(where.path))
         marker = root / REGISTRY_FILE
         if root.exists() and not root.is_dir():
             raise PipelineError(f"{root}: not a folder, so not a model registry")
@@ -115,7 +138,23 @@ class Registry:
                     if not _empty(root):
                         raise PipelineError(f"{root}: not a model registry (no {REGISTRY_FILE})")
                     _write_json(marker, {"format": FORMAT, "created": _now()})
-        document = _read_json(marker)
+        return cls._checked(root, _read_json(marker))
+
+    @classmethod
+    def _open_remote(cls, root: Location, create: bool) -> Registry:
+        marker = root / REGISTRY_FILE
+        if not storage.exists(marker):
+            if [name for name in storage.listdir(root) if name != LOCK_FILE]:
+                raise PipelineError(f"{root}: not a model registry (no {REGISTRY_FILE})")
+            if not create:
+                raise PipelineError(f"{root}: no model registry there")
+            document = (json.dumps({"format": FORMAT, "created": _now()}, indent=2, sort_keys=True) + "\n").encode()
+            with contextlib.suppress(FileExistsError):  # two runs creating it at once: one put wins, the other reads it
+                storage.put(marker, document, create=True)
+        return cls._checked(root, _read_json(marker))
+
+    @classmethod
+    def _checked(cls, root: Root, document: dict[str, Any]) -> Registry:
         if document.get("format") != FORMAT:
             raise PipelineError(
                 f"{root}: not a model registry ({REGISTRY_FILE} has format {document.get('format')!r}, expected {FORMAT!r})"
@@ -131,7 +170,7 @@ class Registry:
     def version(self, name: str) -> Version:
         """The version called ``name`` (``v0001``); a PipelineError naming the registry and what it holds if there is none."""
         folder = self._versions / name
-        if not _NAME.match(name) or name != _name(int(name[1:])) or not (folder / VERSION_FILE).is_file():
+        if not _NAME.match(name) or name != _name(int(name[1:])) or not _is_file(folder / VERSION_FILE):
             shown = name if name.isprintable() else repr(name)
             names = self._names(complete=True)
             held = "no versions yet" if not names else f"versions: {names[0]}" + (f"..{names[-1]}" if len(names) > 1 else "")
@@ -147,10 +186,10 @@ class Registry:
         """Every decision, oldest first; a last line still being written (no newline yet) is not one."""
         path = self.root / HISTORY_FILE
         try:
-            text = path.read_text()
+            text = storage.read_bytes(path).decode()
         except FileNotFoundError:
             return []
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:
             raise PipelineError(f"{path}: unreadable ({exc})") from None
         decisions = []
         for number, line in enumerate(text.split("\n")[:-1], start=1):
@@ -168,7 +207,15 @@ class Registry:
 
         Staged beside the versions so that a commit is one rename on the same file
         system. A plain ``mkdir`` (not ``mkdtemp``, which makes 0700) keeps the umask's mode.
+        A registry on object storage stages in a local temporary folder instead.
         """
+        if isinstance(self.root, Location):
+            remote = Path(tempfile.mkdtemp(prefix=_REMOTE_STAGING))
+            try:
+                yield remote
+            finally:  # committed (uploaded) or not, the local copy goes
+                shutil.rmtree(remote, ignore_errors=True)
+            return
         folder = self.root / STAGING_DIR / f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         folder.mkdir(parents=True)
         try:
@@ -186,7 +233,7 @@ class Registry:
         The first version is promoted; later ones iff no worse than the champion.
         """
         staged = Path(staged)
-        if staged.resolve().parent != (self.root / STAGING_DIR).resolve():
+        if not self._stages(staged):
             raise PipelineError(f"{staged}: not a staging folder of {self.root} (write a run into Registry.staging())")
         if not staged.is_dir():
             raise PipelineError(f"{staged}: no such staging folder (already committed?)")
@@ -204,10 +251,8 @@ class Registry:
             action, reason, champion_rmse = decide(figures.val_month, figures.val_rmse, champion.name if champion else None, champion_rmse)
             name = self._next_name()
             folder = self._versions / name
-            self._versions.mkdir(exist_ok=True)
-            os.rename(staged, folder)
+            files = self._install(staged, name)
             try:
-                files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
                 record = {
                     "format": VERSION_FORMAT,
                     "name": name,
@@ -219,8 +264,9 @@ class Registry:
                     "files": files,
                 }
                 _write_json(folder / VERSION_FILE, record)
-                _fsync_dir(folder)
-                _fsync_dir(self._versions)
+                if isinstance(folder, Path):
+                    _fsync_dir(folder)
+                    _fsync_dir(folder.parent)
                 version = self._load(folder)
                 decision = Decision(
                     action=action,
@@ -235,8 +281,9 @@ class Registry:
                 )
                 self._record(decision)
             except BaseException:
-                (folder / VERSION_FILE).unlink(missing_ok=True)
-                os.rename(folder, staged)
+                storage.delete(folder / VERSION_FILE)
+                if isinstance(folder, Path):
+                    os.rename(folder, staged)
                 raise
         return version, decision
 
@@ -282,15 +329,43 @@ class Registry:
     # --- the parts ---------------------------------------------------------------------------------------------
 
     @property
-    def _versions(self) -> Path:
+    def _versions(self) -> Root:
         return self.root / VERSIONS_DIR
+
+    def _stages(self, staged: Path) -> bool:
+        """Whether ``staged`` is one of this registry's staging folders (:meth:`staging`)."""
+        if isinstance(self.root, Location):
+            return staged.name.startswith(_REMOTE_STAGING) and staged.resolve().parent == Path(tempfile.gettempdir()).resolve()
+        return staged.resolve().parent == (self.root / STAGING_DIR).resolve()
+
+    def _install(self, staged: Path, name: str) -> list[str]:
+        """Make the staged files version ``name``'s (its ``version.json`` still to come); their relative names.
+
+        Locally one rename; on object storage one put per file.
+        """
+        files = sorted(p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file())
+        folder = self._versions / name
+        if isinstance(folder, Path):
+            folder.parent.mkdir(exist_ok=True)
+            os.rename(staged, folder)
+        else:
+            for relative in files:
+                storage.put(folder.child(*relative.split("/")), (staged / relative).read_bytes())
+        return files
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
         """Hold ``.lock`` exclusively (not re-entrant: a second ``_locked`` in the same process would wait forever).
 
         Opened for writing as well: on NFS, flock is emulated with fcntl locks, which need that for an exclusive lock.
+        On object storage, ``.lock`` is an object put only if absent (:func:`pipeline.edge.storage.exclusive`).
         """
+        if isinstance(self.root, Location):
+            lock = self.root / LOCK_FILE
+            busy = f"{self.root}: {{holder}} holds {lock}; try again, or delete it if that run is gone"
+            with storage.exclusive(lock, f"pid {os.getpid()}", LOCK_WAIT, busy):
+                yield
+            return
         fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -300,20 +375,17 @@ class Registry:
 
     def _names(self, complete: bool) -> list[str]:
         """Version folder names by number; with ``complete``, only those with a ``version.json``."""
-        try:
-            entries = os.listdir(self._versions)
-        except FileNotFoundError:
-            return []
+        entries = storage.listdir(self._versions)
         numbers = sorted(int(m[1]) for m in map(_NAME.match, entries) if m)
         names = [_name(n) for n in numbers]
-        return [n for n in names if (self._versions / n / VERSION_FILE).is_file()] if complete else names
+        return [n for n in names if _is_file(self._versions / n / VERSION_FILE)] if complete else names
 
     def _next_name(self) -> str:
         """One past every folder in ``versions/``, complete or not: a number is never given twice."""
         names = self._names(complete=False)
         return _name(int(names[-1][1:]) + 1 if names else 1)
 
-    def _load(self, folder: Path) -> Version:
+    def _load(self, folder: Root) -> Version:
         record, path = _read_json(folder / VERSION_FILE), folder / VERSION_FILE
         if record.get("name") != folder.name:
             raise PipelineError(f"{path}: names version {record.get('name')!r}, but its folder is {folder.name}")
@@ -333,9 +405,10 @@ class Registry:
 
     def _champion_name(self) -> str | None:
         path = self.root / CHAMPION_FILE
-        if not path.exists():
+        try:
+            name = _read_json(path, missing_ok=True).get("version")
+        except FileNotFoundError:
             return None
-        name = _read_json(path).get("version")
         if not isinstance(name, str):
             raise PipelineError(f"{path}: no version named in it")
         return name
@@ -344,22 +417,23 @@ class Registry:
         """Move the champion pointer if the decision does, then append the decision; undo the pointer if the append fails."""
         champion = self.root / CHAMPION_FILE
         moves = decision.champion_after is not None and decision.champion_after != decision.champion_before
-        previous = champion.read_bytes() if champion.exists() else None
+        previous = _read_or_none(champion)
         if moves:
             _write_json(champion, {"version": decision.champion_after, "since": decision.time})
-            _fsync_dir(self.root)
+            if isinstance(self.root, Path):
+                _fsync_dir(self.root)
         try:
             _append_line(self.root / HISTORY_FILE, json.dumps(decision.to_dict(), sort_keys=True))
         except BaseException:
             if moves:
                 if previous is None:
-                    champion.unlink(missing_ok=True)
+                    storage.delete(champion)
                 else:
-                    write_bytes(champion, lambda fh: fh.write(previous))
+                    storage.put(champion, previous)
             raise
 
 
-def _figures(path: Path) -> _Figures:
+def _figures(path: Root) -> _Figures:
     """The challenger's figures from a ``metrics.json`` (only the fields a decision needs, so added fields do not matter)."""
     document = _read_json(path)
     try:
@@ -382,20 +456,6 @@ def _figures(path: Path) -> _Figures:
         raise PipelineError(f"{path}: not a run's metrics ({detail})") from None
 
 
-def _local_path(location: str | Path) -> Path:
-    """The absolute folder a location names; only local folders and ``file://`` URLs for now."""
-    text = os.fspath(location)
-    scheme = _SCHEME.match(text)
-    if scheme:
-        if scheme[1].lower() != "file":
-            raise PipelineError(f"{text}: object-storage registries are not supported yet (give a local folder or a file:// path)")
-        url = urlsplit(text)
-        if url.netloc not in ("", "localhost") or not url.path:
-            raise PipelineError(f"{text}: a file:// registry is a folder on this machine: file:///absolute/path")
-        text = unquote(url.path)
-    return Path(os.path.abspath(Path(text).expanduser()))
-
-
 def _empty(root: Path) -> bool:
     """Nothing in the folder but a lock, or a ``registry.json`` being written by a concurrent ``open(create=True)``."""
     return all(entry == LOCK_FILE or (entry.startswith(f".{REGISTRY_FILE}.") and entry.endswith(".tmp")) for entry in os.listdir(root))
@@ -409,9 +469,25 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _is_file(path: Root) -> bool:
+    return path.is_file() if isinstance(path, Path) else storage.exists(path)
+
+
+def _read_or_none(path: Root) -> bytes | None:
     try:
-        document = json.loads(path.read_text())
+        return storage.read_bytes(path)
+    except FileNotFoundError:
+        return None
+
+
+def _read_json(path: Root, missing_ok: bool = False) -> dict[str, Any]:
+    """The JSON object at ``path``; with ``missing_ok`` a missing file is ``FileNotFoundError``, else one line."""
+    try:
+        document = json.loads(storage.read_bytes(path))
+    except FileNotFoundError:
+        if missing_ok:
+            raise
+        raise PipelineError(f"{path}: unreadable (FileNotFoundError: no such file)") from None
     except (OSError, ValueError) as exc:
         raise PipelineError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
     if not isinstance(document, dict):
@@ -419,14 +495,19 @@ def _read_json(path: Path) -> dict[str, Any]:
     return document
 
 
-def _write_json(path: Path, document: dict[str, Any]) -> None:
-    text = (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
-    write_bytes(path, lambda fh: fh.write(text))
+def _write_json(path: Root, document: dict[str, Any]) -> None:
+    storage.put(path, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
 
 
-def _append_line(path: Path, line: str) -> None:
-    """Append one line in one write, flushed to disk; a short write is cut back off, so the file holds whole lines only."""
+def _append_line(path: Root, line: str) -> None:
+    """Append one line in one write, flushed to disk; a short write is cut back off, so the file holds whole lines only.
+
+    On object storage the object is rewritten whole with the line added (callers hold the registry's lock).
+    """
     data = (line + "\n").encode()
+    if not isinstance(path, Path):
+        storage.put(path, (_read_or_none(path) or b"") + data)
+        return
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     try:
         size = os.fstat(fd).st_size

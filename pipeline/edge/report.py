@@ -10,11 +10,11 @@ import io
 import json
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from pipeline.core.monitoring import MonthReport
-from pipeline.edge.atomic import write_bytes
+from pipeline.edge import storage
+from pipeline.edge.storage import Where
 
 REPORT_MD, REPORT_PNG, REPORT_JSON = "report.md", "report.png", "report.json"
 
@@ -60,7 +60,7 @@ def chart(months: Sequence[MonthReport], train_rmse: float, max_psi: float, max_
 
 
 def write_report(
-    output: Path,
+    output: Where,
     markdown: str,
     months: Sequence[MonthReport],
     summary: dict[str, Any],
@@ -69,12 +69,12 @@ def write_report(
     max_rmse_ratio: float,
 ) -> None:
     """Write the chart, then the markdown that shows it, then ``report.json`` (last: its presence means a whole report)."""
-    png = chart(months, train_rmse, max_psi, max_rmse_ratio)
-    write_bytes(output / REPORT_PNG, lambda fh: fh.write(png))
-    write_bytes(output / REPORT_MD, lambda fh: fh.write(markdown.encode()))
+    folder = storage.locate(output)
+    storage.put(folder.child(REPORT_PNG), chart(months, train_rmse, max_psi, max_rmse_ratio))
+    storage.put(folder.child(REPORT_MD), markdown.encode())
     document = {
         **summary,
         "breaches": sum(len(m.breaches) for m in months),
         "months": [{k: _finite(v) if isinstance(v, float) else v for k, v in m.to_dict().items()} for m in months],
     }
-    write_bytes(output / REPORT_JSON, lambda fh: fh.write(json.dumps(document, indent=2, sort_keys=True).encode()))
+    storage.put(folder.child(REPORT_JSON), json.dumps(document, indent=2, sort_keys=True).encode())

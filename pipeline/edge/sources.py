@@ -27,17 +27,20 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 from urllib.parse import urlsplit
 
-import fsspec
-
 from pipeline.core.months import Month
 from pipeline.core.schema import TAXI_TYPES
+from pipeline.edge import storage
 from pipeline.edge.atomic import atomic_path
 from pipeline.errors import PipelineError
 
 logger = logging.getLogger(__name__)
 
-#: Seconds a single socket operation may block; a hung server is then retried.
+#: Seconds a single socket operation (connect, or one read of the body) may block before the
+#: attempt fails and is retried; ``$TAXI_PIPELINE_HTTP_TIMEOUT`` overrides it.
 HTTP_TIMEOUT = 60.0
+TIMEOUT_VARIABLE = "TAXI_PIPELINE_HTTP_TIMEOUT"
+#: Every parquet file starts and ends with these bytes; an HTML error page or a proxy's notice does not.
+_PARQUET_MAGIC = b"PAR1"
 _CHUNK = 1 << 20
 _USER_AGENT = "taxi-pipeline/0.1 (+urllib)"
 _T = TypeVar("_T")
@@ -60,6 +63,10 @@ class _Truncated(Exception):
     """The body ended before the announced length: worth another attempt."""
 
 
+class _NotParquet(Exception):
+    """The body is not a parquet file: final, and never stored in the cache."""
+
+
 class _HeadRefused(Exception):
     """The server does not do HEAD; the GET's headers give the identity instead."""
 
@@ -75,6 +82,23 @@ def default_cache_dir() -> Path:
         return Path(os.environ["TAXI_PIPELINE_CACHE"]).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "taxi-pipeline"
+
+
+def http_timeout() -> float:
+    """Seconds an HTTP socket operation may block: ``$TAXI_PIPELINE_HTTP_TIMEOUT``, else :data:`HTTP_TIMEOUT`.
+
+    Read at each request, so Dask workers started from this environment honour it too.
+    """
+    text = os.environ.get(TIMEOUT_VARIABLE, "").strip()
+    if not text:
+        return HTTP_TIMEOUT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise PipelineError(f"{TIMEOUT_VARIABLE}={text!r}: expected a number of seconds above 0")
+    return seconds
 
 
 def _scheme(source: str) -> str:
@@ -119,10 +143,7 @@ def resolve_month(
             _Truncated,
         )
     else:
-        try:
-            fs, remote_path = fsspec.core.url_to_fs(location)
-        except (ImportError, ValueError) as exc:
-            raise PipelineError(f"month {month}: cannot open source {source}: {exc}") from None
+        fs, remote_path = storage.filesystem(location)  # with --storage-options
         attempt = functools.partial(_fetch_fsspec, fs, remote_path, location, month, dest)
         transient = (ConnectionError, TimeoutError, _Truncated)  # backends retry the rest themselves
     try:
@@ -130,6 +151,8 @@ def resolve_month(
         identity = _with_retries(attempt, transient, f"month {month}: could not fetch {location}", retries, backoff)
     except PipelineError:
         raise
+    except _NotParquet as exc:
+        raise PipelineError(f"month {month}: {location} is not a parquet file ({exc})") from None
     except OSError as exc:  # not transient: the cache disk, permissions, a refusing backend
         raise PipelineError(f"month {month}: cannot copy {location} into {dest.parent}: {exc}") from None
     return MonthFile(taxi, month, location, dest, identity)
@@ -164,17 +187,13 @@ def month_published(source: str, taxi: str, month: Month, retries: int = 3, back
     if _scheme(source) in ("http", "https"):
         transient: tuple[type[BaseException], ...] = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
         return _with_retries(functools.partial(_http_exists, location), transient, f"source {source} unreachable", retries, backoff)
-    try:
-        fs, path = fsspec.core.url_to_fs(location)
-        return bool(fs.exists(path))
-    except (ImportError, ValueError, OSError) as exc:
-        raise PipelineError(f"source {source}: cannot list it: {exc}") from None
+    return storage.exists(location)
 
 
 def _http_exists(url: str) -> bool:
     request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": _USER_AGENT})
     try:
-        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT):
+        with urllib.request.urlopen(request, timeout=http_timeout()):
             return True
     except urllib.error.HTTPError as exc:
         exc.close()
@@ -262,14 +281,14 @@ def _urlopen(url: str, method: str, month: Month) -> http.client.HTTPResponse:
     """Open ``url``; 404/403 and other client errors are final, 5xx/429 stay transient."""
     request = urllib.request.Request(url, method=method, headers={"User-Agent": _USER_AGENT})
     try:
-        response: http.client.HTTPResponse = urllib.request.urlopen(request, timeout=HTTP_TIMEOUT)
+        response: http.client.HTTPResponse = urllib.request.urlopen(request, timeout=http_timeout())
         return response
     except urllib.error.HTTPError as exc:
         exc.close()
         if method == "HEAD" and exc.code in (405, 501):
             raise _HeadRefused from None
         if exc.code in (403, 404, 410):
-            raise PipelineError(f"month {month}: not found at {url} (HTTP {exc.code})") from None
+            raise PipelineError(f"month {month}: not found (HTTP {exc.code}) at {url}") from None
         if exc.code < 500 and exc.code != 429:
             raise PipelineError(f"month {month}: {url} refused: HTTP {exc.code} {exc.reason}") from None
         raise
@@ -285,18 +304,22 @@ def _http_identity(headers: http.client.HTTPMessage) -> str | None:
 
 
 def _fetch_fsspec(fs: Any, remote_path: str, url: str, month: Month, dest: Path) -> str:
-    """One attempt: identity from ``fs.info``, reuse the cache if it matches, else copy."""
-    try:
-        info = fs.info(remote_path)
-    except FileNotFoundError:
-        info = {"type": "missing"}
-    if info.get("type", "file") != "file":
-        raise PipelineError(f"month {month}: file not found: {url}")
-    identity = _fsspec_identity(info)
-    if identity and _cache_matches(dest, identity):
-        return identity
-    with fs.open(remote_path, "rb") as remote:
-        return _cache_store(dest, remote, info.get("size"), identity)
+    """One attempt: identity from ``fs.info``, reuse the cache if it matches, else copy.
+
+    A refusing or unreachable object store (s3fs has retried already) is one line naming the object.
+    """
+    with storage.failures(f"month {month}: {url}", "read", keep=(ConnectionError, TimeoutError, _Truncated)):
+        try:
+            info = fs.info(remote_path)
+        except FileNotFoundError:
+            info = {"type": "missing"}
+        if info.get("type", "file") != "file":
+            raise PipelineError(f"month {month}: file not found: {url}")
+        identity = _fsspec_identity(info)
+        if identity and _cache_matches(dest, identity):
+            return identity
+        with fs.open(remote_path, "rb") as remote:
+            return _cache_store(dest, remote, info.get("size"), identity)
 
 
 def _fsspec_identity(info: dict[str, Any]) -> str | None:
@@ -334,27 +357,33 @@ def _cache_store(dest: Path, body: IO[bytes], expected_size: int | None, identit
     Without a server identity the content hash is used, so it still changes with content.
     """
     logger.info("downloading %s", dest.name)
-    stat, digest = _atomic_write(dest, body, expected_size)
+    stat, digest = _atomic_write(dest, body, expected_size, _PARQUET_MAGIC)
     identity = identity or f"sha256={digest}"
     record = {"identity": identity, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     _atomic_write(_sidecar(dest), io.BytesIO(json.dumps(record).encode()), None)
     return identity
 
 
-def _atomic_write(dest: Path, body: IO[bytes], expected_size: int | None) -> tuple[os.stat_result, str]:
-    """Stream ``body`` into ``dest`` atomically (:func:`pipeline.edge.atomic.atomic_path`), checking its length.
+def _atomic_write(dest: Path, body: IO[bytes], expected_size: int | None, magic: bytes = b"") -> tuple[os.stat_result, str]:
+    """Stream ``body`` into ``dest`` atomically (:func:`pipeline.edge.atomic.atomic_path`), checking its length
+    and, with ``magic``, that the content starts and ends with it.
 
     Returns the final file's stat and sha256. On any failure ``dest`` is untouched:
     readers see the old complete file or the new one.
     """
     digest = hashlib.sha256()
+    head, tail = b"", b""
     with atomic_path(dest) as tmp, open(tmp, "wb") as out:
         while chunk := body.read(_CHUNK):
             digest.update(chunk)
             out.write(chunk)
+            head = head or chunk[:16]  # enough to tell an HTML page in the message
+            tail = (tail + chunk)[-len(magic) :] if magic else b""
         out.flush()
         os.fsync(out.fileno())
         stat = os.fstat(out.fileno())
         if expected_size is not None and stat.st_size != expected_size:
             raise _Truncated(f"got {stat.st_size} of {expected_size} bytes")
+        if magic and (not head.startswith(magic) or tail != magic or stat.st_size < 2 * len(magic)):
+            raise _NotParquet(f"{stat.st_size:,} bytes starting {head!r}")
     return stat, digest.hexdigest()

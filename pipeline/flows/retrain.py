@@ -26,11 +26,11 @@ from prefect.runtime import flow_run as current_run
 
 from cluster import ClusterSpec
 from pipeline.core import render
-from pipeline.core.config import DEFAULT_SOURCE, ModelName, Taxi, TrainConfig
+from pipeline.core.config import DEFAULT_EXPERIMENT, DEFAULT_SOURCE, ModelName, Taxi, TrainConfig
 from pipeline.core.decisions import Decision
 from pipeline.core.months import Month
 from pipeline.core.results import RunResult
-from pipeline.edge import reader, row_fits
+from pipeline.edge import reader, row_fits, storage, tracking
 from pipeline.edge.model_files import META_FILE, load_any
 from pipeline.edge.registry import Registry, Version
 from pipeline.edge.sources import latest_month
@@ -82,7 +82,7 @@ def _training_config(champion: Version | None, staged: Any, months: tuple[list[M
     train, val = months
     candidates = tuple(tuple(c) for c in options.pop("candidates"))
     champion_columns: tuple[str, ...] = ()
-    if champion is not None and (champion.path / META_FILE).exists():
+    if champion is not None and storage.exists(champion.path / META_FILE):
         champion_columns = load_any(champion.path).spec.numeric
     if options["model"] != "linear":
         options["alphas"] = tuple(options["alphas"])[:1]  # row-fitted models have no alpha grid
@@ -96,7 +96,7 @@ def _training_config(champion: Version | None, staged: Any, months: tuple[list[M
 
 def _rescore(current: Version, val: reader.MonthPlan) -> float | None:
     """A champion promoted by another run while this one trained: scored on this run's validation month from its rows."""
-    if not (current.path / META_FILE).exists():
+    if not storage.exists(current.path / META_FILE):
         return None
     return row_fits.model_rmse(load_any(current.path), val)
 
@@ -140,11 +140,15 @@ def retrain_flow(
     cluster: ClusterSpec | None = None,
     notify: str | None = None,
     notify_on_completion: bool = False,
+    mlflow: bool = False,
+    mlflow_uri: str | None = None,
+    mlflow_experiment: str = DEFAULT_EXPERIMENT,
 ) -> RetrainResult:
     """Retrain on the newest published month and its ``window`` predecessors; promote the challenger if no worse.
 
     ``notify`` names a saved notification block (``TYPE/NAME``); the CLI's
-    ``--notify-url`` reaches the hooks through the environment instead.
+    ``--notify-url`` reaches the hooks through the environment instead. With
+    ``mlflow``, the training run is an MLflow run and the decision is added to it.
     """
     logger = get_run_logger()
     if window < 1:
@@ -171,13 +175,16 @@ def retrain_flow(
         "chunk_rows": chunk_rows,
         "seed": seed,
         "max_rows": max_rows,
+        "mlflow": mlflow,
+        "mlflow_uri": mlflow_uri,
+        "mlflow_experiment": mlflow_experiment,
     }
     with store.staging() as staged:
         config = _training_config(champion, staged, (train, val), options)
         plans = reader.locate_local(config)
         with dask_runner(cluster) as runner:
             result = train_on_dask.with_options(task_runner=runner.task_runner)(
-                config, plans, runner.slots, champion.path if champion else None
+                config, plans, runner.slots, str(champion.path) if champion else None
             )
 
         def score_champion(current: Version) -> float | None:
@@ -192,4 +199,7 @@ def retrain_flow(
         key="retrain-decision", markdown=render.retrain_markdown(decision, result), description=render.decision_line(decision)
     )
     logger.info("%s", render.decision_line(decision))
+    if config.mlflow:
+        tracked = tracking.log_decision(tracking.check(config.mlflow_uri), config.mlflow_experiment, result.flow_run_id, decision)
+        logger.info("decision added to MLflow run %s at %s", tracked.run_id, tracked.uri)
     return outcome

@@ -16,7 +16,6 @@ import uuid
 from dataclasses import dataclass
 from functools import reduce
 from operator import add
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -68,7 +67,7 @@ class ScoreResult:
 
 @flow(name="score-on-dask", validate_parameters=False)
 def score_on_dask(
-    model_dir: Path, source: str, taxi: str, months: list[Month], output: Path, max_psi: float, max_rmse_ratio: float, chunk_rows: int
+    model_dir: str, source: str, taxi: str, months: list[Month], output: str, max_psi: float, max_rmse_ratio: float, chunk_rows: int
 ) -> ScoreResult:
     """Score ``months`` with the model in ``model_dir`` on the flow's task runner; write parts and the report."""
     logger = get_run_logger()
@@ -83,7 +82,7 @@ def score_on_dask(
     for month, plan in plans.items():  # every month's chunks are submitted before any is waited for
         staged = predictions.staging_folder(output, month, run)
         parts: list[Any] = [
-            score_chunk.submit(plan, chunk, model, staged / f"part-{index:05d}.parquet")
+            score_chunk.submit(plan, chunk, model, staged.child(f"part-{index:05d}.parquet"))
             for index, chunk in enumerate(reader.plan(plan.layout, chunk_rows))
         ]
         counted[month] = month_counts.submit(parts)
@@ -117,21 +116,21 @@ def score_on_dask(
     return result
 
 
-def model_folder(model: str | None, registry: str | None, version: str | None) -> Path:
+def model_folder(model: str | None, registry: str | None, version: str | None) -> str:
     """The model folder a run scores with: ``model``, or a registry's version (default: its champion)."""
     if (model is None) == (registry is None):
         raise PipelineError("give one model: --model DIR or --registry R [--version V]")
     if model is not None:
         if version is not None:
             raise PipelineError("--version goes with --registry, not --model")
-        return Path(model)
+        return model
     store = Registry.open(registry or "")
     if version is not None:
-        return store.version(version).path
+        return str(store.version(version).path)
     champion = store.champion()
     if champion is None:
         raise PipelineError(f"{store.root}: no champion yet; retrain first, or name a --version")
-    return champion.path
+    return str(champion.path)
 
 
 @flow(name="score-trip-duration", validate_parameters=True)
@@ -151,9 +150,9 @@ def score_flow(
     """Score ``months`` (e.g. ``2023-04:2023-06``) with a model folder or a registry's champion; write parts and a report."""
     folder = model_folder(model, registry, version)
     load_any(folder)  # a folder that is not a model fails here, before the cluster starts
-    predictions.check_output(Path(output))
+    predictions.check_output(output)
     chosen = parse_months(months)
     with dask_runner(cluster) as runner:
         return score_on_dask.with_options(task_runner=runner.task_runner)(
-            folder, source, taxi, chosen, Path(output), max_psi, max_rmse_ratio, chunk_rows
+            folder, source, taxi, chosen, output, max_psi, max_rmse_ratio, chunk_rows
         )

@@ -24,20 +24,22 @@ from prefect.runtime import flow_run
 from prefect.states import Completed
 
 from cluster import ClusterSpec
-from pipeline.core import cv, render, stats, training
+from pipeline.core import cv, render, screening, stats, training
 from pipeline.core.config import TrainConfig
 from pipeline.core.cv import CVReport, Features
 from pipeline.core.features import FeatureSpec
 from pipeline.core.model import AnyModel, Model
 from pipeline.core.months import Month
 from pipeline.core.results import RunResult
-from pipeline.edge import chunks, reader, stats_cache
-from pipeline.edge.baseline import save_train_counts
-from pipeline.edge.metrics import write_metrics
-from pipeline.edge.model_files import load_any, save_estimator_bytes, save_model
+from pipeline.edge import chunks, reader, stats_cache, tracking
+from pipeline.edge.baseline import COUNTS_FILE, train_counts_bytes
+from pipeline.edge.metrics import METRICS_FILE, metrics_bytes
+from pipeline.edge.model_files import estimator_objects, load_any, model_objects
+from pipeline.edge.run_files import publish_run
 from pipeline.edge.sources import is_local
 from pipeline.errors import PipelineError
 from pipeline.flows.cluster_runner import dask_runner
+from pipeline.orchestration.prefect_api import ui_url
 
 if TYPE_CHECKING:  # row_fits imports scikit-learn: only the tasks that fit estimators load it
     from pipeline.edge.row_fits import FitResult
@@ -73,6 +75,7 @@ def chunk_stats(plan: reader.MonthPlan, chunk: reader.Chunk, spec: FeatureSpec, 
 
 
 month_stats = task(name="month-stats", cache_policy=NO_CACHE)(stats.combine)
+month_rows = task(name="month-rows", cache_policy=NO_CACHE)(screening.of)
 fit = task(name="fit", cache_policy=NO_CACHE)(training.fit)
 score = task(name="score", cache_policy=NO_CACHE)(training.score)
 cv_kfold = task(name="cv-kfold", cache_policy=NO_CACHE)(training.kfold_group)
@@ -197,6 +200,7 @@ class Trained:
     report: CVReport | None
     val_stats: Any = None  # a future of the validation month's statistics (of the columns read)
     estimator_bytes: bytes | None = None  # a row-fitted model with no linear form, as model.skops bytes
+    months: tuple[screening.MonthRows, ...] = ()  # rows read and dropped per month (linear path)
 
 
 def _train_linear(
@@ -205,6 +209,7 @@ def _train_linear(
     """The exact path: statistics per month; CV from them (K-fold CV also refits every
     candidate alpha and feature set, 5 ms each); else one fit and one score task at the alpha given."""
     per_month = _month_statistics(config, plans, val)
+    counted = month_rows.submit([*train, val], [per_month[m] for m in [*train, val]])  # one task: a few ints a month
     report: CVReport | None = None
     alpha, features = config.alphas[0], None
     candidates: dict[tuple[Features | None, float], training.Candidate] = {}
@@ -224,7 +229,8 @@ def _train_linear(
         val_rows, val_rmse = validated.result()
     empty = training.empty_of({**{reader.label(plans[m]): n for m, n in zip(train, result.month_rows)}, reader.label(plans[val]): val_rows})
     outcome = training.Outcome(result.weights, sum(result.month_rows), result.rmse, val_rows, val_rmse, empty, result.pair_count)
-    return Trained(outcome, alpha, config.feature_spec().numeric if features is None else features, report, per_month[val])
+    numeric = config.feature_spec().numeric if features is None else features
+    return Trained(outcome, alpha, numeric, report, per_month[val], months=counted.result())
 
 
 def _train_estimator(
@@ -264,6 +270,16 @@ def _publish(result: RunResult) -> None:
         )
 
 
+def track_training(config: TrainConfig, result: RunResult, files: dict[str, bytes], logger: RunLogger) -> tracking.Tracked:
+    """The run, its files (name: bytes) and its flow run's UI link as an MLflow run. Called in the flow process: the tracking
+    URI may come from its environment (MLFLOW_TRACKING_URI), which remote Dask workers do not share."""
+    uri = tracking.check(config.mlflow_uri)
+    tags = {tracking.FLOW_RUN_TAG: result.flow_run_id, tracking.FLOW_RUN_URL_TAG: ui_url(result.flow_run_id)}
+    tracked = tracking.log_training(uri, config.mlflow_experiment, config, result, tags, files)
+    logger.info("MLflow run %s in experiment %r at %s", tracked.run_id, config.mlflow_experiment, tracked.uri)
+    return tracked
+
+
 @task(name="champion-score", cache_policy=NO_CACHE)
 def champion_score(champion: AnyModel, val_stats: stats.Stats | None, read: Features, val: reader.MonthPlan) -> float | None:
     """The champion's RMSE on the validation month: exactly from its statistics when they hold the champion's
@@ -280,7 +296,7 @@ def champion_score(champion: AnyModel, val_stats: stats.Stats | None, read: Feat
 
 @flow(name="train-on-dask", validate_parameters=False)
 def train_on_dask(
-    config: TrainConfig, plans: list[reader.MonthPlan] | None = None, slots: int = 1, champion: Path | None = None
+    config: TrainConfig, plans: list[reader.MonthPlan] | None = None, slots: int = 1, champion: str | None = None
 ) -> RunResult:
     """Train on the training months, validate on the next, save model and metrics (on the flow's task runner).
 
@@ -299,6 +315,8 @@ def train_on_dask(
     outcome = trained.outcome
     if outcome.empty:
         raise PipelineError(f"{outcome.empty[0]}: no trips left after the duration filter")
+    for found in screening.unusual(trained.months):
+        logger.warning(render.drop_warning(found))
     champion_rmse = None
     if champion_model is not None:
         read = config.feature_spec().numeric
@@ -318,18 +336,24 @@ def train_on_dask(
         flow_run_id=str(flow_run.id),
         cv=trained.report,
         champion_val_rmse=champion_rmse,
+        months=trained.months,
     )
     _publish(result)
+    spec = FeatureSpec(numeric=trained.features)
+    metadata = {"metrics": result.to_dict(), "source": config.source, "run_id": result.flow_run_id}
+    objects: dict[str, bytes] = {}
     if outcome.pair_count is not None:
-        save_train_counts(outcome.pair_count, config.output)
-    spec, metadata = FeatureSpec(numeric=trained.features), {"metrics": result.to_dict(), "source": config.source}
+        objects[COUNTS_FILE] = train_counts_bytes(outcome.pair_count)
     if outcome.weights is not None:
-        save_model(Model(outcome.weights, spec, metadata), config.output)
+        objects.update(model_objects(Model(outcome.weights, spec, metadata)))
     elif trained.estimator_bytes is not None:
-        save_estimator_bytes(trained.estimator_bytes, spec, metadata, config.output)
+        objects.update(estimator_objects(trained.estimator_bytes, spec, metadata, config.output))
     else:
         logger.warning("%s returned no model to save: writing metrics only", config.model)
-    write_metrics(config.output, result)
+    metrics = metrics_bytes(result)
+    publish_run(config.output, result.flow_run_id, objects, metrics)
+    if config.mlflow:
+        track_training(config, result, {**objects, METRICS_FILE: metrics}, logger)
     logger.info(
         "val RMSE %.4f min on %d rows; train RMSE %.4f on %d rows; %.1f s",
         result.val_rmse,

@@ -19,8 +19,8 @@ import numpy as np
 
 from pipeline.core.features import FeatureSpec
 from pipeline.core.model import EstimatorModel, Model
-from pipeline.edge import model_files
-from pipeline.edge.registry import CHAMPION_FILE, Registry
+from pipeline.edge import model_files, storage
+from pipeline.edge.registry import CHAMPION_FILE, Registry, Root
 from pipeline.errors import PipelineError
 from pipeline.service.payload import TripParser
 
@@ -39,7 +39,7 @@ class Predictor(Protocol):
     def predict_codes(self, pu: np.ndarray, do: np.ndarray, x: np.ndarray) -> np.ndarray: ...
 
 
-def load(directory: Path) -> Predictor:
+def load(directory: storage.Where) -> Predictor:
     """The one place a model folder is read: whichever model file format the edge knows (linear ``.npz``, skops)."""
     return model_files.load_any(directory)
 
@@ -107,11 +107,14 @@ class Served:
         return f"{self.version or 'the model'} ({self.format})"
 
 
-#: How a file is told apart from its replacement: an atomic replace gives a new inode even within mtime's granularity.
-Signature = tuple[int, int, int] | None
+#: How a file is told apart from its replacement: an atomic replace gives a new inode even within mtime's granularity;
+#: an object on object storage, a new ETag.
+Signature = tuple[int, int, int] | str | None
 
 
-def _signature(path: Path) -> Signature:
+def _signature(path: Root) -> Signature:
+    if not isinstance(path, Path):
+        return storage.stamp(path)
     try:
         info = os.stat(path)
     except OSError:  # gone, or unreadable: then reading the champion says why, once
@@ -139,7 +142,7 @@ class ModelSlot:
         self._looked = False
         self._registry: Registry | None = None
         if source.kind == "folder":
-            self.current = Served.build(load(Path(source.location)), None, None, max_batch)
+            self.current = Served.build(load(source.location), None, None, max_batch)
         else:
             self._registry = Registry.open(source.location)
             self.problem = f"{self._registry.root}: no champion yet"
