@@ -36,6 +36,7 @@ import numpy as np
 
 from pipeline.core.features import N_PAIRS
 from pipeline.core.stats import Stats
+from pipeline.edge import storage
 from pipeline.edge.atomic import atomic_path
 from pipeline.edge.sources import default_cache_dir, is_local
 from pipeline.errors import PipelineError
@@ -261,12 +262,16 @@ def _used(info: dict[str, Any]) -> float:
 
 
 class StatsCache:
-    """Chunk statistics by key at ``location`` (a folder or fsspec URL; ``storage_options`` go to fsspec)."""
+    """Chunk statistics by key at ``location``: a folder, or an fsspec URL opened with the run's storage options
+    (:func:`pipeline.edge.storage.options`) unless ``storage_options`` are given."""
 
     def __init__(self, location: str, storage_options: dict[str, Any] | None = None) -> None:
         self.location = location
         self.local = is_local(location)
-        self.fs, self.root = fsspec.core.url_to_fs(location, **(storage_options or {}))
+        if storage_options is None and not self.local:
+            self.fs, self.root = storage.filesystem(location)
+        else:
+            self.fs, self.root = fsspec.core.url_to_fs(location, **(storage_options or {}))
 
     def _path(self, key: str) -> str:
         return f"{self.root.rstrip('/')}/{key}{SUFFIX}"
