@@ -228,26 +228,35 @@ def test_the_store_gone_mid_write_is_one_line_and_leaves_no_model_without_its_da
 
 
 @pytest.mark.slow
-def test_train_from_s3_to_s3_gives_the_local_runs_metrics_to_the_bit(moto: Moto, prefect_api_url: str) -> None:
-    from tests.test_flow import PINNED
+def test_train_from_s3_to_s3_gives_the_local_runs_metrics_to_the_bit_and_a_second_run_reads_the_shared_cache(
+    moto: Moto, prefect_api_url: str
+) -> None:
+    from test_flow import PINNED
 
-    output = f"s3://{BUCKET}/runs/first"
     env: dict[str, str | None] = {
         "PREFECT_API_URL": prefect_api_url,
         "AWS_ENDPOINT_URL": None,
     }  # the endpoint from --storage-options instead
-    result = _cli("train", "--source", MONTHS, "--train-months", "2023-01:2023-02", "--val-month", "2023-03", "--output", output,
-                  "--storage-options", json.dumps({"endpoint_url": moto.url}), "--folds", "0", "--numeric", "trip_distance",
-                  "--alphas", "0.5", "--no-cache", "--n-workers", "1", env=env)  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert storage.listdir(output) == ["metrics.json", "model.json", "model.npz", "train_counts.npz"]
-    metrics = json.loads(storage.read_bytes(f"{output}/metrics.json"))
-    for timing in ("seconds", "rows_per_second", "flow_run_id", "schema_version", "numeric"):
-        metrics.pop(timing)
-    assert metrics == PINNED["nocv_numeric"]["metrics"]  # the local run's figures (tests/test_flow.py pins them)
-    meta = json.loads(storage.read_bytes(f"{output}/model.json"))
-    assert meta["run_id"] == json.loads(storage.read_bytes(f"{output}/metrics.json"))["flow_run_id"]
-    assert moto.env["AWS_SECRET_ACCESS_KEY"] not in result.stdout + result.stderr
+    runs = []
+    for name in ("first", "second"):
+        output = f"s3://{BUCKET}/runs/{name}"
+        result = _cli("train", "--source", MONTHS, "--train-months", "2023-01:2023-02", "--val-month", "2023-03", "--output", output,
+                      "--storage-options", json.dumps({"endpoint_url": moto.url}), "--folds", "0", "--numeric", "trip_distance",
+                      "--alphas", "0.5", "--stats-cache", f"s3://{BUCKET}/stats", "--n-workers", "1", env=env)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert moto.env["AWS_SECRET_ACCESS_KEY"] not in result.stdout + result.stderr
+        assert storage.listdir(output) == ["metrics.json", "model.json", "model.npz", "train_counts.npz"]
+        meta = json.loads(storage.read_bytes(f"{output}/model.json"))
+        metrics = json.loads(storage.read_bytes(f"{output}/metrics.json"))
+        assert meta["run_id"] == metrics["flow_run_id"]
+        for timing in ("seconds", "rows_per_second", "flow_run_id", "schema_version", "numeric", "months"):
+            metrics.pop(timing)
+        assert metrics == PINNED["nocv_numeric"]["metrics"]  # the local run's figures (tests/test_flow.py pins them)
+        runs.append(result.stdout + result.stderr)
+    chunks = len(storage.listdir(f"s3://{BUCKET}/stats"))
+    assert chunks >= 3  # at least one chunk a month, each one object on the shared cache
+    assert f"0 of {chunks} chunks read from it" in runs[0]
+    assert f"{chunks} of {chunks} chunks read from it" in runs[1]  # the second run computed nothing
 
 
 @pytest.mark.slow
