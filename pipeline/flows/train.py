@@ -125,6 +125,7 @@ def raise_first_failure(futures: list[Any]) -> None:
     costs nothing: everything after needs them.
     """
     for future in as_completed(futures):
+        future.wait()  # takes the state the worker returned; without it ``state`` asks the API, which lags behind remote workers
         if future.state.is_failed() or future.state.is_crashed():
             future.result()
 

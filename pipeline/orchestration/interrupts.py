@@ -5,7 +5,7 @@ temporary Prefect API and its LocalCluster's workers too. The API died first,
 so the flow run's crash could not be recorded and the client retried it for a
 minute, while every worker printed its own traceback. So the API starts with
 SIGINT blocked (:func:`children_ignore_interrupts`: the mask is inherited across
-fork and exec), the workers ignore it (:func:`dask_setup`, a worker preload),
+fork and exec), the workers only go quiet on it (:func:`dask_setup`, a worker preload),
 and the run stops both itself.
 
 In the main thread Python raises ``KeyboardInterrupt`` wherever the signal
@@ -99,11 +99,16 @@ def interruptible(say: Callable[[str], None], grace: float = 15.0) -> Iterator[N
     sys.unraisablehook = unraisable
     try:
         yield
+    except BaseException as exc:
+        if state["interrupts"] and not isinstance(exc, Interrupted):
+            raise Interrupted from None  # cleanup code that the interrupt cut short failed in its own way
+        raise
     finally:
         done.set()
         sys.unraisablehook = previous_unraisable
         signal.signal(signal.SIGINT, previous_handler)
-        logging.disable(logging.NOTSET)
+        if not state["interrupts"]:  # after one, Prefect's services still complain at exit: stay silent
+            logging.disable(logging.NOTSET)
 
 
 #: A Dask worker preload (``distributed.worker.preload``): this module's :func:`dask_setup` runs in each worker process.
@@ -111,14 +116,16 @@ WORKER_PRELOAD = __name__
 
 
 def dask_setup(worker: Any) -> None:
-    """In a LocalCluster's worker process: leave Ctrl-C to the run, which closes the cluster itself.
-
-    Its process is spawned from a Dask thread, so neither a blocked signal mask
-    nor an ignored signal of the run's main thread reaches it.
+    """In a LocalCluster's worker process: on Ctrl-C (the terminal sends it to the whole group) go quiet and
+    wait for the run to close the cluster, instead of dying with a traceback or logging the shutdown's races.
     """
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, _silence)
     logging.getLogger("distributed.worker.state_machine").addFilter(_NoCancelledTaskWarnings())
+
+
+def _silence(signum: int, frame: FrameType | None) -> None:
+    logging.disable(logging.CRITICAL)
 
 
 class _NoCancelledTaskWarnings(logging.Filter):
