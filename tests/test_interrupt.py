@@ -6,6 +6,8 @@ run's temporary API and its LocalCluster's workers receive it too.
 
 from __future__ import annotations
 
+import gc
+import logging
 import os
 import re
 import signal
@@ -106,3 +108,30 @@ def test_ctrl_c_stops_a_run_on_its_temporary_api(slow_months, tmp_path):
     assert code == 130 and after == [INTERRUPTED], "\n".join(after)
     assert took < 15, f"{took:.1f} s to exit"
     assert not (tmp_path / "out").exists()
+
+
+def test_an_interrupt_swallowed_by_a_gc_callback_is_raised_again():
+    """Python prints an exception raised in a GC callback as "ignored" and carries on; the run must not."""
+    from pipeline.orchestration.interrupts import Interrupted, interruptible
+
+    fired: list[str] = []
+
+    def callback(phase: str, info: dict) -> None:
+        if phase == "start" and not fired:
+            fired.append(phase)
+            signal.raise_signal(signal.SIGINT)  # its handler runs here, inside the callback
+            sum(range(1000))
+
+    said: list[str] = []
+    gc.callbacks.append(callback)
+    try:
+        with pytest.raises(Interrupted), interruptible(said.append, grace=60):
+            gc.collect()
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:  # the interrupt raised again lands in plain code, here
+                time.sleep(0.01)
+    finally:
+        gc.callbacks.remove(callback)
+        logging.disable(logging.NOTSET)
+    assert fired == ["start"] and said == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

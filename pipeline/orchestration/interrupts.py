@@ -60,7 +60,8 @@ def interruptible(say: Callable[[str], None], grace: float = 15.0) -> Iterator[N
     silences logging (the stop's own noise buries the line that matters), and gives the run ``grace`` seconds
     to stop; a second Ctrl-C, or the end of the grace period, ends the process with :data:`EXIT_CODE`.
 
-    ``say`` prints the one line the user sees in those cases.
+    ``say`` prints the one line the user sees in those cases. After an interrupt, logging stays off: the
+    process is expected to exit.
     """
     main = threading.main_thread().ident
     assert main is not None and threading.get_ident() == main, "signal handlers belong to the main thread"
@@ -107,7 +108,7 @@ def interruptible(say: Callable[[str], None], grace: float = 15.0) -> Iterator[N
         done.set()
         sys.unraisablehook = previous_unraisable
         signal.signal(signal.SIGINT, previous_handler)
-        if not state["interrupts"]:  # after one, Prefect's services still complain at exit: stay silent
+        if not state["interrupts"]:  # after one, the process is on its way out and Prefect's services complain at exit
             logging.disable(logging.NOTSET)
 
 
