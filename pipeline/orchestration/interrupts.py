@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -80,6 +81,7 @@ def interruptible(say: Callable[[str], None], grace: float = 15.0) -> Iterator[N
         if state["interrupts"] > 1:
             end_now("interrupted again: exiting now, without cleaning up")
         logging.disable(logging.CRITICAL)
+        warnings.simplefilter("ignore")  # the stop's warnings (pydantic's, of half-built objects) are noise too
         threading.Thread(target=watchdog, name="interrupt-watchdog", daemon=True).start()
         raise Interrupted
 
