@@ -4,6 +4,9 @@ Dask's TLS is mutual: the scheduler, every worker and every client present a
 certificate signed by the CA the others trust (``--tls-ca-file``). Dask does not
 check host names, so one certificate can serve every process of a small cluster;
 give each role its own (run this once per role, reusing the CA) where that matters.
+
+Existing files are never replaced silently: a new CA would stop every process
+that trusts the old one from talking to the cluster. ``--force`` replaces them.
 """
 
 from __future__ import annotations
@@ -12,9 +15,15 @@ import argparse
 import datetime
 import ipaddress
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from pipeline.errors import PipelineError
+
+#: What :func:`make_certificates` writes into its folder.
+FILE_NAMES = ("ca.pem", "cert.pem", "key.pem", "ca-key.pem")
 
 
 @dataclass(frozen=True)
@@ -48,17 +57,22 @@ def _san(hosts: Sequence[str]):  # type: ignore[no-untyped-def]
 def _write_private(path: Path, data: bytes) -> None:
     """Write a key readable by its owner only."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a replaced file (--force) keeps its old mode otherwise
     with os.fdopen(fd, "wb") as out:
         out.write(data)
 
 
-def make_certificates(folder: Path, hosts: Sequence[str] = ("127.0.0.1", "localhost"), days: int = 365) -> TlsFiles:
+def make_certificates(folder: Path, hosts: Sequence[str] = ("127.0.0.1", "localhost"), days: int = 365, *, force: bool = False) -> TlsFiles:
     """Write ``ca.pem`` (CA certificate), ``cert.pem`` and ``key.pem`` (signed by it) into ``folder``.
 
     The CA's own key is written too (``ca-key.pem``) so that more certificates can
     be signed later by ``openssl x509 -req -CA ca.pem -CAkey ca-key.pem``; keep it
-    off the cluster's machines.
+    off the cluster's machines. Refuses (before writing anything) when one of the
+    files exists, unless ``force``.
     """
+    existing = [folder / name for name in FILE_NAMES if (folder / name).exists()]
+    if existing and not force:
+        raise PipelineError(f"{existing[0]} exists: a new CA would break the cluster that trusts it (--force replaces it)")
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -122,15 +136,20 @@ def make_certificates(folder: Path, hosts: Sequence[str] = ("127.0.0.1", "localh
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m cluster.certs DIR [--host H ...]``: print the three flags to use."""
+    """``python -m cluster.certs [DIR] [--host H ...] [--force]``: print the three flags to use."""
     parser = argparse.ArgumentParser(prog="python -m cluster.certs", description=main.__doc__)
-    parser.add_argument("folder", type=Path)
+    parser.add_argument("folder", type=Path, nargs="?", default=Path("certs"), help="[default: certs, which git ignores]")
     parser.add_argument(
         "--host", action="append", help="host name or IP the certificate names (repeatable) [default: 127.0.0.1, localhost]"
     )
     parser.add_argument("--days", type=int, default=365)
+    parser.add_argument("--force", action="store_true", help="replace existing files (and so the CA: reissue every certificate)")
     args = parser.parse_args(argv)
-    files = make_certificates(args.folder, tuple(args.host or ("127.0.0.1", "localhost")), args.days)
+    try:
+        files = make_certificates(args.folder, tuple(args.host or ("127.0.0.1", "localhost")), args.days, force=args.force)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     print(f"--tls-ca-file {files.ca_file} --tls-cert {files.cert} --tls-key {files.key}")
 
 

@@ -15,10 +15,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import dask
 from prefect import get_run_logger
 
 from cluster import ClusterSpec, connect, task_runner
 from pipeline.orchestration import prefect_patches
+from pipeline.orchestration.interrupts import WORKER_PRELOAD
 from pipeline.orchestration.prefect_api import current_api_url
 
 
@@ -35,7 +37,13 @@ def dask_runner(spec: ClusterSpec | None = None) -> Iterator[Runner]:
     """Connect to (or start) the cluster for the current flow run; a cluster started here stops after."""
     logger = get_run_logger()
     api_url = current_api_url()
-    with prefect_patches.installed(), connect(spec or ClusterSpec(), prefect_api_url=api_url) as connection:
+    # A LocalCluster's workers leave Ctrl-C to the run, which closes them (else each prints a traceback).
+    preloads = [*dask.config.get("distributed.worker.preload", []), WORKER_PRELOAD]
+    with (
+        prefect_patches.installed(),
+        dask.config.set({"distributed.worker.preload": preloads}),
+        connect(spec or ClusterSpec(), prefect_api_url=api_url) as connection,
+    ):
         workers = "worker" if connection.workers == 1 else "workers"
         logger.info("Dask scheduler: %s (%s, %d %s)", connection.address, connection.origin, connection.workers, workers)
         if connection.note:

@@ -88,9 +88,7 @@ def score_on_dask(
         counted[month] = month_counts.submit(parts)
         every_part += parts
         published.append(publish_month.submit(staged, predictions.month_folder(output, month), wait_for=parts, return_state=False))
-    raise_first_failure(every_part)
-    for future in published:
-        future.result()
+    raise_first_failure([*every_part, *counted.values(), *published])
     train_counts = load_train_counts(model_dir)
     reports = tuple(month_report(str(m), f.result(), train_counts, train_rmse, max_psi, max_rmse_ratio) for m, f in counted.items())
     for report in reports:

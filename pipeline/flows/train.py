@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect.states import Completed
 
@@ -124,14 +125,15 @@ def locate_months(
 
 
 def raise_first_failure(futures: list[Any]) -> None:
-    """Wait for ``futures``; a failed one raises its task's own exception here.
+    """Wait for ``futures`` in the order they finish; the first that failed raises its task's own exception here.
 
     Without this, a chunk task's PipelineError (the file and row groups at
     fault) reaches the user as Prefect's ``UnfinishedRun`` of a downstream task
-    that was left pending. Waiting costs nothing: everything after needs them.
+    that was left pending, and only once every earlier future is done. Waiting
+    costs nothing: everything after needs them.
     """
-    for future in futures:
-        future.wait()
+    for future in as_completed(futures):
+        future.wait()  # takes the state the worker returned; without it ``state`` asks the API, which lags behind remote workers
         if future.state.is_failed() or future.state.is_crashed():
             future.result()
 
@@ -157,7 +159,7 @@ def _month_statistics(config: TrainConfig, plans: dict[Month, reader.MonthPlan],
         ]
         futures[month] = month_stats.submit(parts)
         every_part += parts
-    raise_first_failure(every_part)
+    raise_first_failure([*every_part, *futures.values()])  # else a failed month surfaces as a CV task's UnfinishedRun
     if location is not None:
         hits = sum(part.state.name == "Cached" for part in every_part)
         pruned = stats_cache.StatsCache(location).prune(max_bytes=limit)
@@ -183,10 +185,13 @@ def _cross_validate(
         pairs = [(features, alpha) for features in sets.options() for alpha in config.alphas]
         refits = [pairs[g::groups] for g in range(groups)]
         months = unmapped([per_month[m] for m in train])
-        results = cv_kfold.map(months, unmapped(per_month[val]), folds, alphas, refits, unmapped(sets)).result()
+        groups_run = cv_kfold.map(months, unmapped(per_month[val]), folds, alphas, refits, unmapped(sets))
+        raise_first_failure(groups_run)
+        results = groups_run.result()
         return [s for scores, _ in results for s in scores], {(c.features, c.alpha): c for _, found in results for c in found}
     windows = range(1, len(train))
     futures = cv_window.map([[per_month[m] for m in train[:i]] for i in windows], [per_month[train[i]] for i in windows], windows, alphas)
+    raise_first_failure(futures)
     return [s for group in futures.result() for s in group], {}
 
 
@@ -250,6 +255,7 @@ def _train_estimator(
             unmapped(config.max_rows),
         )
     final = estimator_fit.submit(train_plans, plans[val], spec, config.model, config.seed, config.max_rows)
+    raise_first_failure([*(folds or []), final])
     report = None
     if folds is not None:
         report = CVReport.of("kfold", folds.result(), None)

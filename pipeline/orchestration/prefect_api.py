@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from pipeline.orchestration import prefect_patches
+from pipeline.orchestration.interrupts import children_ignore_interrupts
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,8 @@ def prefect_api(timeout: int = 60) -> Iterator[str]:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     server = SubprocessASGIServer()
     log.info("starting a local Prefect API for this run")
-    server.start(timeout=timeout)
+    with children_ignore_interrupts():  # else Ctrl-C stops the API before the flow run's crash is recorded
+        server.start(timeout=timeout)
     os.environ["PREFECT_API_URL"] = server.api_url
     try:
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):

@@ -1,0 +1,138 @@
+"""Ctrl-C stops a run within seconds, once, and its flow run ends Crashed in the API rather than RUNNING forever.
+
+A terminal sends SIGINT to every process of its foreground group: the run's
+temporary Prefect API and its LocalCluster's workers too. The API died first,
+so the flow run's crash could not be recorded and the client retried it for a
+minute, while every worker printed its own traceback. So the API starts with
+SIGINT blocked (:func:`children_ignore_interrupts`: the mask is inherited across
+fork and exec), the workers only go quiet on it (:func:`dask_setup`, a worker preload),
+and the run stops both itself.
+
+In the main thread Python raises ``KeyboardInterrupt`` wherever the signal
+lands; inside a garbage-collector callback (distributed installs one) it is
+printed as "ignored" and the run carries on. :func:`interruptible` raises it
+again in that case, and ends the process at once on a second Ctrl-C or when
+stopping takes longer than its grace period.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
+
+#: The exit code of a process ended by SIGINT, as shells report it.
+EXIT_CODE = 130
+
+
+class Interrupted(BaseException):
+    """Ctrl-C during a run. Prefect records a flow run that a BaseException ends as Crashed; not a
+    ``KeyboardInterrupt``, so that click does not print a blank line for it."""
+
+
+@contextmanager
+def children_ignore_interrupts() -> Iterator[None]:
+    """Processes started meanwhile, and by threads started meanwhile, never see SIGINT.
+
+    A Ctrl-C that arrives meanwhile waits (pending) and is raised at the end of
+    the block. Outside the main thread this does nothing: there Python does not
+    handle signals anyway.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextmanager
+def interruptible(say: Callable[[str], None], grace: float = 15.0) -> Iterator[None]:
+    """Meanwhile, the first Ctrl-C raises :class:`Interrupted` in the main thread (again if it was swallowed),
+    silences logging (the stop's own noise buries the line that matters), and gives the run ``grace`` seconds
+    to stop; a second Ctrl-C, or the end of the grace period, ends the process with :data:`EXIT_CODE`.
+
+    ``say`` prints the one line the user sees in those cases. After an interrupt, logging stays off: the
+    process is expected to exit.
+    """
+    main = threading.main_thread().ident
+    assert main is not None and threading.get_ident() == main, "signal handlers belong to the main thread"
+    state = {"interrupts": 0, "redelivering": False}
+    done = threading.Event()
+
+    def end_now(line: str) -> None:
+        say(line)
+        os._exit(EXIT_CODE)
+
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        if state["redelivering"]:
+            state["redelivering"] = False
+            raise Interrupted
+        state["interrupts"] += 1
+        if state["interrupts"] > 1:
+            end_now("interrupted again: exiting now, without cleaning up")
+        logging.disable(logging.CRITICAL)
+        warnings.simplefilter("ignore")  # the stop's warnings (pydantic's, of half-built objects) are noise too
+        threading.Thread(target=watchdog, name="interrupt-watchdog", daemon=True).start()
+        raise Interrupted
+
+    def watchdog() -> None:
+        if not done.wait(grace):
+            end_now(f"interrupted: the run did not stop within {grace:g} s; exiting without cleaning up")
+
+    previous_unraisable = sys.unraisablehook
+
+    def unraisable(hook_args: Any) -> None:
+        if isinstance(hook_args.exc_value, Interrupted):  # swallowed (a GC callback): raise it again, from plain code
+            state["redelivering"] = True
+            threading.Timer(0.01, signal.pthread_kill, (main, signal.SIGINT)).start()  # not from here: still in the callback
+            return
+        previous_unraisable(hook_args)
+
+    previous_handler = signal.signal(signal.SIGINT, on_sigint)
+    sys.unraisablehook = unraisable
+    try:
+        yield
+    except BaseException as exc:
+        if state["interrupts"] and not isinstance(exc, Interrupted):
+            raise Interrupted from None  # cleanup code that the interrupt cut short failed in its own way
+        raise
+    finally:
+        done.set()
+        sys.unraisablehook = previous_unraisable
+        signal.signal(signal.SIGINT, previous_handler)
+        if not state["interrupts"]:  # after one, the process is on its way out and Prefect's services complain at exit
+            logging.disable(logging.NOTSET)
+
+
+#: A Dask worker preload (``distributed.worker.preload``): this module's :func:`dask_setup` runs in each worker process.
+WORKER_PRELOAD = __name__
+
+
+def dask_setup(worker: Any) -> None:
+    """In a LocalCluster's worker process: on Ctrl-C (the terminal sends it to the whole group) go quiet and
+    wait for the run to close the cluster, instead of dying with a traceback or logging the shutdown's races.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _silence)
+    logging.getLogger("distributed.worker.state_machine").addFilter(_NoCancelledTaskWarnings())
+
+
+def _silence(signum: int, frame: FrameType | None) -> None:
+    logging.disable(logging.CRITICAL)
+
+
+class _NoCancelledTaskWarnings(logging.Filter):
+    """A task cancelled as its run stops (Ctrl-C, or another task's error) is no news: drop Dask's warning per task."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "<Task cancelled" not in record.getMessage()

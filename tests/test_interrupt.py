@@ -1,0 +1,137 @@
+"""Ctrl-C in the middle of ``taxi-pipeline train``: exit 130 within seconds, one line, nothing written, flow run not RUNNING.
+
+The signal goes to the whole process group, as a terminal sends it, so the
+run's temporary API and its LocalCluster's workers receive it too.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.core.months import parse_months
+from pipeline.edge.synth import write_months
+
+INTERRUPTED = "interrupted: the run was stopped (Ctrl-C)"
+
+
+@pytest.fixture(scope="session")
+def slow_months(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three months cut into many small row groups: with --chunk-rows at one group, a run of 120 chunk tasks."""
+    folder = tmp_path_factory.mktemp("slow-months")
+    write_months(folder, parse_months("2023-01:2023-03"), 200_000, seed=1, row_group_size=5_000)
+    return folder
+
+
+class _Run:
+    """``taxi-pipeline train`` in its own process group, its stderr read line by line with arrival times."""
+
+    def __init__(self, source: Path, output: Path, env: dict[str, str]) -> None:
+        args = ["train", "--source", str(source), "--train-months", "2023-01:2023-02", "--val-month", "2023-03"]
+        args += ["--output", str(output), "--chunk-rows", "5000", "--no-cache", "--n-workers", "2"]
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", *args],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        self.lines: list[tuple[float, str]] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append((time.monotonic(), line.rstrip("\n")))
+
+    def wait_for_quiet_after(self, text: str, timeout: float = 120.0, quiet: float = 1.0) -> None:
+        """Until a line containing ``text`` arrived and stderr then stayed silent for ``quiet`` seconds (tasks are running)."""
+        deadline = time.monotonic() + timeout
+        while not any(text in line for _, line in self.lines):
+            assert time.monotonic() < deadline and self.process.poll() is None, "\n".join(line for _, line in self.lines)
+            time.sleep(0.1)
+        while time.monotonic() - self.lines[-1][0] < quiet and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def interrupt(self) -> tuple[int, float, list[str]]:
+        """SIGINT to the group; the exit code, seconds to exit and the lines printed after the signal."""
+        sent = time.monotonic()
+        os.killpg(self.process.pid, signal.SIGINT)
+        code = self.process.wait(timeout=60)
+        took = time.monotonic() - sent
+        self.reader.join(timeout=10)
+        return code, took, [line for at, line in self.lines if at > sent]
+
+    def flow_run_ids(self) -> list[str]:
+        return re.findall(r"/runs/flow-run/([0-9a-f-]{36})", "\n".join(line for _, line in self.lines))
+
+
+def _states(api_url: str, flow_run_ids: list[str]) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        return [client.read_flow_run(run_id).state.type.value for run_id in flow_run_ids]  # type: ignore[union-attr]
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_run_on_a_prefect_server_and_marks_its_flow_runs(slow_months, tmp_path, prefect_server):
+    run = _Run(slow_months, tmp_path / "out", prefect_server.env)
+    run.wait_for_quiet_after("training linear")
+    code, took, after = run.interrupt()
+    assert code == 130 and after == [INTERRUPTED], "\n".join(after)
+    assert took < 15, f"{took:.1f} s to exit"
+    assert not (tmp_path / "out").exists()
+    ids = run.flow_run_ids()
+    assert len(ids) == 2  # the run and its train-on-dask subflow
+    assert set(_states(prefect_server.url, ids)) <= {"CRASHED", "CANCELLED"}
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_run_on_its_temporary_api(slow_months, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    run = _Run(slow_months, tmp_path / "out", env)
+    run.wait_for_quiet_after("training linear")
+    code, took, after = run.interrupt()
+    assert code == 130 and after == [INTERRUPTED], "\n".join(after)
+    assert took < 15, f"{took:.1f} s to exit"
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_interrupt_swallowed_by_a_gc_callback_is_raised_again():
+    """Python prints an exception raised in a GC callback as "ignored" and carries on; the run must not."""
+    from pipeline.orchestration.interrupts import Interrupted, interruptible
+
+    fired: list[str] = []
+
+    def callback(phase: str, info: dict) -> None:
+        if phase == "start" and not fired:
+            fired.append(phase)
+            signal.raise_signal(signal.SIGINT)  # its handler runs here, inside the callback
+            sum(range(1000))
+
+    said: list[str] = []
+    gc.callbacks.append(callback)
+    try:
+        with pytest.raises(Interrupted), interruptible(said.append, grace=60):
+            gc.collect()
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:  # the interrupt raised again lands in plain code, here
+                time.sleep(0.01)
+    finally:
+        gc.callbacks.remove(callback)
+        logging.disable(logging.NOTSET)
+    assert fired == ["start"] and said == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
