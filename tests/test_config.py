@@ -238,3 +238,23 @@ def test_a_config_error_survives_pickling_as_it_crosses_processes() -> None:
     error = _built_error(numeric={"a": 1})
     again = pickle.loads(pickle.dumps(error))
     assert str(again) == str(error) and _named(again) == _named(error)
+
+
+@pytest.mark.parametrize(
+    ("field", "url"),
+    [
+        ("source", "https://ann:s3cret@example.com/trip-data"),
+        ("source", "https://example.com/trip-data?X-Amz-Signature=0ddba11"),
+        ("output", "az://runs/x?sig=0ddba11&sv=2024"),
+        ("stats_cache", "https://example.com/cache?token=0ddba11"),
+    ],
+)
+def test_a_location_holding_credentials_is_refused_without_echoing_them(field: str, url: str) -> None:
+    error = _refused(**{field: url})
+    assert _named(error) == {field}
+    assert "s3cret" not in str(error) and "0ddba11" not in str(error)  # a run's parameters, logs and metrics keep locations
+
+
+@pytest.mark.parametrize("url", ["s3://bucket/prefix", "https://example.com/trip-data?page=2", "https://ann@example.com/x"])
+def test_a_location_without_secrets_is_accepted(url: str) -> None:
+    assert TrainConfig(**_fields(source=url)).source == url

@@ -543,3 +543,14 @@ def test_concurrent_processes_share_one_cache(server: Server, cache: Path) -> No
     assert {(path, identity) for path, identity, _ in results} == {results[0][:2]}
     assert all(data == original for _, _, data in results)  # every reader saw a complete file
     assert len(cached_files(cache)) == 2
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["https://example.com/../../../etc", "s3://bucket/../../..", "http://example.com/a/%2e%2e/%2e%2e/b", "gs://b/x/../../../../root"],
+)
+def test_a_source_that_would_escape_the_cache_folder_stays_inside_it(tmp_path: Path, source: str) -> None:
+    from pipeline.edge.sources import _cache_folder
+
+    folder = tmp_path / _cache_folder(source)
+    assert folder.parent == tmp_path and folder.resolve().parent == tmp_path.resolve()  # one plain folder name, whatever the URL

@@ -8,9 +8,10 @@ prints it with its flag names instead (``val_month`` -> ``--val-month``).
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError, ValidationInfo, model_validator
 
@@ -86,6 +87,18 @@ def _location(value: object) -> str:
     raise PipelineError("expected a folder or a URL such as s3://bucket/prefix")
 
 
+#: Query parameters that carry a secret (presigned S3 and Azure SAS signatures, tokens, keys).
+_SECRET_QUERY = re.compile(r"(^|[-_.])(signature|sig|token|key|secret|password|credential)s?($|[-_.])", re.IGNORECASE)
+
+
+def _holds_credentials(location: str | None) -> bool:
+    """A URL with ``user:password@`` or a secret-looking query parameter (``?X-Amz-Signature=``, ``?sig=``, ``?token=``)."""
+    if location is None or "://" not in location:
+        return False
+    parts = urlsplit(location)
+    return parts.password is not None or any(_SECRET_QUERY.search(name) for name, _ in parse_qsl(parts.query, keep_blank_values=True))
+
+
 #: Where a run writes: a local folder or a storage URL.
 Location = Annotated[str, BeforeValidator(_checked(_location))]
 MonthValue = Annotated[Month, BeforeValidator(_checked(_month)), PlainSerializer(str, return_type=str)]
@@ -154,6 +167,12 @@ class TrainConfig(BaseModel):
             raise ConfigError("{candidates}: a feature set is listed twice")
         if self.cv == "time" and self.folds and len(self.train_months) < 2:
             raise ConfigError("{cv} time: needs at least two {train_months} (train on earlier, validate on the next)")
+        for field in ("source", "output", "stats_cache"):
+            if _holds_credentials(getattr(self, field)):
+                raise ConfigError(
+                    "{%s}: the URL holds credentials, and a run's parameters, logs and metrics.json keep its locations; "
+                    "give them through the environment, the AWS config files or --storage-options @FILE" % field
+                )
         if self.mlflow_uri is not None and not self.mlflow:
             raise ConfigError("{mlflow_uri} given without {mlflow}: add {mlflow} to track the run")
         if self.mlflow_uri is not None and urlsplit(self.mlflow_uri).password is not None:
