@@ -9,13 +9,17 @@ duration filter (which keeps about 97.6% of them).
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import reduce
 from operator import add
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -79,6 +83,16 @@ def best_of(fn: Callable[[], _T], rounds: int = 1, benchmark: BenchmarkFixture |
     return min(times), result
 
 
+def best_interleaved(fns: Sequence[Callable[[], object]], rounds: int) -> list[float]:
+    """Best wall time of each of ``fns`` over ``rounds`` rounds that call each in turn.
+
+    For a ratio of two timings: load that comes and goes on a shared machine
+    then hits both alike, where timing one's rounds and then the other's skews it.
+    """
+    times = [[best_of(fn)[0] for fn in fns] for _ in range(rounds)]
+    return [min(column) for column in zip(*times)]
+
+
 def decode(path: Path) -> pa.Table:
     """The floor: Arrow's parquet decode of the 4 needed columns, nothing else."""
     return pq.read_table(path, columns=list(RAW_COLUMNS))
@@ -115,3 +129,34 @@ def project_fit(folder: Path, train: Sequence[Month], val: Month, alpha: float =
     held_out = month_stats(folder, val)
     weights = solve.solve(pooled, alpha)
     return Fitted(pooled.rows, held_out.rows, solve.rmse(weights, pooled), solve.rmse(weights, held_out))
+
+
+def run_python(args: Sequence[str], env: Mapping[str, str]) -> tuple[float, str]:
+    """Wall time of a fresh Python process running ``args`` (start-up and imports included), and its stdout."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=dict(env), timeout=3600)
+    seconds = time.perf_counter() - start
+    assert done.returncode == 0, done.stderr[-3000:]
+    return seconds, done.stdout
+
+
+def command_env(prefect_home: Path) -> dict[str, str]:
+    """The environment of a command as a user runs it: no Prefect API given, so the command starts its own."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    return {**env, "PREFECT_HOME": str(prefect_home)}
+
+
+def seed_process(folder: Path, train: Sequence[Month], val: Month, env: Mapping[str, str]) -> tuple[float, dict[str, Any]]:
+    """The seed path's whole process (:mod:`benchmarks.seed_process`): seconds, and its rows and RMSEs."""
+    seconds, out = run_python(["-m", "benchmarks.seed_process", str(folder), str(val), *map(str, train)], env)
+    return seconds, json.loads(out)
+
+
+def train_command(
+    folder: Path, train: Sequence[Month], val: Month, output: Path, env: Mapping[str, str], *flags: str
+) -> tuple[float, dict[str, Any]]:
+    """``taxi-pipeline train`` as a subprocess: its wall time, and its ``metrics.json`` (``seconds``: the flow's)."""
+    months_flag = ",".join(map(str, train))
+    args = ["-m", "pipeline.cli", "train", "--source", str(folder), "--train-months", months_flag, "--val-month", str(val)]
+    seconds, _ = run_python([*args, "--output", str(output), *flags], env)
+    return seconds, json.loads((output / "metrics.json").read_text())

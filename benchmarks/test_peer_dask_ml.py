@@ -83,6 +83,7 @@ def test_project_vs_dask_ml(benchmark, bench):
         val_rmse=fitted.val_rmse,
         dask_ml_val_rmse=peer_rmse,
         dask_ml_columns=columns,
+        headline=f"project vs dask-ml, {rows:,} rows: {speedup:.0f}x rows/s",
     )
     # a peer that stopped far from the least-squares fit would make the ratio meaningless
     assert peer_rmse == pytest.approx(fitted.val_rmse, rel=0.05)

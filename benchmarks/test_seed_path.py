@@ -37,6 +37,7 @@ def test_project_vs_seed(benchmark, bench):
         seed_val_rmse=reference.val_rmse,
         train_rmse=fitted.train_rmse,
         seed_train_rmse=reference.train_rmse,
+        headline=f"project vs the seed path in process, {rows:,} rows: {speedup:.0f}x rows/s",
     )
     assert fitted.val_rmse == pytest.approx(reference.val_rmse, rel=1e-3)
     assert speedup >= bench.floors.seed_speedup

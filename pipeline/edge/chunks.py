@@ -32,8 +32,7 @@ READ_ROWS = 250_000
 
 def read_encoded(plan: reader.MonthPlan, chunk: reader.Chunk, spec: FeatureSpec) -> Encoded:
     """The chunk's kept rows, encoded; ``position`` counts from the start of the month file."""
-    encoded = encode(reader.read(plan.layout, chunk), spec, plan.file.month)
-    return Encoded(encoded.pair, encoded.micros, encoded.x, chunk.offset + encoded.position, encoded.screened)
+    return encode(reader.read(plan.layout, chunk), spec, plan.file.month, offset=chunk.offset)
 
 
 def folds_of(plan: reader.MonthPlan, encoded: Encoded, folds: int, seed: int) -> np.ndarray:

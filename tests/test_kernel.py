@@ -1,0 +1,111 @@
+"""The hot path's shortcuts give the row-wise definitions exactly (issue 12).
+
+``encode`` works by blocks with an integer duration window; statistics take
+float sums where their bounds make them exact. Each is held here against the
+plain definition: the seed's float comparison, whole-array masks, Python ints.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.core import features, stats
+from pipeline.core.features import MICROS_PER_DAY, MICROS_PER_MINUTE, N_ZONES, Encoded, FeatureSpec, encode, training_rows
+from pipeline.core.months import Month
+from pipeline.core.schema import DO, DROPOFF, PICKUP, PU
+
+MONTH = Month(2023, 3)
+MONTH_START = int(np.datetime64("2023-03-01", "us").astype(np.int64))
+BOUNDS = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False) | st.sampled_from([0.0, 1.0, 60.0, 1e-9, float("inf")])
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(low=BOUNDS, high=BOUNDS, offsets=st.lists(st.integers(-3, 3), min_size=1, max_size=8))
+def test_the_integer_window_keeps_what_the_seeds_float_comparison_keeps(low, high, offsets):
+    spec = FeatureSpec(min_minutes=low, max_minutes=high)
+    first, last = features.duration_window(spec)
+    # the microseconds right at and around each bound, where rounding would show
+    edges = [int(np.clip(bound * MICROS_PER_MINUTE, -(2**62), 2**62)) for bound in (low, high) if np.isfinite(bound)]
+    micros = np.array([edge + offset for edge in [*edges, first, last] for offset in offsets if abs(edge) < 2**62], dtype=np.int64)
+    minutes = micros / MICROS_PER_MINUTE
+    assert np.array_equal(features._in_window(micros, (first, last)), (minutes >= low) & (minutes <= high))
+
+
+def _messy_table(rows: int, seed: int) -> pa.Table:
+    """Trips with null timestamps, unknown zones, dropoffs before pickups and stamps outside the month."""
+    rng = np.random.default_rng(seed)
+    pick = MONTH_START + rng.integers(0, 31 * MICROS_PER_DAY, rows)
+    drop = pick + rng.integers(-5 * MICROS_PER_MINUTE, 90 * MICROS_PER_MINUTE, rows)
+    drop[rng.random(rows) < 0.05] += 40 * MICROS_PER_DAY
+    return pa.table(
+        {
+            PICKUP: pa.array(pick, pa.timestamp("us"), mask=rng.random(rows) < 0.03),
+            DROPOFF: pa.array(drop, pa.timestamp("us"), mask=rng.random(rows) < 0.03),
+            PU: pa.array(rng.integers(-2, 270, rows), pa.int32(), mask=rng.random(rows) < 0.03),
+            DO: pa.array(rng.integers(-2, 270, rows), pa.int32()),
+            "trip_distance": pa.array(rng.random(rows) * 10),
+        }
+    )
+
+
+@pytest.mark.parametrize("block_rows", [1, 7, 64, 1 << 16])
+def test_encode_by_blocks_equals_the_whole_array_definition(monkeypatch, block_rows):
+    table = _messy_table(500, seed=block_rows)
+    spec = FeatureSpec(numeric=("trip_distance",))
+    monkeypatch.setattr(features, "BLOCK_ROWS", block_rows)
+    encoded = encode(table, spec, MONTH, offset=1_000)
+    rows = training_rows(table, spec)  # whole arrays, no blocks
+    kept = np.flatnonzero(rows.keep)
+    assert np.array_equal(encoded.position, kept + 1_000)
+    assert np.array_equal(encoded.pair, rows.pu[kept] * N_ZONES + rows.do[kept])
+    assert np.array_equal(encoded.micros, rows.micros[kept])
+    assert np.array_equal(encoded.x[:, 0], table["trip_distance"].to_numpy()[kept])
+    pick = table[PICKUP].cast(pa.int64()).to_numpy(zero_copy_only=False)
+    drop = table[DROPOFF].cast(pa.int64()).to_numpy(zero_copy_only=False)
+    low, high = MONTH_START - MICROS_PER_DAY, int(np.datetime64("2023-04-02", "us").astype(np.int64))
+    outside = lambda stamps: np.nan_to_num(stamps, nan=low).astype(np.int64)  # noqa: E731 - nulls count once, as null
+    odd = ~rows.valid | (rows.micros < 0)
+    odd |= (outside(pick) < low) | (outside(pick) >= high) | (outside(drop) < low) | (outside(drop) >= high)
+    known = (rows.pu >= 0) & (rows.do >= 0)
+    expected = [500, np.count_nonzero(rows.valid & known & ~rows.keep), np.count_nonzero(odd), np.count_nonzero(~known)]
+    assert encoded.screened.tolist() == expected
+    assert expected[2] > 0 and expected[3] > 0 and 0 < kept.size < 500
+
+
+def _python_sums(pair: np.ndarray, micros: np.ndarray, fold: np.ndarray, folds: int) -> tuple[dict[int, int], list[int]]:
+    sums: dict[int, int] = {}
+    squares = [0] * folds
+    for p, m, f in zip(pair.tolist(), micros.tolist(), fold.tolist()):
+        sums[f * stats.N_PAIRS + p] = sums.get(f * stats.N_PAIRS + p, 0) + m
+        squares[f] += m * m
+    return sums, squares
+
+
+CASES = {
+    "seed durations: float sums and squares": (3_600_000_000, 70_000),
+    "past 2^32 us: integer squares": (2**34, 70_000),
+    "pair sums past 2^53: 16-bit limbs": (2**45, 1_000),  # squares of these overflow int64 limbs, as they always did
+}
+
+
+@pytest.mark.parametrize(("longest", "rows"), CASES.values(), ids=CASES.keys())
+@pytest.mark.parametrize("folds", [1, 3])
+def test_statistics_are_exact_on_the_float_and_the_integer_paths(longest, rows, folds):
+    rng = np.random.default_rng(folds)
+    encoded = Encoded(
+        pair=rng.integers(1, 4, rows) * N_ZONES + 1,  # 3 pairs, so bins fill up
+        micros=rng.integers(-longest // 8, longest, rows),
+        x=np.empty((rows, 0)),
+        position=np.arange(rows),
+    )
+    fold = rng.integers(0, folds, rows)
+    computed = stats.compute(encoded, fold if folds > 1 else None, folds)
+    sums, squares = _python_sums(encoded.pair, encoded.micros, fold, folds)
+    flat = computed.sum_micros.reshape(-1)
+    assert {int(i): int(flat[i]) for i in np.flatnonzero(computed.count.reshape(-1))} == sums
+    if longest <= 2**34:
+        assert list(computed.sum_micros2) == squares
