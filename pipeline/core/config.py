@@ -170,8 +170,8 @@ class TrainConfig(BaseModel):
         for field in ("source", "output", "stats_cache"):
             if _holds_credentials(getattr(self, field)):
                 raise ConfigError(
-                    "{%s}: the URL holds credentials, and a run's parameters, logs and metrics.json keep its locations; "
-                    "give them through the environment, the AWS config files or --storage-options @FILE" % field
+                    "{" + field + "}: the URL holds credentials, and a run's parameters, logs and metrics.json keep its locations; "
+                    "give them through the environment, the AWS config files or --storage-options @FILE"
                 )
         if self.mlflow_uri is not None and not self.mlflow:
             raise ConfigError("{mlflow_uri} given without {mlflow}: add {mlflow} to track the run")
