@@ -17,6 +17,7 @@ import socket
 import ssl
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -145,10 +146,10 @@ def _start_cluster(plan: Plan, spec: ClusterSpec, stack: ExitStack) -> Any:
 
 
 def _dashboard(client: Client, cluster: Any) -> str | None:
-    if cluster is not None:
-        return getattr(cluster, "dashboard_link", None)
-    services = client.scheduler_info().get("services", {})
-    return client.dashboard_link if "dashboard" in services else None
+    """The dashboard's link when the scheduler serves one (it needs bokeh; without it the link answers an error page)."""
+    if "dashboard" not in client.scheduler_info().get("services", {}):
+        return None
+    return getattr(cluster, "dashboard_link", None) if cluster is not None else client.dashboard_link
 
 
 def check_cluster(spec: ClusterSpec) -> Plan:
@@ -162,6 +163,47 @@ def check_cluster(spec: ClusterSpec) -> Plan:
         with _client(plan.address, plan, spec, plan.tls.security() if plan.tls else None) as client:
             check_versions(client)
     return plan
+
+
+class EarlyCluster:
+    """The run's own LocalCluster, started in a thread while the caller starts its Prefect API (see :func:`started_early`)."""
+
+    def __init__(self, spec: ClusterSpec) -> None:
+        self._spec, self._stack = spec, ExitStack()
+        plan = resolve(spec)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="start-cluster") if plan.kind == "local" else None
+        self._starting = self._pool.submit(_start_cluster, plan, spec, self._stack) if self._pool else None
+
+    def spec(self) -> ClusterSpec:
+        """A spec addressing the started cluster (TLS flags kept), or the caller's own when nothing was started here."""
+        if self._starting is None:
+            return self._spec
+        mine = self._spec
+        address = self._starting.result().scheduler_address
+        return ClusterSpec(
+            address, tls_ca_file=mine.tls_ca_file, tls_cert=mine.tls_cert, tls_key=mine.tls_key, connect_timeout=mine.connect_timeout
+        )
+
+    def close(self) -> None:
+        """Close the cluster (once a start under way has finished); closing again does nothing."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        self._stack.close()
+
+
+@contextmanager
+def started_early(spec: ClusterSpec) -> Iterator[EarlyCluster]:
+    """Start the run's own LocalCluster in a thread now, so that its ~2 s overlap the Prefect API's start.
+
+    The flow then connects to it by address as to any scheduler, and its :class:`PrefectApiPlugin` points
+    the workers at the API, which did not exist when they started. A scheduler address or a cluster class
+    is left to the flow (``spec()`` gives the caller's spec back). The cluster closes on exit, or at ``close()``.
+    """
+    early = EarlyCluster(spec)
+    try:
+        yield early
+    finally:
+        early.close()
 
 
 @contextmanager
