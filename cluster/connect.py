@@ -12,6 +12,8 @@ exported lets LocalCluster workers inherit it; remote workers get it from
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
 import socket
 import ssl
@@ -145,9 +147,13 @@ def _start_cluster(plan: Plan, spec: ClusterSpec, stack: ExitStack) -> Any:
     return cluster
 
 
+def _has_bokeh() -> bool:
+    return importlib.util.find_spec("bokeh") is not None
+
+
 def _dashboard(client: Client, cluster: Any) -> str | None:
-    """The dashboard's link when the scheduler serves one (it needs bokeh; without it the link answers an error page)."""
-    if "dashboard" not in client.scheduler_info().get("services", {}):
+    """The dashboard's link when the scheduler can draw it: without bokeh it answers every page with an error."""
+    if "dashboard" not in client.scheduler_info().get("services", {}) or not client.run_on_scheduler(_has_bokeh):
         return None
     return getattr(cluster, "dashboard_link", None) if cluster is not None else client.dashboard_link
 
@@ -168,11 +174,19 @@ def check_cluster(spec: ClusterSpec) -> Plan:
 class EarlyCluster:
     """The run's own LocalCluster, started in a thread while the caller starts its Prefect API (see :func:`started_early`)."""
 
-    def __init__(self, spec: ClusterSpec) -> None:
+    def __init__(self, spec: ClusterSpec, imports: tuple[str, ...] = ()) -> None:
         self._spec, self._stack = spec, ExitStack()
         plan = resolve(spec)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="start-cluster") if plan.kind == "local" else None
-        self._starting = self._pool.submit(_start_cluster, plan, spec, self._stack) if self._pool else None
+        self._starting = self._pool.submit(self._start, plan, imports) if self._pool else None
+
+    def _start(self, plan: Plan, imports: tuple[str, ...]) -> Any:
+        """Start the cluster, then have its workers import ``imports`` (Prefect: seconds each) while the API still starts."""
+        cluster = _start_cluster(plan, self._spec, self._stack)
+        if imports:
+            with Client(cluster, set_as_default=False) as client:
+                client.run(_import_all, imports)
+        return cluster
 
     def spec(self) -> ClusterSpec:
         """A spec addressing the started cluster (TLS flags kept), or the caller's own when nothing was started here."""
@@ -191,15 +205,21 @@ class EarlyCluster:
         self._stack.close()
 
 
+def _import_all(modules: tuple[str, ...]) -> None:
+    for module in modules:
+        importlib.import_module(module)
+
+
 @contextmanager
-def started_early(spec: ClusterSpec) -> Iterator[EarlyCluster]:
+def started_early(spec: ClusterSpec, imports: tuple[str, ...] = ()) -> Iterator[EarlyCluster]:
     """Start the run's own LocalCluster in a thread now, so that its ~2 s overlap the Prefect API's start.
 
     The flow then connects to it by address as to any scheduler, and its :class:`PrefectApiPlugin` points
     the workers at the API, which did not exist when they started. A scheduler address or a cluster class
-    is left to the flow (``spec()`` gives the caller's spec back). The cluster closes on exit, or at ``close()``.
+    is left to the flow (``spec()`` gives the caller's spec back). Its workers import ``imports`` meanwhile.
+    The cluster closes on exit, or at ``close()``.
     """
-    early = EarlyCluster(spec)
+    early = EarlyCluster(spec, imports)
     try:
         yield early
     finally:

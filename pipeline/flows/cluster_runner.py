@@ -43,7 +43,7 @@ def _quiet_workers() -> Iterator[None]:
 @contextmanager
 def early_cluster(spec: ClusterSpec) -> Iterator[EarlyCluster]:
     """Start the run's LocalCluster (if it gets one) now, in a thread, beside the Prefect API; see :func:`cluster.started_early`."""
-    with _quiet_workers(), started_early(spec) as early:
+    with _quiet_workers(), started_early(spec, imports=("pipeline.flows.train",)) as early:  # the tasks' modules and Prefect
         yield early
 
 
