@@ -195,7 +195,12 @@ class EarlyCluster:
         mine = self._spec
         address = self._starting.result().scheduler_address
         return ClusterSpec(
-            address, tls_ca_file=mine.tls_ca_file, tls_cert=mine.tls_cert, tls_key=mine.tls_key, connect_timeout=mine.connect_timeout
+            address,
+            tls_ca_file=mine.tls_ca_file,
+            tls_cert=mine.tls_cert,
+            tls_key=mine.tls_key,
+            connect_timeout=mine.connect_timeout,
+            origin="LocalCluster started for this run",
         )
 
     def close(self) -> None:

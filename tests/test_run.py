@@ -112,7 +112,7 @@ def test_the_local_cluster_starts_beside_the_api_and_closes_before_it(months_dir
         seen["at_stop"] = _refused(seen["address"])
 
     def flow(config: TrainConfig, cluster: ClusterSpec, plans: Any) -> str:
-        seen["address"] = cluster.address
+        seen["address"], seen["origin"] = cluster.address, cluster.origin
         with Client(cluster.address, set_as_default=False) as client:
             seen["workers"] = len(client.scheduler_info(n_workers=-1)["workers"])
         return "result"
@@ -123,6 +123,7 @@ def test_the_local_cluster_starts_beside_the_api_and_closes_before_it(months_dir
     assert run.train(_config(months_dir, tmp_path / "out"), spec) == "result"
     assert seen["starting"]  # the cluster's thread was under way while the API started
     assert seen["address"].startswith("tcp://127.0.0.1:") and seen["workers"] == 2
+    assert seen["origin"] == "LocalCluster started for this run"  # what the flow's "Dask scheduler:" line names
     assert seen["at_stop"]  # closed when the API stops
 
 
