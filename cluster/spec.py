@@ -55,6 +55,8 @@ class ClusterSpec:
         Let the started cluster scale itself between these numbers of workers.
     tls_ca_file, tls_cert, tls_key
         PEM files for TLS: the CA that signed the cluster's certificates, ours, and its key.
+    origin
+        What chose ``address``, as messages name it: ``--scheduler``, or a LocalCluster the run started early.
     """
 
     address: str | None = None
@@ -69,6 +71,7 @@ class ClusterSpec:
     tls_cert: str | None = None
     tls_key: str | None = None
     connect_timeout: float = 20.0
+    origin: str = "--scheduler"
 
 
 @dataclass(frozen=True)
@@ -241,7 +244,7 @@ def resolve(spec: ClusterSpec) -> Plan:
                 "(its workers are started where it runs), or start a cluster for the run, not both"
             )
         return Plan(
-            "address", "--scheduler", address=_check_scheme(spec.address, "--scheduler", tls or _config_tls()), tls=tls or _config_tls()
+            "address", spec.origin, address=_check_scheme(spec.address, spec.origin, tls or _config_tls()), tls=tls or _config_tls()
         )
 
     configured, config_origin = configured_address()

@@ -87,7 +87,7 @@ def _without_timings(metrics: dict) -> dict:
 
 def test_cv_is_identical_for_any_worker_count_and_chunking_and_published(months_dir, prefect_api_url, tmp_path):
     runs = []
-    for workers, chunk_rows in ((1, 40_000), (2, 10_000)):
+    for workers, chunk_rows in ((1, 120_000), (2, 10_000)):  # the three months in one task; four chunk tasks a month
         config = TrainConfig(
             source=str(months_dir),
             train_months=["2023-01", "2023-02"],
@@ -104,6 +104,10 @@ def test_cv_is_identical_for_any_worker_count_and_chunking_and_published(months_
     assert one["cv"]["folds"] == 3 and len(one["cv"]["scores"]) == 6
     assert one["alpha"] == one["cv"]["chosen_alpha"] == min(one["cv"]["by_alpha"], key=lambda s: s["mean_rmse"])["alpha"]
     assert sum(s["test_rows"] for s in one["cv"]["scores"] if s["alpha"] == 0.1) == one["train_rows"]
+    # small months share one chunk task (tagged with its months, for the UI) and need no month-stats task
+    batched = read_task_runs(one["flow_run_id"], expected=3)
+    assert sorted(r.name.rsplit("-", 1)[0] for r in batched) == ["chunk-stats", "cv-kfold", "month-rows"]
+    assert {tuple(sorted(r.tags)) for r in batched if r.name.startswith("chunk-stats")} == {("2023-01", "2023-02", "2023-03")}
 
     from prefect.client.orchestration import get_client
 

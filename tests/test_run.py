@@ -23,8 +23,20 @@ def _config(source: Path | str, output: Path, **extra: Any) -> TrainConfig:
 
 @pytest.fixture
 def recorded(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """Stand-ins for the run's Prefect API and the flow, recording how they were called."""
+    """Stand-ins for the run's (temporary) Prefect API, its early cluster and the flow, recording how they were called."""
     calls: dict[str, Any] = {"api": 0}
+
+    class FakeEarly:
+        def spec(self) -> ClusterSpec:
+            return ClusterSpec(address="tcp://127.0.0.1:2")
+
+        def close(self) -> None:
+            calls["closed"] = True
+
+    @contextmanager
+    def fake_early(spec: ClusterSpec) -> Iterator[FakeEarly]:
+        calls["early"] = spec
+        yield FakeEarly()
 
     @contextmanager
     def fake_api() -> Iterator[str]:
@@ -36,6 +48,8 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         return "result"
 
     monkeypatch.setattr(run, "prefect_api", fake_api)
+    monkeypatch.setattr(run, "early_cluster", fake_early)
+    monkeypatch.setattr(run, "configured_api_url", lambda: None)
     monkeypatch.setattr(run, "train_flow", fake_flow)
     return calls
 
@@ -48,9 +62,10 @@ def test_local_footers_are_read_once_and_handed_to_the_flow(months_dir, tmp_path
     spec = ClusterSpec(n_workers=1)
     assert run.train(_config(months_dir, tmp_path / "out"), spec, announce=lines.append) == "result"
     _, cluster, plans = recorded["flow"]
-    assert cluster is spec and [str(p.file.month) for p in plans] == ["2023-01", "2023-02", "2023-03"]
+    assert recorded["early"] is spec and cluster == ClusterSpec(address="tcp://127.0.0.1:2") and recorded["closed"]
+    assert [str(p.file.month) for p in plans] == ["2023-01", "2023-02", "2023-03"]
     assert len(opened) == 3  # one footer read per month, and the flow is handed the plans
-    assert lines == ["Prefect API: http://127.0.0.1:1/api"]
+    assert lines == ["Prefect API: http://127.0.0.1:1/api", run.TEMPORARY_NOTE]  # its links end with the run, and it says so
 
 
 def test_plans_given_by_the_caller_are_not_read_again(months_dir, tmp_path, recorded, monkeypatch):
@@ -80,3 +95,42 @@ def test_an_unreachable_scheduler_fails_before_the_api_starts(months_dir, tmp_pa
     with pytest.raises(PipelineError, match=rf"scheduler tcp://127\.0\.0\.1:{port} \(--scheduler\): connection refused"):
         run.train(_config(months_dir, tmp_path / "out"), ClusterSpec(address=f"tcp://127.0.0.1:{port}"))
     assert recorded["api"] == 0 and "flow" not in recorded
+
+
+def test_the_local_cluster_starts_beside_the_api_and_closes_before_it(months_dir, tmp_path, monkeypatch):
+    """The LocalCluster's start overlaps the API's; the flow gets its address; it is closed before the API stops."""
+    import threading
+
+    from distributed import Client
+
+    seen: dict[str, Any] = {}
+
+    @contextmanager
+    def slow_api() -> Iterator[str]:
+        seen["starting"] = [t.name for t in threading.enumerate() if t.name.startswith("start-cluster")]
+        yield "http://127.0.0.1:1/api"
+        seen["at_stop"] = _refused(seen["address"])
+
+    def flow(config: TrainConfig, cluster: ClusterSpec, plans: Any) -> str:
+        seen["address"], seen["origin"] = cluster.address, cluster.origin
+        with Client(cluster.address, set_as_default=False) as client:
+            seen["workers"] = len(client.scheduler_info(n_workers=-1)["workers"])
+        return "result"
+
+    monkeypatch.setattr(run, "prefect_api", slow_api)
+    monkeypatch.setattr(run, "train_flow", flow)
+    spec = ClusterSpec(n_workers=2, dashboard_address=":0", cluster_kwargs={"processes": False, "protocol": "tcp://"})
+    assert run.train(_config(months_dir, tmp_path / "out"), spec) == "result"
+    assert seen["starting"]  # the cluster's thread was under way while the API started
+    assert seen["address"].startswith("tcp://127.0.0.1:") and seen["workers"] == 2
+    assert seen["origin"] == "LocalCluster started for this run"  # what the flow's "Dask scheduler:" line names
+    assert seen["at_stop"]  # closed when the API stops
+
+
+def _refused(address: str) -> bool:
+    host, _, port = address.removeprefix("tcp://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False

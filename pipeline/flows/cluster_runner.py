@@ -18,7 +18,7 @@ from typing import Any
 import dask
 from prefect import get_run_logger
 
-from cluster import ClusterSpec, connect, task_runner
+from cluster import ClusterSpec, EarlyCluster, connect, started_early, task_runner
 from pipeline.orchestration import prefect_patches
 from pipeline.orchestration.interrupts import WORKER_PRELOAD
 from pipeline.orchestration.prefect_api import current_api_url
@@ -33,15 +33,28 @@ class Runner:
 
 
 @contextmanager
+def _quiet_workers() -> Iterator[None]:
+    """A LocalCluster's workers leave Ctrl-C to the run, which closes them (else each prints a traceback)."""
+    preloads = dask.config.get("distributed.worker.preload", [])
+    with dask.config.set({"distributed.worker.preload": [*preloads, *([] if WORKER_PRELOAD in preloads else [WORKER_PRELOAD])]}):
+        yield
+
+
+@contextmanager
+def early_cluster(spec: ClusterSpec) -> Iterator[EarlyCluster]:
+    """Start the run's LocalCluster (if it gets one) now, in a thread, beside the Prefect API; see :func:`cluster.started_early`."""
+    with _quiet_workers(), started_early(spec, imports=("pipeline.flows.train",)) as early:  # the tasks' modules and Prefect
+        yield early
+
+
+@contextmanager
 def dask_runner(spec: ClusterSpec | None = None) -> Iterator[Runner]:
     """Connect to (or start) the cluster for the current flow run; a cluster started here stops after."""
     logger = get_run_logger()
     api_url = current_api_url()
-    # A LocalCluster's workers leave Ctrl-C to the run, which closes them (else each prints a traceback).
-    preloads = [*dask.config.get("distributed.worker.preload", []), WORKER_PRELOAD]
     with (
         prefect_patches.installed(),
-        dask.config.set({"distributed.worker.preload": preloads}),
+        _quiet_workers(),
         connect(spec or ClusterSpec(), prefect_api_url=api_url) as connection,
     ):
         workers = "worker" if connection.workers == 1 else "workers"
@@ -50,4 +63,6 @@ def dask_runner(spec: ClusterSpec | None = None) -> Iterator[Runner]:
             logger.info("%s", connection.note)
         if connection.dashboard_link:
             logger.info("Dask dashboard: %s", connection.dashboard_link)
+        else:
+            logger.info("Dask dashboard: not served (the scheduler needs bokeh>=3.1: pip install bokeh)")
         yield Runner(task_runner(connection), connection.threads)

@@ -25,7 +25,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed
 
 from cluster import ClusterSpec
-from pipeline.core import cv, render, screening, stats, training
+from pipeline.core import batching, cv, render, screening, stats, training
 from pipeline.core.config import TrainConfig
 from pipeline.core.cv import CVReport, Features
 from pipeline.core.features import FeatureSpec
@@ -64,23 +64,81 @@ locate_month = task(
 )(reader.locate)
 
 
+#: Where a month's statistics are: a future of a task's tuple and the month's place in it, or of the month's own
+#: statistics (None). A plain tuple: Dask resolves futures inside tuples and lists, not inside dataclasses.
+MonthRef = tuple[Any, int | None]
+
+
+def _stats_of(ref: MonthRef) -> stats.Stats:
+    value, index = ref
+    found: stats.Stats = value if index is None else value[index]
+    return found
+
+
+def _all_stats(refs: list[MonthRef]) -> list[stats.Stats]:
+    return [_stats_of(ref) for ref in refs]
+
+
 @task(name="chunk-stats", cache_policy=NO_CACHE, persist_result=False)
-def chunk_stats(plan: reader.MonthPlan, chunk: reader.Chunk, spec: FeatureSpec, folds: int, seed: int, cache_location: str | None) -> Any:
-    """One chunk's statistics, read from the statistics cache at ``cache_location`` (a run in state "Cached") or computed and stored.
+def chunk_stats(work: list[tuple[reader.MonthPlan, reader.Chunk, int]], spec: FeatureSpec, seed: int, cache_location: str | None) -> Any:
+    """Statistics of one or more chunks (plan, chunk, folds): a tuple, one per chunk, each read from the statistics cache at
+    ``cache_location`` or computed and stored. The state is named "Cached" when every chunk was a hit; its message counts them.
 
-    The worker reads and writes the cache itself: no Prefect result round trip, and the location is a
-    string, so workers on other machines reach the same folder or URL.
+    Several small months share one task, as a task costs more than reading a small month. The worker reads and writes the
+    cache itself: no Prefect result round trip, and the location is a string, so workers on other machines reach the same one.
     """
-    value, hit = chunks.cached_statistics(cache_location, plan, chunk, spec, folds, seed)
-    return Completed(data=value, name="Cached", message="from the statistics cache") if hit else value
+    found = [chunks.cached_statistics(cache_location, plan, chunk, spec, folds, seed) for plan, chunk, folds in work]
+    hits = sum(hit for _, hit in found)
+    name = "Cached" if hits == len(found) and cache_location is not None else "Completed"
+    return Completed(data=tuple(value for value, _ in found), name=name, message=f"{hits} of {len(found)} chunks from the statistics cache")
 
 
-month_stats = task(name="month-stats", cache_policy=NO_CACHE)(stats.combine)
-month_rows = task(name="month-rows", cache_policy=NO_CACHE)(screening.of)
-fit = task(name="fit", cache_policy=NO_CACHE)(training.fit)
-score = task(name="score", cache_policy=NO_CACHE)(training.score)
-cv_kfold = task(name="cv-kfold", cache_policy=NO_CACHE)(training.kfold_group)
-cv_window = task(name="cv-window", cache_policy=NO_CACHE)(training.window_scores)
+def _cache_hits(state: Any) -> int:
+    """Chunks a ``chunk-stats`` run read from the cache (the count its state message starts with)."""
+    return int(state.message.split(" ", 1)[0])
+
+
+@task(name="month-stats", cache_policy=NO_CACHE)
+def month_stats(parts: list[Any]) -> stats.Stats:
+    """A month of several chunk tasks (each a tuple of one chunk's statistics): the sum of its chunks, in their order."""
+    return stats.combine([part for (part,) in parts])
+
+
+@task(name="month-rows", cache_policy=NO_CACHE)
+def month_rows(months: list[Month], refs: list[MonthRef]) -> tuple[screening.MonthRows, ...]:
+    """Rows read and dropped per month."""
+    return screening.of(months, _all_stats(refs))
+
+
+@task(name="fit", cache_policy=NO_CACHE)
+def fit(refs: list[MonthRef], alpha: float) -> training.Fit:
+    """Pool the training months and solve ridge at ``alpha``."""
+    return training.fit(_all_stats(refs), alpha)
+
+
+@task(name="score", cache_policy=NO_CACHE)
+def score(fitted: training.Fit, ref: MonthRef) -> tuple[int, float]:
+    """Rows and RMSE on the validation month."""
+    return training.score(fitted, _stats_of(ref))
+
+
+@task(name="cv-kfold", cache_policy=NO_CACHE)
+def cv_kfold(
+    refs: list[MonthRef],
+    val: MonthRef,
+    folds: list[int],
+    alphas: list[float],
+    refits: list[tuple[Features | None, float]],
+    sets: training.FeatureSets,
+) -> tuple[list[cv.CVScore], list[training.Candidate]]:
+    """A worker slot's share of the K-fold CV (and of the candidates' refits)."""
+    return training.kfold_group(_all_stats(refs), _stats_of(val), folds, alphas, refits, sets)
+
+
+@task(name="cv-window", cache_policy=NO_CACHE)
+def cv_window(earlier: list[MonthRef], month: MonthRef, fold: int, alphas: list[float]) -> list[cv.CVScore]:
+    """One rolling-origin window of the time CV."""
+    return training.window_scores(_all_stats(earlier), _stats_of(month), fold, alphas)
 
 
 @task(name="estimator-fold", cache_policy=NO_CACHE)
@@ -138,43 +196,56 @@ def raise_first_failure(futures: list[Any]) -> None:
             future.result()
 
 
-def _month_statistics(config: TrainConfig, plans: dict[Month, reader.MonthPlan], val: Month) -> dict[Month, Any]:
-    """Submit chunk and month tasks; return a future of each month's statistics (once every chunk succeeded).
+def _month_statistics(config: TrainConfig, plans: dict[Month, reader.MonthPlan], val: Month, slots: int) -> dict[Month, MonthRef]:
+    """Submit the statistics tasks; return where each month's statistics will be (once every chunk succeeded).
 
-    Training months keep per-fold statistics when K-fold CV is on; that is the
-    whole cost of CV on the data side. With the cache on, each chunk task reads or
-    writes its own entry; once all are done, the cache is pruned to its bound and its size logged.
+    A month of several chunks gets a task per chunk and a ``month-stats`` task that adds them; months of one chunk
+    share ``chunk-stats`` tasks of up to ``chunk_rows`` rows (a task per slot at least), tagged with their months, so
+    a long history of small files costs its data, not its file count. Training months keep per-fold statistics when
+    K-fold CV is on; that is the whole cost of CV on the data side. With the cache on, each chunk has its own entry;
+    once all are done, the cache is pruned to its bound and its size logged.
     """
     spec = config.feature_spec()
     folds = config.folds if config.cross_validates and config.cv == "kfold" else 1
     location = stats_cache.resolve(config.stats_cache) if config.cache else None
     limit = stats_cache.max_bytes()  # a bad $TAXI_PIPELINE_STATS_CACHE_MAX_BYTES stops the run before any work
-    futures = {}
-    every_part: list[Any] = []
+    refs: dict[Month, MonthRef] = {}
+    reads: list[Any] = []
+    small: list[tuple[Month, tuple[reader.MonthPlan, reader.Chunk, int]]] = []
     for month, plan in plans.items():
         month_folds = folds if month != val else 1
-        parts: list[Any] = [
-            chunk_stats.submit(plan, chunk, spec, month_folds, config.seed, location)
-            for chunk in reader.plan(plan.layout, config.chunk_rows)
+        parts = reader.plan(plan.layout, config.chunk_rows)
+        if len(parts) == 1:
+            small.append((month, (plan, parts[0], month_folds)))
+            continue
+        futures = [
+            chunk_stats.with_options(tags={str(month)}).submit([(plan, part, month_folds)], spec, config.seed, location) for part in parts
         ]
-        futures[month] = month_stats.submit(parts)
-        every_part += parts
-    raise_first_failure([*every_part, *futures.values()])  # else a failed month surfaces as a CV task's UnfinishedRun
+        refs[month] = (month_stats.with_options(tags={str(month)}).submit(futures), None)
+        reads += futures
+    rows = [work[1].rows for _, work in small]
+    for batch in batching.pack(rows, batching.target(rows, config.chunk_rows, slots)):
+        months = [small[i][0] for i in batch]
+        future = chunk_stats.with_options(tags=set(map(str, months))).submit([small[i][1] for i in batch], spec, config.seed, location)
+        refs.update({month: (future, index) for index, month in enumerate(months)})
+        reads.append(future)
+    raise_first_failure(
+        [*reads, *(ref for ref, index in refs.values() if index is None)]
+    )  # else a failed month surfaces as a CV task's UnfinishedRun
     if location is not None:
-        hits = sum(part.state.name == "Cached" for part in every_part)
         pruned = stats_cache.StatsCache(location).prune(max_bytes=limit)
         get_run_logger().info(
             "statistics cache %s; %d of %d chunks read from it, %d old entries pruned",
             pruned.left.describe(),
-            hits,
-            len(every_part),
+            sum(_cache_hits(read.state) for read in reads),
+            sum(len(reader.plan(plan.layout, config.chunk_rows)) for plan in plans.values()),
             pruned.removed,
         )
-    return futures
+    return {month: refs[month] for month in plans}
 
 
 def _cross_validate(
-    config: TrainConfig, train: list[Month], val: Month, per_month: dict[Month, Any], slots: int
+    config: TrainConfig, train: list[Month], val: Month, per_month: dict[Month, MonthRef], slots: int
 ) -> tuple[list[cv.CVScore], dict[tuple[Features | None, float], training.Candidate]]:
     """Spread the folds (K-fold: and the candidates' refits) over the cluster, one task per worker slot."""
     alphas = unmapped(list(config.alphas))
@@ -203,7 +274,7 @@ class Trained:
     alpha: float | None
     features: Features
     report: CVReport | None
-    val_stats: Any = None  # a future of the validation month's statistics (of the columns read)
+    val_stats: MonthRef | None = None  # where the validation month's statistics are (of the columns read)
     estimator_bytes: bytes | None = None  # a row-fitted model with no linear form, as model.skops bytes
     months: tuple[screening.MonthRows, ...] = ()  # rows read and dropped per month (linear path)
 
@@ -213,7 +284,7 @@ def _train_linear(
 ) -> Trained:
     """The exact path: statistics per month; CV from them (K-fold CV also refits every
     candidate alpha and feature set, 5 ms each); else one fit and one score task at the alpha given."""
-    per_month = _month_statistics(config, plans, val)
+    per_month = _month_statistics(config, plans, val, slots)
     counted = month_rows.submit([*train, val], [per_month[m] for m in [*train, val]])  # one task: a few ints a month
     report: CVReport | None = None
     alpha, features = config.alphas[0], None
@@ -287,13 +358,13 @@ def track_training(config: TrainConfig, result: RunResult, files: dict[str, byte
 
 
 @task(name="champion-score", cache_policy=NO_CACHE)
-def champion_score(champion: AnyModel, val_stats: stats.Stats | None, read: Features, val: reader.MonthPlan) -> float | None:
+def champion_score(champion: AnyModel, val_ref: MonthRef | None, read: Features, val: reader.MonthPlan) -> float | None:
     """The champion's RMSE on the validation month: exactly from its statistics when they hold the champion's
     columns (no second read), else from its rows. None when it cannot be scored (another duration filter)."""
     if champion.spec.min_minutes != FeatureSpec().min_minutes or champion.spec.max_minutes != FeatureSpec().max_minutes:
         return None
-    if isinstance(champion, Model) and val_stats is not None and set(champion.spec.numeric) <= set(read):
-        projected = training.FeatureSets(read).project(val_stats, champion.spec.numeric)
+    if isinstance(champion, Model) and val_ref is not None and set(champion.spec.numeric) <= set(read):
+        projected = training.FeatureSets(read).project(_stats_of(val_ref), champion.spec.numeric)
         return training.score(training.Fit(champion.weights, [], 0.0), projected)[1]
     from pipeline.edge import row_fits
 

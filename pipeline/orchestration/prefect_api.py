@@ -20,6 +20,12 @@ from pipeline.orchestration.interrupts import children_ignore_interrupts
 
 log = logging.getLogger(__name__)
 
+#: Said under a temporary API's address: its links die with the run.
+TEMPORARY_NOTE = (
+    "  (a temporary API: its UI and the 'View at' link work until this run ends; to browse past runs, "
+    "start `prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api before running)"
+)
+
 
 def configured_api_url() -> str | None:
     """The API URL from the environment or the active Prefect profile, if any."""

@@ -35,6 +35,8 @@ class TerminalFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and isinstance(record.exc_info[1], PipelineError):
             return False  # the CLI prints its one line last
+        if record.name == "prefect.task_runner.dask" and record.levelno < logging.WARNING:
+            return False  # its dashboard link is printed whether or not it works; the run's own line checks first
         task_run = record.name.startswith("prefect.task_runs")
         if task_run and record.levelno < logging.WARNING:
             return False
