@@ -1,7 +1,8 @@
 """Peak memory of one ``chunk-stats`` task, measured in a fresh process.
 
-``python -m benchmarks.chunk_memory FOLDER MONTH ROWS`` runs the task body on
-the month's first row-group range of about ``ROWS`` rows and prints JSON: rows,
+``python -m benchmarks.chunk_memory FOLDER MONTH ROWS [INDEX [FOLDS]]`` runs the task body on
+the month's row-group range number ``INDEX`` (default the first) of about ``ROWS`` rows,
+with ``FOLDS`` folds (default none), and prints JSON: rows,
 peak bytes above the process's footprint before the task, pickled statistics
 bytes (what travels between workers), seconds. A fresh process, because
 Arrow's allocator keeps freed memory for reuse, so an earlier chunk would hide
@@ -33,13 +34,13 @@ def _status_bytes(field: str) -> int:
     raise KeyError(field)
 
 
-def measure(folder: Path, month: Month, rows: int) -> dict[str, float]:
+def measure(folder: Path, month: Month, rows: int, index: int = 0, folds: int = 1) -> dict[str, float]:
     plan = reader.locate(str(folder), TAXI, month, SPEC.columns())
-    chunk = reader.plan(plan.layout, rows)[0]
+    chunk = reader.plan(plan.layout, rows)[index]
     CLEAR_REFS.write_text("5")  # the high-water mark restarts from the current RSS
     before = _status_bytes("VmRSS")
     start = time.perf_counter()
-    result = chunk_statistics(plan, chunk, SPEC)
+    result = chunk_statistics(plan, chunk, SPEC, folds)
     seconds = time.perf_counter() - start
     return {
         "rows": chunk.rows,
@@ -50,8 +51,8 @@ def measure(folder: Path, month: Month, rows: int) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    folder, month, rows = sys.argv[1:]
-    print(json.dumps(measure(Path(folder), Month.parse(month), int(rows))))
+    folder, month, rows, *more = sys.argv[1:]
+    print(json.dumps(measure(Path(folder), Month.parse(month), int(rows), *map(int, more))))
 
 
 def memory_figures(probe: dict[str, int], smallest: dict[str, int]) -> dict[str, float]:

@@ -37,6 +37,8 @@ PEER_ROWS = 100_000
 QUICK_PEER_ROWS = 20_000
 #: Train on up to 4 months (the flow benchmarks) and validate on the next.
 MONTHS = 5
+#: A month as large as TLC's largest (2015's yellow months held 12-13M rows), and more.
+BIG_MONTH_ROWS = 20_000_000
 #: The year-scale benchmark: 12 months of about the rows of TLC's 2023 yellow months.
 YEAR_MONTHS = 12
 YEAR_ROWS = 3_200_000
@@ -109,6 +111,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=f"CI scale, {QUICK_ROWS:,} rows a month and relaxed floors (env BENCH_QUICK=1)",
     )
     group.addoption(
+        "--bench-big-month",
+        action="store_true",
+        default=None,
+        help=f"also one month of {BIG_MONTH_ROWS:,} rows, every chunk task's peak memory (env BENCH_BIG_MONTH=1)",
+    )
+    group.addoption(
         "--bench-year",
         action="store_true",
         default=None,
@@ -129,16 +137,22 @@ def _rows_option(config: pytest.Config) -> int:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "reference: also runs another implementation (seed path, dask-ml) on the same rows")
     config.addinivalue_line("markers", "year: the year-scale benchmark, run only with --bench-year or BENCH_YEAR=1")
+    config.addinivalue_line("markers", "big_month: the 20M-row month's memory, run only with --bench-big-month or BENCH_BIG_MONTH=1")
+
+
+#: Benchmarks left out unless asked for (marker: option, environment variable): they generate GBs and run for minutes.
+OPT_IN = {"year": ("bench_year", "BENCH_YEAR"), "big_month": ("bench_big_month", "BENCH_BIG_MONTH")}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Leave the year out unless asked for: it generates 12 large months and runs for minutes."""
-    if _flag(config, "bench_year", "BENCH_YEAR"):
-        return
-    year = [item for item in items if item.get_closest_marker("year")]
-    if year:
-        config.hook.pytest_deselected(items=year)
-        items[:] = [item for item in items if not item.get_closest_marker("year")]
+    """Deselect (not skip) the opt-in benchmarks nobody asked for."""
+    for marker, (option, variable) in OPT_IN.items():
+        if _flag(config, option, variable):
+            continue
+        left_out = [item for item in items if item.get_closest_marker(marker)]
+        if left_out:
+            config.hook.pytest_deselected(items=left_out)
+            items[:] = [item for item in items if not item.get_closest_marker(marker)]
 
 
 HEADLINES = pytest.StashKey[list[str]]()
