@@ -235,7 +235,7 @@ def test_cache_info_prune_and_clear_commands(computed, tmp_path):
     info = runner.invoke(cli, ["cache", "info", *where], env={"COLUMNS": "250"})
     assert info.exit_code == 0, info.output
     assert (
-        str(tmp_path / "stats") in info.output
+        f"location: {tmp_path / 'stats'}\n" in info.output
         and re.search(r"entries\s+│\s+4\s+│", info.output)
         and stats_cache.human_size(4 * size) in info.output
     )

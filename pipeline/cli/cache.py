@@ -60,7 +60,6 @@ def info(stats_cache: str | None) -> None:
 
     usage = _open(stats_cache).usage()
     rows = [
-        ("location", usage.location),
         ("entries", f"{usage.entries:,}"),
         ("size", human_size(usage.bytes)),
         ("limit", f"{human_size(max_bytes())}, applied after each run"),
@@ -68,6 +67,7 @@ def info(stats_cache: str | None) -> None:
         ("newest use", _when(usage.newest)),
     ]
     out.print(table("statistics cache", ("field", "value"), rows))
+    out.print(f"location: {usage.location}", soft_wrap=True)  # a long path stays one line that can be copied
 
 
 @cache.command()
