@@ -16,7 +16,9 @@ import json
 import pickle
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from benchmarks.common import SPEC, TAXI
 from pipeline.core.months import Month
@@ -24,6 +26,7 @@ from pipeline.edge import reader
 from pipeline.edge.chunks import chunk_statistics
 
 CLEAR_REFS = Path("/proc/self/clear_refs")
+_T = TypeVar("_T")
 
 
 def _status_bytes(field: str) -> int:
@@ -34,20 +37,21 @@ def _status_bytes(field: str) -> int:
     raise KeyError(field)
 
 
-def measure(folder: Path, month: Month, rows: int, index: int = 0, folds: int = 1) -> dict[str, float]:
-    plan = reader.locate(str(folder), TAXI, month, SPEC.columns())
-    chunk = reader.plan(plan.layout, rows)[index]
+def peak_of(work: Callable[[], _T]) -> tuple[_T, int, float]:
+    """``work()``'s result, its peak bytes above the footprint before it, and its seconds."""
     CLEAR_REFS.write_text("5")  # the high-water mark restarts from the current RSS
     before = _status_bytes("VmRSS")
     start = time.perf_counter()
-    result = chunk_statistics(plan, chunk, SPEC, folds)
+    result = work()
     seconds = time.perf_counter() - start
-    return {
-        "rows": chunk.rows,
-        "peak_bytes": _status_bytes("VmHWM") - before,
-        "stats_bytes": len(pickle.dumps(result)),
-        "seconds": seconds,
-    }
+    return result, _status_bytes("VmHWM") - before, seconds
+
+
+def measure(folder: Path, month: Month, rows: int, index: int = 0, folds: int = 1) -> dict[str, float]:
+    plan = reader.locate(str(folder), TAXI, month, SPEC.columns())
+    chunk = reader.plan(plan.layout, rows)[index]
+    result, peak, seconds = peak_of(lambda: chunk_statistics(plan, chunk, SPEC, folds))
+    return {"rows": chunk.rows, "peak_bytes": peak, "stats_bytes": len(pickle.dumps(result)), "seconds": seconds}
 
 
 if __name__ == "__main__":

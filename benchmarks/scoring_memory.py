@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
-from benchmarks.chunk_memory import CLEAR_REFS, _status_bytes
+from benchmarks.chunk_memory import peak_of
 from benchmarks.common import TAXI
 from pipeline.core.months import Month
 from pipeline.edge import reader
@@ -30,15 +29,11 @@ def measure(folder: Path, month: Month, rows: int, model_dir: Path, part: Path) 
     model = load_model(model_dir)
     plan = reader.locate(str(folder), TAXI, month, model.spec.columns())
     chunk = reader.plan(plan.layout, rows)[0]
-    CLEAR_REFS.write_text("5")  # the high-water mark restarts from the current RSS
-    before = _status_bytes("VmRSS")
-    start = time.perf_counter()
-    counts = score_chunk(plan, chunk, model, part)
-    seconds = time.perf_counter() - start
+    counts, peak, seconds = peak_of(lambda: score_chunk(plan, chunk, model, part))
     return {
         "rows": chunk.rows,
         "scored_rows": counts.rows,
-        "peak_bytes": _status_bytes("VmHWM") - before,
+        "peak_bytes": peak,
         "part_bytes": part.stat().st_size,
         "seconds": seconds,
     }
