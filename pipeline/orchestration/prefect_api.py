@@ -2,8 +2,9 @@
 
 Without ``PREFECT_API_URL`` Prefect starts a temporary server in the flow process
 *and another in every Dask worker process*, so task runs scatter over private
-databases. Here the run brings up one server, exports its URL before any worker
-starts (LocalCluster workers inherit the environment), and stops it at the end.
+databases. Here the run brings up one server (:mod:`prefect_server`), exports its
+URL before any worker starts (LocalCluster workers inherit the environment), and
+stops it at the end.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from contextlib import contextmanager
 
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from pipeline.orchestration import prefect_patches
+from pipeline.orchestration import prefect_patches, prefect_server
 from pipeline.orchestration.interrupts import children_ignore_interrupts
 
 log = logging.getLogger(__name__)
@@ -48,20 +49,25 @@ def current_api_url() -> str:
 
 
 @contextmanager
-def prefect_api(timeout: int = 60) -> Iterator[str]:
-    """Yield the run's API URL, starting a local server on 127.0.0.1 when none is set."""
-    url = configured_api_url()
+def prefect_api(url: str | None = None, timeout: int = 60) -> Iterator[str]:
+    """Yield the run's API URL (``url``, else the configured one), starting a local server on 127.0.0.1 when there is none."""
+    url = url or configured_api_url()
     if url:
+        previous = os.environ.get("PREFECT_API_URL")
         os.environ["PREFECT_API_URL"] = url
-        yield url
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: url}):
+                yield url
+        finally:
+            if previous is None:
+                os.environ.pop("PREFECT_API_URL", None)
+            else:
+                os.environ["PREFECT_API_URL"] = previous
         return
-    from prefect.server.api.server import SubprocessASGIServer
-
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    server = SubprocessASGIServer()
     log.info("starting a local Prefect API for this run")
     with children_ignore_interrupts():  # else Ctrl-C stops the API before the flow run's crash is recorded
-        server.start(timeout=timeout)
+        server = prefect_server.start_temporary(timeout=timeout)
     os.environ["PREFECT_API_URL"] = server.api_url
     try:
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):

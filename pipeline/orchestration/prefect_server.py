@@ -1,0 +1,123 @@
+"""A Prefect API server in a child process on 127.0.0.1, started without importing the server here.
+
+Prefect's ``SubprocessASGIServer`` is reached through ``prefect.server.api.server``,
+whose import (FastAPI app, SQLAlchemy models, migrations) costs ~3 s of CPU in the
+*client* process, only to launch a child that imports it all again; on 2 cores
+that import also slows the LocalCluster starting beside it. Here the child is
+launched the same way (uvicorn on Prefect's app factory) from this process's
+settings, and the client only polls ``/health``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from pipeline.errors import PipelineError
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the OS picks it)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    """Whether ``port`` can be bound on 127.0.0.1 (as servers bind: a port in TIME_WAIT is free)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _settings_environment() -> dict[str, str]:
+    """This process's Prefect settings as environment variables, so the server uses the same home and database."""
+    from prefect.settings import get_current_settings
+
+    return get_current_settings().to_environment_variables(exclude_unset=True)
+
+
+@dataclass
+class ServerProcess:
+    """A Prefect API server we started; :meth:`stop` ends it."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def wait_healthy(self, timeout: float) -> None:
+        """Return once ``/health`` answers 200; one line naming the log if the server dies or never answers."""
+        deadline = time.monotonic() + timeout
+        with httpx.Client(timeout=2) as client:
+            while True:
+                try:
+                    if client.get(f"{self.api_url}/health").status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    where = f"; its log: {self.log}" if self.log else ""
+                    exited = self.process.poll() is not None
+                    what = f"exited with code {self.process.returncode}" if exited else f"did not answer within {timeout:g} s"
+                    self.stop()
+                    raise PipelineError(f"Prefect API on 127.0.0.1:{self.port} {what}{where}")
+                time.sleep(0.05)
+
+    def stop(self, timeout: float = 10) -> None:
+        """Terminate the server (kill it after ``timeout`` s); stopping again does nothing."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_temporary(timeout: float = 60) -> ServerProcess:
+    """The run's own API, as Prefect's temporary server is: ephemeral mode, no UI, on a free port."""
+    import prefect
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "PREFECT_UI_ENABLED": "0",
+        "PREFECT__SERVER_EPHEMERAL": "1",
+        "PREFECT__SERVER_FINAL": "1",
+        **_settings_environment(),
+    }
+    args = ["-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parent.parent), "--factory", "prefect.server.api.server:create_app"]
+    args += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"]
+    server = ServerProcess(subprocess.Popen([sys.executable, *args], env=env), port)
+    server.wait_healthy(timeout)
+    return server
+
+
+def start_lasting(port: int, log: Path, timeout: float = 90) -> ServerProcess:
+    """``prefect server start`` on 127.0.0.1:``port`` (UI, scheduler and every service), its output in ``log``."""
+    if not port_is_free(port):
+        raise PipelineError(f"--port {port}: 127.0.0.1:{port} is in use (a Prefect server already running?); pass another --port")
+    env = {**os.environ, **_settings_environment(), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    args = [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    with open(log, "ab") as out:
+        process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
+    server = ServerProcess(process, port, log)
+    server.wait_healthy(timeout)
+    return server
