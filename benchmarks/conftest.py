@@ -15,6 +15,7 @@ ends with each benchmark's headline ratio (``extra_info["headline"]``).
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ import pyarrow as pa
 import pytest
 from threadpoolctl import threadpool_limits
 
-from benchmarks.common import TAXI, command_env, months
+from benchmarks.common import TAXI, command_env, months, run_python
 from pipeline.edge.sources import month_filename
 from pipeline.edge.synth import write_months
 from pipeline.orchestration.testing import temporary_prefect_api
@@ -56,6 +57,7 @@ class Floors:
     kernel_over_decode: float  # at most: encode + statistics time over the parquet decode time
     end_to_end_over_decode: float  # at most: parquet-to-statistics time over the decode time
     whole_process_speedup: float  # the seed path's whole process over ``taxi-pipeline train``'s, same rows
+    stack_process_speedup: float  # the same, the command on the local stack (``taxi-pipeline up``)
     worker_speedup: float  # flow seconds on 1 worker over 2 workers
     memory_growth: float  # at most: peak(n)/peak(smallest) over n/smallest, i.e. 1.0 is linear
 
@@ -72,6 +74,7 @@ DEFAULT_FLOORS = Floors(
     kernel_over_decode=1.5,
     end_to_end_over_decode=2.5,
     whole_process_speedup=2,
+    stack_process_speedup=8,
     worker_speedup=0.3,
     memory_growth=1.1,
 )
@@ -85,6 +88,7 @@ QUICK_FLOORS = Floors(
     kernel_over_decode=1.5,
     end_to_end_over_decode=3,
     whole_process_speedup=0.1,
+    stack_process_speedup=1,
     worker_speedup=0.3,
     memory_growth=1.1,
 )
@@ -237,6 +241,24 @@ def command_environment(tmp_path_factory: pytest.TempPathFactory) -> dict[str, s
     """Commands' environment (:func:`benchmarks.common.command_env`): one Prefect home for the session, so only the
     first command creates its database."""
     return command_env(tmp_path_factory.mktemp("command-prefect-home"))
+
+
+@pytest.fixture(scope="session")
+def stack_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Commands' environment with the local stack up in its Prefect home (``taxi-pipeline up`` on a free port, 2 workers).
+
+    Its commands run on the stack, as a user's do after ``taxi-pipeline up``; ``down`` at the end.
+    """
+    env = command_env(tmp_path_factory.mktemp("stack-prefect-home"))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    _, out = run_python(["-m", "pipeline.cli", "up", "--port", str(port), "--n-workers", "2"], env)
+    assert "local stack up" in out, out
+    try:
+        yield env
+    finally:
+        run_python(["-m", "pipeline.cli", "down"], env)
 
 
 @pytest.fixture(scope="session")

@@ -3,13 +3,13 @@
 Public API: :class:`ClusterSpec` (intent), :func:`resolve` (intent -> :class:`Plan`,
 starting nothing), :func:`check_cluster` (resolve, and try a running scheduler once),
 :func:`connect` (a context manager yielding a checked :class:`Connection`), :func:`started_early`
-(a run's LocalCluster started beside its Prefect API), :func:`task_runner`
+(a run's LocalCluster started beside its Prefect API), :func:`start_cluster` (one that outlives runs), :func:`task_runner`
 (a ``DaskTaskRunner`` for that connection), :func:`parse_cluster_kwargs`
 (for ``--cluster-kwargs``), :class:`PrefectApiPlugin` (points workers at the flow's
 Prefect API) and :func:`check_versions`. ``python -m cluster.certs DIR`` makes TLS files.
 """
 
-from cluster.connect import Connection, EarlyCluster, check_cluster, connect, started_early, task_runner
+from cluster.connect import Connection, EarlyCluster, check_cluster, connect, start_cluster, started_early, task_runner
 from cluster.plugins import PrefectApiPlugin
 from cluster.spec import ClusterSpec, Plan, parse_cluster_kwargs, resolve
 from cluster.versions import check_versions
@@ -25,6 +25,7 @@ __all__ = [
     "connect",
     "parse_cluster_kwargs",
     "resolve",
+    "start_cluster",
     "started_early",
     "task_runner",
 ]

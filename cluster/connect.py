@@ -117,6 +117,20 @@ def _client(target: Any, plan: Plan, spec: ClusterSpec, security: Any) -> Client
         raise PipelineError(_explain(address, plan.origin, exc, plan.tls, spec.connect_timeout)) from exc
 
 
+def _dashboard_address(asked: str) -> str:
+    """``asked``, or any free port when its port is taken (the local stack's cluster has :8787): Dask would warn, then do so."""
+    host, _, port = asked.rpartition(":")
+    if not port.isdigit() or int(port) == 0:
+        return asked
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host or "", int(port)))
+        except OSError:
+            return f"{host}:0"
+    return asked
+
+
 def _start_cluster(plan: Plan, spec: ClusterSpec, stack: ExitStack) -> Any:
     """Start the LocalCluster or the named cluster class for this run (closed with ``stack``)."""
     kwargs = dict(plan.cluster_kwargs)
@@ -125,7 +139,7 @@ def _start_cluster(plan: Plan, spec: ClusterSpec, stack: ExitStack) -> Any:
             "n_workers": plan.adapt.get("minimum", 0) if plan.adapt else plan.n_workers,
             "threads_per_worker": spec.threads_per_worker,
             "processes": True,
-            "dashboard_address": spec.dashboard_address,
+            "dashboard_address": _dashboard_address(spec.dashboard_address),
             "silence_logs": logging.WARNING,
         }
         if plan.tls:
@@ -182,11 +196,7 @@ class EarlyCluster:
 
     def _start(self, plan: Plan, imports: tuple[str, ...]) -> Any:
         """Start the cluster, then have its workers import ``imports`` (Prefect: seconds each) while the API still starts."""
-        cluster = _start_cluster(plan, self._spec, self._stack)
-        if imports:
-            with Client(cluster, set_as_default=False) as client:
-                client.run(_import_all, imports)
-        return cluster
+        return start_cluster(self._spec, self._stack, imports, plan=plan)
 
     def spec(self) -> ClusterSpec:
         """A spec addressing the started cluster (TLS flags kept), or the caller's own when nothing was started here."""
@@ -208,6 +218,20 @@ class EarlyCluster:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
         self._stack.close()
+
+
+def start_cluster(
+    spec: ClusterSpec, stack: ExitStack, imports: tuple[str, ...] = (), prefect_api_url: str | None = None, *, plan: Plan | None = None
+) -> Any:
+    """Start the cluster ``spec`` asks for (closed with ``stack``), its workers pointed at ``prefect_api_url`` and importing ``imports``."""
+    cluster = _start_cluster(plan or resolve(spec), spec, stack)
+    if imports or prefect_api_url:
+        with Client(cluster, set_as_default=False) as client:
+            if prefect_api_url:
+                client.register_plugin(PrefectApiPlugin(prefect_api_url))
+            if imports:
+                client.run(_import_all, imports)
+    return cluster
 
 
 def _import_all(modules: tuple[str, ...]) -> None:

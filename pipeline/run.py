@@ -1,7 +1,8 @@
 """The Python API: train on months with Prefect on Dask, from a script or a notebook.
 
-It checks the input and the cluster flags before anything starts, brings up
-the run's Prefect API (unless ``PREFECT_API_URL`` names one) while the run's
+It checks the input and the cluster flags before anything starts, takes the
+local stack of ``taxi-pipeline up`` when it is up and fits, else brings up the
+run's Prefect API (unless ``PREFECT_API_URL`` names one) while the run's
 LocalCluster (if it gets one) starts in a thread, and calls the
 ``train-trip-duration`` flow, which connects to that cluster (or resolves one itself).
 """
@@ -16,9 +17,8 @@ from pipeline.core.config import TrainConfig
 from pipeline.core.results import RunResult
 from pipeline.edge import tracking
 from pipeline.edge.reader import MonthPlan, locate_local
-from pipeline.flows.cluster_runner import early_cluster
 from pipeline.flows.train import train_flow
-from pipeline.orchestration.prefect_api import TEMPORARY_NOTE, configured_api_url, prefect_api
+from pipeline.local_stack import run_services
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +41,5 @@ def train(
     if config.mlflow:
         tracking.check(config.mlflow_uri)  # a missing [mlflow] extra or tracking URI: one line, at once
     check_cluster(spec)  # bad cluster flags, address, TLS or versions fail here, before any server starts
-    temporary = configured_api_url() is None
-    with early_cluster(spec) as early, prefect_api() as api_url:  # the two starts overlap: ~2 s of ~5
-        announce(f"Prefect API: {api_url}")
-        if temporary:
-            announce(TEMPORARY_NOTE)
-        try:
-            return train_flow(config, early.spec(), plans)
-        finally:
-            early.close()  # before the API stops: workers still report to it while they close
+    with run_services(spec, announce, "pipeline.flows.train") as where:
+        return train_flow(config, where, plans)

@@ -45,6 +45,14 @@ def months_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def slow_months(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three months cut into many small row groups: with --chunk-rows at one group, a run of 120 chunk tasks (Ctrl-C tests)."""
+    folder = tmp_path_factory.mktemp("slow-months")
+    write_months(folder, parse_months("2023-01:2023-03"), 200_000, seed=1, row_group_size=5_000)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def prefect_api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One real Prefect API on 127.0.0.1 for the session, on a throwaway database."""
     with temporary_prefect_api(tmp_path_factory.mktemp("prefect-home")) as url:

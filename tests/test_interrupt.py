@@ -17,26 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core.months import parse_months
-from pipeline.edge.synth import write_months
-
 INTERRUPTED = "interrupted: the run was stopped (Ctrl-C)"
-
-
-@pytest.fixture(scope="session")
-def slow_months(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Three months cut into many small row groups: with --chunk-rows at one group, a run of 120 chunk tasks."""
-    folder = tmp_path_factory.mktemp("slow-months")
-    write_months(folder, parse_months("2023-01:2023-03"), 200_000, seed=1, row_group_size=5_000)
-    return folder
 
 
 class _Run:
     """``taxi-pipeline train`` in its own process group, its stderr read line by line with arrival times."""
 
-    def __init__(self, source: Path, output: Path, env: dict[str, str]) -> None:
+    def __init__(self, source: Path, output: Path, env: dict[str, str], cluster: tuple[str, ...] = ("--n-workers", "2")) -> None:
         args = ["train", "--source", str(source), "--train-months", "2023-01:2023-02", "--val-month", "2023-03"]
-        args += ["--output", str(output), "--chunk-rows", "5000", "--no-cache", "--n-workers", "2"]
+        args += ["--output", str(output), "--chunk-rows", "5000", "--no-cache", *cluster]
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", *args],
             env=env,

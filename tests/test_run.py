@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from cluster import ClusterSpec
-from pipeline import run
+from pipeline import local_stack, run
 from pipeline.core.config import TrainConfig
 from pipeline.edge import reader
 from pipeline.errors import PipelineError
@@ -34,12 +34,12 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
             calls["closed"] = True
 
     @contextmanager
-    def fake_early(spec: ClusterSpec) -> Iterator[FakeEarly]:
+    def fake_early(spec: ClusterSpec, imports: tuple[str, ...] = ()) -> Iterator[FakeEarly]:
         calls["early"] = spec
         yield FakeEarly()
 
     @contextmanager
-    def fake_api() -> Iterator[str]:
+    def fake_api(url: str | None = None) -> Iterator[str]:
         calls["api"] += 1
         yield "http://127.0.0.1:1/api"
 
@@ -47,9 +47,9 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         calls["flow"] = (config, cluster, plans)
         return "result"
 
-    monkeypatch.setattr(run, "prefect_api", fake_api)
-    monkeypatch.setattr(run, "early_cluster", fake_early)
-    monkeypatch.setattr(run, "configured_api_url", lambda: None)
+    monkeypatch.setattr(local_stack, "prefect_api", fake_api)
+    monkeypatch.setattr(local_stack, "early_cluster", fake_early)
+    monkeypatch.setattr(local_stack, "configured_api_url", lambda: None)
     monkeypatch.setattr(run, "train_flow", fake_flow)
     return calls
 
@@ -65,7 +65,7 @@ def test_local_footers_are_read_once_and_handed_to_the_flow(months_dir, tmp_path
     assert recorded["early"] is spec and cluster == ClusterSpec(address="tcp://127.0.0.1:2") and recorded["closed"]
     assert [str(p.file.month) for p in plans] == ["2023-01", "2023-02", "2023-03"]
     assert len(opened) == 3  # one footer read per month, and the flow is handed the plans
-    assert lines == ["Prefect API: http://127.0.0.1:1/api", run.TEMPORARY_NOTE]  # its links end with the run, and it says so
+    assert lines == ["Prefect API: http://127.0.0.1:1/api", local_stack.TEMPORARY_NOTE]  # its links end with the run, and it says so
 
 
 def test_plans_given_by_the_caller_are_not_read_again(months_dir, tmp_path, recorded, monkeypatch):
@@ -106,7 +106,7 @@ def test_the_local_cluster_starts_beside_the_api_and_closes_before_it(months_dir
     seen: dict[str, Any] = {}
 
     @contextmanager
-    def slow_api() -> Iterator[str]:
+    def slow_api(url: str | None = None) -> Iterator[str]:
         seen["starting"] = [t.name for t in threading.enumerate() if t.name.startswith("start-cluster")]
         yield "http://127.0.0.1:1/api"
         seen["at_stop"] = _refused(seen["address"])
@@ -117,7 +117,7 @@ def test_the_local_cluster_starts_beside_the_api_and_closes_before_it(months_dir
             seen["workers"] = len(client.scheduler_info(n_workers=-1)["workers"])
         return "result"
 
-    monkeypatch.setattr(run, "prefect_api", slow_api)
+    monkeypatch.setattr(local_stack, "prefect_api", slow_api)
     monkeypatch.setattr(run, "train_flow", flow)
     spec = ClusterSpec(n_workers=2, dashboard_address=":0", cluster_kwargs={"processes": False, "protocol": "tcp://"})
     assert run.train(_config(months_dir, tmp_path / "out"), spec) == "result"

@@ -10,17 +10,25 @@ import sys
 
 import click
 
-from pipeline.cli import cache, models, score, train  # noqa: F401  (they register their commands)
+from pipeline.cli import cache, models, score, stack, train  # noqa: F401  (they register their commands)
 from pipeline.cli.common import cli, err
 from pipeline.errors import PipelineError
+from pipeline.orchestration import stack_record
 from pipeline.orchestration.interrupts import EXIT_CODE, Interrupted, interruptible
 from pipeline.orchestration.terminal_logs import quiet_terminal
 
 __all__ = ["cli", "main"]
 
 
-def main() -> None:
-    """Entry point: one line on stderr and exit code 2 for bad input or flags, 130 for Ctrl-C."""
+def main(relay: bool = True) -> None:
+    """Entry point: one line on stderr and exit code 2 for bad input or flags, 130 for Ctrl-C.
+
+    A run goes to the local stack's relay when one is up and fits (``taxi-pipeline up``);
+    the relay's own processes run it here (``relay=False``).
+    """
+    relayed = stack_record.relay(sys.argv[1:]) if relay else None
+    if relayed is not None:
+        sys.exit(relayed)
     try:
         with quiet_terminal(), interruptible(say=_say):
             cli.main(standalone_mode=False)

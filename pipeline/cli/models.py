@@ -117,15 +117,14 @@ def retrain(as_of: date | None, notify_url: str | None, notify_on_completion: bo
     from cluster import ClusterSpec, check_cluster
     from pipeline.core import render
     from pipeline.flows.retrain import NOTIFY_URL_ENV, retrain_flow
-    from pipeline.orchestration.prefect_api import prefect_api
+    from pipeline.local_stack import run_services
 
     cluster = ClusterSpec(**{k: v for k, v in options.items() if k not in _FLOW_PARAMETERS})
     check_cluster(cluster)
     if notify_url:
         os.environ[NOTIFY_URL_ENV] = notify_url  # read by the run's state hooks in this process; never a parameter
-    with prefect_api() as api_url:
-        err.print(f"Prefect API: {api_url}")
-        result = retrain_flow(**parameters, as_of=as_of, cluster=cluster)
+    with run_services(cluster, err.print, "pipeline.flows.retrain") as where:
+        result = retrain_flow(**parameters, as_of=as_of, cluster=where)
     out.print(table(render.decision_line(result.decision), ("field", "value"), render.decision_rows(result.decision)))
     out.print(table(render.title(result.run), ("metric", "value"), render.metric_rows(result.run)))
     if result.run.cv is not None:

@@ -68,12 +68,11 @@ def predict(
     from cluster import ClusterSpec, check_cluster
     from pipeline.core import render
     from pipeline.flows.score import score_flow
-    from pipeline.orchestration.prefect_api import prefect_api
+    from pipeline.local_stack import run_services
 
     cluster = ClusterSpec(**cluster_options)
     check_cluster(cluster)
-    with prefect_api() as api_url:
-        err.print(f"Prefect API: {api_url}")
+    with run_services(cluster, err.print, "pipeline.flows.score") as where:
         result = score_flow(
             months=months,
             output=output if is_remote(output) else str(Path(output).resolve()),
@@ -83,7 +82,7 @@ def predict(
             max_psi=max_psi,
             max_rmse_ratio=max_rmse_ratio,
             chunk_rows=chunk_rows,
-            cluster=cluster,
+            cluster=where,
         )
     drawn = table(f"scored {result.rows:,} rows with {result.model}", render.MONITORING_HEADER, render.monitoring_rows(result.months))
     from rich.console import Console

@@ -40,10 +40,14 @@ def _quiet_workers() -> Iterator[None]:
         yield
 
 
+#: The modules whose tasks run on workers: a worker that imported them runs its first task at once.
+FLOW_MODULES = ("pipeline.flows.train", "pipeline.flows.retrain", "pipeline.flows.score")
+
+
 @contextmanager
-def early_cluster(spec: ClusterSpec) -> Iterator[EarlyCluster]:
+def early_cluster(spec: ClusterSpec, imports: tuple[str, ...] = FLOW_MODULES) -> Iterator[EarlyCluster]:
     """Start the run's LocalCluster (if it gets one) now, in a thread, beside the Prefect API; see :func:`cluster.started_early`."""
-    with _quiet_workers(), started_early(spec, imports=("pipeline.flows.train",)) as early:  # the tasks' modules and Prefect
+    with _quiet_workers(), started_early(spec, imports) as early:  # the tasks' modules and Prefect
         yield early
 
 
