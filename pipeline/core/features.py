@@ -276,9 +276,7 @@ def _known_into(ids: np.ndarray, scratch: np.ndarray, out: np.ndarray) -> np.nda
     return np.less(scratch.view(f"u{scratch.itemsize}"), N_ZONES - 1, out=out)
 
 
-def _screen_block(
-    start: int, block: _Block, window: tuple[int, int], span: tuple[int, int] | None, times_in: bool, work: _Buffers
-) -> Screened:
+def _screen_block(start: int, block: _Block, window: tuple[int, int], span: tuple[int, int] | None, work: _Buffers) -> Screened:
     """One block of :func:`screen`, in ``work``."""
     low, high = window
     micros = np.subtract(block.drop, block.pick, out=work.micros)
@@ -297,7 +295,7 @@ def _screen_block(
     codes += block.do
     n_known = int(np.count_nonzero(known))
     n_known_valid = n_known if block.valid is None else int(np.count_nonzero(known & block.valid))
-    if times_in:  # only a dropoff before its pickup can be odd
+    if block.times_in(span):  # only a dropoff before its pickup can be odd; checked by block, while it is in cache
         n_odd = int(np.count_nonzero(micros < 0)) if micros.size and micros.min() < 0 else 0
     else:
         n_odd = _odd_times(block, micros, span)
@@ -320,11 +318,10 @@ def screen(table: pa.Table, spec: FeatureSpec, month: Month | None = None) -> It
         None if valid_all(table) else duration_micros(table)[1],
     )
     window, span = duration_window(spec), _month_span(month)
-    times_in = whole.times_in(span)
     work = _Buffers.of(min(BLOCK_ROWS, table.num_rows), np.promote_types(whole.pu.dtype, whole.do.dtype))
     for start in range(0, table.num_rows, BLOCK_ROWS):
         block = whole.slice(start, start + BLOCK_ROWS)
-        yield _screen_block(start, block, window, span, times_in, work.head(block.pick.size))
+        yield _screen_block(start, block, window, span, work.head(block.pick.size))
 
 
 def encode(table: pa.Table, spec: FeatureSpec, month: Month | None = None, offset: int = 0) -> Encoded:

@@ -234,16 +234,8 @@ def compute_screened(
         sum_micros = np.bincount(index, weights=micros, minlength=folds * N_PAIRS).astype(np.int64)
     else:
         sum_micros = _exact_sums(index, micros.astype(np.int64), folds * N_PAIRS, count)
-    zeros = empty(folds)
-    return Stats(
-        count.reshape(folds, N_PAIRS),
-        sum_micros.reshape(folds, N_PAIRS),
-        squares.total(),
-        zeros.sum_x,
-        zeros.sum_xy,
-        zeros.sum_xx,
-        screened,
-    )
+    no_numeric = (np.zeros((folds, 0, N_PAIRS)), np.zeros((folds, 0)), np.zeros((folds, 0, 0)))
+    return Stats(count.reshape(folds, N_PAIRS), sum_micros.reshape(folds, N_PAIRS), squares.total(), *no_numeric, screened)
 
 
 class _Limbs:
