@@ -3,18 +3,38 @@
 DESIGN.md: decode is the floor, and the rest of the hot path should cost little
 beside it. The chunk kernel (features + statistics from rows already in memory)
 and the whole map step (parquet file to statistics) are both held to a multiple
-of the decode time of the same month.
+of the decode time of the same month; at the default scale the map step is held
+to issue 12's goal, 70% of the decode's throughput.
+
+The baseline is ``pq.read_table`` of the 4 columns, without the page CRC checks
+our read makes (:func:`pipeline.edge.reader.read` verifies them, and generated
+months carry them). Both were measured here, interleaved: verifying changed the
+decode by less than the noise (31.2 vs 31.3 ms per 1M rows), so the ratio is
+asserted against the plain decode, the stricter of the two; the verified one is
+reported beside it.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from benchmarks.common import SPEC, best_interleaved, best_of, decode, month_path, month_stats, months, read_month
+from benchmarks.common import RAW_COLUMNS, SPEC, best_interleaved, best_of, decode, month_path, month_stats, months, read_month
 from pipeline.core import stats
 from pipeline.core.features import encode
 
 pytestmark = pytest.mark.usefixtures("one_core")
+
+#: Rounds of the interleaved end-to-end timing: its best is steadier with more on a shared machine (~0.12 s a round at 1M rows).
+ROUNDS = 25
+
+
+def decode_verified(path: Path) -> pa.Table:
+    """The decode with the page CRC checks our read makes."""
+    return pq.ParquetFile(path, page_checksum_verification=True).read(columns=list(RAW_COLUMNS))
 
 
 def test_chunk_kernel(benchmark, bench):
@@ -44,7 +64,9 @@ def test_end_to_end_vs_decode(benchmark, bench):
     (month,) = months(1)
     path = month_path(bench.folder, month)
     _, result = best_of(lambda: month_stats(bench.folder, month), benchmark=benchmark)
-    seconds, decode_seconds = best_interleaved([lambda: month_stats(bench.folder, month), lambda: decode(path)], rounds=9)
+    seconds, decode_seconds, verified_seconds = best_interleaved(
+        [lambda: month_stats(bench.folder, month), lambda: decode(path), lambda: decode_verified(path)], rounds=ROUNDS
+    )
     rows = decode(path).num_rows
     ratio = seconds / decode_seconds
     benchmark.extra_info.update(
@@ -52,6 +74,7 @@ def test_end_to_end_vs_decode(benchmark, bench):
         rows_per_second=rows / seconds,
         decode_rows_per_second=rows / decode_seconds,
         end_to_end_over_decode=ratio,
+        end_to_end_over_verified_decode=seconds / verified_seconds,
         kept_rows=result.rows,
         headline=f"parquet to statistics on one core: {1 / ratio:.0%} of the decode-only throughput ({ratio:.2f}x its time; goal 70%)",
     )

@@ -203,7 +203,7 @@ class _Block:
 
     def zones_known(self) -> bool:
         """Whether every zone id is in 1..265 (a null reads as 0): four reductions, where the masks take five passes."""
-        return bool(1 <= self.pu.min() and self.pu.max() < N_ZONES and 1 <= self.do.min() and self.do.max() < N_ZONES)
+        return bool(self.pu.min() >= 1 and self.pu.max() < N_ZONES and self.do.min() >= 1 and self.do.max() < N_ZONES)
 
     def times_in(self, span: tuple[int, int] | None) -> bool:
         """Whether every timestamp is present and in ``span``: four reductions, no temporaries."""
@@ -277,7 +277,8 @@ class _Buffers:
 def _known_into(ids: np.ndarray, scratch: np.ndarray, out: np.ndarray) -> np.ndarray:
     """:func:`_known` written into ``out``."""
     np.subtract(ids, 1, out=scratch, dtype=scratch.dtype)
-    return np.less(scratch.view(f"u{scratch.itemsize}"), N_ZONES - 1, out=out)
+    np.less(scratch.view(f"u{scratch.itemsize}"), N_ZONES - 1, out=out)
+    return out
 
 
 def _screen_block(start: int, block: _Block, window: tuple[int, int], span: tuple[int, int] | None, work: _Buffers) -> Screened:
