@@ -63,16 +63,17 @@ class Floors:
 
 
 #: Measured at 1M rows a month (README "Benchmarks"), with a margin for a noisy shared
-#: machine (parquet to statistics: 1.73 to 1.90x the decode under load 4 to 5; 1.44x at
-#: 100k rows). Flows are orchestration-bound at this size (~0.4 s of work in 8-16 s) and
+#: machine; parquet to statistics is held to issue 12's goal itself, 70% of the decode's
+#: throughput (1.2 to 1.4x the decode time, measured under load 2 to 5; the kernel 0.3x).
+#: Flows are orchestration-bound at this size (~0.4 s of work in 8-16 s) and
 #: one run each swings by half under load, so a second worker shows no gain yet: its
 #: floor only catches one that makes runs several times slower.
 DEFAULT_FLOORS = Floors(
     seed_speedup=50,
     peer_speedup=100,
     cv_speedup=3,
-    kernel_over_decode=1.5,
-    end_to_end_over_decode=2.5,
+    kernel_over_decode=0.8,
+    end_to_end_over_decode=1 / 0.7,
     whole_process_speedup=2,
     stack_process_speedup=8,
     worker_speedup=0.3,
@@ -85,8 +86,8 @@ QUICK_FLOORS = Floors(
     seed_speedup=25,
     peer_speedup=50,
     cv_speedup=1.5,
-    kernel_over_decode=1.5,
-    end_to_end_over_decode=3,
+    kernel_over_decode=0.8,
+    end_to_end_over_decode=2,
     whole_process_speedup=0.1,
     stack_process_speedup=1,
     worker_speedup=0.3,

@@ -3,18 +3,59 @@
 DESIGN.md: decode is the floor, and the rest of the hot path should cost little
 beside it. The chunk kernel (features + statistics from rows already in memory)
 and the whole map step (parquet file to statistics) are both held to a multiple
-of the decode time of the same month.
+of the decode time of the same month; at the default scale the map step is held
+to issue 12's goal, 70% of the decode's throughput.
+
+The baseline is ``pq.read_table`` of the 4 columns, without the page CRC checks
+our read makes (:func:`pipeline.edge.reader.read` verifies them, and generated
+months carry them). Both were measured here, interleaved: verifying changed the
+decode by less than the noise (31.2 vs 31.3 ms per 1M rows), so the ratio is
+asserted against the plain decode, the stricter of the two; the verified one is
+reported beside it.
+
+The end-to-end goal is asserted on the process's CPU time, which is what one
+core spends: on this shared 2-core machine wall time also counts the time the
+other sessions hold the core, and five runs of 25 rounds under load 8 gave
+wall-time ratios of 1.34 to 1.46 where CPU-time ratios stayed at 1.34 to 1.36.
+The wall-time ratio is reported beside it.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from benchmarks.common import SPEC, best_interleaved, best_of, decode, month_path, month_stats, months, read_month
+from benchmarks.common import RAW_COLUMNS, SPEC, best_of, decode, month_path, month_stats, months, read_month
 from pipeline.core import stats
 from pipeline.core.features import encode
 
 pytestmark = pytest.mark.usefixtures("one_core")
+
+#: Rounds of the interleaved end-to-end timing: its best is steadier with more on a shared machine (~0.12 s a round at 1M rows).
+ROUNDS = 25
+
+
+def best_cpu_and_wall(fns: list[Callable[[], object]], rounds: int) -> tuple[list[float], list[float]]:
+    """Each of ``fns``' best CPU seconds (this process, all its threads) and best wall seconds, over interleaved rounds."""
+    cpu: list[list[float]] = [[] for _ in fns]
+    wall: list[list[float]] = [[] for _ in fns]
+    for _ in range(rounds):
+        for fn, cpus, walls in zip(fns, cpu, wall):
+            start_cpu, start_wall = time.process_time(), time.perf_counter()
+            fn()
+            cpus.append(time.process_time() - start_cpu)
+            walls.append(time.perf_counter() - start_wall)
+    return [min(c) for c in cpu], [min(w) for w in wall]
+
+
+def decode_verified(path: Path) -> pa.Table:
+    """The decode with the page CRC checks our read makes."""
+    return pq.ParquetFile(path, page_checksum_verification=True).read(columns=list(RAW_COLUMNS))
 
 
 def test_chunk_kernel(benchmark, bench):
@@ -44,15 +85,22 @@ def test_end_to_end_vs_decode(benchmark, bench):
     (month,) = months(1)
     path = month_path(bench.folder, month)
     _, result = best_of(lambda: month_stats(bench.folder, month), benchmark=benchmark)
-    seconds, decode_seconds = best_interleaved([lambda: month_stats(bench.folder, month), lambda: decode(path)], rounds=9)
+    (seconds, decode_seconds, verified_seconds), (wall, decode_wall, _) = best_cpu_and_wall(
+        [lambda: month_stats(bench.folder, month), lambda: decode(path), lambda: decode_verified(path)], rounds=ROUNDS
+    )
     rows = decode(path).num_rows
-    ratio = seconds / decode_seconds
+    ratio, wall_ratio = seconds / decode_seconds, wall / decode_wall
     benchmark.extra_info.update(
         rows=rows,
         rows_per_second=rows / seconds,
         decode_rows_per_second=rows / decode_seconds,
         end_to_end_over_decode=ratio,
+        end_to_end_over_verified_decode=seconds / verified_seconds,
+        wall_end_to_end_over_decode=wall_ratio,
         kept_rows=result.rows,
-        headline=f"parquet to statistics on one core: {1 / ratio:.0%} of the decode-only throughput ({ratio:.2f}x its time; goal 70%)",
+        headline=(
+            f"parquet to statistics on one core: {1 / ratio:.0%} of the decode-only throughput "
+            f"({ratio:.2f}x its CPU time, {wall_ratio:.2f}x its wall time; goal 70%)"
+        ),
     )
     assert ratio <= bench.floors.end_to_end_over_decode

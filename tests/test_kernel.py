@@ -109,3 +109,54 @@ def test_statistics_are_exact_on_the_float_and_the_integer_paths(longest, rows, 
     assert {int(i): int(flat[i]) for i in np.flatnonzero(computed.count.reshape(-1))} == sums
     if longest <= 2**34:
         assert list(computed.sum_micros2) == squares
+
+
+def _clean_table(rows: int, seed: int) -> pa.Table:
+    """Trips as TLC files hold them: every zone known, every stamp present and inside the month."""
+    rng = np.random.default_rng(seed)
+    pick = MONTH_START + rng.integers(0, 30 * MICROS_PER_DAY, rows)
+    return pa.table(
+        {
+            PICKUP: pa.array(pick, pa.timestamp("us")),
+            DROPOFF: pa.array(pick + rng.integers(0, 90 * MICROS_PER_MINUTE, rows), pa.timestamp("us")),
+            PU: pa.array(rng.integers(1, N_ZONES, rows), pa.int32()),
+            DO: pa.array(rng.integers(1, N_ZONES, rows), pa.int32()),
+            "trip_distance": pa.array(rng.random(rows) * 10),
+        }
+    )
+
+
+SCREENED_CASES = {
+    "messy rows, one fold": (_messy_table, FeatureSpec(), 1),
+    "messy rows, three folds": (_messy_table, FeatureSpec(), 3),
+    "clean rows (no masks needed), three folds": (_clean_table, FeatureSpec(), 3),
+    "a numeric column: kept rows gathered": (_messy_table, FeatureSpec(numeric=("trip_distance",)), 3),
+    "a window past 2^32 us: integer paths": (_messy_table, FeatureSpec(max_minutes=1e9), 2),
+    "an empty window": (_messy_table, FeatureSpec(min_minutes=30, max_minutes=20), 1),
+}
+
+
+@pytest.mark.parametrize(("make", "spec", "folds"), SCREENED_CASES.values(), ids=SCREENED_CASES.keys())
+@pytest.mark.parametrize("block_rows", [7, 1 << 16])
+@pytest.mark.parametrize("exact_float", [stats._EXACT_FLOAT, 1 << 20], ids=["float sums", "limb sums"])
+def test_statistics_from_screened_blocks_equal_those_of_the_encoded_rows(monkeypatch, make, spec, folds, block_rows, exact_float):
+    """compute_screened masks dropped rows into pair 0 instead of gathering the kept ones: the same numbers, to the bit."""
+    table = make(3_000, seed=folds)
+    fold = np.random.default_rng(block_rows).integers(0, folds, table.num_rows) if folds > 1 else None
+    monkeypatch.setattr(features, "BLOCK_ROWS", block_rows)
+    monkeypatch.setattr(stats, "_EXACT_FLOAT", exact_float)
+    encoded = encode(table, spec, MONTH)
+    expected = stats.compute(encoded, None if fold is None else fold[encoded.position], folds)
+    x = features.numeric_matrix(table, spec.numeric) if spec.numeric else None
+    got = stats.compute_screened(features.screen(table, spec, MONTH), table.num_rows, fold, folds, x)
+    assert got.rows == encoded.rows and (encoded.rows > 1_000 or spec.min_minutes > spec.max_minutes)
+    for ours, theirs in zip((*got._arrays(), got.screened), (*expected._arrays(), expected.screened)):
+        assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+        assert np.array_equal(ours, theirs)
+
+
+def test_statistics_of_no_rows_are_the_zero():
+    table = _messy_table(0, seed=0)
+    got = stats.compute_screened(features.screen(table, FeatureSpec(), MONTH), 0, None, 3, np.empty((0, 1)))
+    zero = stats.empty(3, 1)
+    assert all(np.array_equal(a, b) for a, b in zip((*got._arrays(), got.screened), (*zero._arrays(), zero.screened)))

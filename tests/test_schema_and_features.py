@@ -120,3 +120,21 @@ def test_corrupt_parquet_is_one_line_naming_the_file(tmp_path):
         reader.inspect(path, WANTED)
     assert str(path) in str(info.value) and "corrupt" in str(info.value)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("ids", "kind"),
+    [([1, None, 2**31 - 1, -(2**31)], pa.int64()), ([None, None], pa.int64()), ([7, 265], pa.uint64()), ([3, 4], pa.int16())],
+)
+def test_ids_narrow_to_int32_exactly_when_they_fit(ids, kind):
+    table = pa.table({PU: pa.array(ids, kind)})
+    out = normalize(table, {PU: PU}, "f.parquet")
+    assert out.schema.field(PU).type == pa.int32()
+    assert out[PU].to_pylist() == ids
+
+
+@pytest.mark.parametrize(("ids", "kind"), [([1, 2**31], pa.int64()), ([-(2**31) - 1], pa.int64()), ([2**40, None], pa.uint64())])
+def test_ids_that_do_not_fit_int32_are_refused_naming_the_file(ids, kind):
+    table = pa.table({PU: pa.array(ids, kind)})
+    with pytest.raises(PipelineError, match=r"f\.parquet: column 'PULocationID' has unusable type"):
+        normalize(table, {PU: PU}, "f.parquet")

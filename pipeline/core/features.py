@@ -8,7 +8,7 @@ three one-hot features. Numeric columns (``trip_distance``...) ride along as flo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.core import buffers
 from pipeline.core.months import Month
 from pipeline.core.schema import DO, DROPOFF, PICKUP, PU, REQUIRED
 
@@ -200,6 +201,10 @@ class _Block:
         valid = None if self.valid is None else self.valid[start:stop]
         return _Block(self.pick[start:stop], self.drop[start:stop], self.pu[start:stop], self.do[start:stop], valid)
 
+    def zones_known(self) -> bool:
+        """Whether every zone id is in 1..265 (a null reads as 0): four reductions, where the masks take five passes."""
+        return bool(self.pu.min() >= 1 and self.pu.max() < N_ZONES and self.do.min() >= 1 and self.do.max() < N_ZONES)
+
     def times_in(self, span: tuple[int, int] | None) -> bool:
         """Whether every timestamp is present and in ``span``: four reductions, no temporaries."""
         if span is None or not self.pick.size:
@@ -225,28 +230,109 @@ def _odd_times(block: _Block, micros: np.ndarray, span: tuple[int, int] | None) 
 BLOCK_ROWS = 1 << 16
 
 
-def _encode_block(
-    block: _Block, window: tuple[int, int], span: tuple[int, int] | None, times_in: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """One block of :func:`encode`: the rows it keeps, their pair codes and durations, and its :data:`SCREENED` counts."""
-    micros = block.drop - block.pick
-    known = _known(block.pu)
-    known &= _known(block.do)
-    keep = _in_window(micros, window)
-    keep &= known
+@dataclass(frozen=True)
+class Screened:
+    """One block of a chunk, screened: every row's pair code and duration, which rows the filter keeps, and its counts.
+
+    ``codes`` and ``micros`` mean something only where ``keep`` holds: :func:`encode`
+    gathers those rows, :func:`pipeline.core.stats.compute_screened` masks the rest.
+    The arrays are buffers that :func:`screen` refills for its next block: use a
+    block before asking for the next.
+    """
+
+    start: int  # the block's first row in the chunk
+    keep: np.ndarray  # bool
+    codes: np.ndarray  # pu * N_ZONES + do, at least int32 (a kept row's code is below 266²)
+    micros: np.ndarray  # int64 duration
+    counts: np.ndarray  # int64, named by SCREENED
+    longest: int  # no kept row's |micros| is larger (from the duration window)
+
+    @property
+    def rows(self) -> int:
+        return int(self.keep.size)
+
+
+@dataclass(frozen=True)
+class _Buffers:
+    """Block-sized outputs and scratch that :func:`screen` reuses, so a block's temporaries stay in cache and cost no
+    fresh pages (:mod:`pipeline.core.buffers`)."""
+
+    micros: np.ndarray
+    codes: np.ndarray
+    keep: np.ndarray
+    known: np.ndarray
+    wide: np.ndarray  # int64 scratch
+    ids: np.ndarray  # scratch in the ids' width
+
+    @classmethod
+    def of(cls, rows: int, ids: np.dtype) -> _Buffers:
+        wide = np.promote_types(ids, np.int32)
+        kinds = (np.int64, wide, np.bool_, np.bool_, np.int64, ids)
+        return cls(*(buffers.empty(rows, kind) for kind in kinds))
+
+    def head(self, rows: int) -> _Buffers:
+        return _Buffers(self.micros[:rows], self.codes[:rows], self.keep[:rows], self.known[:rows], self.wide[:rows], self.ids[:rows])
+
+
+def _known_into(ids: np.ndarray, scratch: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """:func:`_known` written into ``out``."""
+    np.subtract(ids, 1, out=scratch, dtype=scratch.dtype)
+    np.less(scratch.view(f"u{scratch.itemsize}"), N_ZONES - 1, out=out)
+    return out
+
+
+def _screen_block(start: int, block: _Block, window: tuple[int, int], span: tuple[int, int] | None, work: _Buffers) -> Screened:
+    """One block of :func:`screen`, in ``work``."""
+    low, high = window
+    micros = np.subtract(block.drop, block.pick, out=work.micros)
+    known = None  # every zone known
+    if not block.zones_known():
+        known = _known_into(block.pu, work.ids, work.known)
+        known &= _known_into(block.do, work.ids, work.keep)
+    keep = work.keep
+    if low > high:
+        keep.fill(False)
+    else:  # _in_window, written into the buffers
+        np.subtract(micros, low, out=work.wide)
+        np.less_equal(work.wide.view(np.uint64), np.uint64(high - low), out=keep)
+    if known is not None:
+        keep &= known
     if block.valid is not None:
         keep &= block.valid
-    rows = np.flatnonzero(keep)
-    codes = block.pu * N_ZONES  # in the ids' own width: a kept row's code is below 266², and only kept rows are gathered
+    codes = np.multiply(block.pu, N_ZONES, out=work.codes, dtype=work.codes.dtype)
     codes += block.do
-    n_known = int(np.count_nonzero(known))
-    n_known_valid = n_known if block.valid is None else int(np.count_nonzero(known & block.valid))
-    if times_in:  # only a dropoff before its pickup can be odd
+    n_known = micros.size if known is None else int(np.count_nonzero(known))
+    if block.valid is None:
+        n_known_valid = n_known
+    else:
+        n_known_valid = int(np.count_nonzero(block.valid if known is None else known & block.valid))
+    if block.times_in(span):  # only a dropoff before its pickup can be odd; checked by block, while it is in cache
         n_odd = int(np.count_nonzero(micros < 0)) if micros.size and micros.min() < 0 else 0
     else:
         n_odd = _odd_times(block, micros, span)
-    counts = np.array([micros.size, n_known_valid - rows.size, n_odd, micros.size - n_known], dtype=np.int64)
-    return rows, codes[rows], micros[rows], counts
+    kept = int(np.count_nonzero(keep))
+    counts = np.array([micros.size, n_known_valid - kept, n_odd, micros.size - n_known], dtype=np.int64)
+    return Screened(start, keep, codes, micros, counts, max(-low, high, 0))
+
+
+def screen(table: pa.Table, spec: FeatureSpec, month: Month | None = None) -> Iterator[Screened]:
+    """A normalised chunk by cache-sized blocks, screened as :func:`encode` describes.
+
+    Columns are views of Arrow's buffers in their stored widths, filters are
+    integer comparisons, and every block is worked out in the same buffers.
+    """
+    whole = _Block(
+        _integers(table.column(PICKUP), 0),
+        _integers(table.column(DROPOFF), 0),
+        _integers(table.column(PU), 0),
+        _integers(table.column(DO), 0),
+        None if valid_all(table) else duration_micros(table)[1],
+    )
+    window, span = duration_window(spec), _month_span(month)
+    work = _Buffers.of(min(BLOCK_ROWS, table.num_rows), np.promote_types(whole.pu.dtype, whole.do.dtype))
+    for start in range(0, table.num_rows, BLOCK_ROWS):
+        block = whole.slice(start, start + BLOCK_ROWS)
+        yield _screen_block(start, block, window, span, work.head(block.pick.size))
 
 
 def encode(table: pa.Table, spec: FeatureSpec, month: Month | None = None, offset: int = 0) -> Encoded:
@@ -259,27 +345,16 @@ def encode(table: pa.Table, spec: FeatureSpec, month: Month | None = None, offse
     precedes the pickup, or (given the file's ``month``) when either lies outside
     the month widened by a day on each side. ``position`` counts from ``offset``.
 
-    The hot path: columns are views of Arrow's buffers in their stored widths,
-    filters are integer comparisons, work goes by cache-sized blocks whose
-    kept rows are copied into outputs sized once for the chunk.
+    The kept rows of each :func:`screen` block are copied into outputs sized once for the chunk.
     """
-    whole = _Block(
-        _integers(table.column(PICKUP), 0),
-        _integers(table.column(DROPOFF), 0),
-        _integers(table.column(PU), 0),
-        _integers(table.column(DO), 0),
-        None if valid_all(table) else duration_micros(table)[1],
-    )
-    window, span = duration_window(spec), _month_span(month)
-    times_in = whole.times_in(span)
     pair, micros, position = (np.empty(table.num_rows, dtype=np.int64) for _ in range(3))
     screened, kept = np.zeros(len(SCREENED), dtype=np.int64), 0
-    for start in range(0, table.num_rows, BLOCK_ROWS):
-        rows, codes, durations, counts = _encode_block(whole.slice(start, start + BLOCK_ROWS), window, span, times_in)
+    for block in screen(table, spec, month):
+        rows = np.flatnonzero(block.keep)
         stop = kept + rows.size
-        pair[kept:stop], micros[kept:stop] = codes, durations
-        np.add(rows, start + offset, out=position[kept:stop])
-        screened += counts
+        pair[kept:stop], micros[kept:stop] = block.codes[rows], block.micros[rows]
+        np.add(rows, block.start + offset, out=position[kept:stop])
+        screened += block.counts
         kept = stop
     x = numeric_matrix(table, spec.numeric)[position[:kept] - offset] if spec.numeric else np.empty((kept, 0))
     return Encoded(pair=pair[:kept], micros=micros[:kept], x=x, position=position[:kept], screened=screened)

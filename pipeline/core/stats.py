@@ -26,7 +26,8 @@ from operator import add
 
 import numpy as np
 
-from pipeline.core.features import MICROS_PER_MINUTE, N_PAIRS, SCREENED, Encoded
+from pipeline.core import buffers
+from pipeline.core.features import MICROS_PER_MINUTE, N_PAIRS, SCREENED, Encoded, Screened
 
 
 @dataclass(frozen=True)
@@ -173,29 +174,124 @@ def _square_sums(micros: np.ndarray, fold: np.ndarray | None, folds: int) -> np.
 
 def compute(encoded: Encoded, fold: np.ndarray | None = None, folds: int = 1) -> Stats:
     """Statistics of one encoded chunk, split by ``fold`` (one fold when None)."""
-    if folds == 1:
-        fold = None
-    elif fold is None:
-        fold = np.zeros(encoded.rows, dtype=np.int64)
+    fold = _fold_ids(fold, folds, encoded.rows)
     index = encoded.pair if fold is None else fold * N_PAIRS + encoded.pair
+    count = np.bincount(index, minlength=folds * N_PAIRS)
+    return _statistics(index, count, encoded.micros, encoded.x, fold, folds, encoded.screened.copy())
+
+
+def compute_screened(
+    blocks: Iterable[Screened], rows: int, fold: np.ndarray | None = None, folds: int = 1, x: np.ndarray | None = None
+) -> Stats:
+    """:func:`compute` of the rows :func:`pipeline.core.features.encode` would keep, straight from the screened blocks.
+
+    No kept-row arrays are gathered: a dropped row gets pair code 0, which no kept
+    row has (zone 0 is no zone), and duration 0, and pair 0's count is cleared, so
+    the sums are those of the kept rows, bit for bit. ``fold`` and ``x`` (numeric
+    columns) cover all ``rows`` of the chunk. When no kept duration can reach 2^32 µs
+    (the seed's window) durations go as floats and are squared by limbs block by
+    block, while in cache; otherwise they take :func:`compute`'s integer paths.
+    """
+    k = 0 if x is None else x.shape[1]
+    if not rows:
+        return empty(folds, k)
+    fold = _fold_ids(fold, folds, rows)
+    spread = None if fold is None else fold * N_PAIRS
+    index = buffers.empty(rows, np.int64)
+    keep = buffers.empty(rows, np.bool_) if k else None
+    screened = np.zeros(len(SCREENED), dtype=np.int64)
+    squares = _Limbs(folds)
+    micros, longest = None, 0
+    for block in blocks:
+        if micros is None:
+            longest = block.longest
+            micros = buffers.empty(rows, np.float64 if longest < 1 << 32 else np.int64)
+        part = slice(block.start, block.start + block.rows)
+        np.multiply(block.codes, block.keep, out=index[part])
+        np.multiply(block.micros, block.keep, out=micros[part], dtype=micros.dtype)
+        if spread is not None:
+            index[part] += spread[part]
+        if micros.dtype == np.float64:
+            squares.add(micros[part], None if fold is None else fold[part])
+        if keep is not None:
+            keep[part] = block.keep
+        screened += block.counts
+    assert micros is not None  # rows > 0 gives a block
+    count = np.bincount(index, minlength=folds * N_PAIRS)
+    count[::N_PAIRS] = 0
+    if keep is not None or micros.dtype != np.float64:
+        kept = slice(None) if keep is None else np.flatnonzero(keep)  # numeric products need the kept rows alone, in order
+        return _statistics(
+            index[kept],
+            count,
+            micros[kept].astype(np.int64),
+            np.empty((0, 0)) if x is None else x[kept],
+            None if fold is None else fold[kept],
+            folds,
+            screened,
+        )
+    if int(count.max()) * longest < _EXACT_FLOAT:
+        sum_micros = np.bincount(index, weights=micros, minlength=folds * N_PAIRS).astype(np.int64)
+    else:
+        sum_micros = _exact_sums(index, micros.astype(np.int64), folds * N_PAIRS, count)
+    no_numeric = (np.zeros((folds, 0, N_PAIRS)), np.zeros((folds, 0)), np.zeros((folds, 0, 0)))
+    return Stats(count.reshape(folds, N_PAIRS), sum_micros.reshape(folds, N_PAIRS), squares.total(), *no_numeric, screened)
+
+
+class _Limbs:
+    """Exact Σ micros² per fold from float durations below 2^32, added block by block (see :func:`_square_sums`)."""
+
+    def __init__(self, folds: int) -> None:
+        self.folds = folds
+        self.sums = np.zeros((3, folds), dtype=np.int64)
+        self.high, self.low, self.product = (buffers.empty(_SQUARE_BLOCK, np.float64) for _ in range(3))
+
+    def add(self, micros: np.ndarray, fold: np.ndarray | None) -> None:
+        for start in range(0, micros.size, _SQUARE_BLOCK):
+            block = micros[start : start + _SQUARE_BLOCK]
+            high, low = self.high[: block.size], self.low[: block.size]
+            np.floor(np.multiply(block, 1 / 65536, out=high), out=high)  # micros >> 16: scaling by 2^-16 is exact
+            np.subtract(block, np.multiply(high, 65536, out=low), out=low)  # micros & 0xFFFF
+            if fold is None:
+                self.sums[:, 0] += np.array([high @ high, high @ low, low @ low]).astype(np.int64)
+                continue
+            f, product = fold[start : start + _SQUARE_BLOCK], self.product[: block.size]
+            for limb, (a, b) in enumerate(((high, high), (high, low), (low, low))):
+                self.sums[limb] += np.bincount(f, weights=np.multiply(a, b, out=product), minlength=self.folds).astype(np.int64)
+
+    def total(self) -> np.ndarray:
+        high, middle, low = self.sums.astype(object)
+        sums: np.ndarray = (high << 32) + (middle << 17) + low
+        return sums
+
+
+def _fold_ids(fold: np.ndarray | None, folds: int, rows: int) -> np.ndarray | None:
+    """None for one fold, else each row's fold (all 0 when not given)."""
+    if folds == 1:
+        return None
+    return np.zeros(rows, dtype=np.int64) if fold is None else fold
+
+
+def _statistics(
+    index: np.ndarray, count: np.ndarray, micros: np.ndarray, x: np.ndarray, fold: np.ndarray | None, folds: int, screened: np.ndarray
+) -> Stats:
+    """The sums of :class:`Stats` from each row's ``fold * N_PAIRS + pair`` index and the counts per index."""
     size = folds * N_PAIRS
-    micros, x = encoded.micros, encoded.x
     k = x.shape[1]
-    count = np.bincount(index, minlength=size)
     sum_micros = _exact_sums(index, micros, size, count).reshape(folds, N_PAIRS)
     sum_micros2 = _square_sums(micros, fold, folds)
     sum_x = np.zeros((folds, k, N_PAIRS))
     sum_xy = np.zeros((folds, k))
     sum_xx = np.zeros((folds, k, k))
     if k:
-        y = encoded.y
+        y = micros / MICROS_PER_MINUTE
         for j in range(k):
             sum_x[:, j] = np.bincount(index, weights=x[:, j], minlength=size).reshape(folds, N_PAIRS)
         for f in range(folds):
             rows = slice(None) if fold is None else fold == f
             sum_xy[f] = x[rows].T @ y[rows]
             sum_xx[f] = x[rows].T @ x[rows]
-    return Stats(count.reshape(folds, N_PAIRS), sum_micros, sum_micros2, sum_x, sum_xy, sum_xx, encoded.screened.copy())
+    return Stats(count.reshape(folds, N_PAIRS), sum_micros, sum_micros2, sum_x, sum_xy, sum_xx, screened)
 
 
 def combine(parts: Sequence[Stats]) -> Stats:

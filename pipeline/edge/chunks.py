@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from pipeline.core import hashing, stats
-from pipeline.core.features import N_ZONES, Encoded, FeatureSpec, encode
+from pipeline.core.features import N_ZONES, Encoded, FeatureSpec, encode, numeric_matrix, screen
 from pipeline.core.rows import Rows, concat_rows
 from pipeline.edge import reader
 from pipeline.edge.stats_cache import StatsCache
@@ -43,11 +43,14 @@ def folds_of(plan: reader.MonthPlan, encoded: Encoded, folds: int, seed: int) ->
 
 
 def chunk_statistics(plan: reader.MonthPlan, chunk: reader.Chunk, spec: FeatureSpec, folds: int = 1, seed: int = 0) -> stats.Stats:
-    """Read one row-group range, encode it, and reduce it to (per-fold) statistics."""
-    encoded = read_encoded(plan, chunk, spec)
-    if folds < 2:
-        return stats.compute(encoded)
-    return stats.compute(encoded, folds_of(plan, encoded, folds, seed), folds)
+    """Read one row-group range and reduce it to (per-fold) statistics, with no kept-row arrays in between."""
+    table = reader.read(plan.layout, chunk)
+    fold = None
+    if folds > 1:
+        position = np.arange(chunk.offset, chunk.offset + table.num_rows, dtype=np.int64)
+        fold = hashing.fold_of(position, hashing.month_salt(plan.file.month), seed, folds)
+    x = numeric_matrix(table, spec.numeric) if spec.numeric else None
+    return stats.compute_screened(screen(table, spec, plan.file.month), table.num_rows, fold, folds, x)
 
 
 def cache_key(plan: reader.MonthPlan, chunk: reader.Chunk, spec: FeatureSpec, folds: int = 1, seed: int = 0) -> str:
