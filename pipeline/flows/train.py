@@ -355,8 +355,9 @@ def _train_linear(
         chosen = candidates[features, alpha]
         result, val_rows, val_rmse = chosen.fit, chosen.val_rows, chosen.val_rmse
     else:
-        fitted: Any = fit.submit([per_month[m] for m in train], alpha)
-        validated = score.submit(fitted, per_month[val])
+        train_refs = [per_month[m] for m in train]
+        fitted: Any = _reading(fit, train_refs).submit(train_refs, alpha)
+        validated = _reading(score, [per_month[val]]).submit(fitted, per_month[val])
         result = fitted.result()
         val_rows, val_rmse = validated.result()
     empty = training.empty_of({**{reader.label(plans[m]): n for m, n in zip(train, result.month_rows)}, reader.label(plans[val]): val_rows})
