@@ -1,11 +1,12 @@
 """The statistics cache pays for itself: a hit against recomputing a chunk, and a warm flow against a cold one.
 
 Issue 12 measured Prefect's result cache making a warm run slower than a cold one
-(7.1 vs 6.3 s). Here the chunk task reads its entry itself. In process: reading
-and decoding one chunk's entry against ``chunk_statistics`` of it (the default
-4M-row chunk, i.e. one month at the benchmark scale, 5 folds). As the product
-runs: ``pipeline.run.train`` with 5-fold CV × 4 alphas on 4 + 1 months, cold
-(empty cache: compute and write) and warm (every chunk a hit), best of two each.
+(7.1 vs 6.3 s), and set the goal: a warm run at least 3× faster than a cold one.
+In process: reading and decoding one chunk's entry against ``chunk_statistics`` of
+it (the default 4M-row chunk, i.e. one month at the benchmark scale, 5 folds). As
+the product runs: ``pipeline.run.train`` with 5-fold CV × 4 alphas on 4 + 1
+months, cold (empty cache: compute and write) and warm (every chunk listed in
+the cache: no chunk task, the CV tasks read the entries), best of two each.
 ``seconds`` is the flow's own time, as in ``metrics.json``.
 """
 
@@ -31,10 +32,12 @@ ALPHAS = [0.01, 0.1, 1.0, 10.0]
 TRAIN_MONTHS = 4
 #: Floors a margin below what was measured on this shared 2-core machine (README "Benchmarks"), at the
 #: default scale and at --bench-quick's 100k rows, where a chunk is 40 ms of work and a hit's fixed cost
-#: (70k-pair arrays rebuilt) weighs more. Flows are orchestration-bound at these sizes: the warm floor
-#: catches the regression of issue 12 (a warm run slower than a cold one), and quick mode only a gross one.
+#: (70k-pair arrays rebuilt) weighs more. A warm flow has no chunk task left, only the CV's; a cold one's
+#: time swings by half under load, so the warm floor sits well below the 1.8-3.7x measured (load 2 to 30).
 HIT_SPEEDUP, QUICK_HIT_SPEEDUP = 10, 2
-WARM_SPEEDUP, QUICK_WARM_SPEEDUP = 1.0, 0.8
+WARM_SPEEDUP, QUICK_WARM_SPEEDUP = 1.5, 1.0
+#: Issue 12's goal for a warm flow.
+WARM_GOAL = 3.0
 
 
 def _quick(bench: Bench) -> bool:
@@ -94,8 +97,9 @@ def test_a_warm_flow_is_faster_than_a_cold_one(benchmark, bench, prefect_api_url
         cold_seconds=cold,
         warm_seconds=warm,
         warm_speedup=cold / warm,
+        goal_speedup=WARM_GOAL,
         entries=usage.entries,
         entry_bytes=usage.bytes / usage.entries,
-        headline=f"flow with every chunk cached vs cold: {cold / warm:.2f}x ({warm:.2f} vs {cold:.2f} s)",
+        headline=f"flow with every chunk cached vs cold: {cold / warm:.2f}x, goal {WARM_GOAL:.0f}x ({warm:.2f} vs {cold:.2f} s)",
     )
     assert cold / warm >= (QUICK_WARM_SPEEDUP if _quick(bench) else WARM_SPEEDUP)

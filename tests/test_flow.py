@@ -31,7 +31,14 @@ def _train(*args: Any, **kwargs: Any) -> dict[str, Any]:
 
 def test_train_flow_matches_seed_and_reports_every_task_to_one_api(months_dir, prefect_api_url, tmp_path):
     output = tmp_path / "run"
-    config = TrainConfig(source=str(months_dir), train_months=["2023-01", "2023-02"], val_month="2023-03", output=output, chunk_rows=15_000)
+    config = TrainConfig(
+        source=str(months_dir),
+        train_months=["2023-01", "2023-02"],
+        val_month="2023-03",
+        output=output,
+        chunk_rows=15_000,
+        stats_cache=str(tmp_path / "stats"),  # its own: months already in the session's cache would get no chunk task
+    )
     metrics = _train(config, ClusterSpec(n_workers=2, dashboard_address=":0"))
 
     # the same files through the seed's pandas + DictVectorizer + LinearRegression path
@@ -97,6 +104,7 @@ def test_cv_is_identical_for_any_worker_count_and_chunking_and_published(months_
             folds=3,
             alphas=[0.1, 3.0],
             seed=11,
+            stats_cache=str(tmp_path / "stats"),  # empty: every month gets its chunk tasks
         )
         runs.append(_train(config, ClusterSpec(n_workers=workers, dashboard_address=":0")))
     one, two = runs

@@ -196,6 +196,15 @@ def test_pruning_by_size_then_age_keeps_the_most_recently_used(computed, tmp_pat
     assert cache.clear().removed == 2 and cache.usage().entries == 0
 
 
+def test_the_entries_a_run_is_about_to_read_are_pruned_last(computed, tmp_path):
+    cache, now = StatsCache(str(tmp_path)), time.time()
+    keys = _fill(cache, computed, [5000, 4000, 3000], now)
+    assert cache.keys() == set(keys)  # one listing tells a run which chunks it need not compute
+    size = cache.entries()[0].size
+    pruned = cache.prune(max_bytes=2 * size, now=now, in_use={keys[0]})
+    assert pruned.removed == 1 and cache.keys() == {keys[0], keys[2]}  # the oldest is in use: the next oldest goes
+
+
 def test_an_fsspec_memory_location_works_like_a_folder(computed, chunk):
     location = f"memory://stats-{uuid.uuid4().hex}/cache"
     assert stats_cache.resolve(location) == location  # URLs go to workers as given
@@ -261,8 +270,15 @@ def _chunk_states(flow_run_id: str) -> list[str]:
     return sorted(r.state.name for r in runs if r.name.startswith("chunk-stats"))
 
 
+def _cache_line(caplog: pytest.LogCaptureFixture) -> str:
+    """The last run's statistics cache line, from ``H of C chunks``: what it read and from how many."""
+    (line,) = [r.getMessage() for r in caplog.records if "chunks read from it" in r.getMessage()]
+    caplog.clear()
+    return line.split("; ", 1)[1].split(",", 1)[0]
+
+
 @pytest.mark.slow
-def test_a_rerun_reads_every_chunk_from_the_cache_until_its_month_file_changes(months_dir, prefect_api_url, tmp_path):
+def test_a_rerun_reads_every_chunk_from_the_cache_until_its_month_file_changes(months_dir, prefect_api_url, tmp_path, caplog):
     from cluster import ClusterSpec
     from pipeline.run import train
 
@@ -279,15 +295,26 @@ def test_a_rerun_reads_every_chunk_from_the_cache_until_its_month_file_changes(m
         stats_cache=str(location),
     )
     spec = ClusterSpec(n_workers=1, dashboard_address=":0")
-    cold, warm = (train(config, spec).to_dict() for _ in range(2))
+    caplog.set_level(logging.INFO)
+    cold = train(config, spec).to_dict()
+    assert _cache_line(caplog) == "0 of 4 chunks read from it"
+    plan = reader.locate(str(folder), "yellow", Month(2023, 1), config.feature_spec().columns())
+    january = {chunks.cache_key(plan, part, config.feature_spec(), 3, config.seed) for part in reader.plan(plan.layout, 20_000)}
+    warm = train(config, spec).to_dict()
+    assert _cache_line(caplog) == "4 of 4 chunks read from it"
     path = folder / month_filename("yellow", Month(2023, 2))
     path.write_bytes(path.read_bytes())  # same content, new mtime: a new identity
+    damaged = location / f"{sorted(january)[0]}.npz"
+    damaged.write_bytes(b"garbage")  # listed as there, read as a miss: recomputed and replaced by the task that reads it
     rewritten = train(config, spec).to_dict()
+    assert _cache_line(caplog) == "2 of 4 chunks read from it"  # 2023-01's two, as listed
     uncached = train(config.model_copy(update={"cache": False}), spec).to_dict()
 
     assert _chunk_states(cold["flow_run_id"]) == ["Completed"] * 4
-    assert _chunk_states(warm["flow_run_id"]) == ["Cached"] * 4  # every chunk read from its entry
-    assert _chunk_states(rewritten["flow_run_id"]) == ["Cached", "Cached", "Completed", "Completed"]
+    assert _chunk_states(warm["flow_run_id"]) == []  # every month's chunks listed in the cache: no chunk task at all
+    assert _chunk_states(rewritten["flow_run_id"]) == ["Completed", "Completed"]  # only the rewritten month's
     assert _chunk_states(uncached["flow_run_id"]) == ["Completed"] * 4  # --no-cache reads again
     assert _without_timings(cold) == _without_timings(warm) == _without_timings(rewritten) == _without_timings(uncached)
-    assert StatsCache(str(location)).usage().entries == 6  # 2023-02's old entries stay until pruned
+    cache = StatsCache(str(location))
+    assert cache.usage().entries == 6  # 2023-02's old entries stay until pruned
+    assert all(cache.get(key) is not None for key in january)  # the damaged entry was replaced by a whole one

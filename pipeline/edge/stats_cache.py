@@ -26,6 +26,7 @@ import os
 import re
 import time
 import zipfile
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -325,19 +326,29 @@ class StatsCache:
         ]
         return sorted(found, key=lambda e: e.used, reverse=True)
 
+    def keys(self) -> set[str]:
+        """The keys of every entry, from one listing: what a run can read instead of computing."""
+        return {self._key(entry) for entry in self.entries()}
+
     def usage(self, entries: list[Entry] | None = None) -> Usage:
         """What the cache holds (of ``entries`` when the caller has just listed them)."""
         listed = self.entries() if entries is None else entries
         used = [e.used for e in listed]
         return Usage(self.location, len(listed), sum(e.size for e in listed), min(used, default=None), max(used, default=None))
 
-    def prune(self, max_bytes: int | None = None, older_than: float | None = None, now: float | None = None) -> Pruned:
-        """Remove entries unused for ``older_than`` seconds, then the least recently used beyond ``max_bytes``."""
+    def prune(
+        self, max_bytes: int | None = None, older_than: float | None = None, now: float | None = None, in_use: Collection[str] = ()
+    ) -> Pruned:
+        """Remove entries unused for ``older_than`` seconds, then the least recently used beyond ``max_bytes``.
+
+        Keys ``in_use`` (a run's, read by its tasks after the prune) count as just used: they go last.
+        """
         now = time.time() if now is None else now
         kept: list[Entry] = []
         removed: list[Entry] = []
         total = 0
-        for entry in self.entries():
+        listed = self.entries()
+        for entry in [*(e for e in listed if self._key(e) in in_use), *(e for e in listed if self._key(e) not in in_use)]:
             too_old = older_than is not None and now - entry.used > older_than
             too_big = max_bytes is not None and total + entry.size > max_bytes
             if too_old or too_big:
@@ -351,6 +362,10 @@ class StatsCache:
     def clear(self) -> Pruned:
         """Remove every entry."""
         return self.prune(max_bytes=0)
+
+    @staticmethod
+    def _key(entry: Entry) -> str:
+        return entry.path.rsplit("/", 1)[-1].removesuffix(SUFFIX)
 
     def _remove(self, path: str) -> None:
         with contextlib.suppress(FileNotFoundError):  # a concurrent prune got there first

@@ -17,6 +17,7 @@ from logging import Logger, LoggerAdapter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import distributed
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -64,13 +65,39 @@ locate_month = task(
 )(reader.locate)
 
 
+#: One chunk's work: its month's plan, its row groups, its folds.
+ChunkWork = tuple[reader.MonthPlan, reader.Chunk, int]
+
+
+@dataclass(frozen=True)
+class CachedMonth:
+    """A month whose every chunk had a statistics cache entry when the run listed the cache: it gets no task; each task
+    that needs its statistics reads the compact entries where it runs (about 10 ms a chunk) instead of receiving them."""
+
+    location: str
+    work: tuple[ChunkWork, ...]
+    spec: FeatureSpec
+    seed: int
+
+    @property
+    def month(self) -> Month:
+        return self.work[0][0].file.month
+
+    def statistics(self) -> stats.Stats:
+        """The month's statistics: an entry gone or damaged since the listing is a miss, computed and stored again."""
+        return stats.combine([chunks.cached_statistics(self.location, p, c, self.spec, f, self.seed)[0] for p, c, f in self.work])
+
+
 #: Where a month's statistics are: a future of a task's tuple and the month's place in it, or of the month's own
-#: statistics (None). A plain tuple: Dask resolves futures inside tuples and lists, not inside dataclasses.
+#: statistics (None), or a CachedMonth (None). A plain tuple: Dask resolves futures inside tuples and lists, not
+#: inside dataclasses.
 MonthRef = tuple[Any, int | None]
 
 
 def _stats_of(ref: MonthRef) -> stats.Stats:
     value, index = ref
+    if isinstance(value, CachedMonth):
+        return value.statistics()
     found: stats.Stats = value if index is None else value[index]
     return found
 
@@ -79,8 +106,14 @@ def _all_stats(refs: list[MonthRef]) -> list[stats.Stats]:
     return [_stats_of(ref) for ref in refs]
 
 
+def _reading(task_: Any, refs: list[MonthRef]) -> Any:
+    """``task_`` tagged with the months it reads from the statistics cache: in the UI they have no chunk task of their own."""
+    months = {str(value.month) for value, _ in refs if isinstance(value, CachedMonth)}
+    return task_.with_options(tags=months) if months else task_
+
+
 @task(name="chunk-stats", cache_policy=NO_CACHE, persist_result=False)
-def chunk_stats(work: list[tuple[reader.MonthPlan, reader.Chunk, int]], spec: FeatureSpec, seed: int, cache_location: str | None) -> Any:
+def chunk_stats(work: list[ChunkWork], spec: FeatureSpec, seed: int, cache_location: str | None) -> Any:
     """Statistics of one or more chunks (plan, chunk, folds): a tuple, one per chunk, each read from the statistics cache at
     ``cache_location`` or computed and stored. The state is named "Cached" when every chunk was a hit; its message counts them.
 
@@ -93,9 +126,9 @@ def chunk_stats(work: list[tuple[reader.MonthPlan, reader.Chunk, int]], spec: Fe
     return Completed(data=tuple(value for value, _ in found), name=name, message=f"{hits} of {len(found)} chunks from the statistics cache")
 
 
-def _cache_hits(state: Any) -> int:
+def _cache_hits(message: str | None) -> int:
     """Chunks a ``chunk-stats`` run read from the cache (the count its state message starts with)."""
-    return int(state.message.split(" ", 1)[0])
+    return int((message or "0").split(" ", 1)[0])
 
 
 @task(name="month-stats", cache_policy=NO_CACHE)
@@ -182,18 +215,33 @@ def locate_months(
     return {m: f.result() for m, f in futures.items()}
 
 
-def raise_first_failure(futures: list[Any]) -> None:
+def _outcome(state: Any) -> tuple[bool, str | None]:
+    """Whether a task run's final state is a failure, and its message: run where the state is, so its result stays there."""
+    return state.is_failed() or state.is_crashed(), state.message
+
+
+def raise_first_failure(futures: list[Any]) -> list[str | None]:
     """Wait for ``futures`` in the order they finish; the first that failed raises its task's own exception here.
+    Returns each task's state message, in the order given.
 
     Without this, a chunk task's PipelineError (the file and row groups at
     fault) reaches the user as Prefect's ``UnfinishedRun`` of a downstream task
     that was left pending, and only once every earlier future is done. Waiting
-    costs nothing: everything after needs them.
+    costs nothing: everything after needs them. On Dask the state is looked at
+    on the worker that holds it: ``future.wait()`` would bring the task's
+    result (a chunk's statistics, megabytes) to the flow process.
     """
+    messages: dict[Any, str | None] = {}
     for future in as_completed(futures):
-        future.wait()  # takes the state the worker returned; without it ``state`` asks the API, which lags behind remote workers
-        if future.state.is_failed() or future.state.is_crashed():
+        wrapped = getattr(future, "wrapped_future", None)
+        if isinstance(wrapped, distributed.Future):
+            failed, messages[future] = wrapped.client.submit(_outcome, wrapped, pure=False).result()
+        else:
+            future.wait()  # takes the state the runner returned; without it ``state`` asks the API, which lags behind remote workers
+            failed, messages[future] = _outcome(future.state)
+        if failed:
             future.result()
+    return [messages[future] for future in futures]
 
 
 def _month_statistics(config: TrainConfig, plans: dict[Month, reader.MonthPlan], val: Month, slots: int) -> dict[Month, MonthRef]:
@@ -203,42 +251,47 @@ def _month_statistics(config: TrainConfig, plans: dict[Month, reader.MonthPlan],
     share ``chunk-stats`` tasks of up to ``chunk_rows`` rows (a task per slot at least), tagged with their months, so
     a long history of small files costs its data, not its file count. Training months keep per-fold statistics when
     K-fold CV is on; that is the whole cost of CV on the data side. With the cache on, each chunk has its own entry;
-    once all are done, the cache is pruned to its bound and its size logged.
+    one listing of the cache finds the months whose every chunk has one: they get no task (a :class:`CachedMonth`),
+    as a task costs more than reading them. Once the chunk tasks are done, the cache is pruned to its bound (this
+    run's entries kept) and its size logged.
     """
     spec = config.feature_spec()
     folds = config.folds if config.cross_validates and config.cv == "kfold" else 1
     location = stats_cache.resolve(config.stats_cache) if config.cache else None
     limit = stats_cache.max_bytes()  # a bad $TAXI_PIPELINE_STATS_CACHE_MAX_BYTES stops the run before any work
+    present = stats_cache.StatsCache(location).keys() if location is not None else set()
     refs: dict[Month, MonthRef] = {}
     reads: list[Any] = []
-    small: list[tuple[Month, tuple[reader.MonthPlan, reader.Chunk, int]]] = []
+    small: list[tuple[Month, ChunkWork]] = []
+    keys: set[str] = set()
+    cached = 0
     for month, plan in plans.items():
-        month_folds = folds if month != val else 1
-        parts = reader.plan(plan.layout, config.chunk_rows)
-        if len(parts) == 1:
-            small.append((month, (plan, parts[0], month_folds)))
-            continue
-        futures = [
-            chunk_stats.with_options(tags={str(month)}).submit([(plan, part, month_folds)], spec, config.seed, location) for part in parts
-        ]
-        refs[month] = (month_stats.with_options(tags={str(month)}).submit(futures), None)
-        reads += futures
+        work = [(plan, part, folds if month != val else 1) for part in reader.plan(plan.layout, config.chunk_rows)]
+        month_keys = {chunks.cache_key(p, c, spec, f, config.seed) for p, c, f in work}
+        keys |= month_keys
+        if location is not None and month_keys <= present:
+            refs[month], cached = (CachedMonth(location, tuple(work), spec, config.seed), None), cached + len(work)
+        elif len(work) == 1:
+            small.append((month, work[0]))
+        else:
+            futures = [chunk_stats.with_options(tags={str(month)}).submit([one], spec, config.seed, location) for one in work]
+            refs[month] = (month_stats.with_options(tags={str(month)}).submit(futures), None)
+            reads += futures
     rows = [work[1].rows for _, work in small]
     for batch in batching.pack(rows, batching.target(rows, config.chunk_rows, slots)):
         months = [small[i][0] for i in batch]
         future = chunk_stats.with_options(tags=set(map(str, months))).submit([small[i][1] for i in batch], spec, config.seed, location)
         refs.update({month: (future, index) for index, month in enumerate(months)})
         reads.append(future)
-    raise_first_failure(
-        [*reads, *(ref for ref, index in refs.values() if index is None)]
-    )  # else a failed month surfaces as a CV task's UnfinishedRun
+    month_sums = [ref for ref, index in refs.values() if index is None and not isinstance(ref, CachedMonth)]
+    messages = raise_first_failure([*reads, *month_sums])  # else a failed month surfaces as a CV task's UnfinishedRun
     if location is not None:
-        pruned = stats_cache.StatsCache(location).prune(max_bytes=limit)
+        pruned = stats_cache.StatsCache(location).prune(max_bytes=limit, in_use=keys)
         get_run_logger().info(
             "statistics cache %s; %d of %d chunks read from it, %d old entries pruned",
             pruned.left.describe(),
-            sum(_cache_hits(read.state) for read in reads),
-            sum(len(reader.plan(plan.layout, config.chunk_rows)) for plan in plans.values()),
+            cached + sum(_cache_hits(message) for message in messages[: len(reads)]),
+            len(keys),
             pruned.removed,
         )
     return {month: refs[month] for month in plans}
@@ -256,12 +309,14 @@ def _cross_validate(
         pairs = [(features, alpha) for features in sets.options() for alpha in config.alphas]
         refits = [pairs[g::groups] for g in range(groups)]
         months = unmapped([per_month[m] for m in train])
-        groups_run = cv_kfold.map(months, unmapped(per_month[val]), folds, alphas, refits, unmapped(sets))
+        groups_run = _reading(cv_kfold, [*per_month.values()]).map(months, unmapped(per_month[val]), folds, alphas, refits, unmapped(sets))
         raise_first_failure(groups_run)
         results = groups_run.result()
         return [s for scores, _ in results for s in scores], {(c.features, c.alpha): c for _, found in results for c in found}
     windows = range(1, len(train))
-    futures = cv_window.map([[per_month[m] for m in train[:i]] for i in windows], [per_month[train[i]] for i in windows], windows, alphas)
+    futures = _reading(cv_window, [per_month[m] for m in train]).map(
+        [[per_month[m] for m in train[:i]] for i in windows], [per_month[train[i]] for i in windows], windows, alphas
+    )
     raise_first_failure(futures)
     return [s for group in futures.result() for s in group], {}
 
@@ -285,7 +340,8 @@ def _train_linear(
     """The exact path: statistics per month; CV from them (K-fold CV also refits every
     candidate alpha and feature set, 5 ms each); else one fit and one score task at the alpha given."""
     per_month = _month_statistics(config, plans, val, slots)
-    counted = month_rows.submit([*train, val], [per_month[m] for m in [*train, val]])  # one task: a few ints a month
+    refs = [per_month[m] for m in [*train, val]]
+    counted = _reading(month_rows, refs).submit([*train, val], refs)  # one task: a few ints a month
     report: CVReport | None = None
     alpha, features = config.alphas[0], None
     candidates: dict[tuple[Features | None, float], training.Candidate] = {}
@@ -299,8 +355,9 @@ def _train_linear(
         chosen = candidates[features, alpha]
         result, val_rows, val_rmse = chosen.fit, chosen.val_rows, chosen.val_rmse
     else:
-        fitted: Any = fit.submit([per_month[m] for m in train], alpha)
-        validated = score.submit(fitted, per_month[val])
+        train_refs = [per_month[m] for m in train]
+        fitted: Any = _reading(fit, train_refs).submit(train_refs, alpha)
+        validated = _reading(score, [per_month[val]]).submit(fitted, per_month[val])
         result = fitted.result()
         val_rows, val_rmse = validated.result()
     empty = training.empty_of({**{reader.label(plans[m]): n for m, n in zip(train, result.month_rows)}, reader.label(plans[val]): val_rows})
