@@ -89,8 +89,16 @@ class ServerProcess:
                 self.process.wait()
 
 
+#: uvicorn's exit code when the app's start-up failed, and how many starts a temporary API gets.
+_STARTUP_FAILED, _STARTS = 3, 5
+
+
 def start_temporary(timeout: float = 60) -> ServerProcess:
-    """The run's own API, as Prefect's temporary server is: ephemeral mode, no UI, on a free port."""
+    """The run's own API, as Prefect's temporary server is: ephemeral mode, no UI, on a free port.
+
+    A start that fails (uvicorn's exit code 3: the port taken meanwhile, or SQLite locked while another
+    run creates the same new database) is tried again on another port, as Prefect's server does.
+    """
     import prefect
 
     port = free_port()
@@ -102,10 +110,18 @@ def start_temporary(timeout: float = 60) -> ServerProcess:
         **_settings_environment(),
     }
     args = ["-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parent.parent), "--factory", "prefect.server.api.server:create_app"]
-    args += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"]
-    server = ServerProcess(subprocess.Popen([sys.executable, *args], env=env), port)
-    server.wait_healthy(timeout)
-    return server
+    args += ["--host", "127.0.0.1", "--log-level", "error", "--lifespan", "on"]
+    deadline, starts = time.monotonic() + timeout, 0
+    while True:
+        server = ServerProcess(subprocess.Popen([sys.executable, *args, "--port", str(port)], env=env), port)
+        starts += 1
+        try:
+            server.wait_healthy(max(1.0, deadline - time.monotonic()))
+            return server
+        except PipelineError:
+            if server.process.returncode != _STARTUP_FAILED or starts == _STARTS:
+                raise
+        port = free_port()
 
 
 def start_lasting(port: int, log: Path, timeout: float = 90) -> ServerProcess:
