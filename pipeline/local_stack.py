@@ -31,6 +31,7 @@ from pathlib import Path
 import httpx
 
 from cluster import ClusterSpec, resolve
+from pipeline.edge.processes import alive
 from pipeline.errors import PipelineError
 from pipeline.flows.cluster_runner import early_cluster
 from pipeline.orchestration import prefect_patches, stack_record
@@ -146,7 +147,7 @@ def _stop(pid: int, timeout: float) -> None:
     except ProcessLookupError:
         return
     deadline = time.monotonic() + timeout
-    while stack_record.alive(pid) and time.monotonic() < deadline:
+    while alive(pid) and time.monotonic() < deadline:
         _reap(pid)
         time.sleep(0.1)
     with suppress(ProcessLookupError):

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 from test_cli import _one_error_line
-from test_interrupt import INTERRUPTED, _Run, _states
+from test_interrupt import _Run, _states, assert_stopped_mid_run
 
+from pipeline.edge.processes import alive
 from pipeline.orchestration import stack_record
 
 pytestmark = pytest.mark.slow
@@ -119,15 +120,7 @@ def test_predict_uses_the_stack(stack, months_dir, tmp_path):
 
 def test_ctrl_c_on_the_stack_stops_the_run_and_leaves_the_stack_usable(stack, slow_months, months_dir, tmp_path):
     env, record = stack
-    run = _Run(slow_months, tmp_path / "out", env, cluster=())
-    run.wait_for_quiet_after("training linear")
-    code, took, after = run.interrupt()
-    assert code == 130 and after == [INTERRUPTED], "\n".join(after)
-    assert took < 15, f"{took:.1f} s to exit"
-    assert not (tmp_path / "out").exists()
-    ids = run.flow_run_ids()
-    assert len(ids) == 2  # the run and its train-on-dask subflow
-    assert set(_states(record.api_url, ids)) <= {"CRASHED", "CANCELLED"}
+    assert_stopped_mid_run(_Run(slow_months, tmp_path / "out", env, cluster=()), tmp_path / "out", record.api_url)
     after_it = _train(months_dir, tmp_path / "next", env)
     assert after_it.returncode == 0 and ON_STACK in _flat(after_it.stderr), after_it.stderr
 
@@ -136,7 +129,7 @@ def test_down_stops_every_process_and_frees_the_port(stack):
     env, record = stack
     stopped = _run("down", env=env)
     assert stopped.returncode == 0 and f"stopped the local stack (pid {record.pid})" in stopped.stdout
-    assert not stack_record.alive(record.pid)
+    assert not alive(record.pid)
     assert not Path(env["PREFECT_HOME"], stack_record.RECORD).exists() and not Path(record.socket).exists()
     port = int(record.api_url.rsplit(":", 1)[1].split("/")[0])
     with socket.socket() as probe:

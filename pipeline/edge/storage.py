@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from pipeline.edge.atomic import write_bytes
+from pipeline.edge.processes import alive
 from pipeline.errors import PipelineError
 
 STORAGE_OPTIONS_ENV = "TAXI_PIPELINE_STORAGE_OPTIONS"
@@ -343,16 +344,6 @@ def _holder(lock: Location) -> str | None:
         return "(being written)"  # created, its content not in yet: a live holder
     if time.time() - float(document.get("since", 0)) > STALE_AFTER:
         return None
-    if not lock.remote and document.get("host") == socket.gethostname() and not _alive(int(document.get("pid", 0))):
+    if not lock.remote and document.get("host") == socket.gethostname() and not alive(int(document.get("pid", 0))):
         return None
     return str(document.get("run"))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return pid > 0

@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
 
+from pipeline.edge.processes import alive
+
 RECORD = "taxi-pipeline-stack.json"
 #: Packages whose versions a run and the stack's workers must share.
 MATCHED = ("prefect", "prefect-dask", "dask", "distributed", "numpy", "pyarrow", "pandas", "scikit-learn")
@@ -101,16 +103,6 @@ def environment_digest(environ: Mapping[str, str]) -> str:
     """A digest of the steering variables (names and values; the values never leave it)."""
     steering = sorted((k, v) for k, v in environ.items() if k.startswith(STEERING) and k not in _UNSTEERING)
     return hashlib.sha256(json.dumps(steering).encode()).hexdigest()[:16]
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def current() -> Stack | None:
