@@ -15,7 +15,6 @@ ends with each benchmark's headline ratio (``extra_info["headline"]``).
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from threadpoolctl import threadpool_limits
 from benchmarks.common import TAXI, command_env, months, run_python
 from pipeline.edge.sources import month_filename
 from pipeline.edge.synth import write_months
+from pipeline.orchestration.prefect_server import free_port
 from pipeline.orchestration.testing import temporary_prefect_api
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -251,10 +251,7 @@ def stack_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict
     Its commands run on the stack, as a user's do after ``taxi-pipeline up``; ``down`` at the end.
     """
     env = command_env(tmp_path_factory.mktemp("stack-prefect-home"))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    _, out = run_python(["-m", "pipeline.cli", "up", "--port", str(port), "--n-workers", "2"], env)
+    _, out = run_python(["-m", "pipeline.cli", "up", "--port", str(free_port()), "--n-workers", "2"], env)
     assert "local stack up" in out, out
     try:
         yield env

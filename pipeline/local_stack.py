@@ -38,7 +38,6 @@ from pipeline.orchestration import prefect_patches, stack_record
 from pipeline.orchestration.prefect_api import TEMPORARY_NOTE, configured_api_url, prefect_api
 from pipeline.orchestration.stack_record import Stack
 
-DEFAULT_PORT = 4200
 ORIGIN = "the local stack from `taxi-pipeline up`"
 
 
@@ -60,7 +59,7 @@ def usable(spec: ClusterSpec) -> tuple[Stack | None, str | None]:
     stack = stack_record.current()
     if stack is None:
         return None, None
-    skip = "the local stack from `taxi-pipeline up` is up, but "
+    skip = f"{ORIGIN} is up, but "
     configured = configured_api_url()
     if configured and configured.rstrip("/") != stack.api_url:
         return None, f"{skip}PREFECT_API_URL names another API ({configured}): this run uses that one and its own cluster"
@@ -87,7 +86,7 @@ def run_services(spec: ClusterSpec, announce: Callable[[str], None], flow_module
         announce(why)
     if stack is not None:
         with prefect_api(stack.api_url) as api_url, prefect_patches.installed():
-            announce(f"Prefect API: {api_url} (the local stack from `taxi-pipeline up`; UI: {stack.ui_url})")
+            announce(f"Prefect API: {api_url} ({ORIGIN}; UI: {stack.ui_url})")
             yield ClusterSpec(stack.scheduler, origin=ORIGIN)
         return
     temporary = configured_api_url() is None
@@ -104,7 +103,9 @@ def run_services(spec: ClusterSpec, announce: Callable[[str], None], flow_module
 # --- up, down ---------------------------------------------------------------------------------------------
 
 
-def up(port: int = DEFAULT_PORT, n_workers: int | None = None, threads_per_worker: int = 1, timeout: float = 180) -> tuple[Stack, bool]:
+def up(
+    port: int = stack_record.DEFAULT_PORT, n_workers: int | None = None, threads_per_worker: int = 1, timeout: float = 180
+) -> tuple[Stack, bool]:
     """Start the stack detached (or find it running); return it and whether it was started now."""
     running = stack_record.current()
     if running is not None:

@@ -81,7 +81,7 @@ def _serve(port: int, n_workers: int | None, threads_per_worker: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pipeline.stack_process", description="The process `taxi-pipeline up` starts.")
-    parser.add_argument("--port", type=int, default=4200)
+    parser.add_argument("--port", type=int, default=stack_record.DEFAULT_PORT)
     parser.add_argument("--n-workers", type=int, default=None)
     parser.add_argument("--threads-per-worker", type=int, default=1)
     args = parser.parse_args(argv)

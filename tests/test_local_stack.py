@@ -21,6 +21,7 @@ from test_interrupt import _Run, _states, assert_stopped_mid_run
 
 from pipeline.edge.processes import alive
 from pipeline.orchestration import stack_record
+from pipeline.orchestration.prefect_server import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -30,12 +31,6 @@ ON_STACK = "(the local stack from `taxi-pipeline up`"
 def _flat(text: str) -> str:
     """Rich wraps lines at 80 columns off a terminal."""
     return " ".join(text.split())
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -53,7 +48,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, 
     home = tmp_path_factory.mktemp("stack-home")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DASK_"))}
     env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    started = _run("up", "--port", str(_free_port()), "--n-workers", "2", env=env)
+    started = _run("up", "--port", str(free_port()), "--n-workers", "2", env=env)
     assert started.returncode == 0, started.stderr + started.stdout
     record = stack_record.Stack(**json.loads((home / stack_record.RECORD).read_text()))
     try:

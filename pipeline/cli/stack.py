@@ -5,10 +5,17 @@ from __future__ import annotations
 import click
 
 from pipeline.cli.common import cli, err, out
+from pipeline.orchestration import stack_record
 
 
 @cli.command()
-@click.option("--port", type=click.IntRange(1, 65535), default=4200, show_default=True, help="The Prefect API and UI's port on 127.0.0.1.")
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=stack_record.DEFAULT_PORT,
+    show_default=True,
+    help="The Prefect API and UI's port on 127.0.0.1.",
+)
 @click.option("--n-workers", type=click.IntRange(min=1), default=None, help="Dask workers [default: one per core].")
 @click.option("--threads-per-worker", type=click.IntRange(min=1), default=1, show_default=True)
 def up(port: int, n_workers: int | None, threads_per_worker: int) -> None:
@@ -35,8 +42,6 @@ def down() -> None:
 @cli.command()
 def status() -> None:
     """Say whether the local stack is up, and where; exit 1 when it is not."""
-    from pipeline.orchestration import stack_record
-
     stack = stack_record.current()
     if stack is None:
         out.print("no local stack is up (start one with `taxi-pipeline up`)", highlight=False)

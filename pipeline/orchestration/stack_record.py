@@ -28,9 +28,12 @@ from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
 
+from pipeline.edge.atomic import atomic_path
 from pipeline.edge.processes import alive
 
 RECORD = "taxi-pipeline-stack.json"
+#: The stack's Prefect API and UI port on 127.0.0.1 unless `up --port` says otherwise (Prefect's own default).
+DEFAULT_PORT = 4200
 #: Packages whose versions a run and the stack's workers must share.
 MATCHED = ("prefect", "prefect-dask", "dask", "distributed", "numpy", "pyarrow", "pandas", "scikit-learn")
 #: Variables that change what a run reads, writes or reports to (the stack's workers keep theirs from `up`).
@@ -123,10 +126,8 @@ def current() -> Stack | None:
 
 def write(stack: Stack) -> None:
     """Record ``stack`` whole (a temporary file renamed into place)."""
-    path = record_path()
-    staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    staged.write_text(json.dumps(asdict(stack), indent=2))
-    os.replace(staged, path)
+    with atomic_path(record_path()) as staged:
+        staged.write_text(json.dumps(asdict(stack), indent=2))
 
 
 #: Commands a stack runs for a client: the runs. The others are quicker here than the hand-over.
