@@ -138,3 +138,44 @@ def test_an_interrupt_swallowed_by_a_gc_callback_is_raised_again():
     result = subprocess.run([sys.executable, "-c", _SWALLOWED], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[0] == "raised ['start'] [] True", result.stdout + result.stderr
+
+
+_WRAPPED = """
+import signal
+from pydantic import BaseModel, field_serializer
+from pipeline.orchestration.interrupts import Interrupted, interrupt_wins, interruptible
+
+class Context(BaseModel):
+    x: int
+
+    @field_serializer("x")
+    def _x(self, value: int) -> int:
+        signal.raise_signal(signal.SIGINT)  # its handler runs here, inside pydantic-core's serializer
+        return value
+
+seen = []
+try:
+    with interruptible(print, grace=60):
+        try:
+            with interrupt_wins():
+                Context(x=1).model_dump()
+        except BaseException as exc:
+            seen.append(type(exc).__name__ + "<-" + type(exc.__cause__).__name__)
+            raise
+except Interrupted:
+    seen.append("out")
+try:
+    with interrupt_wins():
+        raise ValueError("not after a Ctrl-C")
+except ValueError:
+    pass
+print(seen)
+"""
+
+
+def test_an_interrupt_wrapped_by_a_c_extension_leaves_the_flow_as_the_interrupt():
+    """Prefect records a flow run Crashed only if its body ends in a BaseException; pydantic-core wraps the
+    interrupt raised inside its serializer (a task's submission) in an ordinary exception. In a fresh process."""
+    result = subprocess.run([sys.executable, "-c", _WRAPPED], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "['Interrupted<-PydanticSerializationError', 'out']", result.stdout + result.stderr

@@ -41,6 +41,7 @@ from pipeline.edge.run_files import publish_run
 from pipeline.edge.sources import is_local
 from pipeline.errors import PipelineError
 from pipeline.flows.cluster_runner import dask_runner
+from pipeline.orchestration.interrupts import interrupt_wins
 from pipeline.orchestration.prefect_api import ui_url
 
 if TYPE_CHECKING:  # row_fits imports scikit-learn: only the tasks that fit estimators load it
@@ -436,6 +437,11 @@ def train_on_dask(
 
     With ``champion`` (a model folder), also score that model on the same validation month, exactly.
     """
+    with interrupt_wins():  # after Ctrl-C, whatever the interrupt broke is the interrupt: the run is Crashed
+        return _train_on_dask(config, plans, slots, champion)
+
+
+def _train_on_dask(config: TrainConfig, plans: list[reader.MonthPlan] | None, slots: int, champion: str | None) -> RunResult:
     logger = get_run_logger()
     started = time.perf_counter()
     train, val = config.months()
@@ -505,5 +511,5 @@ def train_flow(config: TrainConfig, cluster: ClusterSpec | None = None, plans: l
 
     ``plans`` are month plans the caller already read (footers are read once).
     """
-    with dask_runner(cluster) as runner:
+    with interrupt_wins(), dask_runner(cluster) as runner:
         return train_on_dask.with_options(task_runner=runner.task_runner)(config, plans, runner.slots)

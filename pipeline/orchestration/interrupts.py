@@ -55,6 +55,26 @@ def children_ignore_interrupts() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+#: Set by the first Ctrl-C under :func:`interruptible`: the exceptions that follow are its aftermath.
+_INTERRUPTED = threading.Event()
+
+
+@contextmanager
+def interrupt_wins() -> Iterator[None]:
+    """After a Ctrl-C, an exception leaving this block is the interrupt: it leaves as :class:`Interrupted`.
+
+    The handler raises :class:`Interrupted` wherever the main thread is. Inside a Python callback that a C
+    extension runs (pydantic-core's serializers, while a task is submitted) the extension wraps it in an
+    ordinary exception, and Prefect then records the flow run as Failed instead of Crashed.
+    """
+    try:
+        yield
+    except Exception as exc:
+        if _INTERRUPTED.is_set():
+            raise Interrupted from exc
+        raise
+
+
 @contextmanager
 def interruptible(say: Callable[[str], None], grace: float = 15.0) -> Iterator[None]:
     """Meanwhile, the first Ctrl-C raises :class:`Interrupted` in the main thread (again if it was swallowed),
@@ -78,6 +98,7 @@ def interruptible(say: Callable[[str], None], grace: float = 15.0) -> Iterator[N
             state["redelivering"] = False
             raise Interrupted
         state["interrupts"] += 1
+        _INTERRUPTED.set()
         if state["interrupts"] > 1:
             end_now("interrupted again: exiting now, without cleaning up")
         logging.disable(logging.CRITICAL)
@@ -108,6 +129,7 @@ def interruptible(say: Callable[[str], None], grace: float = 15.0) -> Iterator[N
         raise
     finally:
         done.set()
+        _INTERRUPTED.clear()
         sys.unraisablehook = previous_unraisable
         signal.signal(signal.SIGINT, previous_handler)
         if not state["interrupts"]:  # after one, the process is on its way out and Prefect's services complain at exit
