@@ -85,6 +85,11 @@ def read_task_runs(flow_run_id: str, expected: int, timeout: float = 30.0) -> li
             time.sleep(0.5)
 
 
+def task_kind(name: str) -> str:
+    """The task behind a task run's name: ``chunk-stats 2023-01:2023-03`` (named with its months) or ``cv-kfold-7f1`` (Prefect's)."""
+    return name.split(" ", 1)[0] if " " in name else name.rsplit("-", 1)[0]
+
+
 class DaskProcesses:
     """A ``dask scheduler`` and ``dask worker`` subprocesses on 127.0.0.1 (random ports), killed on close.
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import DaskProcesses, read_task_runs
+from conftest import DaskProcesses, read_task_runs, task_kind
 
 from cluster import ClusterSpec, connect
 from pipeline.core.config import TrainConfig
@@ -47,7 +47,7 @@ def _config(source: Path, output: Path, chunk_rows: int = 15_000) -> TrainConfig
 def _task_names(flow_run_id: str, expected: int) -> Counter:
     runs = read_task_runs(flow_run_id, expected)
     assert all(r.state and r.state.is_completed() for r in runs), [(r.name, r.state) for r in runs if not r.state.is_completed()]
-    return Counter(r.name.rsplit("-", 1)[0] for r in runs)
+    return Counter(task_kind(r.name) for r in runs)
 
 
 def _weights(output: Path) -> dict[str, np.ndarray]:
@@ -60,7 +60,7 @@ def local_run(months_dir: Path, prefect_api_url: str, tmp_path_factory: pytest.T
     """The reference: the same months on a LocalCluster, the task runs its API recorded, and its output folder."""
     output = tmp_path_factory.mktemp("local") / "run"
     metrics = _train(_config(months_dir, output), ClusterSpec(n_workers=2, dashboard_address=":0"))
-    names = Counter(r.name.rsplit("-", 1)[0] for r in read_task_runs(metrics["flow_run_id"], expected=0, timeout=0))
+    names = Counter(task_kind(r.name) for r in read_task_runs(metrics["flow_run_id"], expected=0, timeout=0))
     return metrics, _task_names(metrics["flow_run_id"], sum(names.values())), output
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import read_task_runs
+from conftest import read_task_runs, task_kind
 
 from cluster import ClusterSpec
 from pipeline.core.config import TrainConfig
@@ -66,13 +66,16 @@ def test_train_flow_matches_seed_and_reports_every_task_to_one_api(months_dir, p
     assert chunks == 6  # 4 row groups of 10k rows a month, 2 per chunk
     assert len(runs) == expected
     assert all(r.state.is_completed() for r in runs)
-    names = [r.name.rsplit("-", 1)[0] for r in runs]
+    names = [task_kind(r.name) for r in runs]
     assert {name: names.count(name) for name in set(names)} == {
         "chunk-stats": chunks,
         "month-stats": 3,
         "cv-kfold": 2,
         "month-rows": 1,
     }
+    named = sorted(r.name for r in runs if r.name.split(" ")[0] in ("chunk-stats", "month-stats"))  # the UI's progress by month
+    chunk_names = [f"chunk-stats 2023-0{m} {i}/2" for m in (1, 2, 3) for i in (1, 2)]
+    assert named == sorted([*chunk_names, *(f"month-stats 2023-0{m}" for m in (1, 2, 3))])
 
 
 def test_bad_months_fail_fast_without_writing(months_dir, tmp_path):
@@ -112,10 +115,11 @@ def test_cv_is_identical_for_any_worker_count_and_chunking_and_published(months_
     assert one["cv"]["folds"] == 3 and len(one["cv"]["scores"]) == 6
     assert one["alpha"] == one["cv"]["chosen_alpha"] == min(one["cv"]["by_alpha"], key=lambda s: s["mean_rmse"])["alpha"]
     assert sum(s["test_rows"] for s in one["cv"]["scores"] if s["alpha"] == 0.1) == one["train_rows"]
-    # small months share one chunk task (tagged with its months, for the UI) and need no month-stats task
+    # small months share one chunk task (named with its months, for the UI) and need no month-stats task
     batched = read_task_runs(one["flow_run_id"], expected=3)
-    assert sorted(r.name.rsplit("-", 1)[0] for r in batched) == ["chunk-stats", "cv-kfold", "month-rows"]
-    assert {tuple(sorted(r.tags)) for r in batched if r.name.startswith("chunk-stats")} == {("2023-01", "2023-02", "2023-03")}
+    assert sorted(task_kind(r.name) for r in batched) == ["chunk-stats", "cv-kfold", "month-rows"]
+    assert [r.name for r in batched if r.name.startswith("chunk-stats")] == ["chunk-stats 2023-01:2023-03"]
+    assert all(not r.tags for r in batched)  # a tagged task run asks the API for concurrency slots first
 
     from prefect.client.orchestration import get_client
 
@@ -188,7 +192,7 @@ def test_remote_months_are_fetched_by_tasks_into_the_cache(http_months, months_d
     assert remote["val_rmse"] == local["val_rmse"] and remote["train_rows"] == local["train_rows"]
     cached = sorted(p.name for p in (tmp_path / "cache").rglob("*.parquet"))
     assert cached == ["yellow_tripdata_2023-01.parquet", "yellow_tripdata_2023-02.parquet"]
-    names = [r.name.rsplit("-", 1)[0] for r in read_task_runs(remote["flow_run_id"], expected=0, timeout=0)]
+    names = [task_kind(r.name) for r in read_task_runs(remote["flow_run_id"], expected=0, timeout=0)]
     assert names.count("locate-month") == 2
 
 

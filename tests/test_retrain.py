@@ -15,7 +15,7 @@ import pytest
 from conftest import read_task_runs
 
 from cluster import ClusterSpec
-from pipeline.core.months import Month
+from pipeline.core.months import Month, parse_months
 from pipeline.edge import seed
 from pipeline.edge.model_files import load_model
 from pipeline.edge.registry import Registry
@@ -66,7 +66,10 @@ def test_champion_and_challenger_are_compared_exactly_on_the_new_month(months_di
     assert {s.features for s in report.scores} == {(), ("trip_distance",)} and len(report.scores) == 2 * 4 * 5
     assert first.run.numeric == report.chosen_features == ("trip_distance",)  # it beats the zones alone here
     read = [
-        month for r in read_task_runs(first.run.flow_run_id, expected=0, timeout=0) if r.name.startswith("chunk-stats") for month in r.tags
+        month
+        for r in read_task_runs(first.run.flow_run_id, expected=0, timeout=0)
+        if r.name.startswith("chunk-stats ")
+        for month in parse_months(r.name.split(" ")[1])
     ]
     assert len(read) == len(set(read))  # each month read at most once (not at all if cached) for every candidate, alpha and fold
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pipeline.errors import PipelineError
@@ -78,3 +79,19 @@ def parse_months(spec: str) -> list[Month]:
         else:
             months.add(Month.parse(part))
     return sorted(months)
+
+
+def format_months(months: Iterable[Month]) -> str:
+    """The inverse of :func:`parse_months`: runs of three or more months as ``A:B``, others listed.
+
+    >>> format_months(parse_months("2023-01:2023-04,2023-06,2023-08:2023-09"))
+    '2023-01:2023-04,2023-06,2023-08,2023-09'
+    """
+    runs: list[list[Month]] = []
+    for month in sorted(set(months)):
+        if runs and runs[-1][-1].next() == month:
+            runs[-1].append(month)
+        else:
+            runs.append([month])
+    parts = [f"{run[0]}:{run[-1]}" if len(run) >= 3 else ",".join(map(str, run)) for run in runs]
+    return ",".join(parts)
