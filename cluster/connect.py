@@ -26,9 +26,9 @@ from typing import Any
 
 from distributed import Client, LocalCluster
 from distributed.versions import VersionMismatchWarning
-from prefect_dask.task_runners import DaskTaskRunner
 
 from cluster.plugins import PrefectApiPlugin
+from cluster.runner import KeyedDaskTaskRunner
 from cluster.spec import ClusterSpec, Plan, Tls, load_cluster_class, resolve
 from cluster.versions import check_versions
 from pipeline.errors import PipelineError
@@ -283,7 +283,7 @@ def connect(spec: ClusterSpec, prefect_api_url: str | None = None) -> Iterator[C
         yield Connection(client.scheduler.address, _dashboard(client, cluster), len(workers), threads, plan.origin, security, plan.note)
 
 
-def task_runner(connection: Connection) -> DaskTaskRunner:
+def task_runner(connection: Connection) -> KeyedDaskTaskRunner:
     """A Prefect task runner that submits to ``connection`` (with its TLS security, if any)."""
     client_kwargs = {"security": connection.security} if connection.security is not None else None
-    return DaskTaskRunner(address=connection.address, client_kwargs=client_kwargs)
+    return KeyedDaskTaskRunner(address=connection.address, client_kwargs=client_kwargs)

@@ -18,7 +18,8 @@ on a worker, read from its source (3.8.8) and checked with real processes:
 sets ``PREFECT_API_URL`` on each worker (workers that join later get it too, as
 the scheduler replays registered plugins), refreshes Prefect's global settings
 if it is already imported, and stops those services when the API changed, so
-that they restart on the run's API.
+that they restart on the run's API. It also makes the worker's task starts
+cheaper (:func:`pipeline.orchestration.prefect_patches.lean_task_starts`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from pipeline.orchestration.prefect_patches import point_prefect_at
+from pipeline.orchestration.prefect_patches import lean_task_starts, point_prefect_at
 
 PLUGIN_NAME = "taxi-pipeline-prefect-api"
 
@@ -44,6 +45,7 @@ class PrefectApiPlugin(WorkerPlugin):
     async def setup(self, worker: Any) -> None:
         # Draining waits on Prefect's own loop thread: keep the worker's event loop free.
         await asyncio.to_thread(point_prefect_at, self.api_url)
+        await asyncio.to_thread(lean_task_starts)
 
     def __repr__(self) -> str:
         return f"PrefectApiPlugin({self.api_url!r})"
