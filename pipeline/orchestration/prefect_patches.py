@@ -14,6 +14,11 @@
 * Re-pointing a long-lived Dask worker at a new API (:func:`point_prefect_at`):
   Prefect's ``EventsWorker`` and ``APILogWorker`` keep the API they started
   with for the life of the process.
+* Cheaper task starts on a worker (:func:`lean_task_starts`): every task run
+  rebuilds the flow's settings from their serialised dict (~45 ms of pydantic
+  settings sources) and makes two API clients, each loading certifi's CA
+  bundle into a new SSL context (~30 ms each): ~0.1 s of every task on an idle
+  machine, 0.2 s under load, as much as a 3M-row chunk's statistics.
 
 On a Prefect version other than :data:`SUPPORTED` they do nothing and warn
 once: a run is then slower or, on reused workers, loses task runs, but never
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import logging
 import os
 import sys
@@ -120,6 +126,65 @@ def _memoised_settings() -> Iterator[None]:
         yield
     finally:
         SettingsContext.serialize = original  # type: ignore[method-assign]
+
+
+def lean_task_starts() -> None:
+    """For this process: task runs reuse the Settings of identical serialised settings, and API clients share one SSL context per CA file.
+
+    Idempotent; a Dask worker installs it once (:class:`cluster.plugins.PrefectApiPlugin`). Settings are
+    keyed by their whole serialised dict, so a run with other settings (another API, say) builds its own.
+    """
+    if not supported():
+        return
+    from prefect import task_engine
+    from prefect.client import orchestration
+
+    if not getattr(task_engine.hydrated_context, "_taxi_pipeline_patch", False):  # type: ignore[attr-defined]
+        setattr(task_engine, "hydrated_context", _with_known_settings(task_engine.hydrated_context))  # type: ignore[attr-defined]  # noqa: B010
+    if not isinstance(orchestration.ssl, _SharedContexts):  # type: ignore[attr-defined]
+        setattr(orchestration, "ssl", _SharedContexts(orchestration.ssl))  # type: ignore[attr-defined]  # noqa: B010
+
+
+def _with_known_settings(original: Any) -> Any:
+    from prefect.context import SettingsContext
+
+    @functools.lru_cache(maxsize=4)
+    def settings(key: str) -> Any:
+        serialized = json.loads(key)
+        return SettingsContext(profile=serialized["profile"], settings=serialized["settings"]).settings
+
+    def hydrated_context(serialized_context: dict[str, Any] | None = None, client: Any = None) -> Any:
+        given = (serialized_context or {}).get("settings_context")
+        if given and isinstance(given.get("settings"), dict):
+            known = settings(json.dumps(given, sort_keys=True, default=str))
+            serialized_context = {**serialized_context, "settings_context": {**given, "settings": known}}  # type: ignore[dict-item]
+        return original(serialized_context, client)
+
+    hydrated_context._taxi_pipeline_patch = True  # type: ignore[attr-defined]
+    return hydrated_context
+
+
+class _SharedContexts:
+    """Prefect's ``ssl`` module as its API clients see it, but for one SSL context per CA file.
+
+    A context is only read after it is made for a CA file, so sharing it is safe; the bare call
+    (the client's insecure branch, which then changes the context) still gets a new one.
+    """
+
+    def __init__(self, module: Any) -> None:
+        self._module = module
+        self._contexts: dict[str, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._module, name)
+
+    def create_default_context(self, *args: Any, **kwargs: Any) -> Any:
+        cafile = kwargs.get("cafile")
+        if args or set(kwargs) != {"cafile"} or not isinstance(cafile, str):
+            return self._module.create_default_context(*args, **kwargs)
+        if cafile not in self._contexts:
+            self._contexts[cafile] = self._module.create_default_context(cafile=cafile)
+        return self._contexts[cafile]
 
 
 def drain_services(timeout: float | None = None) -> None:
