@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from pipeline.core import solve, stats
+from pipeline.core import hashing, solve, stats
 from pipeline.core.features import N_ZONES, Encoded, FeatureSpec, encode
 from pipeline.core.hashing import fold_of, month_salt
 from pipeline.core.months import Month, parse_months
@@ -312,3 +312,34 @@ def test_a_month_is_either_parsed_back_to_its_text_or_refused(text):
         assert "\n" not in str(exc)
         return
     assert str(month) == text.strip()
+
+
+def _splitmix64(position: int, salt: int, seed: int, stream: int = 0) -> int:
+    """The row hash in Python integers, written from its definition (pipeline.core.hashing)."""
+    mask = (1 << 64) - 1
+    z = (((salt << 40) & mask) ^ position) + ((seed * 0x9E3779B97F4A7C15 + stream) & mask)
+    z &= mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return z ^ (z >> 31)
+
+
+@given(
+    start=st.integers(0, 1 << 40),
+    rows=st.integers(0, 3 * (1 << 16) + 7),  # across the 2^16-row blocks the hash works in
+    salt=st.integers(0, 30_000),
+    seed=st.integers(-(1 << 31), 1 << 31),
+    folds=st.integers(2, 10),
+)
+@_settings(25)
+def test_folds_and_hashes_are_splitmix64_of_the_row_position(start, rows, salt, seed, folds):
+    position = np.arange(start, start + rows, dtype=np.int64)
+    hashes, fold = hashing.row_hash(position, salt, seed), fold_of(position, salt, seed, folds)
+    assert hashes.dtype == np.uint64 and fold.dtype == np.int64 and len(hashes) == len(fold) == rows
+    sample = sorted({0, rows // 2, (1 << 16) - 1, 1 << 16, rows - 1} & set(range(rows)))
+    for i in sample:
+        expected = _splitmix64(start + i, salt, seed)
+        assert int(hashes[i]) == expected and int(fold[i]) == expected % folds
+    assert (fold == (hashes % np.uint64(folds)).astype(np.int64)).all()
+    keys = hashing.sample_key(position[:50], salt, seed)
+    assert [int(k) for k in keys] == [_splitmix64(start + i, salt, seed, hashing.SAMPLE_STREAM) for i in range(min(rows, 50))]
