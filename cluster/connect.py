@@ -223,7 +223,10 @@ class EarlyCluster:
 def start_cluster(
     spec: ClusterSpec, stack: ExitStack, imports: tuple[str, ...] = (), prefect_api_url: str | None = None, *, plan: Plan | None = None
 ) -> Any:
-    """Start the cluster ``spec`` asks for (closed with ``stack``), its workers pointed at ``prefect_api_url`` and importing ``imports``."""
+    """Start the cluster ``spec`` asks for (closed with ``stack``), its workers pointed at ``prefect_api_url`` and importing ``imports``.
+
+    An ``imports`` entry ``module:function`` also calls that function on each worker, once.
+    """
     cluster = _start_cluster(plan or resolve(spec), spec, stack)
     if imports or prefect_api_url:
         with Client(cluster, set_as_default=False) as client:
@@ -235,8 +238,12 @@ def start_cluster(
 
 
 def _import_all(modules: tuple[str, ...]) -> None:
-    for module in modules:
-        importlib.import_module(module)
+    """Import each module; a ``module:function`` entry then calls the function (a worker's warm-up)."""
+    for entry in modules:
+        name, _, function = entry.partition(":")
+        module = importlib.import_module(name)
+        if function:
+            getattr(module, function)()
 
 
 @contextmanager

@@ -42,7 +42,7 @@ def _start_relay(path: Path, log: Path, stack: ExitStack, timeout: float = 120) 
 def _serve(port: int, n_workers: int | None, threads_per_worker: int) -> None:
     """Bring the API, the cluster and the relay up, record them, and wait for SIGTERM."""
     from cluster import ClusterSpec, start_cluster
-    from pipeline.flows.cluster_runner import FLOW_MODULES
+    from pipeline.flows.cluster_runner import FLOW_MODULES, WORKER_WARM_UP
     from pipeline.orchestration import prefect_server
 
     stopping = threading.Event()
@@ -55,7 +55,7 @@ def _serve(port: int, n_workers: int | None, threads_per_worker: int) -> None:
         server = prefect_server.start_lasting(port, log)
         stack.callback(server.stop)
         spec = ClusterSpec(n_workers=n_workers, threads_per_worker=threads_per_worker)
-        cluster = start_cluster(spec, stack, FLOW_MODULES, prefect_api_url=server.api_url)
+        cluster = start_cluster(spec, stack, (*FLOW_MODULES, WORKER_WARM_UP), prefect_api_url=server.api_url)
         relay = path.with_suffix(".sock")
         _start_relay(relay, log, stack)
         stack.callback(relay.unlink, missing_ok=True)

@@ -207,3 +207,20 @@ def test_nothing_listening_fails_at_once_in_one_line():
     ):
         check_cluster(ClusterSpec(address=f"127.0.0.1:{port}"))
     assert time.monotonic() - started < 5
+
+
+def test_worker_imports_call_a_module_function_once_given_as_module_colon_function(monkeypatch, tmp_path):
+    import tempfile
+
+    from cluster.connect import _import_all
+    from pipeline.edge import warm
+    from pipeline.flows.cluster_runner import WORKER_WARM_UP
+
+    calls = []
+    monkeypatch.setattr(warm, "warm_up", lambda: calls.append("warm"))
+    _import_all(("pipeline.flows.train", WORKER_WARM_UP))
+    assert calls == ["warm"]
+    monkeypatch.undo()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    warm.warm_up()  # the real one: a tiny month through the statistics path, in each codec
+    assert list(tmp_path.iterdir()) == []  # its files are gone after

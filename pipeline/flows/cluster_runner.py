@@ -42,12 +42,14 @@ def _quiet_workers() -> Iterator[None]:
 
 #: The modules whose tasks run on workers: a worker that imported them runs its first task at once.
 FLOW_MODULES = ("pipeline.flows.train", "pipeline.flows.retrain", "pipeline.flows.score")
+#: Run once on each worker of a cluster started here, after the imports (:mod:`pipeline.edge.warm`).
+WORKER_WARM_UP = "pipeline.edge.warm:warm_up"
 
 
 @contextmanager
 def early_cluster(spec: ClusterSpec, imports: tuple[str, ...] = FLOW_MODULES) -> Iterator[EarlyCluster]:
     """Start the run's LocalCluster (if it gets one) now, in a thread, beside the Prefect API; see :func:`cluster.started_early`."""
-    with _quiet_workers(), started_early(spec, imports) as early:  # the tasks' modules and Prefect
+    with _quiet_workers(), started_early(spec, (*imports, WORKER_WARM_UP)) as early:  # the tasks' modules and Prefect
         yield early
 
 
