@@ -43,8 +43,10 @@ def _load() -> None:
     import pipeline.flows.train
     import pipeline.local_stack
     import pipeline.run  # noqa: F401
+    from pipeline.edge import report
 
     get_current_settings()
+    report.prepare()
 
 
 def _receive(connection: socket.socket) -> tuple[dict[str, Any], list[int]]:

@@ -11,6 +11,7 @@ keep, trips per pair), so the report costs no second read.
 # its annotations, and a deployment's run loads this file under another module name.
 
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from pipeline.edge import predictions, reader
 from pipeline.edge.baseline import load_train_counts
 from pipeline.edge.model_files import load_any
 from pipeline.edge.registry import Registry
+from pipeline.edge.report import prepare as prepare_report
 from pipeline.edge.report import write_report
 from pipeline.errors import PipelineError
 from pipeline.flows.cluster_runner import dask_runner
@@ -72,6 +74,7 @@ def score_on_dask(
     """Score ``months`` with the model in ``model_dir`` on the flow's task runner; write parts and the report."""
     logger = get_run_logger()
     started = time.perf_counter()
+    threading.Thread(target=prepare_report, name="report-prepare", daemon=True).start()  # ~0.5 s, beside the tasks
     model = load_any(model_dir)
     metrics = model.metadata.get("metrics", {})
     train_rmse = float(metrics.get("train_rmse", float("nan")))
