@@ -27,6 +27,11 @@ def task_key(task: Any) -> str:
 class KeyedDaskTaskRunner(DaskTaskRunner):
     """A ``DaskTaskRunner`` whose submits name their Dask keys (see the module docstring)."""
 
+    @property
+    def name(self) -> str:
+        """``dask``, as prefect-dask's: its logger stays ``prefect.task_runner.dask`` (the terminal filter's) and the UI's name."""
+        return "dask"
+
     def submit(  # type: ignore[override]
         self,
         task: Any,

@@ -31,6 +31,7 @@ def test_a_flow_runs_without_dask_hashing_its_arguments(prefect_api_url, monkeyp
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cluster:
         runner = task_runner(Connection(cluster.scheduler_address, None, 1, 2))
         assert type(runner) is type(runner.duplicate()) is KeyedDaskTaskRunner  # what each worker rebuilds
+        assert runner.name == "dask" and runner.logger.name == "prefect.task_runner.dask"  # prefect-dask's, for logs and the UI
 
         @flow(task_runner=runner)
         def doubles(n: int) -> tuple[list[int], list[str]]:
