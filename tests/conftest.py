@@ -46,9 +46,12 @@ def months_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def slow_months(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Three months cut into many small row groups: with --chunk-rows at one group, a run of 120 chunk tasks (Ctrl-C tests)."""
+    """Three months cut into many small row groups: with --chunk-rows at one group, a run of 300 chunk tasks (Ctrl-C tests).
+
+    Enough to be mid-run seconds after it starts: 120 tasks were, until task runs got cheaper (~40 ms each on 2 workers).
+    """
     folder = tmp_path_factory.mktemp("slow-months")
-    write_months(folder, parse_months("2023-01:2023-03"), 200_000, seed=1, row_group_size=5_000)
+    write_months(folder, parse_months("2023-01:2023-03"), 200_000, seed=1, row_group_size=2_000)
     return folder
 
 

@@ -25,7 +25,7 @@ class _Run:
 
     def __init__(self, source: Path, output: Path, env: dict[str, str], cluster: tuple[str, ...] = ("--n-workers", "2")) -> None:
         args = ["train", "--source", str(source), "--train-months", "2023-01:2023-02", "--val-month", "2023-03"]
-        args += ["--output", str(output), "--chunk-rows", "5000", "--no-cache", *cluster]
+        args += ["--output", str(output), "--chunk-rows", "2000", "--no-cache", *cluster]
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", *args],
             env=env,
