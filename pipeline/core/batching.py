@@ -1,4 +1,4 @@
-"""How small work items share a task: a Prefect task on Dask costs 80-100 ms, so a task per 20k-row month costs more than its work.
+"""How small work items share a task: a Prefect task on Dask costs tens of ms, so a task per 20k-row month costs more than its work.
 
 Items (months of one chunk each) are packed in their order into batches of at
 most ``target`` rows; an item larger than the target is a batch of its own. The

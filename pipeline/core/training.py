@@ -85,7 +85,7 @@ def kfold_group(
 ) -> tuple[list[cv.CVScore], list[Candidate]]:
     """Some folds at every alpha (and feature set), plus the final refits of the ``refit`` (features, alpha) pairs.
 
-    A solve takes 5 ms and a Prefect task costs 80-100 ms, so the flow cuts the
+    A solve takes 5 ms and a Prefect task tens of ms, so the flow cuts the
     grid into one group per worker slot rather than a task per fold × alpha,
     and the candidates' final fits are made here too, instead of in a fit and a
     score task after the choice. Every fold × alpha score is still reported.
