@@ -50,3 +50,26 @@ def test_summary_and_choice():
     report = cv.CVReport.of("kfold", scores, 1.0)
     assert report.folds == 2 and report.chosen_alpha == 1.0 and len(report.scores) == 6 and report.chose
     assert [(s.alpha, s.fold) for s in report.scores] == sorted((s.alpha, s.fold) for s in scores)
+
+
+def test_a_groups_refits_are_fits_of_its_months_to_the_bit():
+    """kfold_group refits from the months it added up once, projected: exactly what fitting each projected month gives."""
+    from pipeline.core import training
+
+    def with_numeric(seed: int) -> stats.Stats:
+        enc = _encoded(6_000, seed)
+        x = np.random.default_rng(seed).normal(size=(enc.rows, 2))
+        enc = Encoded(enc.pair, enc.micros, x, enc.position)
+        return stats.compute(enc, hashing.fold_of(enc.position, salt=seed, seed=3, folds=3), folds=3)
+
+    months, val = [with_numeric(s) for s in range(3)], with_numeric(9)
+    sets = training.FeatureSets(("a", "b"), [(), ("b",), ("a", "b")])
+    refits = [(features, alpha) for features in sets.options() for alpha in (0.1, 3.0)]
+    _, candidates = training.kfold_group(months, val, [0], [0.1], refits, sets)
+    assert [(c.features, c.alpha) for c in candidates] == refits
+    for c in candidates:
+        direct = training.fit([sets.project(m, c.features) for m in months], c.alpha)
+        assert c.fit.rmse == direct.rmse and c.fit.month_rows == direct.month_rows
+        assert c.fit.weights.intercept == direct.weights.intercept
+        for field in ("pu", "do", "pair", "numeric"):
+            assert np.array_equal(getattr(c.fit.weights, field), getattr(direct.weights, field))

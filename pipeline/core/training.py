@@ -32,12 +32,16 @@ def fit(months: Sequence[Stats], alpha: float) -> Fit:
 
     An empty month comes back as a value, so the flow can name it in one line.
     """
-    rows = [m.rows for m in months]
-    if 0 in rows:
-        return Fit(None, rows, float("nan"))
-    pooled = combine(months).total()
-    weights = solve.solve(pooled, alpha)
-    return Fit(weights, rows, solve.rmse(weights, pooled), pooled.count[0])
+    return fit_pooled(combine(months), [m.rows for m in months], alpha)
+
+
+def fit_pooled(pooled: Stats, month_rows: list[int], alpha: float) -> Fit:
+    """:func:`fit` of months already added up (``month_rows``: each month's rows, to name an empty one)."""
+    if 0 in month_rows:
+        return Fit(None, month_rows, float("nan"))
+    total = pooled.total()
+    weights = solve.solve(total, alpha)
+    return Fit(weights, month_rows, solve.rmse(weights, total), total.count[0])
 
 
 def score(fitted: Fit, held_out: Stats) -> tuple[int, float]:
@@ -98,9 +102,9 @@ def kfold_group(
         for k in folds:
             train, test = chosen.without(k), chosen.fold(k)  # once per fold, not per alpha
             scores += [cv.score(train, test, k, alpha, features) for alpha in alphas]
-    candidates = []
-    for features, alpha in refit:
-        fitted = fit([sets.project(m, features) for m in months], alpha)
+    candidates, month_rows = [], [m.rows for m in months]
+    for features, alpha in refit:  # from the months added up once above: projecting commutes with adding, to the bit
+        fitted = fit_pooled(sets.project(pooled, features), month_rows, alpha)
         candidates.append(Candidate(alpha, fitted, *score(fitted, sets.project(val, features)), features))
     return scores, candidates
 
