@@ -39,10 +39,11 @@ ALPHAS = [0.01, 0.1, 1.0, 10.0]
 TRAIN_MONTHS = 4
 #: Floors a margin below what was measured on this shared 2-core machine (README "Benchmarks"), at the
 #: default scale and at --bench-quick's 100k rows, where a chunk is 40 ms of work and a hit's fixed cost
-#: (70k-pair arrays rebuilt) weighs more. A warm flow has no chunk task left, only the CV's; a cold one's
-#: time swings by half under load, so the warm floor sits well below the 1.8-3.7x measured (load 2 to 30).
+#: (70k-pair arrays rebuilt) weighs more. A warm flow has no chunk task left, only the CV's (~0.35 s each on
+#: 2 workers), so once task runs got cheap (a cold flow 3.7 -> 1.1 s) the cache pays 1.3-1.8x here, not 3-4x:
+#: the floor asks that it keep paying for itself, with a margin for the noise.
 HIT_SPEEDUP, QUICK_HIT_SPEEDUP = 10, 2
-WARM_SPEEDUP, QUICK_WARM_SPEEDUP = 1.5, 1.0
+WARM_SPEEDUP, QUICK_WARM_SPEEDUP = 1.15, 1.0
 #: Issue 12's goal for a warm flow.
 WARM_GOAL = 3.0
 
