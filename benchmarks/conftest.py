@@ -24,9 +24,9 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from benchmarks.common import TAXI, command_env, months, run_python
+from pipeline.edge.ports import free_port
 from pipeline.edge.sources import month_filename
 from pipeline.edge.synth import write_months
-from pipeline.orchestration.prefect_server import free_port
 from pipeline.orchestration.testing import temporary_prefect_api
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -31,6 +31,7 @@ from cluster.plugins import PrefectApiPlugin
 from cluster.runner import KeyedDaskTaskRunner
 from cluster.spec import ClusterSpec, Plan, Tls, load_cluster_class, resolve
 from cluster.versions import check_versions
+from pipeline.edge.ports import port_is_free
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -120,15 +121,9 @@ def _client(target: Any, plan: Plan, spec: ClusterSpec, security: Any) -> Client
 def _dashboard_address(asked: str) -> str:
     """``asked``, or any free port when its port is taken (the local stack's cluster has :8787): Dask would warn, then do so."""
     host, _, port = asked.rpartition(":")
-    if not port.isdigit() or int(port) == 0:
+    if not port.isdigit() or int(port) == 0 or port_is_free(int(port), host):
         return asked
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host or "", int(port)))
-        except OSError:
-            return f"{host}:0"
-    return asked
+    return f"{host}:0"
 
 
 def _start_cluster(plan: Plan, spec: ClusterSpec, stack: ExitStack) -> Any:

@@ -19,9 +19,9 @@ import pytest
 from test_cli import _one_error_line
 from test_interrupt import _Run, _states, assert_stopped_mid_run
 
+from pipeline.edge.ports import free_port
 from pipeline.edge.processes import alive
 from pipeline.orchestration import stack_record
-from pipeline.orchestration.prefect_server import free_port
 
 pytestmark = pytest.mark.slow
 

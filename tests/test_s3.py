@@ -17,6 +17,7 @@ import pytest
 
 from pipeline.core.months import Month, parse_months
 from pipeline.edge import storage
+from pipeline.edge.ports import free_port
 from pipeline.edge.run_files import publish_run
 from pipeline.edge.sources import month_filename
 from pipeline.errors import PipelineError
@@ -25,17 +26,11 @@ BUCKET = "taxi"
 MONTHS = f"s3://{BUCKET}/months"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Moto:
     """``python -m moto.server`` on a free 127.0.0.1 port; after 3 requests (an IAM user and its key) every request needs the key."""
 
     def __init__(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"}
         self.process = subprocess.Popen(
@@ -147,7 +142,7 @@ def test_wrong_credentials_are_one_line_naming_the_output(moto: Moto, months_dir
 
 
 def test_a_stopped_server_and_an_inline_secret_are_one_line_each_before_anything_runs(months_dir: Path) -> None:
-    stopped = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    stopped = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     args = ("train", "--source", str(months_dir), "--train-months", "2023-01", "--val-month", "2023-02", "--output", "s3://taxi/runs/x")
     options = {"endpoint_url": stopped, "config_kwargs": {"retries": {"max_attempts": 1}}}
     env: dict[str, str | None] = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}

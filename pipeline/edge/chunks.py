@@ -1,9 +1,9 @@
 """The kernel: one row-group range of one month file, read and encoded, as statistics or rows.
 
-Every path that reads trips goes through :func:`read_encoded`: the flows wrap
-:func:`chunk_statistics` in a task, row-fitted estimators gather
-:func:`load_rows`, and the benchmarks time the same functions with no Prefect
-imported. Folds and samples come from :mod:`pipeline.core.hashing` of the row's
+Every path that reads trips goes through :func:`pipeline.edge.reader.read`: the
+flows wrap :func:`chunk_statistics` (screened straight into statistics) in a task,
+row-fitted estimators gather :func:`load_rows` (through :func:`read_encoded`), and
+the benchmarks time the same functions with no Prefect imported. Folds and samples come from :mod:`pipeline.core.hashing` of the row's
 position in its month file, so they do not depend on the chunking.
 """
 

@@ -11,7 +11,6 @@ settings, and the client only polls ``/health``.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,25 +19,8 @@ from pathlib import Path
 
 import httpx
 
+from pipeline.edge.ports import free_port, port_is_free
 from pipeline.errors import PipelineError
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (the OS picks it)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def port_is_free(port: int) -> bool:
-    """Whether ``port`` can be bound on 127.0.0.1 (as servers bind: a port in TIME_WAIT is free)."""
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 def _settings_environment() -> dict[str, str]:

@@ -8,7 +8,6 @@ copy of how it is brought up and taken down.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.edge.ports import free_port
 from pipeline.service.source import ModelSource
 
 #: What the child runs: ``serve`` itself, as ``taxi-pipeline serve`` will.
@@ -27,13 +27,6 @@ from pipeline.service.app import ModelSource, serve
 kind, location, port, max_batch, poll_seconds, access_log = sys.argv[1:]
 serve(ModelSource(kind, location), port=int(port), max_batch=int(max_batch), poll_seconds=float(poll_seconds), access_log=access_log == "1")
 """
-
-
-def free_port() -> int:
-    """A port nothing listens on right now (the OS's pick for port 0)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @contextmanager
