@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from pipeline.core import hashing, solve, stats
 from pipeline.core.features import N_ZONES, Encoded, FeatureSpec, encode
 from pipeline.core.hashing import fold_of, month_salt
+from pipeline.core.model import Model
 from pipeline.core.months import Month, parse_months
 from pipeline.core.schema import DO, DROPOFF, PICKUP, PU, column_mapping, normalize
 from pipeline.edge import chunks, reader
@@ -171,6 +172,31 @@ def test_schur_solve_equals_lstsq_ridge(seed, n_zones, rows, numeric, alpha):
     assert weights.intercept == pytest.approx(intercept, abs=1e-8)
     absent = np.setdiff1d(np.arange(N_ZONES), zones)
     assert not weights.pu[absent].any() and not weights.do[absent].any()
+
+
+def _predict_term_by_term(w: solve.Weights, pu: np.ndarray, do: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """A row's terms added one by one, an unknown zone (-1) adding nothing: what the lookup table must give."""
+    pu0, do0 = np.where(pu >= 0, pu, 0), np.where(do >= 0, do, 0)
+    pair = np.where((pu >= 0) & (do >= 0), w.pair[pu0 * N_ZONES + do0], 0.0)
+    return np.asarray(w.intercept + np.where(pu >= 0, w.pu[pu0], 0.0) + np.where(do >= 0, w.do[do0], 0.0) + pair + x @ w.numeric)
+
+
+@_settings(25)
+@given(seed=seeds, numeric=st.integers(0, 2), rows=st.integers(0, 300), unknown=st.floats(0, 1))
+def test_the_lookup_table_predicts_the_bits_of_the_terms_added_row_by_row(seed, numeric, rows, unknown):
+    rng = np.random.default_rng(seed)
+    weights = solve.Weights(
+        float(rng.normal(12, 5)),
+        rng.normal(size=N_ZONES),
+        rng.normal(size=N_ZONES),
+        rng.normal(size=N_ZONES * N_ZONES) * (rng.random(N_ZONES * N_ZONES) < 0.3),  # pairs never seen weigh 0
+        rng.normal(size=numeric),
+    )
+    spec = FeatureSpec(numeric=("trip_distance", "passenger_count")[:numeric])
+    pu, do = (np.where(rng.random(rows) < unknown, -1, rng.integers(1, N_ZONES, rows)) for _ in range(2))
+    x = rng.normal(size=(rows, numeric))
+    predicted = Model(weights, spec).predict_codes(pu, do, x)
+    assert predicted.tobytes() == _predict_term_by_term(weights, pu, do, x).tobytes()
 
 
 # --- schema normalisation on drifted schemas -----------------------------------------------------------
