@@ -1,4 +1,4 @@
-"""Ctrl-C in the middle of ``taxi-pipeline train``: exit 130 within seconds, one line, nothing written, flow run not RUNNING.
+"""Ctrl-C in the middle of ``taxi-pipeline train`` or ``predict``: exit 130 within seconds, one line, nothing written, flow runs ended.
 
 The signal goes to the whole process group, as a terminal sends it, so the
 run's temporary API and its LocalCluster's workers receive it too.
@@ -21,11 +21,19 @@ INTERRUPTED = "interrupted: the run was stopped (Ctrl-C)"
 
 
 class _Run:
-    """``taxi-pipeline train`` in its own process group, its stderr read line by line with arrival times."""
+    """``taxi-pipeline train`` (or other ``args``) in its own process group, its stderr read line by line with arrival times."""
 
-    def __init__(self, source: Path, output: Path, env: dict[str, str], cluster: tuple[str, ...] = ("--n-workers", "2")) -> None:
-        args = ["train", "--source", str(source), "--train-months", "2023-01:2023-02", "--val-month", "2023-03"]
-        args += ["--output", str(output), "--chunk-rows", "2000", "--no-cache", *cluster]
+    def __init__(
+        self,
+        source: Path,
+        output: Path,
+        env: dict[str, str],
+        cluster: tuple[str, ...] = ("--n-workers", "2"),
+        args: list[str] | None = None,
+    ) -> None:
+        if args is None:
+            args = ["train", "--source", str(source), "--train-months", "2023-01:2023-02", "--val-month", "2023-03"]
+            args += ["--output", str(output), "--chunk-rows", "2000", "--no-cache", *cluster]
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", *args],
             env=env,
@@ -99,6 +107,40 @@ def test_ctrl_c_stops_a_run_on_its_temporary_api(slow_months, tmp_path):
     assert code == 130 and after == [INTERRUPTED], "\n".join(after)
     assert took < 15, f"{took:.1f} s to exit"
     assert not (tmp_path / "out").exists()
+
+
+def _model(source: Path, folder: Path) -> Path:
+    """A linear model solved from the statistics of one month, saved as training saves one."""
+    from pipeline.core import solve
+    from pipeline.core.features import FeatureSpec
+    from pipeline.core.model import Model
+    from pipeline.core.months import Month
+    from pipeline.edge import reader
+    from pipeline.edge.chunks import chunk_statistics
+    from pipeline.edge.model_files import save_model
+
+    spec = FeatureSpec()
+    plan = reader.locate(str(source), "yellow", Month(2023, 1), spec.columns())
+    (chunk,) = reader.plan(plan.layout, plan.layout.rows)
+    save_model(Model(solve.solve(chunk_statistics(plan, chunk, spec), 1.0), spec), folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_scoring_run_and_replaces_no_month(slow_months, tmp_path, prefect_server):
+    """Mid-run, parts of some chunks are staged: none is published, the staging is gone, both flow runs end."""
+    output = tmp_path / "scored"
+    model = _model(slow_months, tmp_path / "model")
+    args = ["predict", "--model", str(model), "--source", str(slow_months), "--months", "2023-01:2023-03"]
+    run = _Run(slow_months, output, prefect_server.env, args=[*args, "--output", str(output), "--chunk-rows", "2000", "--n-workers", "2"])
+    run.wait_for_quiet_after("Beginning subflow run")
+    code, took, after = run.interrupt()
+    assert code == 130 and after == [INTERRUPTED], "\n".join(after)
+    assert took < 15, f"{took:.1f} s to exit"
+    assert not output.exists() or not list(output.iterdir())
+    ids = run.flow_run_ids()
+    assert len(ids) == 2  # the run and its score-on-dask subflow
+    assert set(_states(prefect_server.url, ids)) <= {"CRASHED", "CANCELLED"}
 
 
 _SWALLOWED = """

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from test_damaged import _damage
 
 from cluster import ClusterSpec
 from pipeline.core.config import TrainConfig
@@ -22,6 +23,7 @@ from pipeline.edge import reader
 from pipeline.edge.baseline import load_train_counts
 from pipeline.edge.model_files import load_any
 from pipeline.edge.sources import month_filename
+from pipeline.errors import PipelineError
 from pipeline.flows.score import score_flow
 from pipeline.run import train
 
@@ -94,6 +96,22 @@ def test_every_row_is_scored_once_with_the_models_own_predictions(model_dir, mon
         pq.read_table(output / "month=2023-02").num_rows == pq.read_metadata(months_dir / month_filename("yellow", Month(2023, 2))).num_rows
     )
     assert not [p for p in output.iterdir() if p.name.startswith(".")]  # no staging or old folders left
+
+
+def test_a_failed_chunk_leaves_every_month_as_it_was(model_dir, months_dir, tmp_path):
+    """A damaged row group in the last month: its one line, no month replaced (the first two were scored), nothing staged left."""
+    source = tmp_path / "months"
+    shutil.copytree(months_dir, source)
+    output = tmp_path / "scored"
+    _score(model_dir, source, output)
+    before = {p.relative_to(output): p.read_bytes() for p in output.rglob("*") if p.is_file()}
+    damaged = source / month_filename("yellow", Month(2023, 3))
+    _damage(damaged, row_group=3)
+    with pytest.raises(PipelineError) as info:
+        _score(model_dir, source, output, chunk_rows=10_000)  # 12 chunks; 2023-03's last fails
+    assert str(info.value).startswith(f"{damaged}: corrupt parquet data in row groups 3..3 (")
+    assert {p.relative_to(output): p.read_bytes() for p in output.rglob("*") if p.is_file()} == before
+    assert not [p for p in output.iterdir() if p.name.startswith(".")]
 
 
 def test_a_month_with_reshuffled_pickup_zones_breaches(model_dir, months_dir, tmp_path):

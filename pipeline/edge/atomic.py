@@ -11,13 +11,15 @@ from typing import IO
 
 
 @contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
+def atomic_path(path: Path, *, parents: bool = True) -> Iterator[Path]:
     """Yield a new, empty temporary path beside ``path``; on success rename it into place.
 
     The temporary file is created with mode 0666 less the umask, as ``open`` would
-    create ``path`` itself, so a team's readers can read what a run wrote.
+    create ``path`` itself, so a team's readers can read what a run wrote. Missing
+    folders are made, unless ``parents`` is false (then ``FileNotFoundError``).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
@@ -28,9 +30,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise
 
 
-def write_bytes(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+def write_bytes(path: Path, write: Callable[[IO[bytes]], object], *, parents: bool = True) -> None:
     """Atomically write ``path`` with ``write(file_object)``, flushed to disk before it takes the name."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+    with atomic_path(path, parents=parents) as tmp, open(tmp, "wb") as fh:
         write(fh)
         fh.flush()
         os.fsync(fh.fileno())

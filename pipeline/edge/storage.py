@@ -197,24 +197,27 @@ def read_bytes(where: Where) -> bytes:
     return _apply(where, "read", Path.read_bytes, lambda fs, path: bytes(fs.cat_file(path)))
 
 
-def put(where: Where, data: bytes, *, create: bool = False) -> None:
+def put(where: Where, data: bytes | memoryview, *, create: bool = False, parents: bool = True) -> None:
     """Write the whole object: locally atomically (temp + rename), remotely one put.
 
+    ``data`` may be a view (of an Arrow buffer, say): a local write takes it as it is.
+
     ``create`` puts only if nothing is there (a conditional put remotely,
-    ``If-None-Match: *`` on S3); else ``FileExistsError``.
+    ``If-None-Match: *`` on S3); else ``FileExistsError``. Locally, missing folders
+    are made unless ``parents`` is false (then ``FileNotFoundError``).
     """
 
     def local(path: Path) -> None:
         if create:
             _create_local(path, data)
         else:
-            write_bytes(path, lambda fh: fh.write(data))
+            write_bytes(path, lambda fh: fh.write(data), parents=parents)
 
     # s3fs: mode "create" is a put with If-None-Match, refused as FileExistsError
-    _apply(where, "write", local, lambda fs, path: fs.pipe_file(path, data, mode="create" if create else "overwrite"))
+    _apply(where, "write", local, lambda fs, path: fs.pipe_file(path, bytes(data), mode="create" if create else "overwrite"))
 
 
-def _create_local(path: Path, data: bytes) -> None:
+def _create_local(path: Path, data: bytes | memoryview) -> None:
     """Create ``path`` with ``data`` only if it does not exist (``O_EXCL``: one of two racing creators wins)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)

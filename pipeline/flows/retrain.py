@@ -37,6 +37,7 @@ from pipeline.edge.sources import latest_month
 from pipeline.errors import PipelineError
 from pipeline.flows.cluster_runner import dask_runner
 from pipeline.flows.train import train_on_dask
+from pipeline.orchestration.interrupts import interrupt_wins
 from pipeline.orchestration.notify import send, target_from
 from pipeline.orchestration.prefect_api import ui_url
 
@@ -179,7 +180,7 @@ def retrain_flow(
         "mlflow_uri": mlflow_uri,
         "mlflow_experiment": mlflow_experiment,
     }
-    with store.staging() as staged:
+    with interrupt_wins(), store.staging() as staged:  # after Ctrl-C, whatever the interrupt broke is the interrupt
         config = _training_config(champion, staged, (train, val), options)
         plans = reader.locate_local(config)
         with dask_runner(cluster) as runner:

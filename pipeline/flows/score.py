@@ -10,6 +10,7 @@ keep, trips per pair), so the report costs no second read.
 # No `from __future__ import annotations` here: Prefect builds a pydantic model of a flow's parameters from
 # its annotations, and a deployment's run loads this file under another module name.
 
+import contextlib
 import logging
 import threading
 import time
@@ -38,17 +39,17 @@ from pipeline.edge.report import write_report
 from pipeline.errors import PipelineError
 from pipeline.flows.cluster_runner import dask_runner
 from pipeline.flows.train import locate_months, raise_first_failure
+from pipeline.orchestration.interrupts import interrupt_wins
 
 log = logging.getLogger(__name__)
 
 score_chunk = task(name="score-chunk", cache_policy=NO_CACHE)(predictions.score_chunk)
-publish_month = task(name="publish-month", cache_policy=NO_CACHE)(predictions.publish_month)
 
 
-@task(name="month-counts", cache_policy=NO_CACHE)
-def month_counts(parts: list[MonthCounts]) -> MonthCounts:
-    """Add a month's chunk counts."""
-    return reduce(add, parts)
+def _added(parts: list[Any]) -> MonthCounts:
+    """A month's counts: its chunks' added here (a task of its own cost more than the sum of ~0.6 MB a chunk)."""
+    counts: MonthCounts = reduce(add, (part.result() for part in parts))
+    return counts
 
 
 @dataclass(frozen=True)
@@ -69,9 +70,36 @@ class ScoreResult:
 
 @flow(name="score-on-dask", validate_parameters=False)
 def score_on_dask(
-    model_dir: str, source: str, taxi: str, months: list[Month], output: str, max_psi: float, max_rmse_ratio: float, chunk_rows: int
+    model_dir: str,
+    source: str,
+    taxi: str,
+    months: list[Month],
+    output: str,
+    max_psi: float,
+    max_rmse_ratio: float,
+    chunk_rows: int,
+    run: str,
 ) -> ScoreResult:
-    """Score ``months`` with the model in ``model_dir`` on the flow's task runner; write parts and the report."""
+    """Score ``months`` with the model in ``model_dir`` on the flow's task runner; write parts and the report.
+
+    Parts go to the ``run``'s staging folder; once every chunk is written, each month's parts are
+    swapped in (here: renames, or server-side copies). A failed chunk leaves every month as it was.
+    """
+    with interrupt_wins():  # after Ctrl-C, whatever the interrupt broke is the interrupt: the run is Crashed
+        return _score(model_dir, source, taxi, months, output, max_psi, max_rmse_ratio, chunk_rows, run)
+
+
+def _score(
+    model_dir: str,
+    source: str,
+    taxi: str,
+    months: list[Month],
+    output: str,
+    max_psi: float,
+    max_rmse_ratio: float,
+    chunk_rows: int,
+    run: str,
+) -> ScoreResult:
     logger = get_run_logger()
     started = time.perf_counter()
     threading.Thread(target=prepare_report, name="report-prepare", daemon=True).start()  # ~0.5 s, beside the tasks
@@ -79,21 +107,20 @@ def score_on_dask(
     metrics = model.metadata.get("metrics", {})
     train_rmse = float(metrics.get("train_rmse", float("nan")))
     plans = locate_months(source, taxi, months, model.spec.columns())
-    run = uuid.uuid4().hex[:12]
-    counted: dict[Month, Any] = {}
-    published, every_part = [], []
+    staging = predictions.Staging.of(output, run)
+    staging.open(plans)
+    counted: dict[Month, list[Any]] = {}
     for month, plan in plans.items():  # every month's chunks are submitted before any is waited for
-        staged = predictions.staging_folder(output, month, run)
-        parts: list[Any] = [
-            score_chunk.submit(plan, chunk, model, staged.child(f"part-{index:05d}.parquet"))
+        counted[month] = [
+            score_chunk.submit(plan, chunk, model, staging.month(month).child(f"part-{index:05d}.parquet"), staging)
             for index, chunk in enumerate(reader.plan(plan.layout, chunk_rows))
         ]
-        counted[month] = month_counts.submit(parts)
-        every_part += parts
-        published.append(publish_month.submit(staged, predictions.month_folder(output, month), wait_for=parts, return_state=False))
-    raise_first_failure([*every_part, *counted.values(), *published])
+    raise_first_failure([part for parts in counted.values() for part in parts])
+    for month in plans:
+        predictions.publish_month(staging.month(month), predictions.month_folder(output, month))
+    staging.discard()  # its mark and empty folders
     train_counts = load_train_counts(model_dir)
-    reports = tuple(month_report(str(m), f.result(), train_counts, train_rmse, max_psi, max_rmse_ratio) for m, f in counted.items())
+    reports = tuple(month_report(str(m), _added(parts), train_counts, train_rmse, max_psi, max_rmse_ratio) for m, parts in counted.items())
     for report in reports:
         for breach in report.breaches:
             logger.warning("month %s: %s", report.month, breach)
@@ -153,7 +180,13 @@ def score_flow(
     load_any(folder)  # a folder that is not a model fails here, before the cluster starts
     predictions.check_output(output)
     chosen = parse_months(months)
-    with dask_runner(cluster) as runner:
-        return score_on_dask.with_options(task_runner=runner.task_runner)(
-            folder, source, taxi, chosen, output, max_psi, max_rmse_ratio, chunk_rows
-        )
+    run = uuid.uuid4().hex[:12]
+    try:
+        with interrupt_wins(), dask_runner(cluster) as runner:
+            return score_on_dask.with_options(task_runner=runner.task_runner)(
+                folder, source, taxi, chosen, output, max_psi, max_rmse_ratio, chunk_rows, run
+            )
+    except BaseException:
+        with contextlib.suppress(PipelineError):  # the run's own error is the one to tell
+            predictions.Staging.of(output, run).discard()
+        raise
