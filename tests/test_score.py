@@ -141,6 +141,16 @@ def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
+def test_predict_prints_its_flow_lines_and_table_not_dasks(model_dir, months_dir, tmp_path):
+    """The CLI's terminal: the run's lines and the month table; Dask's own INFO lines (scheduler, nannies) stay off it."""
+    output = tmp_path / "scored"
+    result = _cli("predict", "--model", str(model_dir), "--source", str(months_dir), "--months", "2023-03", "--output", str(output))
+    assert result.returncode == 0, result.stderr
+    assert "Beginning subflow run" in result.stderr and "scored 40,000 rows" in result.stdout
+    assert not [line for line in result.stderr.splitlines() if "| distributed." in line], result.stderr
+    assert pq.read_table(output / "month=2023-03").num_rows == 40_000
+
+
 def test_bad_input_is_one_line_and_writes_nothing(model_dir, months_dir, tmp_path):
     base = ["predict", "--source", str(months_dir), "--months", "2023-03"]
     not_a_model = tmp_path / "empty"
