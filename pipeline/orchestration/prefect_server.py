@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +33,12 @@ def _settings_environment() -> dict[str, str]:
 
 @dataclass
 class ServerProcess:
-    """A Prefect API server we started; :meth:`stop` ends it."""
+    """A Prefect API server we started; :meth:`stop` ends it (and removes a ``temporary`` server's log)."""
 
     process: subprocess.Popen[bytes]
     port: int
     log: Path | None = None
+    temporary: bool = False
 
     @property
     def api_url(self) -> str:
@@ -56,12 +58,17 @@ class ServerProcess:
                     where = f"; its log: {self.log}" if self.log else ""
                     exited = self.process.poll() is not None
                     what = f"exited with code {self.process.returncode}" if exited else f"did not answer within {timeout:g} s"
-                    self.stop()
+                    self._end()  # the log stays: it says why
                     raise PipelineError(f"Prefect API on 127.0.0.1:{self.port} {what}{where}")
                 time.sleep(0.05)
 
     def stop(self, timeout: float = 10) -> None:
         """Terminate the server (kill it after ``timeout`` s); stopping again does nothing."""
+        self._end(timeout)
+        if self.temporary and self.log is not None:
+            self.log.unlink(missing_ok=True)
+
+    def _end(self, timeout: float = 10) -> None:
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -95,7 +102,10 @@ def start_temporary(timeout: float = 60) -> ServerProcess:
     args += ["--host", "127.0.0.1", "--log-level", "error", "--lifespan", "on"]
     deadline, starts = time.monotonic() + timeout, 0
     while True:
-        server = ServerProcess(subprocess.Popen([sys.executable, *args, "--port", str(port)], env=env), port)
+        log = _temporary_log()
+        with open(log, "ab") as out:
+            process = subprocess.Popen([sys.executable, *args, "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT)
+        server = ServerProcess(process, port, log, temporary=True)
         starts += 1
         try:
             server.wait_healthy(max(1.0, deadline - time.monotonic()))
@@ -103,7 +113,16 @@ def start_temporary(timeout: float = 60) -> ServerProcess:
         except PipelineError:
             if server.process.returncode != _STARTUP_FAILED or starts == _STARTS:
                 raise
+            server.stop()
         port = free_port()
+
+
+def _temporary_log() -> Path:
+    """Where a temporary API writes: not the terminal, where its shutdown (cancelled services'
+    tracebacks when a run is stopped mid-flush) would follow the run's last line."""
+    fd, name = tempfile.mkstemp(prefix="taxi-pipeline-api-", suffix=".log")
+    os.close(fd)
+    return Path(name)
 
 
 def start_lasting(port: int, log: Path, timeout: float = 90) -> ServerProcess:
