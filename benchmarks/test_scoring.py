@@ -20,11 +20,13 @@ as a trained model's run does; the next months are scored.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from functools import reduce
 from operator import add
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -41,7 +43,7 @@ from pipeline.edge import reader
 from pipeline.edge.baseline import save_train_counts
 from pipeline.edge.chunks import chunk_statistics
 from pipeline.edge.model_files import load_model, save_model
-from pipeline.edge.predictions import score_chunk
+from pipeline.edge.predictions import PART_OPTIONS, score_chunk
 from pipeline.flows.score import score_flow
 
 SPEC = FeatureSpec(numeric=("trip_distance",))
@@ -50,18 +52,15 @@ SPEC = FeatureSpec(numeric=("trip_distance",))
 KERNEL_ROWS_PER_SECOND = 20e6
 QUICK_KERNEL_ROWS_PER_SECOND = 10e6
 #: At most: score_flow's own seconds (cluster start excluded) over pyarrow reading the
-#: same months' needed columns in this process. The issue's target is 2×; measured
-#: here 39-64× at 1M-row months (flow 4.0-6.2 s, read 0.06-0.19 s) and 170-314× at
-#: 100k (flow 3.1-5.8 s, read 0.013-0.03 s), on a shared 2-core machine (load 1.5-5);
-#: a quieter machine reads faster, so the ratio rises rather than falls with less load.
-#: A flow at this size is a fixed 3-6 s of Prefect and Dask: the months run one after
-#: another (each waits for its publish before the next month's chunks go out), a
-#: task round trip costs 0.1-0.3 s and a month ~1.5 s for ~0.2 s of work, and the
-#: report's chart ~0.5 s. Even without any of it the chunk bodies are 6-9× the read
-#: (a chunk's parquet write alone, ~0.1 s per 1M rows on a core, is ~2.8× the read of
-#: its inputs), so 2× needs a cheaper write as well as months far larger than these.
-#: The floors are 2.5-3× the highest measured: they catch a flow several times slower.
-FLOW_OVER_READ = 150.0
+#: same months' needed columns in this process. The issue's target is 2×, which is below
+#: what any scoring can cost here: reading the columns plus merely encoding the parts the
+#: flow wrote (two at a time, no prediction, no file, no orchestration) measures 2.1-2.4×
+#: the read (``read_and_write_over_read``). The flow measured 32-40× at 1M-row months (flow
+#: 2.15-2.32 s on a LocalCluster started for it, read 0.058-0.070 s; was 39-64×), 11-16× on
+#: the local stack's warm cluster; the rest is a fixed second of Prefect and Dask (a cold
+#: worker's first task, task runs, the report's chart and artifacts). The floor is ~3× the
+#: highest measured: it catches a flow several times slower.
+FLOW_OVER_READ = 120.0
 QUICK_FLOW_OVER_READ = 1000.0
 #: Train on the first generated month, score the next three.
 SCORED_MONTHS = 3
@@ -153,6 +152,13 @@ def test_score_flow_vs_read(benchmark, bench, prefect_api_url, model, model_dir,
     chunks = [(plan, chunk) for plan in plans for chunk in reader.plan(plan.layout, CHUNK_ROWS)]
     parts = [tmp_path / "in-process" / f"part-{index:05d}.parquet" for index in range(len(chunks))]
     work_seconds, _ = best_of(lambda: [score_chunk(p, c, model, part) for (p, c), part in zip(chunks, parts)], rounds=3)
+    # the least any scoring costs beside the read: encoding the parts the flow wrote, to memory, two at a
+    # time as the two workers do (and as the read above uses both cores)
+    written = [pq.read_table(output / f"month={m}") for m in scored]
+    with ThreadPoolExecutor(2) as pool:
+        write_seconds, _ = best_of(
+            lambda: list(pool.map(lambda t: pq.write_table(t, pa.BufferOutputStream(), **PART_OPTIONS), written)), rounds=3
+        )
 
     ratio = result.seconds / read_seconds
     benchmark.extra_info.update(
@@ -167,6 +173,8 @@ def test_score_flow_vs_read(benchmark, bench, prefect_api_url, model, model_dir,
         flow_over_read=ratio,
         chunk_work_seconds=work_seconds,
         flow_over_chunk_work=result.seconds / work_seconds,
+        write_seconds=write_seconds,
+        read_and_write_over_read=(read_seconds + write_seconds) / read_seconds,
     )
     assert ratio <= (QUICK_FLOW_OVER_READ if _quick(bench) else FLOW_OVER_READ)
 
