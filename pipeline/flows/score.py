@@ -28,6 +28,7 @@ from prefect.runtime import flow_run
 from cluster import ClusterSpec
 from pipeline.core import render
 from pipeline.core.config import DEFAULT_SOURCE, Taxi
+from pipeline.core.model import AnyModel
 from pipeline.core.monitoring import MonthCounts, MonthReport, month_report
 from pipeline.core.months import Month, parse_months
 from pipeline.edge import predictions, reader
@@ -86,41 +87,47 @@ def score_on_dask(
     swapped in (here: renames, or server-side copies). A failed chunk leaves every month as it was.
     """
     with interrupt_wins():  # after Ctrl-C, whatever the interrupt broke is the interrupt: the run is Crashed
-        return _score(model_dir, source, taxi, months, output, max_psi, max_rmse_ratio, chunk_rows, run)
+        started = time.perf_counter()
+        threading.Thread(target=prepare_report, name="report-prepare", daemon=True).start()  # ~0.5 s, beside the tasks
+        model = load_any(model_dir)
+        plans = locate_months(source, taxi, months, model.spec.columns())
+        counts = _score_and_publish(model, plans, output, run, chunk_rows)
+        reports = _report(model_dir, model.metadata.get("metrics", {}), counts, output, max_psi, max_rmse_ratio)
+        result = ScoreResult(
+            str(output), str(model_dir), sum(r.rows for r in reports), time.perf_counter() - started, reports, str(flow_run.id)
+        )
+        message = "scored %d rows of %d month(s) in %.1f s; %d breach(es)"
+        get_run_logger().info(message, result.rows, len(reports), result.seconds, result.breaches)
+        return result
 
 
-def _score(
-    model_dir: str,
-    source: str,
-    taxi: str,
-    months: list[Month],
-    output: str,
-    max_psi: float,
-    max_rmse_ratio: float,
-    chunk_rows: int,
-    run: str,
-) -> ScoreResult:
-    logger = get_run_logger()
-    started = time.perf_counter()
-    threading.Thread(target=prepare_report, name="report-prepare", daemon=True).start()  # ~0.5 s, beside the tasks
-    model = load_any(model_dir)
-    metrics = model.metadata.get("metrics", {})
-    train_rmse = float(metrics.get("train_rmse", float("nan")))
-    plans = locate_months(source, taxi, months, model.spec.columns())
+def _score_and_publish(
+    model: AnyModel, plans: dict[Month, reader.MonthPlan], output: str, run: str, chunk_rows: int
+) -> dict[Month, MonthCounts]:
+    """Score every chunk into the run's staging; once all are written, publish each month; its counts."""
     staging = predictions.Staging.of(output, run)
     staging.open(plans)
-    counted: dict[Month, list[Any]] = {}
+    parts: dict[Month, list[Any]] = {}
     for month, plan in plans.items():  # every month's chunks are submitted before any is waited for
-        counted[month] = [
+        parts[month] = [
             score_chunk.submit(plan, chunk, model, staging.month(month).child(f"part-{index:05d}.parquet"), staging)
             for index, chunk in enumerate(reader.plan(plan.layout, chunk_rows))
         ]
-    raise_first_failure([part for parts in counted.values() for part in parts])
+    raise_first_failure([part for month_parts in parts.values() for part in month_parts])
     for month in plans:
         predictions.publish_month(staging.month(month), predictions.month_folder(output, month))
     staging.discard()  # its mark and empty folders
+    return {month: _added(month_parts) for month, month_parts in parts.items()}
+
+
+def _report(
+    model_dir: str, metrics: dict[str, Any], counts: dict[Month, MonthCounts], output: str, max_psi: float, max_rmse_ratio: float
+) -> tuple[MonthReport, ...]:
+    """Each month's error and drift: warnings in the log, report files, and the flow run's artifacts."""
+    logger = get_run_logger()
+    train_rmse = float(metrics.get("train_rmse", float("nan")))
     train_counts = load_train_counts(model_dir)
-    reports = tuple(month_report(str(m), _added(parts), train_counts, train_rmse, max_psi, max_rmse_ratio) for m, parts in counted.items())
+    reports = tuple(month_report(str(m), c, train_counts, train_rmse, max_psi, max_rmse_ratio) for m, c in counts.items())
     for report in reports:
         for breach in report.breaches:
             logger.warning("month %s: %s", report.month, breach)
@@ -137,11 +144,7 @@ def _score(
     write_report(output, markdown, reports, summary, train_rmse, max_psi, max_rmse_ratio)
     create_markdown_artifact(key="monitoring-report", markdown=markdown, description=title)
     create_table_artifact(key="monitoring-months", table=[r.to_dict() for r in reports], description="per month: error and drift")
-    result = ScoreResult(
-        str(output), str(model_dir), sum(r.rows for r in reports), time.perf_counter() - started, reports, str(flow_run.id)
-    )
-    logger.info("scored %d rows of %d month(s) in %.1f s; %d breach(es)", result.rows, len(reports), result.seconds, result.breaches)
-    return result
+    return reports
 
 
 def model_folder(model: str | None, registry: str | None, version: str | None) -> str:
