@@ -126,6 +126,27 @@ def _dashboard_address(asked: str) -> str:
     return f"{host}:0"
 
 
+@contextmanager
+def _dask_logs_below(level: int) -> Iterator[None]:
+    """Meanwhile, what ``silence_logs`` means whichever of Prefect and Dask set up logging first.
+
+    ``silence_logs`` lowers the stderr handler distributed adds to its logger, which it adds only
+    when logging was not configured yet. Imported after Prefect set logging up (a deployment's flow
+    run, a notebook), distributed's records propagate to Prefect's console instead, every INFO line
+    of the scheduler and nannies with them: then the logger itself is raised to ``level``.
+    """
+    logger = logging.getLogger("distributed")
+    if any(isinstance(handler, logging.StreamHandler) for handler in logger.handlers) or logger.level >= level:
+        yield
+        return
+    previous = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
 def _start_cluster(plan: Plan, spec: ClusterSpec, stack: ExitStack) -> Any:
     """Start the LocalCluster or the named cluster class for this run (closed with ``stack``)."""
     kwargs = dict(plan.cluster_kwargs)
@@ -139,6 +160,7 @@ def _start_cluster(plan: Plan, spec: ClusterSpec, stack: ExitStack) -> Any:
         }
         if plan.tls:
             defaults.update(protocol="tls://", security=plan.tls.security(every_role=True))
+        stack.enter_context(_dask_logs_below(logging.WARNING))
         cluster = stack.enter_context(LocalCluster(**{**defaults, **kwargs}))
     else:
         cls = load_cluster_class(plan.cluster_class or "")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import dask.config
@@ -224,3 +226,22 @@ def test_worker_imports_call_a_module_function_once_given_as_module_colon_functi
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     warm.warm_up()  # the real one: a tiny month through the statistics path, in each codec
     assert list(tmp_path.iterdir()) == []  # its files are gone after
+
+
+_PREFECT_LOGGING_FIRST = """
+from prefect.logging.configuration import setup_logging
+
+setup_logging()  # as a flow run's process has it (a deployment's run, a notebook) before Dask is imported
+from cluster import ClusterSpec, connect
+
+with connect(ClusterSpec(n_workers=1, dashboard_address=":0")) as connection:
+    print("workers", connection.workers)
+"""
+
+
+def test_a_cluster_started_after_prefect_set_up_logging_keeps_dasks_info_lines_off_the_console():
+    """``silence_logs`` lowers Dask's own stderr handler, which distributed only adds when nothing configured logging
+    first; after Prefect's set-up its records go to Prefect's console instead, and the scheduler's INFO lines did."""
+    result = subprocess.run([sys.executable, "-c", _PREFECT_LOGGING_FIRST], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "workers 1" in result.stdout, result.stderr
+    assert not [line for line in result.stderr.splitlines() if "| INFO    | distributed." in line], result.stderr

@@ -55,8 +55,6 @@ def predict(
     from pipeline.edge.reader import locate
 
     source = source or DEFAULT_SOURCE
-    # Dask before Prefect, in the order training imports them: the other way round, Dask's INFO lines reach the terminal
-    from cluster import ClusterSpec, check_cluster
     from pipeline.flows.score import model_folder  # the checks below fail before any server starts
 
     folder = model_folder(model_dir, registry, version)
@@ -67,6 +65,7 @@ def predict(
     if is_local(source):
         for month in chosen:
             locate(source, taxi, month, model.spec.columns())
+    from cluster import ClusterSpec, check_cluster
     from pipeline.core import render
     from pipeline.flows.score import score_flow
     from pipeline.local_stack import run_services
