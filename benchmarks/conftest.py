@@ -88,9 +88,8 @@ QUICK_FLOORS = Floors(
     peer_speedup=50,
     cv_speedup=1.5,
     kernel_over_decode=0.8,
-    # 100k rows decode in ~4 ms, and the best of its CPU times swings (19-31M rows/s): the same code
-    # measured 1.36-2.14x here (its wall ratio held at 1.39-1.49x); CI failed 2x on one such run
-    end_to_end_over_decode=3,
+    # the footer and plan weigh more beside a 4.5 ms decode: 1.5-1.6x measured (medians), 2 CPU burners or not
+    end_to_end_over_decode=2.5,
     whole_process_speedup=0.1,
     stack_process_speedup=1,
     worker_speedup=0.3,
