@@ -17,6 +17,7 @@ import importlib.util
 import logging
 import socket
 import ssl
+import threading
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -126,25 +127,42 @@ def _dashboard_address(asked: str) -> str:
     return f"{host}:0"
 
 
-@contextmanager
-def _dask_logs_below(level: int) -> Iterator[None]:
-    """Meanwhile, what ``silence_logs`` means whichever of Prefect and Dask set up logging first.
+class _DaskLogsBelow:
+    """While any cluster started here lives, what ``silence_logs`` means whichever of Prefect and Dask set up logging first.
 
     ``silence_logs`` lowers the stderr handler distributed adds to its logger, which it adds only
     when logging was not configured yet. Imported after Prefect set logging up (a deployment's flow
     run, a notebook), distributed's records propagate to Prefect's console instead, every INFO line
-    of the scheduler and nannies with them: then the logger itself is raised to ``level``.
+    of the scheduler and nannies with them: then the logger itself is raised to the level. Holders
+    are counted, so of two clusters whose lives overlap the first to close leaves the level alone.
     """
-    logger = logging.getLogger("distributed")
-    if any(isinstance(handler, logging.StreamHandler) for handler in logger.handlers) or logger.level >= level:
-        yield
-        return
-    previous = logger.level
-    logger.setLevel(level)
-    try:
-        yield
-    finally:
-        logger.setLevel(previous)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holders = 0
+        self._previous: int | None = None  # the level to restore, when this raised it
+
+    @contextmanager
+    def __call__(self, level: int) -> Iterator[None]:
+        logger = logging.getLogger("distributed")
+        with self._lock:
+            if self._holders == 0:
+                own_handler = any(isinstance(handler, logging.StreamHandler) for handler in logger.handlers)
+                self._previous = None if own_handler or logger.level >= level else logger.level
+                if self._previous is not None:
+                    logger.setLevel(level)
+            self._holders += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._holders -= 1
+                if self._holders == 0 and self._previous is not None:
+                    logger.setLevel(self._previous)
+                    self._previous = None
+
+
+_dask_logs_below = _DaskLogsBelow()
 
 
 def _start_cluster(plan: Plan, spec: ClusterSpec, stack: ExitStack) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import dask.config
 import pytest
 
 from cluster import ClusterSpec, Connection, parse_cluster_kwargs, resolve, task_runner
+from cluster.connect import _dask_logs_below
 from cluster.versions import mismatch
 from pipeline.errors import PipelineError
 
@@ -245,3 +247,31 @@ def test_a_cluster_started_after_prefect_set_up_logging_keeps_dasks_info_lines_o
     result = subprocess.run([sys.executable, "-c", _PREFECT_LOGGING_FIRST], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "workers 1" in result.stdout, result.stderr
     assert not [line for line in result.stderr.splitlines() if "| INFO    | distributed." in line], result.stderr
+
+
+def test_overlapping_clusters_keep_dasks_info_lines_off_until_the_last_one_closes(monkeypatch):
+    """The level is raised once and restored when the last holder leaves, not when the first one does."""
+    logger = logging.getLogger("distributed")
+    monkeypatch.setattr(logger, "handlers", [])  # as after Prefect set logging up first: no handler of Dask's own
+    monkeypatch.setattr(logger, "level", logging.NOTSET)
+    first, second = _dask_logs_below(logging.WARNING), _dask_logs_below(logging.WARNING)
+    first.__enter__()
+    second.__enter__()
+    assert logger.level == logging.WARNING
+    first.__exit__(None, None, None)  # the first cluster closes while the second lives
+    assert logger.level == logging.WARNING
+    second.__exit__(None, None, None)
+    assert logger.level == logging.NOTSET
+    with _dask_logs_below(logging.WARNING):  # and a later cluster raises it again
+        assert logger.level == logging.WARNING
+    assert logger.level == logging.NOTSET
+
+
+def test_dasks_own_handler_is_left_to_silence_logs(monkeypatch):
+    """When distributed configured its own stderr handler, ``silence_logs`` lowers that, and the logger stays as it was."""
+    logger = logging.getLogger("distributed")
+    monkeypatch.setattr(logger, "handlers", [logging.StreamHandler()])
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    with _dask_logs_below(logging.WARNING):
+        assert logger.level == logging.INFO
+    assert logger.level == logging.INFO
