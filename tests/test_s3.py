@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from pipeline.core.months import Month, parse_months
-from pipeline.edge import storage
+from pipeline.edge import predictions, storage
 from pipeline.edge.ports import free_port
 from pipeline.edge.run_files import publish_run
 from pipeline.edge.sources import month_filename
@@ -115,6 +115,22 @@ def test_objects_are_put_read_listed_and_deleted_whole(moto: Moto) -> None:
         storage.read_bytes(root.child("nope"))
     storage.delete_tree(root)
     assert storage.listdir(root) == []
+
+
+def test_a_staging_without_its_mark_is_removed_and_a_marked_one_kept_whoever_wrote_it(moto: Moto) -> None:
+    """On object storage a mark's host and pid prove nothing (writers may be other machines): only unmarked stagings go."""
+    output = storage.locate(f"s3://{BUCKET}/leftovers")
+    storage.put(output.child("month=2023-01", "part-00000.parquet"), b"published")
+    storage.put(output.child(".staging-discarded", "month=2023-01", "part-00003.parquet"), b"late")
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    mark = {"run": "killed", "host": socket.gethostname(), "pid": ended.pid, "since": time.time()}
+    storage.put(output.child(".staging-marked", ".open"), json.dumps(mark).encode())
+    storage.put(output.child(".staging-marked", "month=2023-01", "part-00000.parquet"), b"staged")
+
+    assert predictions.remove_leftovers(output) == ["removed .staging-discarded"]
+    assert storage.listdir(output) == [".staging-marked", "month=2023-01"]
+    storage.delete_tree(output)
 
 
 def test_inline_credentials_are_refused_and_never_echoed(tmp_path: Path) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ from cluster import ClusterSpec
 from pipeline.core.config import TrainConfig
 from pipeline.core.features import FeatureSpec, training_rows
 from pipeline.core.months import Month
-from pipeline.edge import reader
+from pipeline.edge import predictions, reader
 from pipeline.edge.baseline import load_train_counts
 from pipeline.edge.model_files import load_any
 from pipeline.edge.sources import month_filename
@@ -89,7 +91,10 @@ def test_every_row_is_scored_once_with_the_models_own_predictions(model_dir, mon
     assert "No breach over 3 months" in text and "![RMSE and drift per month](report.png)" in text
     assert load_train_counts(model_dir).sum() == metrics["train_rows"]
 
-    # a rerun with another chunking replaces each month's parts whole: no stale part survives
+    # a rerun with another chunking replaces each month's parts whole: no stale part survives,
+    # and it removes what a killed run left (its staging, a month's old parts moved aside)
+    _leftover(output, ".staging-killed", {"run": "killed", "host": socket.gethostname(), "pid": _ended_pid(), "since": time.time()})
+    _leftover(output, ".old-0123abcd-month=2023-02", None, part="part-00000.parquet")
     _score(model_dir, months_dir, output, months="2023-02", chunk_rows=40_000)
     assert sorted(p.name for p in (output / "month=2023-02").iterdir()) == ["part-00000.parquet"]
     assert (
@@ -179,3 +184,64 @@ def test_bad_input_is_one_line_and_writes_nothing(model_dir, months_dir, tmp_pat
     np.savez(tampered / "model.npz", intercept=np.zeros(1), pu=np.zeros(3), do=np.zeros(266), pair=np.zeros(266 * 266), numeric=np.zeros(1))
     assert "model.npz" in _one_error_line(_cli(*base, "--model", str(tampered), "--output", str(tmp_path / "d")))
     assert not [p for p in (tmp_path / name for name in "abcd") if p.exists()]
+
+
+STAGED_PART = "month=2023-01/part-00000.parquet"
+
+
+def _ended_pid() -> int:
+    """The pid of a process that has ended."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def _leftover(output: Path, name: str, mark: dict[str, object] | None, age: float = 0.0, part: str = STAGED_PART) -> Path:
+    """A folder a run left in ``output``: a ``part`` in it, ``mark`` as its ``.open``, last touched ``age`` s ago."""
+    folder = output / name
+    (folder / part).parent.mkdir(parents=True)
+    (folder / part).write_bytes(b"PAR1")
+    if mark is not None:
+        (folder / ".open").write_text(json.dumps(mark))
+    os.utime(folder, (time.time() - age, time.time() - age))
+    return folder
+
+
+def test_leftovers_of_killed_and_stopped_runs_go_and_live_runs_stay(tmp_path):
+    """Removed: a staging whose process ended, one without its mark for a minute, old parts the new month replaced.
+    Put back: old parts whose new month never came. Kept: the months, a staging of a live run, of a run on
+    another host, or without its mark only just now."""
+    output = tmp_path / "out"
+    (output / "month=2023-01").mkdir(parents=True)
+    (output / "month=2023-01" / "part-00000.parquet").write_bytes(b"published")
+    here = socket.gethostname()
+    _leftover(output, ".staging-killed", {"run": "killed", "host": here, "pid": _ended_pid(), "since": time.time()})
+    _leftover(output, ".staging-discarded", None, age=predictions.UNMARKED_AFTER + 60)
+    _leftover(output, ".old-0123abcd-month=2023-01", None, part="part-00000.parquet")  # the swap was done: month=2023-01 is the new one
+    _leftover(output, ".old-4567ef01-month=2023-02", None, part="part-00000.parquet")  # killed between its renames: only the old month
+    predictions.Staging.of(output, "running").open([Month(2023, 1)], "running")  # this process: alive
+    _leftover(output, ".staging-elsewhere", {"run": "elsewhere", "host": f"not-{here}", "pid": _ended_pid(), "since": 0})
+    _leftover(output, ".staging-discarding", None)
+    _leftover(output, ".staging-old-version", None, age=3600)
+    (output / ".staging-old-version" / ".open").write_bytes(b"")  # an earlier version's mark: not judged
+
+    done = predictions.remove_leftovers(output)
+
+    assert done == [
+        "removed .old-0123abcd-month=2023-01",
+        "put .old-4567ef01-month=2023-02 back as month=2023-02",
+        "removed .staging-discarded",
+        "removed .staging-killed",
+    ]
+    assert sorted(p.name for p in output.iterdir()) == [
+        ".staging-discarding",
+        ".staging-elsewhere",
+        ".staging-old-version",
+        ".staging-running",
+        "month=2023-01",
+        "month=2023-02",
+    ]
+    assert (output / "month=2023-01" / "part-00000.parquet").read_bytes() == b"published"
+    assert (output / "month=2023-02" / "part-00000.parquet").read_bytes() == b"PAR1"
+    assert (output / ".staging-running" / "month=2023-01").is_dir()
+    assert predictions.remove_leftovers(output) == []

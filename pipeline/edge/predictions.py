@@ -12,7 +12,9 @@ one, never a mix of parts.
 
 from __future__ import annotations
 
+import json
 import shutil
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,6 +32,9 @@ from pipeline.edge import reader, storage
 from pipeline.edge.storage import Location, Where
 from pipeline.errors import PipelineError
 
+#: A local staging folder without its mark and untouched this long (seconds) is a discarded run's,
+#: a part of a chunk that outlived the discard in it; a younger one may be a discard still under way.
+UNMARKED_AFTER = 60.0
 #: How a part is written. Uncompressed: the float columns barely compress (snappy takes a 1M-row
 #: part from 26 to 19 MB) and compressing them doubled a part's write, the largest cost of
 #: scoring (82 against 38 ms per 1M rows; reading the month's columns is ~26 ms). The zones,
@@ -48,7 +53,8 @@ class Staging:
 
     Parts are written only while its ``.open`` mark is there, and (locally) into folders made
     when it was opened: once a stopped or failed run discards it, a chunk still running on
-    a worker writes nothing, instead of leaving a part behind.
+    a worker writes nothing, instead of leaving a part behind. The mark names the run's
+    process, so a later run can tell a staging whose run was killed (:func:`remove_leftovers`).
     """
 
     root: Location
@@ -64,18 +70,61 @@ class Staging:
     def month(self, month: Month) -> Location:
         return self.root.child(f"month={month}")
 
-    def open(self, months: Iterable[Month]) -> None:
-        """Make the months' folders (locally; object stores have none) and the mark."""
+    def open(self, months: Iterable[Month], run: str) -> None:
+        """The mark, naming ``run``'s process, then the months' folders (locally; object stores have none).
+
+        Mark first: a staging without one is then never a run's that is still opening.
+        """
+        storage.put(self.mark, storage.owner_document(run))
         for month in months:
             folder = self.month(month).path
             if folder is not None:
-                folder.mkdir(parents=True, exist_ok=True)
-        storage.put(self.mark, b"")
+                folder.mkdir(exist_ok=True)
+
+    def abandoned(self) -> bool:
+        """Its run is gone: the mark names a process of this host that has ended, or (discarded) there is no mark."""
+        try:
+            document = json.loads(storage.read_bytes(self.mark))
+        except FileNotFoundError:
+            path = self.root.path
+            try:
+                return path is None or time.time() - path.stat().st_mtime > UNMARKED_AFTER
+            except FileNotFoundError:  # its run's discard just finished
+                return False
+        except ValueError:  # not a mark this version writes: left alone
+            return False
+        return storage.owner_gone(self.mark, document)
 
     def discard(self) -> None:
         """The mark first (no part is written after it), then everything staged; published months are not here."""
         storage.delete(self.mark)
         storage.delete_tree(self.root)
+
+
+def remove_leftovers(output: Where) -> list[str]:
+    """Clear what stopped or killed runs left in ``output``; a line for each thing done.
+
+    A staging whose run is gone (killed before it could discard it, or written into by a
+    chunk that outlived the discard) is removed. A month's old parts that a killed swap had
+    moved aside (``.old-*``, local only) are removed if the new month is in, and put back if
+    it is not: the month is then as it was before that run. Runs still going are left alone.
+    """
+    root = storage.locate(output)
+    done = []
+    for name in storage.listdir(root):
+        where = root.child(name)
+        if name.startswith(".staging-") and Staging(where).abandoned():
+            storage.delete_tree(where)
+            done.append(f"removed {name}")
+        elif name.startswith(".old-") and where.path is not None:
+            month = where.path.with_name(name.split("-", 2)[-1])  # .old-HEX-month=2023-04
+            if month.exists():
+                shutil.rmtree(where.path, ignore_errors=True)
+                done.append(f"removed {name}")
+            else:
+                where.path.rename(month)
+                done.append(f"put {name} back as {month.name}")
+    return done
 
 
 def score_chunk(

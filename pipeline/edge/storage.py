@@ -309,11 +309,10 @@ def exclusive(lock: Where, owner: str, wait: float, busy: str) -> Iterator[None]
     or older than :data:`STALE_AFTER` is taken over. Object stores have no lease:
     this keeps well-behaved writers apart, and a crashed one's lock goes stale.
     """
-    import socket
     import time
 
     where = locate(lock)
-    document = json.dumps({"run": owner, "host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}).encode()
+    document = owner_document(owner)
     deadline = time.monotonic() + wait
     while True:
         try:
@@ -334,9 +333,26 @@ def exclusive(lock: Where, owner: str, wait: float, busy: str) -> Iterator[None]
             delete(where)
 
 
+def owner_document(owner: str) -> bytes:
+    """What a lock or a run's mark holds: who wrote it, where and when, for :func:`owner_gone` and staleness."""
+    import socket
+    import time
+
+    return json.dumps({"run": owner, "host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}).encode()
+
+
+def owner_gone(where: Location, document: dict[str, Any]) -> bool:
+    """The process that wrote ``document`` into the local ``where`` has ended (it names this host and a dead pid).
+
+    On object storage nothing is concluded: its writers may be other machines, whatever name they give.
+    """
+    import socket
+
+    return not where.remote and document.get("host") == socket.gethostname() and not alive(int(document.get("pid", 0)))
+
+
 def _holder(lock: Location) -> str | None:
     """Who holds ``lock``, or None if nobody does or it is stale."""
-    import socket
     import time
 
     try:
@@ -347,6 +363,6 @@ def _holder(lock: Location) -> str | None:
         return "(being written)"  # created, its content not in yet: a live holder
     if time.time() - float(document.get("since", 0)) > STALE_AFTER:
         return None
-    if not lock.remote and document.get("host") == socket.gethostname() and not alive(int(document.get("pid", 0))):
+    if owner_gone(lock, document):
         return None
     return str(document.get("run"))

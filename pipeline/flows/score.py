@@ -106,7 +106,7 @@ def _score_and_publish(
 ) -> dict[Month, MonthCounts]:
     """Score every chunk into the run's staging; once all are written, publish each month; its counts."""
     staging = predictions.Staging.of(output, run)
-    staging.open(plans)
+    staging.open(plans, run)
     parts: dict[Month, list[Any]] = {}
     for month, plan in plans.items():  # every month's chunks are submitted before any is waited for
         parts[month] = [
@@ -183,6 +183,8 @@ def score_flow(
     load_any(folder)  # a folder that is not a model fails here, before the cluster starts
     predictions.check_output(output)
     chosen = parse_months(months)
+    for done in predictions.remove_leftovers(output):
+        get_run_logger().info("%s: %s, left by a run that was stopped or killed", output, done)
     run = uuid.uuid4().hex[:12]
     try:
         with interrupt_wins(), dask_runner(cluster) as runner:
