@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -101,6 +102,14 @@ class Staging:
         storage.delete_tree(self.root)
 
 
+#: How a month's old parts are named while a swap moves them aside: ``.old-HEX-month=2023-04``.
+_ASIDE = ".old-"
+
+
+def _aside(month: Path) -> Path:
+    return month.with_name(f"{_ASIDE}{uuid.uuid4().hex}-{month.name}")
+
+
 def remove_leftovers(output: Where) -> list[str]:
     """Clear what stopped or killed runs left in ``output``; a line for each thing done.
 
@@ -116,8 +125,8 @@ def remove_leftovers(output: Where) -> list[str]:
         if name.startswith(".staging-") and Staging(where).abandoned():
             storage.delete_tree(where)
             done.append(f"removed {name}")
-        elif name.startswith(".old-") and where.path is not None:
-            month = where.path.with_name(name.split("-", 2)[-1])  # .old-HEX-month=2023-04
+        elif name.startswith(_ASIDE) and where.path is not None:
+            month = where.path.with_name(name.split("-", 2)[-1])  # what _aside named it from
             if month.exists():
                 shutil.rmtree(where.path, ignore_errors=True)
                 done.append(f"removed {name}")
@@ -168,7 +177,7 @@ def publish_month(staged: Location, final: Location) -> None:
     assert staged.path is not None and final.path is not None
     if final.path.exists() and not final.path.is_dir():
         raise PipelineError(f"{final}: exists and is not a folder")
-    old = final.path.with_name(f".old-{uuid.uuid4().hex}-{final.name}")
+    old = _aside(final.path)
     if final.path.exists():
         final.path.rename(old)
     staged.path.rename(final.path)
