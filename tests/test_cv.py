@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline.core import cv, hashing, solve, stats
-from pipeline.core.features import N_ZONES, Encoded
+from pipeline.core.features import N_ZONES, Encoded, FeatureSpec
 
 
 def _encoded(rows: int, seed: int) -> Encoded:
@@ -63,7 +63,8 @@ def test_a_groups_refits_are_fits_of_its_months_to_the_bit():
         return stats.compute(enc, hashing.fold_of(enc.position, salt=seed, seed=3, folds=3), folds=3)
 
     months, val = [with_numeric(s) for s in range(3)], with_numeric(9)
-    sets = training.FeatureSets(("a", "b"), [(), ("b",), ("a", "b")])
+    zones = ("PULocationID", "DOLocationID", "PU_DO")
+    sets = training.FeatureSets(FeatureSpec.of((*zones, "a", "b")), [zones, (*zones, "b"), (*zones, "a", "b")])
     refits = [(features, alpha) for features in sets.options() for alpha in (0.1, 3.0)]
     _, candidates = training.kfold_group(months, val, [0], [0.1], refits, sets)
     assert [(c.features, c.alpha) for c in candidates] == refits

@@ -130,18 +130,18 @@ def test_the_service_loads_no_prefect_and_no_dask() -> None:
 
 
 def test_zone_ids_become_the_models_codes_and_null_numbers_zero() -> None:
-    parser = TripParser(DISTANCE, max_batch=10)
+    parser = TripParser(FeatureSpec(numeric=DISTANCE), max_batch=10)
     ids = [None, 0, 1, 265, 266, -3, 10**30]
     body = json.dumps([{"PULocationID": v, "DOLocationID": v, "trip_distance": d} for v, d in zip(ids, [None, 1, 2.5, 3, 4, 5, 6])])
-    pu, do, x = parser.parse(body.encode())
+    pu, do, x, _ = parser.parse(body.encode())
     assert pu.tolist() == do.tolist() == [-1, -1, 1, 265, -1, -1, -1]
     assert pu.dtype == np.int64 and x.dtype == np.float64
     assert x.tolist() == [[0.0], [1.0], [2.5], [3.0], [4.0], [5.0], [6.0]]
-    assert TripParser((), 10).parse(b'[{"PULocationID": 1, "DOLocationID": 2}]')[2].shape == (1, 0)
+    assert TripParser(FeatureSpec(), 10).parse(b'[{"PULocationID": 1, "DOLocationID": 2}]')[2].shape == (1, 0)
 
 
 def test_the_parser_takes_only_strict_types() -> None:
-    parser = TripParser(DISTANCE, max_batch=10)
+    parser = TripParser(FeatureSpec(numeric=DISTANCE), max_batch=10)
     for bad in ('"1"', "true", "1.0"):
         with pytest.raises(ValidationError):
             parser.parse(f'[{{"PULocationID": {bad}, "DOLocationID": 1, "trip_distance": 1}}]'.encode())
@@ -333,6 +333,8 @@ def test_model_health_and_openapi(client: httpx.Client) -> None:
         "val_month": "2023-03",
         "val_rmse": 4.25,
         "numeric": ["trip_distance"],
+        "terms": ["PULocationID", "DOLocationID", "PU_DO", "trip_distance"],
+        "fields": ["PULocationID", "DOLocationID", "trip_distance"],
     }
     health = client.get("/health")
     assert health.status_code == 200 and health.json() == {"status": "ok"}

@@ -11,6 +11,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.core.terms import split_terms
+
 err = Console(stderr=True)
 out = Console()
 
@@ -46,18 +48,25 @@ def comma_list(flag: str, convert: Any) -> Any:
 
 
 def feature_sets(ctx: click.Context, param: click.Parameter, value: str | None) -> list[tuple[str, ...]] | None:
-    """``base;trip_distance;trip_distance+passenger_count``: feature sets, ``base`` for the zone one-hots alone."""
+    """``base;base,trip_distance:log48,hour_of_week;PU_DO,trip_distance``: feature sets (term lists, ``+`` or ``,``
+    between terms), ``base`` for the seed's one-hots; a set naming no zone term keeps them."""
     if value is None:
         return None
     sets = []
     for item in value.split(";"):
-        columns = tuple(c.strip() for c in item.split("+") if c.strip() and c.strip() != "base")
-        if not item.strip() or any(not c.isidentifier() for c in columns):
+        terms = tuple(split_terms(item.replace("+", ",")))
+        if not terms:
             raise click.BadParameter(
-                f"{value!r}: expected feature sets like base;trip_distance;trip_distance+fare_amount", param_hint="--candidates"
+                f"{value!r}: expected feature sets like base;trip_distance:log48,hour_of_week;PU_DO,trip_distance",
+                param_hint="--candidates",
             )
-        sets.append(columns)
+        sets.append(terms)
     return sets
+
+
+def terms_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
+    """``--features``: a comma list of terms (commas inside brackets kept)."""
+    return None if value is None else split_terms(value)
 
 
 def _storage_options(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
@@ -113,13 +122,21 @@ TRAIN_OPTIONS = [
     ),
     click.option("--max-rows", type=click.IntRange(min=1), default=None, help="Row cap per fit for models other than linear."),
     click.option(
+        "--features",
+        callback=terms_list,
+        default=None,
+        help="The model's terms, e.g. PU_DO,trip_distance or PULocationID,DOLocationID,PU_DO,trip_distance:log48,hour_of_week "
+        "(zones, numeric columns, COLUMN:logN or COLUMN:[EDGES] bins, hour, hour/4, weekday, hour_of_week, A*B) "
+        "[default: PULocationID,DOLocationID,PU_DO].",
+    ),
+    click.option(
         "--numeric", callback=comma_list("--numeric", str), default=None, help="Numeric columns to add as features, e.g. trip_distance."
     ),
     click.option(
         "--candidates",
         callback=feature_sets,
         default=None,
-        help="Feature sets to compare by CV from one read, e.g. 'base;trip_distance'; the best wins.",
+        help="Feature sets to compare by CV from one read, e.g. 'base;base,trip_distance:log48,hour_of_week'; the best wins.",
     ),
     click.option(
         "--chunk-rows", type=click.IntRange(min=1), default=None, help="Rows per task, rounded to row groups [default: 4,000,000]."

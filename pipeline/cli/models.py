@@ -41,12 +41,15 @@ RETRAIN_OPTIONS = [
     STORAGE_OPTIONS,
     click.option("--window", type=click.IntRange(min=1), default=None, help="Training months before the validation month [default: 2]."),
     click.option("--taxi", type=click.Choice(["yellow", "green"]), default=None, help="[default: yellow]"),
-    click.option("--alphas", callback=comma_list("--alphas", float), default=None, help="Ridge penalties [default: 0.001,0.1,1,10]."),
+    click.option("--alphas", callback=comma_list("--alphas", float), default=None, help="Ridge penalties [default: 0.001,0.3,1,3,10]."),
     click.option("--folds", type=click.IntRange(min=0), default=None, help="K-fold CV [default: 5]."),
     click.option("--model", type=click.Choice(["linear", "sgd", "hist_gradient_boosting"]), default=None, help="[default: linear]"),
     click.option("--max-rows", type=click.IntRange(min=1), default=None, help="Row cap per fit for models other than linear."),
     click.option(
-        "--candidates", callback=feature_sets, default=None, help="Feature sets compared from one read [default: base;trip_distance]."
+        "--candidates",
+        callback=feature_sets,
+        default=None,
+        help="Feature sets (term lists) compared from one read [default: base;trip_distance:log48,hour_of_week].",
     ),
     click.option("--chunk-rows", type=click.IntRange(min=1), default=None, help="Rows per task [default: 4,000,000]."),
     click.option("--notify", default=None, help="A saved Prefect notification block, TYPE/NAME (e.g. slack-webhook/ops)."),

@@ -17,6 +17,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSeriali
 
 from pipeline.core.features import FeatureSpec
 from pipeline.core.months import Month, parse_months
+from pipeline.core.terms import ZONE_TERMS, TermError, split_terms
 from pipeline.errors import PipelineError
 
 #: The public TLC prefix: ``{DEFAULT_SOURCE}/yellow_tripdata_2023-01.parquet``.
@@ -107,6 +108,15 @@ MonthList = Annotated[
 ]
 
 
+def candidate_terms(candidate: tuple[str, ...] | str) -> tuple[str, ...]:
+    """A candidate's full term list: ``base`` is the seed's terms, and a candidate naming no zone term keeps the seed's."""
+    items = split_terms(candidate.replace("+", ",")) if isinstance(candidate, str) else [t for c in candidate for t in split_terms(c)]
+    terms = [t for item in items for t in (ZONE_TERMS if item == "base" else (item,))]
+    if not any(t in ZONE_TERMS for t in terms):
+        terms = [*ZONE_TERMS, *terms]
+    return tuple(dict.fromkeys(terms))
+
+
 class TrainConfig(BaseModel):
     """Everything a training run needs. Months may be given as ``Month``, ``"YYYY-MM"`` or a spec string."""
 
@@ -123,9 +133,15 @@ class TrainConfig(BaseModel):
     seed: int = Field(default=0, ge=0, description="drives fold assignment and estimators")
     model: ModelName = "linear"
     max_rows: int | None = Field(default=None, ge=1, description="row cap per fit for estimators other than linear")
-    numeric: tuple[str, ...] = Field(default=(), description="numeric columns added as features")
+    features: tuple[str, ...] = Field(
+        default=ZONE_TERMS,
+        min_length=1,
+        description="the model's terms: zone one-hots, numeric columns, COLUMN:logN bins, hour, weekday, hour_of_week, A*B",
+    )
+    numeric: tuple[str, ...] = Field(default=(), description="numeric columns added to the terms")
     candidates: tuple[tuple[str, ...], ...] = Field(
-        default=(), description="feature sets compared by CV from one read (numeric columns each); the best by CV is kept"
+        default=(),
+        description="feature sets (term lists) compared by CV from one read; one without zone terms keeps the seed's; the best is kept",
     )
     chunk_rows: int = Field(default=4_000_000, ge=1, description="rows per task, rounded to row groups")
     cache_dir: Path | None = None
@@ -163,8 +179,16 @@ class TrainConfig(BaseModel):
             )
         if self.candidates and (self.model != "linear" or not self.cross_validates or self.cv != "kfold"):
             raise ConfigError("{candidates}: comparing feature sets needs {model} linear and K-fold CV (2 or more {folds}, {cv} kfold)")
-        if len(set(self.candidates)) != len(self.candidates):
+        if len(set(self.feature_sets())) != len(self.feature_sets()):
             raise ConfigError("{candidates}: a feature set is listed twice")
+        for field, sets in (("features", (self.model_terms(),)), ("candidates", self.feature_sets())):
+            for terms in sets:
+                try:
+                    FeatureSpec.of(terms)
+                except TermError as exc:
+                    raise ConfigError("{" + field + "} {given}: {why}", given=",".join(terms), why=str(exc)) from None
+        if self.model != "linear" and (self.features != ZONE_TERMS or any(":" in t for t in self.numeric)):
+            raise ConfigError("{features}: terms apply to {model} linear; {name} reads the zones and {numeric}", name=self.model)
         if self.cv == "time" and self.folds and len(self.train_months) < 2:
             raise ConfigError("{cv} time: needs at least two {train_months} (train on earlier, validate on the next)")
         for field in ("source", "output", "stats_cache"):
@@ -190,14 +214,18 @@ class TrainConfig(BaseModel):
         """Training months and validation month."""
         return list(self.train_months), self.val_month
 
+    def model_terms(self) -> tuple[str, ...]:
+        """The terms of the model trained when no candidates are compared: ``features`` and ``numeric``."""
+        return tuple(dict.fromkeys([*self.features, *self.numeric]))
+
     def feature_spec(self) -> FeatureSpec:
-        """What a run reads: ``numeric`` and every candidate's columns, in first-seen order."""
-        columns = dict.fromkeys([*self.numeric, *(c for candidate in self.candidates for c in candidate)])
-        return FeatureSpec(numeric=tuple(columns))
+        """What a run reads: every term of every feature set (and ``numeric``), in first-seen order."""
+        terms = dict.fromkeys([*(t for terms in self.feature_sets() for t in terms), *self.numeric])
+        return FeatureSpec.of(tuple(terms))
 
     def feature_sets(self) -> tuple[tuple[str, ...], ...]:
-        """The feature sets CV compares: the candidates, or ``numeric`` alone."""
-        return self.candidates or (tuple(self.numeric),)
+        """The feature sets CV compares, as full term lists: the candidates, or the model's terms alone."""
+        return tuple(candidate_terms(c) for c in self.candidates) or (self.model_terms(),)
 
     @classmethod
     def build(cls, **fields: Any) -> TrainConfig:

@@ -6,7 +6,7 @@ training on the months before and scoring on the next.
 
 Candidates: feature sets compared in the same CV (e.g. the seed's one-hots alone,
 and with ``trip_distance``). Statistics of the largest set contain those of every
-subset (:meth:`pipeline.core.stats.Stats.select_numeric`), so every candidate ×
+subset (:func:`pipeline.core.training.project`), so every candidate ×
 alpha × fold comes from the same single read. A score's ``features`` is None
 when a run compares no candidates.
 """
@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pipeline.core import solve
 from pipeline.core.stats import Stats, combine
+from pipeline.core.terms import ZONE_TERMS
 
 Features = tuple[str, ...]
 
@@ -49,22 +50,24 @@ class AlphaSummary:
     features: Features | None = None
 
 
-def score(train: Stats, test: Stats, fold: int, alpha: float, features: Features | None = None) -> CVScore:
-    """Solve on ``train`` at ``alpha`` and score on ``test``."""
+def score(
+    train: Stats, test: Stats, fold: int, alpha: float, features: Features | None = None, zones: Sequence[str] = ZONE_TERMS
+) -> CVScore:
+    """Solve on ``train`` at ``alpha`` (with the zone terms ``zones``) and score on ``test``."""
     started = time.perf_counter()
-    weights = solve.solve(train, alpha)
+    weights = solve.solve(train, alpha, zones)
     rmse = solve.rmse(weights, test)
     return CVScore(fold, alpha, rmse, train.rows, test.rows, time.perf_counter() - started, features)
 
 
-def kfold_score(pooled: Stats, fold: int, alpha: float) -> CVScore:
+def kfold_score(pooled: Stats, fold: int, alpha: float, zones: Sequence[str] = ZONE_TERMS) -> CVScore:
     """Fold ``fold`` of per-fold statistics, trained on the other folds."""
-    return score(pooled.without(fold), pooled.fold(fold), fold, alpha)
+    return score(pooled.without(fold), pooled.fold(fold), fold, alpha, zones=zones)
 
 
-def window_score(earlier: Sequence[Stats], month: Stats, fold: int, alpha: float) -> CVScore:
+def window_score(earlier: Sequence[Stats], month: Stats, fold: int, alpha: float, zones: Sequence[str] = ZONE_TERMS) -> CVScore:
     """Rolling origin: train on ``earlier`` months, score on ``month``."""
-    return score(combine(earlier), month, fold, alpha)
+    return score(combine(earlier), month, fold, alpha, zones=zones)
 
 
 def _order(features: Features | None, alpha: float | None) -> tuple[int, Features, float]:

@@ -22,7 +22,7 @@ from sklearn.linear_model import SGDRegressor
 from sklearn.pipeline import Pipeline
 
 from pipeline.core.cv import CVScore
-from pipeline.core.features import N_PAIRS, N_ZONES
+from pipeline.core.features import N_PAIRS, N_ZONES, FeatureSpec, clip_to_window
 from pipeline.core.rows import Rows
 from pipeline.core.solve import Weights
 from pipeline.errors import PipelineError
@@ -149,8 +149,8 @@ def fit(name: str, rows: Rows, seed: int) -> Pipeline:
 
 
 def predict(fitted: Pipeline, rows: Rows) -> np.ndarray:
-    """Predicted minutes for ``rows``."""
-    return np.asarray(fitted.predict(_design(rows)))
+    """Predicted minutes for ``rows``, clipped to the training window as every model's predictions are."""
+    return clip_to_window(np.asarray(fitted.predict(_design(rows)), dtype=np.float64), FeatureSpec())
 
 
 def rmse(fitted: Pipeline, rows: Rows) -> float:

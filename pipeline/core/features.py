@@ -8,7 +8,7 @@ three one-hot features. Numeric columns (``trip_distance``...) ride along as flo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from pipeline.core import buffers
 from pipeline.core.months import Month
 from pipeline.core.schema import DO, DROPOFF, PICKUP, PU, REQUIRED
+from pipeline.core.terms import ZONE_TERMS, Bins, Factor, parse_terms
 
 #: Zone ids are 1..265 (264 and 265 are TLC's "unknown"); code 0 stays unused.
 N_ZONES = 266
@@ -32,26 +33,81 @@ SCREENED = ("rows_read", "dropped_by_duration", "out_of_range_timestamps", "out_
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """What a model sees: the duration window kept and any numeric columns."""
+    """What a model sees: its terms (:mod:`pipeline.core.terms`) and the duration window kept.
+
+    ``zones`` are the seed's one-hots it uses, ``numeric`` raw columns, ``factors``
+    small one-hot terms (bins, time of pickup, their interactions). The default is the seed's.
+    """
 
     numeric: tuple[str, ...] = ()
     min_minutes: float = 1.0
     max_minutes: float = 60.0
+    zones: tuple[str, ...] = ZONE_TERMS
+    factors: tuple[Factor, ...] = ()
+
+    @classmethod
+    def of(cls, terms: str | Sequence[str], min_minutes: float = 1.0, max_minutes: float = 60.0) -> FeatureSpec:
+        """The spec of a term list (``--features``); :class:`pipeline.core.terms.TermError` names a bad term."""
+        parsed = parse_terms(terms)
+        return cls(parsed.numeric, min_minutes, max_minutes, parsed.zones, parsed.factors)
+
+    @property
+    def terms(self) -> tuple[str, ...]:
+        """Every term, by name: zones, numeric columns, factors."""
+        return (*self.zones, *self.numeric, *(f.name for f in self.factors))
+
+    @property
+    def levels(self) -> int:
+        """One-hot levels of the factors, together."""
+        return sum(f.levels for f in self.factors)
+
+    def offsets(self) -> tuple[int, ...]:
+        """Each factor's first level among :attr:`levels`."""
+        return tuple(int(o) for o in np.cumsum([0, *(f.levels for f in self.factors)])[:-1])
 
     def columns(self) -> tuple[str, ...]:
         """Canonical columns to read from a month file."""
-        return REQUIRED + tuple(c for c in self.numeric if c not in REQUIRED)
+        binned = [c for f in self.factors for c in f.columns]
+        return REQUIRED + tuple(dict.fromkeys(c for c in (*self.numeric, *binned) if c not in REQUIRED))
 
     def to_dict(self) -> dict[str, object]:
-        return {"numeric": list(self.numeric), "min_minutes": self.min_minutes, "max_minutes": self.max_minutes}
+        out: dict[str, object] = {"numeric": list(self.numeric), "min_minutes": self.min_minutes, "max_minutes": self.max_minutes}
+        if self.zones != ZONE_TERMS or self.factors:  # the seed's spec keeps the layout older files (and cache keys) have
+            out["terms"] = list(self.terms)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
-        return cls(
-            numeric=tuple(str(c) for c in data["numeric"]),
-            min_minutes=float(data["min_minutes"]),
-            max_minutes=float(data["max_minutes"]),
-        )
+        low, high = float(data["min_minutes"]), float(data["max_minutes"])
+        if "terms" in data:
+            return cls.of([str(t) for t in data["terms"]], low, high)
+        return cls(numeric=tuple(str(c) for c in data["numeric"]), min_minutes=low, max_minutes=high)
+
+
+def clip_to_window(minutes: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """Predictions within the duration window the model was trained on, in place; one that overflowed stays non-finite
+    (NaN), so a caller can tell it from a saturated one."""
+    finite = np.isfinite(minutes)
+    np.clip(minutes, spec.min_minutes, spec.max_minutes, out=minutes)
+    if not finite.all():
+        minutes[~finite] = np.nan
+    return minutes
+
+
+def factor_codes(table: pa.Table, spec: FeatureSpec) -> np.ndarray:
+    """Each row's level of each factor, offset into the spec's levels: (rows, factors) int64."""
+    out = np.empty((table.num_rows, len(spec.factors)), dtype=np.int64)
+    if not spec.factors:
+        return out
+    pickup = _integers(table.column(PICKUP), 0)
+    values = {c: numeric_matrix(table, (c,))[:, 0] for f in spec.factors for c in f.columns}
+    for j, (factor, offset) in enumerate(zip(spec.factors, spec.offsets())):
+        code = np.zeros(table.num_rows, dtype=np.int64)
+        for part in factor.parts:
+            code *= part.levels
+            code += part.codes(values[part.column]) if isinstance(part, Bins) else part.codes(pickup)
+        out[:, j] = code + offset
+    return out
 
 
 @dataclass(frozen=True)

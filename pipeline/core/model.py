@@ -16,22 +16,31 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.core.features import N_ZONES, FeatureSpec, numeric_matrix, zone_codes
-from pipeline.core.schema import DO, PU
+from pipeline.core.features import N_ZONES, FeatureSpec, clip_to_window, factor_codes, numeric_matrix, zone_codes
+from pipeline.core.schema import DO, PICKUP, PU
 from pipeline.core.solve import Weights
+from pipeline.core.terms import Clock
 from pipeline.errors import PipelineError
 
 #: Row length of :attr:`Model.lookup`: the zone codes and one for unknown.
 _STRIDE = N_ZONES + 1
 
 
-def _codes(frame: pd.DataFrame | pa.Table, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Zone codes (-1: null or not 1..265) and the numeric matrix of TLC-shaped rows, as every model predicts from them."""
+def input_columns(spec: FeatureSpec) -> tuple[str, ...]:
+    """The columns a model predicts from: the zones, its numeric and binned columns, and the pickup time if a term uses it."""
+    binned = [c for f in spec.factors for c in f.columns]
+    timed = any(isinstance(part, Clock) for f in spec.factors for part in f.parts)
+    return tuple(dict.fromkeys([PU, DO, *spec.numeric, *binned, *([PICKUP] if timed else [])]))
+
+
+def _codes(frame: pd.DataFrame | pa.Table, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Zone codes (-1: null or not 1..265), the numeric matrix and the factor levels of TLC-shaped (canonical) rows."""
     table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
-    missing = [c for c in (PU, DO, *spec.numeric) if c not in table.column_names]
+    missing = [c for c in input_columns(spec) if c not in table.column_names]
     if missing:
         raise PipelineError(f"predict: missing column(s) {', '.join(missing)}")
-    return zone_codes(table.column(PU)), zone_codes(table.column(DO)), numeric_matrix(table, spec.numeric)
+    pu, do = zone_codes(table.column(PU)), zone_codes(table.column(DO))
+    return pu, do, numeric_matrix(table, spec.numeric), factor_codes(table, spec)
 
 
 @dataclass(frozen=True)
@@ -46,20 +55,29 @@ class Model:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def predict(self, frame: pd.DataFrame | pa.Table) -> np.ndarray:
-        """Predicted minutes for each row; zones or pairs unseen in training add 0.
+        """Predicted minutes for each row, within the training window; zones or pairs unseen in training add 0.
 
-        Needs ``PULocationID``, ``DOLocationID`` and the model's numeric columns.
+        Needs the columns of :func:`input_columns` (canonical names: the pickup time is ``pickup_datetime``).
         """
         return self.predict_codes(*_codes(frame, self.spec))
 
-    def predict_codes(self, pu: np.ndarray, do: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """Predicted minutes from zone codes (-1: unknown) and the numeric matrix: one gather from :attr:`lookup`."""
+    def predict_codes(self, pu: np.ndarray, do: np.ndarray, x: np.ndarray, levels: np.ndarray | None = None) -> np.ndarray:
+        """Predicted minutes from zone codes (-1: unknown), the numeric matrix and factor levels (rows × factors).
+
+        One gather from :attr:`lookup`, plus the numeric and level terms; clipped to the
+        duration window the model was trained on (a linear term extrapolates, a trip does not).
+        """
         index = np.where(pu >= 0, pu, N_ZONES) * _STRIDE
         index += np.where(do >= 0, do, N_ZONES)
         out = self.lookup[index]
         if self.spec.numeric:
             out += x @ self.weights.numeric
-        return np.asarray(out)
+        if self.spec.factors:
+            if levels is None:
+                raise PipelineError("predict: the model's terms need factor levels")
+            for j in range(levels.shape[1]):
+                out += self.weights.levels[levels[:, j]]
+        return clip_to_window(out, self.spec)
 
     @cached_property
     def lookup(self) -> np.ndarray:
@@ -94,10 +112,11 @@ class EstimatorModel:
         """Predicted minutes for each row; needs ``PULocationID``, ``DOLocationID`` and the model's numeric columns."""
         return self.predict_codes(*_codes(frame, self.spec))
 
-    def predict_codes(self, pu: np.ndarray, do: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """Predicted minutes from zone codes (-1: unknown) and the numeric matrix, through the estimators' design."""
+    def predict_codes(self, pu: np.ndarray, do: np.ndarray, x: np.ndarray, levels: np.ndarray | None = None) -> np.ndarray:
+        """Predicted minutes from zone codes (-1: unknown) and the numeric matrix, through the estimators' design, clipped
+        to the training window."""
         design = np.column_stack([pu, do, x]).astype(np.float64)
-        return np.asarray(self.fitted.predict(design), dtype=np.float64)
+        return clip_to_window(np.asarray(self.fitted.predict(design), dtype=np.float64), self.spec)
 
 
 #: Either kind of model; ``kind`` tells them apart.

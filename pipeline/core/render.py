@@ -15,6 +15,7 @@ from pipeline.core.decisions import Decision
 from pipeline.core.monitoring import MonthReport
 from pipeline.core.results import RunResult
 from pipeline.core.screening import MonthRows, Unusual
+from pipeline.core.terms import ZONE_TERMS
 
 CV_HEADER = ("alpha", "mean RMSE", "std", "folds")
 
@@ -24,9 +25,14 @@ def alpha_text(alpha: float | None) -> str:
     return "-" if alpha is None else f"{alpha:g}"
 
 
-def features_text(numeric: Sequence[str] | None) -> str:
-    """A feature set: the zone one-hots, plus any numeric columns."""
-    return "zones" + "".join(f" + {c}" for c in numeric or ())
+def features_text(terms: Sequence[str] | None) -> str:
+    """A feature set: ``zones`` for the seed's three one-hots, then the other terms."""
+    terms = tuple(terms or ())
+    if not any(t in ZONE_TERMS for t in terms):  # numeric columns beside the seed's one-hots
+        terms = (*ZONE_TERMS, *terms)
+    if terms[: len(ZONE_TERMS)] == ZONE_TERMS:
+        return " + ".join(["zones", *terms[len(ZONE_TERMS) :]])
+    return " + ".join(terms)
 
 
 def plural(count: int, noun: str) -> str:
@@ -46,7 +52,7 @@ def metric_rows(result: RunResult) -> list[tuple[str, str]]:
         ("train RMSE (min)", f"{result.train_rmse:.4f}"),
         ("validation RMSE (min)", f"{result.val_rmse:.4f}"),
         ("alpha", alpha_text(result.alpha)),
-        ("features", features_text(result.numeric)),
+        ("features", features_text(result.terms)),
         ("seconds", f"{result.seconds:.1f}"),
         ("rows per second", f"{result.rows_per_second:,.0f}"),
     ]

@@ -13,6 +13,7 @@ from typing import Any
 from pipeline.core.cv import CVReport
 from pipeline.core.months import Month
 from pipeline.core.screening import MonthRows
+from pipeline.core.terms import ZONE_TERMS
 
 SCHEMA_VERSION = 1
 
@@ -36,6 +37,12 @@ class RunResult:
     cv: CVReport | None = None
     champion_val_rmse: float | None = None  # a retraining run's champion, scored on the same validation month
     months: tuple[MonthRows, ...] = ()  # rows read and dropped per month (training months, then validation), when counted
+    features: tuple[str, ...] = ()  # the model's terms (:mod:`pipeline.core.terms`); empty: the zones and ``numeric``
+
+    @property
+    def terms(self) -> tuple[str, ...]:
+        """The model's terms, however the result was made."""
+        return self.features or (*ZONE_TERMS, *self.numeric)
 
     @property
     def rows_per_second(self) -> float:
@@ -60,6 +67,8 @@ class RunResult:
             "rows_per_second": self.rows_per_second,
             "flow_run_id": self.flow_run_id,
         }
+        if self.features:
+            out["features"] = list(self.features)
         if self.cv is not None:
             out["cv"] = self.cv.to_dict()
         if self.champion_val_rmse is not None:
@@ -89,4 +98,5 @@ class RunResult:
             cv=CVReport.from_dict(data["cv"]) if "cv" in data else None,
             champion_val_rmse=data.get("champion_val_rmse"),
             months=tuple(MonthRows.from_dict(m) for m in data.get("months", ())),
+            features=tuple(data.get("features", ())),
         )

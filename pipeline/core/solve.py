@@ -1,10 +1,14 @@
 """Exact ridge regression from :class:`~pipeline.core.stats.Stats`, by a Schur complement.
 
 Unknowns: an intercept (not penalised, as scikit-learn's ``fit_intercept``), one
-weight per pickup zone, per dropoff zone, per numeric column (the *dense* block,
-533 + k unknowns) and one per pickup-dropoff pair (the *pair* block, 70k
-unknowns). Every row has exactly one pair, so the pair block of ``XᵀX + αI`` is
-diagonal: eliminating it leaves a dense (533 + k)² system, solved directly.
+weight per pickup zone, per dropoff zone, per numeric column and per factor level
+(the *dense* block, 533 + k + K unknowns) and one per pickup-dropoff pair (the
+*pair* block, 70k unknowns). Every row has exactly one pair, so the pair block of
+``XᵀX + αI`` is diagonal: eliminating it leaves a dense (533 + k + K)² system,
+solved directly. A factor level meets the pairs through its counts per pair
+(``Stats.cross``), so its part of the Schur complement is one ``K × P`` product.
+A model without some zone terms drops their rows and columns; without ``PU_DO``
+there is no pair block to eliminate (``r = 0``, ``q = 1`` below).
 With ``q = α / (n_p + α)`` the one-hot part of the Schur complement is formed
 as ``Σ n_p q_p u_p u_pᵀ`` rather than as a difference of large numbers, so a
 small alpha loses no precision. As alpha goes to 0 the solution tends to the
@@ -13,12 +17,14 @@ minimum-norm least-squares one, which is what ``LinearRegression`` returns.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from pipeline.core.features import N_ZONES
 from pipeline.core.stats import Stats
+from pipeline.core.terms import ZONE_TERMS
 
 _Z = N_ZONES
 
@@ -32,6 +38,7 @@ class Weights:
     do: np.ndarray  # (Z,)
     pair: np.ndarray  # (Z*Z,)
     numeric: np.ndarray  # (k,)
+    levels: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (K,) one per factor level
 
     def pair_prediction(self) -> np.ndarray:
         """Prediction of the one-hot part for every pair code, (Z*Z,)."""
@@ -59,47 +66,93 @@ def _project(v: np.ndarray) -> np.ndarray:
     return np.concatenate(([v.sum()], v.sum(axis=1), v.sum(axis=0)))
 
 
-def solve(stats: Stats, alpha: float) -> Weights:
-    """Ridge weights minimising ``‖y - Xw - b‖² + α‖w‖²`` on pooled ``stats``."""
+def _project_rows(m: np.ndarray) -> np.ndarray:
+    """``U ᵀ`` of each row of ``m`` (rows × pairs), as columns: (1 + 2Z, rows)."""
+    m = m.reshape(-1, _Z, _Z)
+    return np.concatenate((m.sum(axis=(1, 2))[None, :], m.sum(axis=2).T, m.sum(axis=1).T))
+
+
+def _dense_index(zones: Sequence[str], k: int, levels: int) -> np.ndarray:
+    """Rows of the dense system a model uses: the intercept, its zone blocks, numeric columns and levels."""
+    index = [np.array([0])]
+    if "PULocationID" in zones:
+        index.append(np.arange(1, 1 + _Z))
+    if "DOLocationID" in zones:
+        index.append(np.arange(1 + _Z, 1 + 2 * _Z))
+    index.append(np.arange(1 + 2 * _Z, 1 + 2 * _Z + k + levels))
+    return np.concatenate(index)
+
+
+def solve(stats: Stats, alpha: float, zones: Sequence[str] = ZONE_TERMS) -> Weights:
+    """Ridge weights minimising ``‖y - Xw - b‖² + α‖w‖²`` on pooled ``stats``, with the zone terms ``zones``."""
     if alpha <= 0:
         raise ValueError("alpha must be positive (use a small one for plain least squares)")
     s = stats.total()
     n, sy = s.count[0], s.sum_y[0]
     sx = s.sum_x[0]  # (k, P)
-    k = sx.shape[0]
-    r = 1.0 / (n + alpha)
-    q = alpha * r  # 1 - n r, formed without cancellation
+    active = np.flatnonzero(n)  # a level meets only the pairs that have rows
+    cross = s.cross[0][:, active].astype(np.float64)  # (K, active pairs)
+    k, levels = sx.shape[0], cross.shape[0]
+    if "PU_DO" in zones:
+        r = 1.0 / (n + alpha)
+        q = alpha * r  # 1 - n r, formed without cancellation
+    else:  # no pair block to eliminate
+        r, q = np.zeros(n.shape), np.ones(n.shape)
     m1 = 1 + 2 * _Z
-    schur = np.zeros((m1 + k, m1 + k))
-    rhs = np.zeros(m1 + k)
+    m2 = m1 + k
+    schur = np.zeros((m2 + levels, m2 + levels))
+    rhs = np.zeros(m2 + levels)
     schur[:m1, :m1] = _gram(n * q)
     schur[:m1, :m1] += alpha * np.diag(np.r_[0.0, np.ones(2 * _Z)])
     rhs[:m1] = _project(q * sy)
     if k:
-        cross = np.stack([_project(q * sx[j]) for j in range(k)], axis=1)
-        schur[:m1, m1:] = cross
-        schur[m1:, :m1] = cross.T
-        schur[m1:, m1:] = s.sum_xx[0] - (sx * r) @ sx.T + alpha * np.eye(k)
-        rhs[m1:] = s.sum_xy[0] - sx @ (r * sy)
-    dense = np.linalg.solve(schur, rhs)
-    intercept, pu, do, numeric = dense[0], dense[1 : 1 + _Z], dense[1 + _Z : m1], dense[m1:]
+        cross_x = np.stack([_project(q * sx[j]) for j in range(k)], axis=1)
+        schur[:m1, m1:m2] = cross_x
+        schur[m1:m2, :m1] = cross_x.T
+        schur[m1:m2, m1:m2] = s.sum_xx[0] - (sx * r) @ sx.T + alpha * np.eye(k)
+        rhs[m1:m2] = s.sum_xy[0] - sx @ (r * sy)
+    if levels:
+        weighted = cross * r[active]
+        full = np.zeros((levels, n.size))
+        full[:, active] = cross * q[active]
+        by_level = _project_rows(full)
+        schur[:m1, m2:] = by_level
+        schur[m2:, :m1] = by_level.T
+        schur[m2:, m2:] = s.level_pairs[0] - weighted @ cross.T + alpha * np.eye(levels)
+        if k:
+            level_x = s.level_x[0] - weighted @ sx[:, active].T  # (K, k)
+            schur[m2:, m1:m2] = level_x
+            schur[m1:m2, m2:] = level_x.T
+        rhs[m2:] = s.level_y[0] - cross @ (r * sy)[active]
+    used = _dense_index(zones, k, levels)
+    dense = np.zeros(m2 + levels)
+    dense[used] = np.linalg.solve(schur[np.ix_(used, used)], rhs[used])
+    intercept, pu, do, numeric, by_levels = dense[0], dense[1 : 1 + _Z], dense[1 + _Z : m1], dense[m1:m2], dense[m2:]
     onehot = (intercept + pu[:, None] + do[None, :]).ravel()
-    pair = r * (sy - n * onehot - numeric @ sx)
-    return Weights(float(intercept), pu, do, pair, numeric)
+    by_pair = np.zeros(n.size)
+    if levels:
+        by_pair[active] = by_levels @ cross
+    pair = r * (sy - n * onehot - numeric @ sx - by_pair)
+    return Weights(float(intercept), pu, do, pair, numeric, by_levels)
 
 
 def sse(weights: Weights, stats: Stats) -> np.ndarray:
     """Sum of squared errors per fold of ``stats``, exactly, without the rows.
 
-    ``Σ(f_p + x·v - y)²`` expands into the statistics: ``yᵀy - 2Σ f_p s_p + Σ n_p f_p²``
-    plus the numeric terms.
+    ``Σ(f_p + x·v + g_l - y)²`` expands into the statistics: ``yᵀy - 2Σ f_p s_p + Σ n_p f_p²``
+    plus the numeric and factor terms (``g_l``: a row's level weights, one per factor).
     """
     f = weights.pair_prediction()
-    v = weights.numeric
+    v, g = weights.numeric, weights.levels
     out = stats.sum_yy - 2 * stats.sum_y @ f + stats.count @ (f * f)
     if v.size:
         xv = np.einsum("k,fkp->fp", v, stats.sum_x)  # per-pair Σ x·v
         out = out + 2 * xv @ f - 2 * stats.sum_xy @ v + np.einsum("k,fkl,l->f", v, stats.sum_xx, v)
+    if g.size:
+        by_fold = np.array([g @ (c[:, nz] @ f[nz]) for c, nz in zip(stats.cross, map(np.flatnonzero, stats.count))])  # Σ_lp g_l n_lp f_p
+        out = out + 2 * by_fold - 2 * stats.level_y @ g + np.einsum("k,fkl,l->f", g, stats.level_pairs, g)
+        if v.size:
+            out = out + 2 * np.einsum("k,fkj,j->f", g, stats.level_x, v)
     return np.asarray(out)
 
 

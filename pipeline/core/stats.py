@@ -41,6 +41,10 @@ class Stats:
     sum_xy: np.ndarray  # (F, k) Σ x·minutes
     sum_xx: np.ndarray  # (F, k, k)
     screened: np.ndarray  # (4,) int64 rows read and dropped, named by SCREENED
+    cross: np.ndarray  # (F, K, P) int32 rows per factor level and pair (K: the factors' levels, 0 without factors)
+    level_pairs: np.ndarray  # (F, K, K) int64 rows per two levels (the diagonal: rows per level)
+    level_micros: np.ndarray  # (F, K) int64 duration sums per level, microseconds
+    level_x: np.ndarray  # (F, K, k) numeric column sums per level
 
     @property
     def folds(self) -> int:
@@ -51,8 +55,17 @@ class Stats:
         return int(self.sum_x.shape[1])
 
     @property
+    def n_levels(self) -> int:
+        return int(self.cross.shape[1])
+
+    @property
     def rows(self) -> int:
         return int(self.count.sum())
+
+    @property
+    def level_y(self) -> np.ndarray:
+        """Per-fold, per-level duration sums in minutes, (F, K) float."""
+        return self.level_micros / MICROS_PER_MINUTE
 
     @property
     def sum_y(self) -> np.ndarray:
@@ -65,7 +78,7 @@ class Stats:
         return np.array([float(v) for v in self.sum_micros2]) / MICROS_PER_MINUTE**2
 
     def __add__(self, other: Stats) -> Stats:
-        if self.count.shape != other.count.shape or self.sum_x.shape != other.sum_x.shape:
+        if self.count.shape != other.count.shape or self.sum_x.shape != other.sum_x.shape or self.cross.shape != other.cross.shape:
             raise ValueError("statistics of different fold counts or features cannot be added")
         return _assemble((a + b for a, b in zip(self._arrays(), other._arrays())), self.screened + other.screened)
 
@@ -74,7 +87,18 @@ class Stats:
         return _assemble((a - b for a, b in zip(self._arrays(), other._arrays())), self.screened)
 
     def _arrays(self) -> tuple[np.ndarray, ...]:
-        return (self.count, self.sum_micros, self.sum_micros2, self.sum_x, self.sum_xy, self.sum_xx)
+        return (
+            self.count,
+            self.sum_micros,
+            self.sum_micros2,
+            self.sum_x,
+            self.sum_xy,
+            self.sum_xx,
+            self.cross,
+            self.level_pairs,
+            self.level_micros,
+            self.level_x,
+        )
 
     def total(self) -> Stats:
         """All folds pooled into one."""
@@ -84,9 +108,9 @@ class Stats:
         """Fold ``k`` alone (its held-out rows)."""
         return _assemble((a[k : k + 1] for a in self._arrays()), self.screened)
 
-    def select_numeric(self, columns: Sequence[int]) -> Stats:
-        """The statistics of a model using only these numeric columns (by index): those of a feature subset."""
-        index = list(columns)
+    def select(self, columns: Sequence[int], levels: Sequence[int] = ()) -> Stats:
+        """The statistics of a model using only these numeric columns and factor levels (by index): those of a feature subset."""
+        index, kept = list(columns), list(levels)
         return Stats(
             self.count,
             self.sum_micros,
@@ -95,6 +119,10 @@ class Stats:
             self.sum_xy[:, index],
             self.sum_xx[:, index][:, :, index],
             self.screened,
+            self.cross[:, kept],
+            self.level_pairs[:, kept][:, :, kept],
+            self.level_micros[:, kept],
+            self.level_x[:, kept][:, :, index],
         )
 
     def without(self, k: int) -> Stats:
@@ -103,12 +131,22 @@ class Stats:
 
 
 def _assemble(arrays: Iterable[np.ndarray], screened: np.ndarray) -> Stats:
-    """Statistics from the fit's arrays (in field order) and the rows-read counts."""
-    count, sum_micros, sum_micros2, sum_x, sum_xy, sum_xx = arrays
-    return Stats(count, sum_micros, sum_micros2, sum_x, sum_xy, sum_xx, screened)
+    """Statistics from the fit's arrays (in :meth:`Stats._arrays` order) and the rows-read counts."""
+    count, sum_micros, sum_micros2, sum_x, sum_xy, sum_xx, cross, level_pairs, level_micros, level_x = arrays
+    return Stats(count, sum_micros, sum_micros2, sum_x, sum_xy, sum_xx, screened, cross, level_pairs, level_micros, level_x)
 
 
-def empty(folds: int = 1, n_numeric: int = 0) -> Stats:
+def _no_levels(folds: int, k: int) -> tuple[np.ndarray, ...]:
+    """The factor fields of statistics without factors."""
+    return (
+        np.zeros((folds, 0, N_PAIRS), dtype=np.int32),
+        np.zeros((folds, 0, 0), dtype=np.int64),
+        np.zeros((folds, 0), dtype=np.int64),
+        np.zeros((folds, 0, k)),
+    )
+
+
+def empty(folds: int = 1, n_numeric: int = 0, n_levels: int = 0) -> Stats:
     """The zero of ``+``."""
     return Stats(
         count=np.zeros((folds, N_PAIRS), dtype=np.int64),
@@ -118,6 +156,10 @@ def empty(folds: int = 1, n_numeric: int = 0) -> Stats:
         sum_xy=np.zeros((folds, n_numeric)),
         sum_xx=np.zeros((folds, n_numeric, n_numeric)),
         screened=np.zeros(len(SCREENED), dtype=np.int64),
+        cross=np.zeros((folds, n_levels, N_PAIRS), dtype=np.int32),
+        level_pairs=np.zeros((folds, n_levels, n_levels), dtype=np.int64),
+        level_micros=np.zeros((folds, n_levels), dtype=np.int64),
+        level_x=np.zeros((folds, n_levels, n_numeric)),
     )
 
 
@@ -172,33 +214,56 @@ def _square_sums(micros: np.ndarray, fold: np.ndarray | None, folds: int) -> np.
     return sums
 
 
-def compute(encoded: Encoded, fold: np.ndarray | None = None, folds: int = 1) -> Stats:
-    """Statistics of one encoded chunk, split by ``fold`` (one fold when None)."""
+@dataclass(frozen=True)
+class Levels:
+    """Each row's factor levels, (rows, factors) offset codes (:func:`pipeline.core.features.factor_codes`), and the factors' sizes."""
+
+    codes: np.ndarray
+    sizes: tuple[int, ...]
+
+    @property
+    def total(self) -> int:
+        return sum(self.sizes)
+
+    def offsets(self) -> list[int]:
+        return [sum(self.sizes[:j]) for j in range(len(self.sizes))]
+
+    def take(self, rows: np.ndarray | slice) -> Levels:
+        return Levels(self.codes[rows], self.sizes)
+
+
+def compute(encoded: Encoded, fold: np.ndarray | None = None, folds: int = 1, levels: Levels | None = None) -> Stats:
+    """Statistics of one encoded chunk, split by ``fold`` (one fold when None); ``levels`` of its kept rows."""
     fold = _fold_ids(fold, folds, encoded.rows)
     index = encoded.pair if fold is None else fold * N_PAIRS + encoded.pair
     count = np.bincount(index, minlength=folds * N_PAIRS)
-    return _statistics(index, count, encoded.micros, encoded.x, fold, folds, encoded.screened.copy())
+    return _statistics(index, count, encoded.micros, encoded.x, fold, folds, encoded.screened.copy(), levels)
 
 
 def compute_screened(
-    blocks: Iterable[Screened], rows: int, fold: np.ndarray | None = None, folds: int = 1, x: np.ndarray | None = None
+    blocks: Iterable[Screened],
+    rows: int,
+    fold: np.ndarray | None = None,
+    folds: int = 1,
+    x: np.ndarray | None = None,
+    levels: Levels | None = None,
 ) -> Stats:
     """:func:`compute` of the rows :func:`pipeline.core.features.encode` would keep, straight from the screened blocks.
 
     No kept-row arrays are gathered: a dropped row gets pair code 0, which no kept
     row has (zone 0 is no zone), and duration 0, and pair 0's count is cleared, so
     the sums are those of the kept rows, bit for bit. ``fold`` and ``x`` (numeric
-    columns) cover all ``rows`` of the chunk. When no kept duration can reach 2^32 µs
+    columns) and ``levels`` (factor levels) cover all ``rows`` of the chunk. When no kept duration can reach 2^32 µs
     (the seed's window) durations go as floats and are squared by limbs block by
     block, while in cache; otherwise they take :func:`compute`'s integer paths.
     """
     k = 0 if x is None else x.shape[1]
     if not rows:
-        return empty(folds, k)
+        return empty(folds, k, 0 if levels is None else levels.total)
     fold = _fold_ids(fold, folds, rows)
     spread = None if fold is None else fold * N_PAIRS
     index = buffers.empty(rows, np.int64)
-    keep = buffers.empty(rows, np.bool_) if k else None
+    keep = buffers.empty(rows, np.bool_) if k or levels is not None else None
     screened = np.zeros(len(SCREENED), dtype=np.int64)
     squares = _Limbs(folds)
     micros, longest = None, 0
@@ -229,13 +294,16 @@ def compute_screened(
             None if fold is None else fold[kept],
             folds,
             screened,
+            None if levels is None else levels.take(kept),
         )
     if int(count.max()) * longest < _EXACT_FLOAT:
         sum_micros = np.bincount(index, weights=micros, minlength=folds * N_PAIRS).astype(np.int64)
     else:
         sum_micros = _exact_sums(index, micros.astype(np.int64), folds * N_PAIRS, count)
     no_numeric = (np.zeros((folds, 0, N_PAIRS)), np.zeros((folds, 0)), np.zeros((folds, 0, 0)))
-    return Stats(count.reshape(folds, N_PAIRS), sum_micros.reshape(folds, N_PAIRS), squares.total(), *no_numeric, screened)
+    return Stats(
+        count.reshape(folds, N_PAIRS), sum_micros.reshape(folds, N_PAIRS), squares.total(), *no_numeric, screened, *_no_levels(folds, 0)
+    )
 
 
 class _Limbs:
@@ -273,7 +341,14 @@ def _fold_ids(fold: np.ndarray | None, folds: int, rows: int) -> np.ndarray | No
 
 
 def _statistics(
-    index: np.ndarray, count: np.ndarray, micros: np.ndarray, x: np.ndarray, fold: np.ndarray | None, folds: int, screened: np.ndarray
+    index: np.ndarray,
+    count: np.ndarray,
+    micros: np.ndarray,
+    x: np.ndarray,
+    fold: np.ndarray | None,
+    folds: int,
+    screened: np.ndarray,
+    levels: Levels | None = None,
 ) -> Stats:
     """The sums of :class:`Stats` from each row's ``fold * N_PAIRS + pair`` index and the counts per index."""
     size = folds * N_PAIRS
@@ -291,7 +366,47 @@ def _statistics(
             rows = slice(None) if fold is None else fold == f
             sum_xy[f] = x[rows].T @ y[rows]
             sum_xx[f] = x[rows].T @ x[rows]
-    return Stats(count.reshape(folds, N_PAIRS), sum_micros, sum_micros2, sum_x, sum_xy, sum_xx, screened)
+    factor_fields = _no_levels(folds, k) if levels is None else _level_statistics(index, micros, x, fold, folds, levels)
+    return Stats(count.reshape(folds, N_PAIRS), sum_micros, sum_micros2, sum_x, sum_xy, sum_xx, screened, *factor_fields)
+
+
+def _fold_groups(fold: np.ndarray | None, folds: int) -> list[np.ndarray | slice]:
+    """The rows of each fold, as index arrays (all rows: one slice)."""
+    if fold is None:
+        return [slice(None)]
+    order = np.argsort(fold, kind="stable")
+    bounds = np.concatenate(([0], np.cumsum(np.bincount(fold, minlength=folds))))
+    return [order[bounds[f] : bounds[f + 1]] for f in range(folds)]
+
+
+def _level_statistics(
+    index: np.ndarray, micros: np.ndarray, x: np.ndarray, fold: np.ndarray | None, folds: int, levels: Levels
+) -> tuple[np.ndarray, ...]:
+    """The factor fields of :class:`Stats`: counts per level and pair, per two levels, and sums per level.
+
+    Counts per level and pair are one ``bincount`` per factor and fold (a factor's
+    levels × the pairs, int32); the rest are small. Duration sums are exact integers, as the pairs'.
+    """
+    total, k = levels.total, x.shape[1]
+    pair = index if fold is None else index - fold * N_PAIRS
+    cross = np.zeros((folds, total, N_PAIRS), dtype=np.int32)
+    for f, rows in enumerate(_fold_groups(fold, folds)):
+        for j, (offset, size) in enumerate(zip(levels.offsets(), levels.sizes)):
+            code = (levels.codes[rows, j] - offset) * N_PAIRS + pair[rows]
+            cross[f, offset : offset + size] = np.bincount(code, minlength=size * N_PAIRS).reshape(size, N_PAIRS)
+    spread = np.zeros(micros.size, dtype=np.int64) if fold is None else fold * total
+    level_pairs = np.zeros(folds * total * total, dtype=np.int64)
+    level_micros = np.zeros(folds * total, dtype=np.int64)
+    level_x = np.zeros((folds * total, k))
+    for j in range(len(levels.sizes)):
+        at = spread + levels.codes[:, j]
+        for j2 in range(len(levels.sizes)):
+            level_pairs += np.bincount(at * total + levels.codes[:, j2], minlength=folds * total * total)
+        at_count = np.bincount(at, minlength=folds * total)
+        level_micros += _exact_sums(at, micros, folds * total, at_count)
+        for c in range(k):
+            level_x[:, c] += np.bincount(at, weights=x[:, c], minlength=folds * total)
+    return cross, level_pairs.reshape(folds, total, total), level_micros.reshape(folds, total), level_x.reshape(folds, total, k)
 
 
 def combine(parts: Sequence[Stats]) -> Stats:

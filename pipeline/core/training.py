@@ -14,7 +14,9 @@ import numpy as np
 
 from pipeline.core import cv, solve
 from pipeline.core.cv import Features
+from pipeline.core.features import FeatureSpec
 from pipeline.core.stats import Stats, combine
+from pipeline.core.terms import ZONE_TERMS
 
 
 @dataclass(frozen=True)
@@ -27,20 +29,20 @@ class Fit:
     pair_count: np.ndarray | None = None  # training trips per pair: the baseline of drift monitoring
 
 
-def fit(months: Sequence[Stats], alpha: float) -> Fit:
-    """Pool the training months and solve ridge exactly.
+def fit(months: Sequence[Stats], alpha: float, zones: Sequence[str] = ZONE_TERMS) -> Fit:
+    """Pool the training months and solve ridge exactly, with the zone terms ``zones``.
 
     An empty month comes back as a value, so the flow can name it in one line.
     """
-    return fit_pooled(combine(months), [m.rows for m in months], alpha)
+    return fit_pooled(combine(months), [m.rows for m in months], alpha, zones)
 
 
-def fit_pooled(pooled: Stats, month_rows: list[int], alpha: float) -> Fit:
+def fit_pooled(pooled: Stats, month_rows: list[int], alpha: float, zones: Sequence[str] = ZONE_TERMS) -> Fit:
     """:func:`fit` of months already added up (``month_rows``: each month's rows, to name an empty one)."""
     if 0 in month_rows:
         return Fit(None, month_rows, float("nan"))
     total = pooled.total()
-    weights = solve.solve(total, alpha)
+    weights = solve.solve(total, alpha, zones)
     return Fit(weights, month_rows, solve.rmse(weights, total), total.count[0])
 
 
@@ -64,19 +66,26 @@ class Candidate:
 
 @dataclass(frozen=True)
 class FeatureSets:
-    """The feature sets a CV compares, as subsets of the columns read (``read``); ``None``: no comparison."""
+    """The feature sets (term lists) a CV compares, as subsets of the terms read (``read``); ``None``: no comparison."""
 
-    read: Features
+    read: FeatureSpec
     compared: tuple[Features, ...] | None = None
 
     def options(self) -> list[Features | None]:
         return list(self.compared) if self.compared is not None else [None]
 
+    def spec(self, features: Features | None) -> FeatureSpec:
+        """The spec of a feature set (``None``: every term read)."""
+        return self.read if features is None else FeatureSpec.of(features, self.read.min_minutes, self.read.max_minutes)
+
+    def zones(self, features: Features | None) -> tuple[str, ...]:
+        return self.spec(features).zones
+
     def project(self, stats: Stats, features: Features | None) -> Stats:
-        """``stats`` (of the ``read`` columns) as the statistics of ``features``."""
+        """``stats`` (of the ``read`` terms) as the statistics of ``features``: its numeric columns and factor levels."""
         if features is None:
             return stats
-        return stats.select_numeric([self.read.index(c) for c in features])
+        return project(stats, self.read, self.spec(features))
 
 
 def kfold_group(
@@ -94,24 +103,36 @@ def kfold_group(
     and the candidates' final fits are made here too, instead of in a fit and a
     score task after the choice. Every fold × alpha score is still reported.
     """
-    sets = sets or FeatureSets(())
+    sets = sets or FeatureSets(FeatureSpec())
     pooled = combine(months)
     scores = []
     for features in sets.options():
-        chosen = sets.project(pooled, features)
+        chosen, zones = sets.project(pooled, features), sets.zones(features)
         for k in folds:
             train, test = chosen.without(k), chosen.fold(k)  # once per fold, not per alpha
-            scores += [cv.score(train, test, k, alpha, features) for alpha in alphas]
+            scores += [cv.score(train, test, k, alpha, features, zones) for alpha in alphas]
     candidates, month_rows = [], [m.rows for m in months]
     for features, alpha in refit:  # from the months added up once above: projecting commutes with adding, to the bit
-        fitted = fit_pooled(sets.project(pooled, features), month_rows, alpha)
+        fitted = fit_pooled(sets.project(pooled, features), month_rows, alpha, sets.zones(features))
         candidates.append(Candidate(alpha, fitted, *score(fitted, sets.project(val, features)), features))
     return scores, candidates
 
 
-def window_scores(earlier: Sequence[Stats], month: Stats, fold: int, alphas: Sequence[float]) -> list[cv.CVScore]:
+def window_scores(
+    earlier: Sequence[Stats], month: Stats, fold: int, alphas: Sequence[float], zones: Sequence[str] = ZONE_TERMS
+) -> list[cv.CVScore]:
     """One rolling-origin window (train on ``earlier``, score on ``month``), at every alpha."""
-    return [cv.window_score(earlier, month, fold, alpha) for alpha in alphas]
+    return [cv.window_score(earlier, month, fold, alpha, zones) for alpha in alphas]
+
+
+def project(stats: Stats, read: FeatureSpec, spec: FeatureSpec) -> Stats:
+    """Statistics of the terms ``read`` as those of ``spec``, a subset: its numeric columns and its factors' levels."""
+    missing = [t for t in spec.terms if t not in read.terms]
+    if missing:
+        raise ValueError(f"terms {missing} were not read")
+    starts = dict(zip((f.name for f in read.factors), read.offsets()))
+    levels = [level for f in spec.factors for level in range(starts[f.name], starts[f.name] + f.levels)]
+    return stats.select([read.numeric.index(c) for c in spec.numeric], levels)
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from pipeline.core import hashing, stats
-from pipeline.core.features import N_ZONES, Encoded, FeatureSpec, encode, numeric_matrix, screen
+from pipeline.core.features import N_ZONES, Encoded, FeatureSpec, encode, factor_codes, numeric_matrix, screen
 from pipeline.core.rows import Rows, concat_rows
 from pipeline.edge import reader
 from pipeline.edge.stats_cache import StatsCache
 
 #: Bump when the statistics' layout or meaning changes, so old cache entries stop matching.
-STATS_VERSION = "stats-v3"  # v3: Stats.screened, the rows read and dropped
+STATS_VERSION = "stats-v4"  # v3: Stats.screened, the rows read and dropped; v4: factor levels
 
 #: Rows per read (whole row groups) when gathering rows: a read's temporaries, not the kept
 #: rows, set the peak memory of a subsampled load (1.2M rows kept 100k: +120 MB at 100k a
@@ -50,7 +50,8 @@ def chunk_statistics(plan: reader.MonthPlan, chunk: reader.Chunk, spec: FeatureS
         position = np.arange(chunk.offset, chunk.offset + table.num_rows, dtype=np.int64)
         fold = hashing.fold_of(position, hashing.month_salt(plan.file.month), seed, folds)
     x = numeric_matrix(table, spec.numeric) if spec.numeric else None
-    return stats.compute_screened(screen(table, spec, plan.file.month), table.num_rows, fold, folds, x)
+    levels = stats.Levels(factor_codes(table, spec), tuple(f.levels for f in spec.factors)) if spec.factors else None
+    return stats.compute_screened(screen(table, spec, plan.file.month), table.num_rows, fold, folds, x, levels)
 
 
 def cache_key(plan: reader.MonthPlan, chunk: reader.Chunk, spec: FeatureSpec, folds: int = 1, seed: int = 0) -> str:

@@ -57,7 +57,10 @@ def model_objects(model: Model) -> dict[str, bytes]:
     """A linear model's objects in write order: ``model.npz``, then ``model.json`` naming its digest."""
     w = model.weights
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, intercept=np.array([w.intercept]), pu=w.pu, do=w.do, pair=w.pair, numeric=w.numeric)
+    arrays = {"intercept": np.array([w.intercept]), "pu": w.pu, "do": w.do, "pair": w.pair, "numeric": w.numeric}
+    if w.levels.size:  # a model without factors keeps the layout older readers know
+        arrays["levels"] = w.levels
+    np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
     vocabulary = {
         "pickup_zones": np.flatnonzero(w.pu).tolist(),
         "dropoff_zones": np.flatnonzero(w.do).tolist(),
@@ -104,6 +107,7 @@ def load_model(directory: Where) -> Model:
             raise ValueError(f"{WEIGHTS_FILE} is not an .npz archive")
         with arrays:
             data = {name: arrays[name] for name in ("intercept", "pu", "do", "pair", "numeric")}
+            data["levels"] = arrays["levels"] if "levels" in arrays.files else np.zeros(0)
     except (OSError, ValueError, KeyError) as exc:
         raise PipelineError(f"{directory}: not a readable model ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -111,14 +115,21 @@ def load_model(directory: Where) -> Model:
         raise PipelineError(f"{directory.child(META_FILE)}: unknown model format {named!r}")
     try:
         spec = FeatureSpec.from_dict(meta["features"])
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, PipelineError) as exc:
         raise PipelineError(f"{directory.child(META_FILE)}: unreadable feature description ({type(exc).__name__}: {exc})") from None
-    shapes = {"pu": (N_ZONES,), "do": (N_ZONES,), "pair": (N_PAIRS,), "numeric": (len(spec.numeric),), "intercept": (1,)}
+    shapes = {
+        "pu": (N_ZONES,),
+        "do": (N_ZONES,),
+        "pair": (N_PAIRS,),
+        "numeric": (len(spec.numeric),),
+        "intercept": (1,),
+        "levels": (spec.levels,),
+    }
     for name, shape in shapes.items():
         if data[name].shape != shape or data[name].dtype != np.float64:
             raise PipelineError(f"{directory.child(WEIGHTS_FILE)}: array {name!r} has shape {data[name].shape}, expected {shape}")
     _check_digest(directory, WEIGHTS_FILE, meta, blob)
-    weights = Weights(float(data["intercept"][0]), data["pu"], data["do"], data["pair"], data["numeric"])
+    weights = Weights(float(data["intercept"][0]), data["pu"], data["do"], data["pair"], data["numeric"], data["levels"])
     extra = {k: v for k, v in meta.items() if k not in ("format", "features", "vocabulary", FILES_KEY)}
     return Model(weights, spec, extra)
 

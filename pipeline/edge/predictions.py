@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.core.features import MICROS_PER_MINUTE, N_ZONES, numeric_matrix, training_rows
+from pipeline.core.features import MICROS_PER_MINUTE, N_ZONES, factor_codes, numeric_matrix, training_rows
 from pipeline.core.model import AnyModel
 from pipeline.core.monitoring import MonthCounts
 from pipeline.core.months import Month
@@ -146,7 +146,7 @@ def score_chunk(
     table = reader.read(plan.layout, chunk)
     rows = training_rows(table, model.spec)
     x = numeric_matrix(table, model.spec.numeric)
-    predicted = model.predict_codes(rows.pu, rows.do, x)
+    predicted = model.predict_codes(rows.pu, rows.do, x, factor_codes(table, model.spec))
     minutes = rows.micros / MICROS_PER_MINUTE
     out = pa.table(
         {

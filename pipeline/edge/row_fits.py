@@ -7,19 +7,18 @@ that fit estimators.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 from pipeline.core import estimators
 from pipeline.core.cv import CVScore
-from pipeline.core.features import FeatureSpec
+from pipeline.core.features import MICROS_PER_MINUTE, FeatureSpec, factor_codes, numeric_matrix, training_rows
 from pipeline.core.model import AnyModel
 from pipeline.core.training import Outcome, empty_of
-from pipeline.edge.chunks import load_rows
+from pipeline.edge.chunks import READ_ROWS, load_rows
 from pipeline.edge.model_files import dump_estimator
-from pipeline.edge.reader import MonthPlan, label
+from pipeline.edge.reader import MonthPlan, inspect, label, plan, read
 
 
 def fold_score(
@@ -30,10 +29,20 @@ def fold_score(
 
 
 def model_rmse(model: AnyModel, val: MonthPlan) -> float:
-    """RMSE of a saved model on a month's kept rows, read here (a champion that statistics cannot score)."""
-    rows = load_rows([val], model.spec, 1, 0, None)
-    predicted = model.predict_codes(rows.pu, rows.do, rows.x)
-    return float(np.sqrt(np.mean((predicted - rows.y) ** 2)))
+    """RMSE of a saved model on a month's kept rows, read here chunk by chunk (a champion that statistics cannot score).
+
+    The month's footer is read again for the model's own columns, which may not be those of the run's plan.
+    """
+    layout = inspect(val.layout.path, model.spec.columns())
+    sse, rows = 0.0, 0
+    for chunk in plan(layout, READ_ROWS):
+        table = read(layout, chunk)
+        kept = training_rows(table, model.spec)
+        x = numeric_matrix(table, model.spec.numeric)
+        predicted = model.predict_codes(kept.pu, kept.do, x, factor_codes(table, model.spec))[kept.keep]
+        error = predicted - kept.micros[kept.keep] / MICROS_PER_MINUTE
+        sse, rows = sse + math.fsum(error * error), rows + int(error.size)
+    return math.sqrt(sse / rows) if rows else float("nan")
 
 
 @dataclass(frozen=True)

@@ -156,9 +156,9 @@ def month_rows(months: list[Month], refs: list[MonthRef]) -> tuple[screening.Mon
 
 
 @task(name="fit", cache_policy=NO_CACHE)
-def fit(refs: list[MonthRef], alpha: float) -> training.Fit:
+def fit(refs: list[MonthRef], alpha: float, zones: tuple[str, ...]) -> training.Fit:
     """Pool the training months and solve ridge at ``alpha``."""
-    return training.fit(_all_stats(refs), alpha)
+    return training.fit(_all_stats(refs), alpha, zones)
 
 
 @task(name="score", cache_policy=NO_CACHE)
@@ -181,9 +181,9 @@ def cv_kfold(
 
 
 @task(name="cv-window", cache_policy=NO_CACHE)
-def cv_window(earlier: list[MonthRef], month: MonthRef, fold: int, alphas: list[float]) -> list[cv.CVScore]:
+def cv_window(earlier: list[MonthRef], month: MonthRef, fold: int, alphas: list[float], zones: tuple[str, ...]) -> list[cv.CVScore]:
     """One rolling-origin window of the time CV."""
-    return training.window_scores(_all_stats(earlier), _stats_of(month), fold, alphas)
+    return training.window_scores(_all_stats(earlier), _stats_of(month), fold, alphas, zones)
 
 
 @task(name="estimator-fold", cache_policy=NO_CACHE)
@@ -316,7 +316,7 @@ def _cross_validate(
     """Spread the folds (K-fold: and the candidates' refits) over the cluster, one task per worker slot."""
     alphas = unmapped(list(config.alphas))
     if config.cv == "kfold":
-        sets = training.FeatureSets(config.feature_spec().numeric, config.candidates or None)
+        sets = training.FeatureSets(config.feature_spec(), config.feature_sets() if config.candidates else None)
         groups = min(config.folds, slots)
         folds = [list(range(g, config.folds, groups)) for g in range(groups)]
         pairs = [(features, alpha) for features in sets.options() for alpha in config.alphas]
@@ -328,7 +328,11 @@ def _cross_validate(
         return [s for scores, _ in results for s in scores], {(c.features, c.alpha): c for _, found in results for c in found}
     windows = range(1, len(train))
     futures = _reading(cv_window, [per_month[m] for m in train]).map(
-        [[per_month[m] for m in train[:i]] for i in windows], [per_month[train[i]] for i in windows], windows, alphas
+        [[per_month[m] for m in train[:i]] for i in windows],
+        [per_month[train[i]] for i in windows],
+        windows,
+        alphas,
+        unmapped(config.feature_spec().zones),
     )
     raise_first_failure(futures)
     return [s for group in futures.result() for s in group], {}
@@ -369,14 +373,14 @@ def _train_linear(
         result, val_rows, val_rmse = chosen.fit, chosen.val_rows, chosen.val_rmse
     else:
         train_refs = [per_month[m] for m in train]
-        fitted: Any = _reading(fit, train_refs).submit(train_refs, alpha)
+        fitted: Any = _reading(fit, train_refs).submit(train_refs, alpha, config.feature_spec().zones)
         validated = _reading(score, [per_month[val]]).submit(fitted, per_month[val])
         result = fitted.result()
         val_rows, val_rmse = validated.result()
     empty = training.empty_of({**{reader.label(plans[m]): n for m, n in zip(train, result.month_rows)}, reader.label(plans[val]): val_rows})
     outcome = training.Outcome(result.weights, sum(result.month_rows), result.rmse, val_rows, val_rmse, empty, result.pair_count)
-    numeric = config.feature_spec().numeric if features is None else features
-    return Trained(outcome, alpha, numeric, report, per_month[val], months=counted.result())
+    terms = config.model_terms() if features is None else features
+    return Trained(outcome, alpha, terms, report, per_month[val], months=counted.result())
 
 
 def _train_estimator(
@@ -403,7 +407,7 @@ def _train_estimator(
         (summary,) = report.by_alpha
         logger.info("CV RMSE of %s: %.4f ± %.4f", config.model, summary.mean_rmse, summary.std_rmse)
     fitted = final.result()
-    return Trained(fitted.outcome, None, spec.numeric, report, estimator_bytes=fitted.estimator_bytes)
+    return Trained(fitted.outcome, None, config.model_terms(), report, estimator_bytes=fitted.estimator_bytes)
 
 
 def _publish(result: RunResult) -> None:
@@ -428,13 +432,13 @@ def track_training(config: TrainConfig, result: RunResult, files: dict[str, byte
 
 
 @task(name="champion-score", cache_policy=NO_CACHE)
-def champion_score(champion: AnyModel, val_ref: MonthRef | None, read: Features, val: reader.MonthPlan) -> float | None:
+def champion_score(champion: AnyModel, val_ref: MonthRef | None, read: FeatureSpec, val: reader.MonthPlan) -> float | None:
     """The champion's RMSE on the validation month: exactly from its statistics when they hold the champion's
-    columns (no second read), else from its rows. None when it cannot be scored (another duration filter)."""
+    terms (no second read), else from its rows. None when it cannot be scored (another duration filter)."""
     if champion.spec.min_minutes != FeatureSpec().min_minutes or champion.spec.max_minutes != FeatureSpec().max_minutes:
         return None
-    if isinstance(champion, Model) and val_ref is not None and set(champion.spec.numeric) <= set(read):
-        projected = training.FeatureSets(read).project(_stats_of(val_ref), champion.spec.numeric)
+    if isinstance(champion, Model) and val_ref is not None and set(champion.spec.terms) <= set(read.terms):
+        projected = training.project(_stats_of(val_ref), read, champion.spec)
         return training.score(training.Fit(champion.weights, [], 0.0), projected)[1]
     from pipeline.edge import row_fits
 
@@ -471,7 +475,7 @@ def _train_on_dask(config: TrainConfig, plans: list[reader.MonthPlan] | None, sl
         logger.warning(render.drop_warning(found))
     champion_rmse = None
     if champion_model is not None:
-        read = config.feature_spec().numeric
+        read = config.feature_spec()
         champion_rmse = champion_score.submit(champion_model, trained.val_stats, read, located[val]).result()
     result = RunResult(
         model=config.model,
@@ -479,7 +483,7 @@ def _train_on_dask(config: TrainConfig, plans: list[reader.MonthPlan] | None, sl
         train_months=tuple(train),
         val_month=val,
         alpha=trained.alpha,
-        numeric=trained.features,
+        numeric=FeatureSpec.of(trained.features).numeric,
         train_rows=outcome.train_rows,
         val_rows=outcome.val_rows,
         train_rmse=outcome.train_rmse,
@@ -489,9 +493,10 @@ def _train_on_dask(config: TrainConfig, plans: list[reader.MonthPlan] | None, sl
         cv=trained.report,
         champion_val_rmse=champion_rmse,
         months=trained.months,
+        features=trained.features,
     )
     _publish(result)
-    spec = FeatureSpec(numeric=trained.features)
+    spec = FeatureSpec.of(trained.features)
     metadata = {"metrics": result.to_dict(), "source": config.source, "run_id": result.flow_run_id}
     objects: dict[str, bytes] = {}
     if outcome.pair_count is not None:

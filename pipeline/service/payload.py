@@ -11,15 +11,18 @@ with no pandas. The OpenAPI page still shows the schema (:class:`Trip`).
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from operator import itemgetter
 from typing import Annotated, Any, cast
 
 import numpy as np
+import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, ValidationError
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
-from pipeline.core.features import N_ZONES
-from pipeline.core.schema import DO, PU
+from pipeline.core.features import N_ZONES, FeatureSpec, factor_codes
+from pipeline.core.model import input_columns
+from pipeline.core.schema import DO, PICKUP, PU
 
 #: Zone ids: integers (not strings, floats or booleans); null is an unknown zone.
 ZoneId = StrictInt | None
@@ -37,9 +40,10 @@ class Trip(BaseModel):
     model_config = ConfigDict(
         extra="allow",
         json_schema_extra={
-            "description": "Other members: the model's numeric columns (GET /model lists them), each a finite number or null "
-            "(counts as 0). Members the model does not use are ignored.",
-            "examples": [{"PULocationID": 132, "DOLocationID": 236, "trip_distance": 17.2}],
+            "description": "Other members: the model's numeric and binned columns (GET /model lists its fields), each a finite "
+            "number or null (counts as 0), and the pickup time (tpep_pickup_datetime or lpep_pickup_datetime, as in the month "
+            "files, ISO 8601) when a term uses it. Members the model does not use are ignored.",
+            "examples": [{"PULocationID": 132, "DOLocationID": 236, "trip_distance": 17.2, "lpep_pickup_datetime": "2021-03-15T08:30:00"}],
         },
     )
 
@@ -70,6 +74,8 @@ class ModelInfo(BaseModel):
     val_month: str | None
     val_rmse: float | None
     numeric: list[str]
+    terms: list[str]
+    fields: list[str]
 
 
 class Problem(BaseModel):
@@ -89,27 +95,53 @@ def request_schema(max_batch: int) -> dict[str, Any]:
     return {"type": "array", "minItems": 1, "maxItems": max_batch, "items": Trip.model_json_schema()}
 
 
+def pickup_field(taxi: str) -> str:
+    """The pickup time's name in a month file of ``taxi``: ``tpep_pickup_datetime`` (yellow), ``lpep_pickup_datetime`` (green)."""
+    return f"{'l' if taxi == 'green' else 't'}pep_pickup_datetime"
+
+
+def request_fields(spec: FeatureSpec, taxi: str) -> tuple[str, ...]:
+    """The members a trip must carry for a model: the zones, its numeric and binned columns, the pickup time if a term uses it."""
+    return tuple(pickup_field(taxi) if c == PICKUP else c for c in input_columns(spec))
+
+
 class TripParser:
     """Validates a body for one model's columns and turns it into the arrays ``predict_codes`` takes."""
 
-    def __init__(self, numeric: tuple[str, ...], max_batch: int) -> None:
-        self.numeric = numeric
-        fields: dict[str, Any] = {PU: ZoneId, DO: ZoneId, **dict.fromkeys(numeric, Number)}
+    def __init__(self, spec: FeatureSpec, max_batch: int, taxi: str = "yellow") -> None:
+        self.spec = spec
+        self.numeric = spec.numeric
+        self.fields = request_fields(spec, taxi)
+        self.pickup = pickup_field(taxi) if PICKUP in input_columns(spec) else None
+        self.binned = tuple(dict.fromkeys(c for f in spec.factors for c in f.columns))
+        extra = tuple(c for c in self.fields if c not in (PU, DO, self.pickup))
+        fields: dict[str, Any] = {PU: ZoneId, DO: ZoneId, **dict.fromkeys(extra, Number)}
+        if self.pickup is not None:
+            fields[self.pickup] = datetime
         # The functional form takes any column name; members not declared are ignored, as Model.predict ignores them.
         trip = cast(Any, TypedDict)("Trip", fields)
         batch: Any = Annotated[list[trip], Field(min_length=1, max_length=max_batch)]  # type: ignore[valid-type]  # built at run time
         self._adapter: TypeAdapter[list[dict[str, Any]]] = TypeAdapter(batch, config=ConfigDict(strict=True))
 
-    def parse(self, body: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Zone codes (-1: unknown) and the numeric matrix of the trips in ``body``; ValidationError if it is not valid."""
+    def parse(self, body: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Zone codes (-1: unknown), the numeric matrix and the factor levels of the trips in ``body``; ValidationError if
+        it is not valid."""
         trips = self._adapter.validate_json(body)
         n = len(trips)
         pu = _codes(list(map(itemgetter(PU), trips)), n)
         do = _codes(list(map(itemgetter(DO), trips)), n)
-        if not self.numeric:
-            return pu, do, np.empty((n, 0))
-        columns = [np.array([0.0 if v is None else v for v in map(itemgetter(name), trips)], dtype=np.float64) for name in self.numeric]
-        return pu, do, np.column_stack(columns)
+        x = np.column_stack([self._column(trips, name) for name in self.numeric]) if self.numeric else np.empty((n, 0))
+        if not self.spec.factors:
+            return pu, do, x, np.empty((n, 0), dtype=np.int64)
+        columns: dict[str, Any] = {name: self._column(trips, name) for name in self.binned}
+        if self.pickup is not None:
+            stamps = [t.replace(tzinfo=None) for t in map(itemgetter(self.pickup), trips)]  # wall-clock time, as the files store it
+            columns[PICKUP] = pa.array(stamps, pa.timestamp("us"))
+        return pu, do, x, factor_codes(pa.table(columns), self.spec)
+
+    @staticmethod
+    def _column(trips: list[dict[str, Any]], name: str) -> np.ndarray:
+        return np.array([0.0 if v is None else v for v in map(itemgetter(name), trips)], dtype=np.float64)
 
 
 def _codes(ids: list[int | None], n: int) -> np.ndarray:

@@ -36,7 +36,7 @@ class Predictor(Protocol):
     @property
     def metadata(self) -> dict[str, Any]: ...
 
-    def predict_codes(self, pu: np.ndarray, do: np.ndarray, x: np.ndarray) -> np.ndarray: ...
+    def predict_codes(self, pu: np.ndarray, do: np.ndarray, x: np.ndarray, levels: np.ndarray | None = None) -> np.ndarray: ...
 
 
 def load(directory: storage.Where) -> Predictor:
@@ -86,7 +86,9 @@ class Served:
         document = model.metadata.get("metrics")
         if not isinstance(document, dict):
             document = metrics or {}
-        return cls(model, version, model_format(model), TripParser(model.spec.numeric, max_batch), document)
+        taxi = document.get("taxi")
+        parser = TripParser(model.spec, max_batch, taxi if isinstance(taxi, str) else "yellow")
+        return cls(model, version, model_format(model), parser, document)
 
     def describe(self) -> dict[str, Any]:
         """The ``GET /model`` document; a figure missing from the metrics, or of another type, is null."""
@@ -101,6 +103,8 @@ class Served:
             "val_month": month if isinstance(month, str) else None,
             "val_rmse": float(rmse) if isinstance(rmse, (int, float)) and not isinstance(rmse, bool) else None,
             "numeric": list(self.model.spec.numeric),
+            "terms": list(self.model.spec.terms),
+            "fields": list(self.parser.fields),
         }
 
     def __str__(self) -> str:

@@ -1,0 +1,250 @@
+"""The feature terms a linear model is built from, parsed from ``--features`` text.
+
+A term is one of:
+
+- a zone term, the seed's one-hots: ``PULocationID``, ``DOLocationID``, ``PU_DO``;
+- a numeric column, raw: ``trip_distance`` (any column the month has);
+- a *factor*, a small categorical term computed in the chunk kernel from columns
+  the month already has, one-hot encoded:
+
+  - a numeric column cut into bins: ``trip_distance:log48`` (48 bins, log-spaced
+    edges between 0.1 and 50), ``trip_distance:log24(0.5,40)`` (given ends), or
+    ``trip_distance:[1,2,5,10]`` (given edges). Values below the first edge fall in
+    the first bin and above the last in the last: outliers land in the end bins.
+  - the pickup time: ``hour``, ``weekday`` (Monday is 0), ``hour_of_week``, and
+    blocks of hours, ``hour/4`` (6 levels) or ``hour_of_week/3``;
+  - an interaction of factors, ``trip_distance:log12*hour/4`` (12 × 6 levels).
+
+Every term stays exact: a factor's one-hots are counted against the pair codes
+(:mod:`pipeline.core.stats`), so the model is still solved from additive statistics.
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+
+#: The seed's one-hots; a model may use any of them.
+ZONE_TERMS = ("PULocationID", "DOLocationID", "PU_DO")
+#: Default ends of log-spaced bins (``COLUMN:logN``): 0.1 to 50 covers trip miles; outliers go to the end bins.
+LOG_RANGE = (0.1, 50.0)
+#: At most this many one-hot levels beside the zones: the exact solver's dense block grows with them, and so do the
+#: statistics (a level × every pickup-dropoff pair, per fold).
+MAX_LEVELS = 1024
+MICROS_PER_HOUR = 3_600_000_000
+HOURS_PER_DAY = 24
+#: 1970-01-01, day 0 of the timestamps, was a Thursday: weekday 3 when Monday is 0.
+_EPOCH_WEEKDAY = 3
+
+Unit = Literal["hour", "weekday", "hour_of_week"]
+_UNIT_LEVELS = {"hour": 24, "weekday": 7, "hour_of_week": 168}
+
+
+class TermError(PipelineError):
+    """A term that cannot be used, named in the message."""
+
+
+@dataclass(frozen=True)
+class Bins:
+    """A numeric column cut at increasing ``edges``: ``len(edges) + 1`` levels; nulls count as 0."""
+
+    column: str
+    edges: tuple[float, ...]
+    label: str  # as written after the colon, for the term's name
+
+    @property
+    def levels(self) -> int:
+        return len(self.edges) + 1
+
+    @property
+    def name(self) -> str:
+        return f"{self.column}:{self.label}"
+
+    def codes(self, values: np.ndarray) -> np.ndarray:
+        return np.searchsorted(np.asarray(self.edges), values, side="right").astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Clock:
+    """The pickup time as an hour, a weekday or an hour of the week, in blocks of ``block`` hours."""
+
+    unit: Unit
+    block: int = 1
+
+    @property
+    def levels(self) -> int:
+        return _UNIT_LEVELS[self.unit] // self.block
+
+    @property
+    def name(self) -> str:
+        return self.unit if self.block == 1 else f"{self.unit}/{self.block}"
+
+    def codes(self, micros: np.ndarray) -> np.ndarray:
+        """Codes from pickup timestamps in µs since 1970 (wall-clock time, as the TLC files store it)."""
+        hours = micros // MICROS_PER_HOUR
+        if self.unit == "hour":
+            out = hours % HOURS_PER_DAY
+        else:
+            weekday = (hours // HOURS_PER_DAY + _EPOCH_WEEKDAY) % 7
+            out = weekday if self.unit == "weekday" else weekday * HOURS_PER_DAY + hours % HOURS_PER_DAY
+        return np.asarray(out // self.block if self.block > 1 else out, dtype=np.int64)
+
+
+Part = Bins | Clock
+
+
+@dataclass(frozen=True)
+class Factor:
+    """A one-hot term: one part, or the interaction of several (levels multiply)."""
+
+    parts: tuple[Part, ...]
+
+    @property
+    def levels(self) -> int:
+        return math.prod(p.levels for p in self.parts)
+
+    @property
+    def name(self) -> str:
+        return "*".join(p.name for p in self.parts)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Numeric columns the factor bins (the pickup time is always read)."""
+        return tuple(p.column for p in self.parts if isinstance(p, Bins))
+
+
+@dataclass(frozen=True)
+class Terms:
+    """A parsed term list, by kind, each in the order given."""
+
+    zones: tuple[str, ...]
+    numeric: tuple[str, ...]
+    factors: tuple[Factor, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (*self.zones, *self.numeric, *(f.name for f in self.factors))
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_LOG = re.compile(r"log(\d+)(?:\(([^,()]+),([^,()]+)\))?")
+_CLOCK = re.compile(r"(hour|weekday|hour_of_week)(?:/(\d+))?")
+
+
+def split_terms(text: str) -> list[str]:
+    """A comma list of terms, commas inside brackets or parentheses kept: ``a,b:[1,2],c`` is three terms."""
+    out: list[str] = []
+    current: list[str] = []
+    depth = 0
+    for char in text:
+        if char in "[(":
+            depth += 1
+        elif char in "])":
+            depth -= 1
+        if char == "," and depth == 0:
+            out.append("".join(current).strip())
+            current = []
+        else:
+            current.append(char)
+    out.append("".join(current).strip())
+    return [term for term in out if term]
+
+
+def _number(text: str, term: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise TermError(f"term {term!r}: {text.strip()!r} is not a number") from None
+    if not math.isfinite(value):
+        raise TermError(f"term {term!r}: {text.strip()!r} is not a finite number")
+    return value
+
+
+def _bins(column: str, how: str, term: str) -> Bins:
+    if how.startswith("[") and how.endswith("]"):
+        edges = tuple(_number(e, term) for e in how[1:-1].split(",") if e.strip())
+        if not edges:
+            raise TermError(f"term {term!r}: give at least one bin edge")
+        if any(b <= a for a, b in itertools.pairwise(edges)):
+            raise TermError(f"term {term!r}: bin edges must be strictly increasing")
+        return Bins(column, edges, how.replace(" ", ""))
+    match = _LOG.fullmatch(how.replace(" ", ""))
+    if match is None:
+        raise TermError(f"term {term!r}: bins are COLUMN:logN, COLUMN:logN(LOW,HIGH) or COLUMN:[EDGE,...]")
+    count = int(match.group(1))
+    low, high = (_number(match.group(2), term), _number(match.group(3), term)) if match.group(2) else LOG_RANGE
+    if count < 2:
+        raise TermError(f"term {term!r}: give 2 or more bins")
+    if not 0 < low < high:
+        raise TermError(f"term {term!r}: log-spaced bins need 0 < LOW < HIGH")
+    edges = tuple(float(e) for e in np.geomspace(low, high, count - 1))
+    return Bins(column, edges, match.group(0))
+
+
+def _part(text: str, term: str) -> Part:
+    clock = _CLOCK.fullmatch(text)
+    if clock is not None:
+        unit: Unit = clock.group(1)  # type: ignore[assignment]
+        block = int(clock.group(2) or 1)
+        if block < 1 or _UNIT_LEVELS[unit] % block or (unit == "weekday" and block != 1):
+            raise TermError(f"term {term!r}: {unit} comes in blocks that divide {_UNIT_LEVELS[unit]} hours")
+        return Clock(unit, block)
+    column, colon, how = text.partition(":")
+    if colon and _IDENTIFIER.fullmatch(column):
+        return _bins(column, how, term)
+    if text in ZONE_TERMS:
+        raise TermError(f"term {term!r}: interactions with zone terms are not supported; interact time and bins")
+    raise TermError(f"term {term!r}: unknown term (zone terms, a numeric column, COLUMN:logN bins, hour, weekday, hour_of_week)")
+
+
+def parse_term(term: str) -> str | Factor:
+    """One term: a zone term or numeric column name (as is), or a :class:`Factor`."""
+    text = term.strip()
+    if text in ZONE_TERMS:
+        return text
+    if _IDENTIFIER.fullmatch(text) and _CLOCK.fullmatch(text) is None:
+        return text
+    return Factor(tuple(_part(p.strip(), term) for p in text.split("*")))
+
+
+def parse_terms(terms: str | Iterable[str]) -> Terms:
+    """A term list (comma text or a sequence); :class:`TermError` names the first term at fault."""
+    items = split_terms(terms) if isinstance(terms, str) else [t.strip() for t in terms]
+    if not items:
+        raise TermError("give at least one term")
+    zones: list[str] = []
+    numeric: list[str] = []
+    factors: list[Factor] = []
+    for item in items:
+        parsed = parse_term(item)
+        name = parsed.name if isinstance(parsed, Factor) else parsed
+        if name in (*zones, *numeric, *(f.name for f in factors)):
+            raise TermError(f"term {item!r} is listed twice")
+        if isinstance(parsed, Factor):
+            factors.append(parsed)
+        elif parsed in ZONE_TERMS:
+            zones.append(parsed)
+        else:
+            numeric.append(parsed)
+    check_size(factors)
+    return Terms(tuple(z for z in ZONE_TERMS if z in zones), tuple(numeric), tuple(factors))
+
+
+def check_size(factors: Sequence[Factor]) -> None:
+    """Refuse factors whose levels together exceed :data:`MAX_LEVELS`, naming the largest."""
+    total = sum(f.levels for f in factors)
+    if total > MAX_LEVELS:
+        largest = max(factors, key=lambda f: f.levels)
+        raise TermError(
+            f"term {largest.name!r}: {largest.levels} levels ({total} in all) is too large for the exact solver, "
+            f"which takes at most {MAX_LEVELS} levels beside the zones"
+        )

@@ -1,0 +1,86 @@
+"""Feature terms: parsing, the codes the chunk kernel computes, and one clear error per bad term."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from pipeline.core.features import FeatureSpec, factor_codes
+from pipeline.core.schema import PICKUP
+from pipeline.core.terms import MAX_LEVELS, ZONE_TERMS, Bins, Clock, TermError, parse_terms, split_terms
+
+
+def test_the_seed_and_the_course_spell_their_sets():
+    seed = FeatureSpec.of("PULocationID,DOLocationID,PU_DO")
+    assert seed == FeatureSpec() and seed.terms == ZONE_TERMS and seed.to_dict() == FeatureSpec().to_dict()
+    course = FeatureSpec.of("PU_DO,trip_distance")
+    assert course.zones == ("PU_DO",) and course.numeric == ("trip_distance",) and not course.factors
+    assert FeatureSpec.from_dict(course.to_dict()) == course
+
+
+def test_commas_inside_brackets_stay_in_their_term():
+    assert split_terms("PU_DO, trip_distance:[1,2,5] ,hour/4,x:log8(0.5,20)") == [
+        "PU_DO",
+        "trip_distance:[1,2,5]",
+        "hour/4",
+        "x:log8(0.5,20)",
+    ]
+
+
+def test_factors_and_their_levels():
+    spec = FeatureSpec.of("PULocationID,DOLocationID,PU_DO,trip_distance:log48,hour_of_week,trip_distance:[1,2,5]*hour/4,weekday")
+    assert [f.name for f in spec.factors] == ["trip_distance:log48", "hour_of_week", "trip_distance:[1,2,5]*hour/4", "weekday"]
+    assert [f.levels for f in spec.factors] == [48, 168, 4 * 6, 7]
+    assert spec.levels == 247 and spec.offsets() == (0, 48, 216, 240)
+    assert spec.columns()[-1] == "trip_distance"
+    (log,) = spec.factors[0].parts
+    assert isinstance(log, Bins) and len(log.edges) == 47 and log.edges[0] == pytest.approx(0.1) and log.edges[-1] == pytest.approx(50)
+
+
+def test_bins_put_outliers_in_the_end_bins():
+    bins = Bins("trip_distance", (1.0, 2.0, 5.0), "[1,2,5]")
+    values = np.array([-3.0, 0.0, 0.99, 1.0, 1.5, 2.0, 4.99, 5.0, 244_152.0])
+    assert bins.codes(values).tolist() == [0, 0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def test_clock_codes_match_pandas():
+    stamps = pd.Series(pd.to_datetime(np.random.default_rng(0).integers(0, 2_000_000_000, 5_000), unit="s"))
+    micros = stamps.astype("datetime64[us]").astype("int64").to_numpy()
+    assert Clock("hour").codes(micros).tolist() == stamps.dt.hour.tolist()
+    assert Clock("weekday").codes(micros).tolist() == stamps.dt.day_of_week.tolist()
+    assert Clock("hour_of_week").codes(micros).tolist() == (stamps.dt.day_of_week * 24 + stamps.dt.hour).tolist()
+    assert Clock("hour", 4).codes(micros).tolist() == (stamps.dt.hour // 4).tolist()
+
+
+def test_factor_codes_of_a_table_are_offset_and_interacted():
+    spec = FeatureSpec.of("PU_DO,weekday,trip_distance:[2]*hour/12")
+    table = pa.table(
+        {PICKUP: pa.array(pd.to_datetime(["2021-03-15 08:30", "2021-03-21 23:59"]), pa.timestamp("us")), "trip_distance": [1.0, None]}
+    )
+    # Monday -> 0, Sunday -> 6; then (bin, 12-hour block): (0, 0) -> 7 + 0, (0 for a null distance, 1) -> 7 + 1
+    assert factor_codes(table, spec).tolist() == [[0, 7], [6, 8]]
+
+
+@pytest.mark.parametrize(
+    ("terms", "message"),
+    [
+        ("PU_DO,trip_distance:cube3", "bins are COLUMN:logN"),
+        ("PU_DO,trip_distance:[1,5,2]", "bin edges must be strictly increasing"),
+        ("PU_DO,trip_distance:log1", "2 or more bins"),
+        ("PU_DO,trip_distance:log8(5,1)", "0 < LOW < HIGH"),
+        ("PU_DO,hour/5", "blocks that divide 24"),
+        ("PU_DO,minute", None),  # a numeric column: the month's columns decide (see the CLI test)
+        ("PU_DO,PULocationID*hour/4", "interactions with zone terms are not supported"),
+        ("PU_DO,trip_distance:log48*hour_of_week", f"at most {MAX_LEVELS} levels"),
+        ("PU_DO,PU_DO", "listed twice"),
+        ("PU_DO,hour?", "unknown term"),
+    ],
+)
+def test_bad_terms_are_named(terms: str, message: str | None):
+    if message is None:
+        assert parse_terms(terms).numeric == ("minute",)
+        return
+    with pytest.raises(TermError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        parse_terms(terms)
