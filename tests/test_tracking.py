@@ -97,12 +97,13 @@ def test_parameters_are_the_config_and_what_cv_chose(retrain_run, months_dir):
         "cv": "kfold",
         "seed": "0",
         "model": "linear",
+        "features": "PULocationID,DOLocationID,PU_DO",
         "numeric": "",
-        "candidates": "base;trip_distance",
+        "candidates": "base;trip_distance:log48+hour_of_week",
         "chunk_rows": "4000000",
         "cache": "True",
         "chosen_alpha": str(metrics["cv"]["chosen_alpha"]),
-        "chosen_features": "trip_distance",
+        "chosen_features": "zones + trip_distance:log48 + hour_of_week",
     }
     assert run.info.status == "FINISHED" and run.info.run_name == "linear: trained on 2023-01, 2023-02, validated on 2023-03"
 
@@ -114,16 +115,32 @@ def test_metrics_are_those_of_metrics_json_and_cv_has_a_point_per_fold(retrain_r
         assert logged[key] == metrics[key], key
     assert "champion_val_rmse" not in logged  # the first version has no champion to beat
     for summary in metrics["cv"]["by_alpha"]:
-        key = f"cv_mean_rmse_features_{'.'.join(summary['features']) or 'base'}_alpha_{summary['alpha']:g}"
+        key = tracking.metric_key("cv_mean_rmse", tuple(summary["features"]), summary["alpha"])
         assert logged[key] == summary["mean_rmse"]
     histories = 0
-    for features, alpha in itertools.product(((), ("trip_distance",)), (0.1, 10.0)):
-        history = client.get_metric_history(run.info.run_id, f"cv_rmse_features_{'.'.join(features) or 'base'}_alpha_{alpha:g}")
+    zones = ("PULocationID", "DOLocationID", "PU_DO")
+    for features, alpha in itertools.product((zones, (*zones, "trip_distance:log48", "hour_of_week")), (0.1, 10.0)):
+        history = client.get_metric_history(run.info.run_id, tracking.metric_key("cv_rmse", features, alpha))
         expected = [(s["fold"], s["rmse"]) for s in metrics["cv"]["scores"] if s["alpha"] == alpha and tuple(s["features"]) == features]
         assert sorted((m.step, m.value) for m in history) == expected
         assert [step for step, _ in expected] == [0, 1, 2]
         histories += 1
     assert histories * 3 == len(metrics["cv"]["scores"]) == 12
+
+
+def test_the_month_files_are_the_runs_dataset_inputs_and_in_metrics_json(retrain_run, months_dir):
+    """Lineage: each month file by location, size and identity, with its statistics cache keys, in metrics.json and MLflow."""
+    inputs = retrain_run["metrics"]["inputs"]
+    assert [(i["role"], i["month"]) for i in inputs] == [("train", "2023-01"), ("train", "2023-02"), ("validation", "2023-03")]
+    for item in inputs:
+        path = months_dir / f"yellow_tripdata_{item['month']}.parquet"
+        assert item["location"] == str(path.resolve()) and item["size"] == path.stat().st_size
+        assert item["identity"] and len(item["stats_keys"]) >= 1 and all(len(k) == 64 for k in item["stats_keys"])
+    logged = retrain_run["client"].get_run(retrain_run["run"].info.run_id).inputs.dataset_inputs
+    by_name = {d.dataset.name: d for d in logged}
+    assert sorted(by_name) == ["yellow 2023-01", "yellow 2023-02", "yellow 2023-03"]
+    assert [t.value for t in by_name["yellow 2023-03"].tags if t.key == "mlflow.data.context"] == ["validation"]
+    assert json.loads(by_name["yellow 2023-01"].dataset.source)["identity"] == inputs[0]["identity"]
 
 
 def test_model_files_and_metrics_are_artifacts_and_tags_link_the_flow_run(retrain_run, prefect_api_url):

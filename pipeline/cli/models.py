@@ -201,6 +201,8 @@ def show(version: str, registry: str) -> None:
     found = store.version(version)
     result = RunResult.from_dict(found.metrics)
     out.print(table(f"{found.name} ({found.path}): {render.title(result)}", ("metric", "value"), render.metric_rows(result)))
+    if result.inputs:
+        out.print(table("data it was trained and validated on", render.INPUTS_HEADER, render.input_rows(result)))
     for decision in (d for d in store.history() if d.version == found.name):
         out.print(render.decision_line(decision), highlight=False)
 

@@ -210,6 +210,11 @@ class TrainConfig(BaseModel):
     def cross_validates(self) -> bool:
         return self.folds >= 2
 
+    @property
+    def stats_folds(self) -> int:
+        """Folds the training months' statistics are kept in: K-fold CV's, else one."""
+        return self.folds if self.cross_validates and self.cv == "kfold" else 1
+
     def months(self) -> tuple[list[Month], Month]:
         """Training months and validation month."""
         return list(self.train_months), self.val_month

@@ -221,3 +221,11 @@ def monitoring_markdown(title_line: str, train_rmse: float, months: Sequence[Mon
         "![RMSE and drift per month](report.png)",
     ]
     return "\n".join(lines) + "\n"
+
+
+INPUTS_HEADER = ("role", "month", "file", "bytes", "identity", "statistics keys")
+
+
+def input_rows(result: RunResult) -> list[tuple[str, ...]]:
+    """The files a run trained and validated on (lineage), one row each; cache keys shortened to 12 hex digits."""
+    return [(i.role, i.month, i.location, f"{i.size:,}", i.identity, " ".join(k[:12] for k in i.stats_keys) or "-") for i in result.inputs]

@@ -7,7 +7,7 @@ field bumps it (fields may be added within a version). The README's
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from pipeline.core.cv import CVReport
@@ -16,6 +16,29 @@ from pipeline.core.screening import MonthRows
 from pipeline.core.terms import ZONE_TERMS
 
 SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DataInput:
+    """A month file a run trained or validated on, by identity: which data made a model (lineage).
+
+    ``identity`` changes when the content does (size and mtime of a local file, the
+    ETag of a remote one); ``stats_keys`` name the statistics cache entries of its chunks.
+    """
+
+    role: str  # "train" or "validation"
+    month: str
+    location: str
+    size: int
+    identity: str
+    stats_keys: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "stats_keys": list(self.stats_keys)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DataInput:
+        return cls(**{**data, "stats_keys": tuple(data.get("stats_keys", ()))})
 
 
 @dataclass(frozen=True)
@@ -38,6 +61,7 @@ class RunResult:
     champion_val_rmse: float | None = None  # a retraining run's champion, scored on the same validation month
     months: tuple[MonthRows, ...] = ()  # rows read and dropped per month (training months, then validation), when counted
     features: tuple[str, ...] = ()  # the model's terms (:mod:`pipeline.core.terms`); empty: the zones and ``numeric``
+    inputs: tuple[DataInput, ...] = ()  # the files trained and validated on
 
     @property
     def terms(self) -> tuple[str, ...]:
@@ -75,6 +99,8 @@ class RunResult:
             out["champion_val_rmse"] = self.champion_val_rmse
         if self.months:
             out["months"] = [m.to_dict() for m in self.months]
+        if self.inputs:
+            out["inputs"] = [i.to_dict() for i in self.inputs]
         return out
 
     @classmethod
@@ -99,4 +125,5 @@ class RunResult:
             champion_val_rmse=data.get("champion_val_rmse"),
             months=tuple(MonthRows.from_dict(m) for m in data.get("months", ())),
             features=tuple(data.get("features", ())),
+            inputs=tuple(DataInput.from_dict(i) for i in data.get("inputs", ())),
         )

@@ -13,7 +13,10 @@ log ``cv_rmse``. ``cv_mean_rmse_*`` is the mean over folds that CV chose by.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -24,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pipeline.core.config import TrainConfig
 from pipeline.core.cv import Features
 from pipeline.core.decisions import Decision
-from pipeline.core.render import title
+from pipeline.core.render import features_text, title
 from pipeline.core.results import RunResult
 from pipeline.errors import PipelineError
 
@@ -90,7 +93,11 @@ def _failure(uri: str, exc: BaseException, run_id: str | None = None) -> Pipelin
 
 
 def _features_key(features: Features | None) -> str:
-    return "" if features is None else "_features_" + (".".join(features) or "base")
+    """A feature set in a metric name: ``zones.trip_distance:log48.hour_of_week``; characters MLflow refuses become ``_``."""
+    if features is None:
+        return ""
+    text = features_text(features).replace(" + ", ".").replace("zones", "base", 1)
+    return "_features_" + re.sub(r"[^A-Za-z0-9_\-. :/]", "_", text)
 
 
 def metric_key(prefix: str, features: Features | None, alpha: float | None) -> str:
@@ -112,7 +119,7 @@ def params(config: TrainConfig, result: RunResult) -> dict[str, str]:
             out[name] = str(value)
     out["source"] = redact(out["source"])
     out["chosen_alpha"] = str(result.alpha)
-    out["chosen_features"] = "+".join(result.numeric) or "base"
+    out["chosen_features"] = features_text(result.terms)
     return out
 
 
@@ -159,6 +166,8 @@ def log_training(
         figures = [Metric(key, value, now, step) for key, value, step in metrics(result)]
         for start in range(0, len(figures), 1000):  # MLflow takes at most 1000 metrics per batch
             client.log_batch(run_id, metrics=figures[start : start + 1000])
+        if result.inputs:
+            client.log_inputs(run_id, datasets=dataset_inputs(result))
         with tempfile.TemporaryDirectory() as folder:
             for name, data in files.items():
                 (Path(folder) / name).write_bytes(data)
@@ -168,6 +177,20 @@ def log_training(
         raise _failure(uri, exc, run_id) from None
     client.set_terminated(run_id, status="FINISHED")
     return Tracked(run_id, experiment_id, redact(uri))
+
+
+def dataset_inputs(result: RunResult) -> list[Any]:
+    """The run's month files as MLflow dataset inputs: name, a digest of their identity, the location, and the role as context."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    out = []
+    for item in result.inputs:
+        digest = hashlib.sha256(f"{item.location}|{item.identity}|{item.size}".encode()).hexdigest()[:16]
+        source_type = "http" if item.location.startswith(("http://", "https://")) else ("s3" if "://" in item.location else "local")
+        source = json.dumps({"uri": item.location, "size": item.size, "identity": item.identity, "stats_keys": list(item.stats_keys)})
+        dataset = Dataset(name=f"{result.taxi} {item.month}", digest=digest, source_type=source_type, source=source)
+        out.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context", item.role)]))
+    return out
 
 
 def log_decision(uri: str, experiment: str, flow_run_id: str, decision: Decision) -> Tracked:

@@ -34,7 +34,7 @@ from pipeline.core.features import FeatureSpec
 from pipeline.core.model import AnyModel, Model
 from pipeline.core.months import Month, format_months
 from pipeline.core.results import RunResult
-from pipeline.edge import chunks, reader, stats_cache, tracking
+from pipeline.edge import chunks, lineage, reader, stats_cache, tracking
 from pipeline.edge.baseline import COUNTS_FILE, train_counts_bytes
 from pipeline.edge.metrics import METRICS_FILE, metrics_bytes
 from pipeline.edge.model_files import estimator_objects, load_any, model_objects
@@ -268,7 +268,7 @@ def _month_statistics(config: TrainConfig, plans: dict[Month, reader.MonthPlan],
     run's entries kept) and its size logged.
     """
     spec = config.feature_spec()
-    folds = config.folds if config.cross_validates and config.cv == "kfold" else 1
+    folds = config.stats_folds
     location = stats_cache.resolve(config.stats_cache) if config.cache else None
     limit = stats_cache.max_bytes()  # a bad $TAXI_PIPELINE_STATS_CACHE_MAX_BYTES stops the run before any work
     present = stats_cache.StatsCache(location).keys() if location is not None else set()
@@ -494,6 +494,15 @@ def _train_on_dask(config: TrainConfig, plans: list[reader.MonthPlan] | None, sl
         champion_val_rmse=champion_rmse,
         months=trained.months,
         features=trained.features,
+        inputs=lineage.data_inputs(
+            located,
+            train,
+            val,
+            config.feature_spec() if config.model == "linear" else None,
+            config.chunk_rows,
+            config.stats_folds,
+            config.seed,
+        ),
     )
     _publish(result)
     spec = FeatureSpec.of(trained.features)
