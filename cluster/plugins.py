@@ -19,7 +19,7 @@ sets ``PREFECT_API_URL`` on each worker (workers that join later get it too, as
 the scheduler replays registered plugins), refreshes Prefect's global settings
 if it is already imported, and stops those services when the API changed, so
 that they restart on the run's API. It also makes the worker's task starts
-cheaper (:func:`pipeline.orchestration.prefect_patches.lean_task_starts`).
+cheaper (:func:`pipeline.runtime.prefect_patches.lean_task_starts`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from pipeline.orchestration.prefect_patches import lean_task_starts, point_prefect_at
+from pipeline.runtime.prefect_patches import lean_task_starts, point_prefect_at
 
 PLUGIN_NAME = "taxi-pipeline-prefect-api"
 

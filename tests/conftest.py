@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.core.months import parse_months
 from pipeline.edge.synth import write_months
-from pipeline.orchestration.testing import temporary_prefect_api
+from pipeline.runtime.testing import temporary_prefect_api
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 

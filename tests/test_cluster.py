@@ -218,7 +218,7 @@ def test_worker_imports_call_a_module_function_once_given_as_module_colon_functi
 
     from cluster.connect import _import_all
     from pipeline.edge import warm
-    from pipeline.flows.cluster_runner import WORKER_WARM_UP
+    from pipeline.runtime.cluster_runner import WORKER_WARM_UP
 
     calls = []
     monkeypatch.setattr(warm, "warm_up", lambda: calls.append("warm"))

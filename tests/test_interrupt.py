@@ -163,7 +163,7 @@ def test_ctrl_c_stops_a_scoring_run_on_its_temporary_api_and_only_its_line_is_pr
 
 _SWALLOWED = """
 import gc, logging, signal, time
-from pipeline.orchestration.interrupts import Interrupted, interruptible
+from pipeline.runtime.interrupts import Interrupted, interruptible
 
 fired, said, outcome = [], [], "not raised"
 
@@ -203,7 +203,7 @@ def test_an_interrupt_swallowed_by_a_gc_callback_is_raised_again():
 _WRAPPED = """
 import signal
 from pydantic import BaseModel, field_serializer
-from pipeline.orchestration.interrupts import Interrupted, interrupt_wins, interruptible
+from pipeline.runtime.interrupts import Interrupted, interrupt_wins, interruptible
 
 class Context(BaseModel):
     x: int

@@ -21,7 +21,7 @@ from test_interrupt import _Run, _states, assert_stopped_mid_run
 
 from pipeline.edge.ports import free_port
 from pipeline.edge.processes import alive
-from pipeline.orchestration import stack_record
+from pipeline.runtime import stack_record
 
 pytestmark = pytest.mark.slow
 

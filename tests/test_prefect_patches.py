@@ -8,7 +8,7 @@ import pytest
 from prefect.context import SettingsContext
 from prefect.settings import PREFECT_LOGGING_LEVEL, temporary_settings
 
-from pipeline.orchestration import prefect_patches
+from pipeline.runtime import prefect_patches
 
 
 def test_memo_is_exact_follows_settings_changes_and_is_removed_after_the_scope():

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.orchestration import prefect_server
+from pipeline.runtime import prefect_server
 
 
 @pytest.fixture

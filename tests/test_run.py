@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 
 from cluster import ClusterSpec
-from pipeline import local_stack, run
+from pipeline import run
 from pipeline.core.config import TrainConfig
 from pipeline.edge import reader
 from pipeline.errors import PipelineError
+from pipeline.runtime import local_stack
 
 
 def _config(source: Path | str, output: Path, **extra: Any) -> TrainConfig:

@@ -1,6 +1,6 @@
 """The local stack's record, and how a command talks to it: standard library only, so a command asks in milliseconds.
 
-``taxi-pipeline up`` starts one long-lived process (:mod:`pipeline.stack_process`)
+``taxi-pipeline up`` starts one long-lived process (:mod:`pipeline.runtime.stack_process`)
 holding a Prefect API, a LocalCluster and a warm flow runner, and records it in
 ``$PREFECT_HOME/taxi-pipeline-stack.json`` (``PREFECT_HOME`` from the environment,
 else ``~/.prefect``). A run may use it only if it would behave exactly as a run
@@ -10,7 +10,7 @@ package, and the versions workers must share) and the same environment
 Prefect, Dask and MLflow, since the stack's workers keep the environment they
 started with).
 
-The stack's relay (:mod:`pipeline.stack_relay`) listens on a Unix socket beside
+The stack's relay (:mod:`pipeline.runtime.stack_relay`) listens on a Unix socket beside
 the record, usable by its owner only: :func:`relay` hands it a command line.
 """
 

@@ -3,7 +3,7 @@
 A ``taxi-pipeline train`` process spends ~2.5 s importing Prefect, Dask and the
 flows before its run starts, however small the run. The stack pays that once,
 here: this process imports everything, then waits on a Unix socket (owner only)
-for command lines from :func:`pipeline.orchestration.stack_record.relay`. For
+for command lines from :func:`pipeline.runtime.stack_record.relay`. For
 each it forks; the child takes over the client's terminal (its standard input,
 output and error arrive with the request), folder, umask and environment, and
 runs the CLI's own ``main`` on the command line: the same code, the same
@@ -27,22 +27,13 @@ import traceback
 from pathlib import Path
 from typing import Any, NoReturn
 
-from pipeline.orchestration.terminal_logs import quiet_terminal
+from pipeline.runtime.terminal_logs import quiet_terminal
 
 
 def _load() -> None:
     """Everything a run imports, so that a forked child starts at once."""
     from prefect.settings import get_current_settings
 
-    import pipeline.cli
-    import pipeline.cli.models
-    import pipeline.cli.score
-    import pipeline.cli.train
-    import pipeline.flows.retrain
-    import pipeline.flows.score
-    import pipeline.flows.train
-    import pipeline.local_stack
-    import pipeline.run  # noqa: F401
     from pipeline.edge import report
 
     get_current_settings()
@@ -131,7 +122,7 @@ def serve(path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.stack_relay", description="The relay the local stack starts.")
+    parser = argparse.ArgumentParser(prog="python -m pipeline.runtime.stack_relay", description="The relay the local stack starts.")
     parser.add_argument("socket", type=Path)
     args = parser.parse_args(argv)
     with quiet_terminal():  # before Prefect loads: its console then filters as the CLI's does

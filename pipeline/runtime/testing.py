@@ -17,7 +17,7 @@ def temporary_prefect_api(home: Path) -> Iterator[str]:
     """Start a Prefect API on 127.0.0.1 with ``PREFECT_HOME=home``; export its URL; stop it after."""
     from prefect.settings import PREFECT_HOME, temporary_settings
 
-    from pipeline.orchestration.prefect_api import prefect_api
+    from pipeline.runtime.prefect_api import prefect_api
 
     previous = {key: os.environ.get(key) for key in ("PREFECT_HOME", "PREFECT_API_URL")}
     os.environ["PREFECT_HOME"] = str(home)

@@ -19,9 +19,9 @@ import dask
 from prefect import get_run_logger
 
 from cluster import ClusterSpec, EarlyCluster, connect, started_early, task_runner
-from pipeline.orchestration import prefect_patches
-from pipeline.orchestration.interrupts import WORKER_PRELOAD
-from pipeline.orchestration.prefect_api import current_api_url
+from pipeline.runtime import prefect_patches
+from pipeline.runtime.interrupts import WORKER_PRELOAD
+from pipeline.runtime.prefect_api import current_api_url
 
 
 @dataclass(frozen=True)

@@ -2,14 +2,14 @@
 
 Without a stack every run starts its own Prefect API and LocalCluster and stops
 them at the end: seconds of start-up per run, and a UI that is gone when the run
-is. ``up`` starts one detached process (:mod:`pipeline.stack_process`) holding
+is. ``up`` starts one detached process (:mod:`pipeline.runtime.stack_process`) holding
 ``prefect server start`` on 127.0.0.1 (UI and all services, on the database in
 ``PREFECT_HOME``), a LocalCluster whose workers report to it with the flows'
 modules imported, and a relay that forks warm ``taxi-pipeline`` processes for runs; ``down`` stops it.
 
 :func:`run_services` is how ``train``, ``retrain`` and ``predict`` choose. A
 run uses the stack when it is up and answers, the run would behave the same
-there (:meth:`Stack.mismatch <pipeline.orchestration.stack_record.Stack.mismatch>`:
+there (:meth:`Stack.mismatch <pipeline.runtime.stack_record.Stack.mismatch>`:
 same code, same steering environment), it asks for no cluster of its own and
 ``PREFECT_API_URL`` names no other API. Otherwise the run brings up its own API
 and LocalCluster as before, and says why when a stack was up. Either way one
@@ -33,10 +33,10 @@ import httpx
 from cluster import ClusterSpec, resolve
 from pipeline.edge.processes import alive
 from pipeline.errors import PipelineError
-from pipeline.flows.cluster_runner import early_cluster
-from pipeline.orchestration import prefect_patches, stack_record
-from pipeline.orchestration.prefect_api import TEMPORARY_NOTE, configured_api_url, prefect_api
-from pipeline.orchestration.stack_record import Stack
+from pipeline.runtime import prefect_patches, stack_record
+from pipeline.runtime.cluster_runner import early_cluster
+from pipeline.runtime.prefect_api import TEMPORARY_NOTE, configured_api_url, prefect_api
+from pipeline.runtime.stack_record import Stack
 
 ORIGIN = "the local stack from `taxi-pipeline up`"
 
@@ -113,7 +113,7 @@ def up(
     path = stack_record.record_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     log = path.with_suffix(".log")
-    args = [sys.executable, "-m", "pipeline.stack_process", "--port", str(port), "--threads-per-worker", str(threads_per_worker)]
+    args = [sys.executable, "-m", "pipeline.runtime.stack_process", "--port", str(port), "--threads-per-worker", str(threads_per_worker)]
     if n_workers:
         args += ["--n-workers", str(n_workers)]
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}

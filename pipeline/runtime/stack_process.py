@@ -2,9 +2,9 @@
 
 It starts ``prefect server start`` on 127.0.0.1 (UI and every service, on the
 database in ``PREFECT_HOME``), a LocalCluster whose workers report to that API
-with the flows' modules imported, and :mod:`pipeline.stack_relay`, which forks
+with the flows' modules imported, and :mod:`pipeline.runtime.stack_relay`, which forks
 warm ``taxi-pipeline`` processes for runs. Then it records the three
-(:mod:`pipeline.orchestration.stack_record`); the record exists exactly while
+(:mod:`pipeline.runtime.stack_record`); the record exists exactly while
 they are all up. SIGTERM (``down``) stops the relay, the cluster, then the API.
 """
 
@@ -22,14 +22,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pipeline.errors import PipelineError
-from pipeline.orchestration import stack_record
+from pipeline.runtime import stack_record
 
 
 def _start_relay(path: Path, log: Path, stack: ExitStack, timeout: float = 120) -> None:
     """Start the relay (closed with ``stack``) and wait until it listens on ``path``."""
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # its children are as a user's command
     with open(log, "ab") as out:
-        relay = subprocess.Popen([sys.executable, "-m", "pipeline.stack_relay", str(path)], env=env, stdout=out, stderr=subprocess.STDOUT)
+        relay = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.runtime.stack_relay", str(path)], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
     stack.callback(relay.wait, timeout=30)
     stack.callback(relay.terminate)
     deadline = time.monotonic() + timeout
@@ -42,8 +44,8 @@ def _start_relay(path: Path, log: Path, stack: ExitStack, timeout: float = 120) 
 def _serve(port: int, n_workers: int | None, threads_per_worker: int) -> None:
     """Bring the API, the cluster and the relay up, record them, and wait for SIGTERM."""
     from cluster import ClusterSpec, start_cluster
-    from pipeline.flows.cluster_runner import FLOW_MODULES, WORKER_WARM_UP
-    from pipeline.orchestration import prefect_server
+    from pipeline.runtime import prefect_server
+    from pipeline.runtime.cluster_runner import FLOW_MODULES, WORKER_WARM_UP
 
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
@@ -80,7 +82,7 @@ def _serve(port: int, n_workers: int | None, threads_per_worker: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.stack_process", description="The process `taxi-pipeline up` starts.")
+    parser = argparse.ArgumentParser(prog="python -m pipeline.runtime.stack_process", description="The process `taxi-pipeline up` starts.")
     parser.add_argument("--port", type=int, default=stack_record.DEFAULT_PORT)
     parser.add_argument("--n-workers", type=int, default=None)
     parser.add_argument("--threads-per-worker", type=int, default=1)

@@ -16,8 +16,8 @@ from contextlib import contextmanager
 
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from pipeline.orchestration import prefect_patches, prefect_server
-from pipeline.orchestration.interrupts import children_ignore_interrupts
+from pipeline.runtime import prefect_patches, prefect_server
+from pipeline.runtime.interrupts import children_ignore_interrupts
 
 log = logging.getLogger(__name__)
 
