@@ -10,10 +10,11 @@ from pathlib import Path
 import dask.config
 import pytest
 
-from cluster import ClusterSpec, Connection, parse_cluster_kwargs, resolve, task_runner
+from cluster import ClusterSpec, Connection, parse_cluster_kwargs, resolve
 from cluster.connect import _dask_logs_below
 from cluster.versions import mismatch
 from pipeline.errors import PipelineError
+from pipeline.runtime.runner import task_runner
 
 
 @pytest.fixture(autouse=True)

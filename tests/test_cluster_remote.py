@@ -80,7 +80,7 @@ def test_remote_workers_give_the_local_result_and_report_to_the_flows_api(
 
 def test_workers_that_served_another_api_are_repointed(dask_processes, prefect_api_url):
     """Prefect's event service on a worker keeps the API it started with; the plugin restarts it on the new one."""
-    from cluster.plugins import PrefectApiPlugin
+    from pipeline.runtime.plugins import PrefectApiPlugin
 
     def _worker_state() -> dict[str, Any]:  # nested: cloudpickled by value, as workers cannot import this module
         import os

@@ -7,8 +7,8 @@ import pytest
 from distributed import LocalCluster
 from prefect import flow, task
 
-from cluster import Connection, task_runner
-from cluster.runner import KeyedDaskTaskRunner, task_key
+from cluster import Connection
+from pipeline.runtime.runner import KeyedDaskTaskRunner, task_key, task_runner
 
 
 @task

@@ -18,10 +18,12 @@ from typing import Any
 import dask
 from prefect import get_run_logger
 
-from cluster import ClusterSpec, EarlyCluster, connect, started_early, task_runner
+from cluster import ClusterSpec, EarlyCluster, connect, started_early
 from pipeline.runtime import prefect_patches
 from pipeline.runtime.interrupts import WORKER_PRELOAD
+from pipeline.runtime.plugins import PrefectApiPlugin
 from pipeline.runtime.prefect_api import current_api_url
+from pipeline.runtime.runner import task_runner
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ def dask_runner(spec: ClusterSpec | None = None) -> Iterator[Runner]:
     with (
         prefect_patches.installed(),
         _quiet_workers(),
-        connect(spec or ClusterSpec(), prefect_api_url=api_url) as connection,
+        connect(spec or ClusterSpec(), [PrefectApiPlugin(api_url)] if api_url else ()) as connection,
     ):
         workers = "worker" if connection.workers == 1 else "workers"
         logger.info("Dask scheduler: %s (%s, %d %s)", connection.address, connection.origin, connection.workers, workers)

@@ -131,7 +131,7 @@ def _memoised_settings() -> Iterator[None]:
 def lean_task_starts() -> None:
     """For this process: task runs reuse the Settings of identical serialised settings, and API clients share one SSL context per CA file.
 
-    Idempotent; a Dask worker installs it once (:class:`cluster.plugins.PrefectApiPlugin`). Settings are
+    Idempotent; a Dask worker installs it once (:class:`pipeline.runtime.plugins.PrefectApiPlugin`). Settings are
     keyed by their whole serialised dict, so a run with other settings (another API, say) builds its own.
     """
     if not supported():

@@ -46,6 +46,7 @@ def _serve(port: int, n_workers: int | None, threads_per_worker: int) -> None:
     from cluster import ClusterSpec, start_cluster
     from pipeline.runtime import prefect_server
     from pipeline.runtime.cluster_runner import FLOW_MODULES, WORKER_WARM_UP
+    from pipeline.runtime.plugins import PrefectApiPlugin
 
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
@@ -57,7 +58,7 @@ def _serve(port: int, n_workers: int | None, threads_per_worker: int) -> None:
         server = prefect_server.start_lasting(port, log)
         stack.callback(server.stop)
         spec = ClusterSpec(n_workers=n_workers, threads_per_worker=threads_per_worker)
-        cluster = start_cluster(spec, stack, (*FLOW_MODULES, WORKER_WARM_UP), prefect_api_url=server.api_url)
+        cluster = start_cluster(spec, stack, (*FLOW_MODULES, WORKER_WARM_UP), [PrefectApiPlugin(server.api_url)])
         relay = path.with_suffix(".sock")
         _start_relay(relay, log, stack)
         stack.callback(relay.unlink, missing_ok=True)

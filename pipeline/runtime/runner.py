@@ -8,6 +8,7 @@ repeat anyway (each submit carries a fresh task-run id), so a readable unique
 key, the task function's name and a UUID as Dask itself would print, is the
 same behaviour without the hashing. :meth:`KeyedDaskTaskRunner.submit` is
 prefect-dask's own, with ``key=`` passed (pinned in ``pyproject.toml``).
+:func:`task_runner` builds one for a :class:`cluster.Connection`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 from uuid import uuid4
 
 from prefect_dask.task_runners import DaskTaskRunner, PrefectDaskFuture
+
+from cluster import Connection
 
 
 def task_key(task: Any) -> str:
@@ -50,3 +53,9 @@ class KeyedDaskTaskRunner(DaskTaskRunner):
             return_type="state",
         )
         return PrefectDaskFuture(wrapped_future=future, task_run_id=future.task_run_id)
+
+
+def task_runner(connection: Connection) -> KeyedDaskTaskRunner:
+    """A Prefect task runner that submits to ``connection`` (with its TLS security, if any)."""
+    client_kwargs = {"security": connection.security} if connection.security is not None else None
+    return KeyedDaskTaskRunner(address=connection.address, client_kwargs=client_kwargs)
