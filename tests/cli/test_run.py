@@ -98,6 +98,7 @@ def test_an_unreachable_scheduler_fails_before_the_api_starts(months_dir, tmp_pa
     assert recorded["api"] == 0 and "flow" not in recorded
 
 
+@pytest.mark.cluster
 def test_the_local_cluster_starts_beside_the_api_and_closes_before_it(months_dir, tmp_path, monkeypatch):
     """The LocalCluster's start overlaps the API's; the flow gets its address; it is closed before the API stops."""
     import threading

@@ -136,6 +136,7 @@ def test_validation_month_among_training_months_is_refused(months_dir, tmp_path,
 
 
 @pytest.mark.slow
+@pytest.mark.cluster
 def test_month_empty_after_filtering_fails_in_the_flow(months_copy, tmp_path, prefect_api_url):
     path = months_copy / month_filename("yellow", Month(2023, 3))
     table = pq.read_table(path)
@@ -148,6 +149,7 @@ def test_month_empty_after_filtering_fails_in_the_flow(months_copy, tmp_path, pr
 
 
 @pytest.mark.slow
+@pytest.mark.cluster
 def test_train_writes_metrics_model_and_prints_the_table(months_dir, tmp_path, prefect_api_url):
     result = _train(months_dir, tmp_path / "out", "--n-workers", "1", env={"PREFECT_API_URL": prefect_api_url})
     assert result.returncode == 0, result.stderr
@@ -166,6 +168,7 @@ def test_train_writes_metrics_model_and_prints_the_table(months_dir, tmp_path, p
 
 
 @pytest.mark.slow
+@pytest.mark.cluster
 def test_a_damaged_data_page_is_the_chunk_tasks_one_line_not_a_pending_downstream_task(months_copy, tmp_path, prefect_api_url):
     path = months_copy / month_filename("yellow", Month(2023, 2))
     column = next(

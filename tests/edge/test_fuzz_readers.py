@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from test_cli import _one_error_line, _train
 
 from pipeline.core.features import FeatureSpec
 from pipeline.core.months import Month, parse_months
@@ -24,6 +23,7 @@ from pipeline.edge import chunks, reader
 from pipeline.edge.sources import month_filename
 from pipeline.edge.synth import write_months
 from pipeline.errors import PipelineError
+from tests.cli.test_cli import _one_error_line, _train
 
 SCALE = int(os.environ.get("TAXI_PROPERTY_SCALE", "1"))
 MONTH = Month(2023, 1)

@@ -21,7 +21,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_cli import _one_error_line, _train
 
 from pipeline.core.months import Month, parse_months
 from pipeline.edge import sources
@@ -33,6 +32,7 @@ from pipeline.edge.sources import (
 )
 from pipeline.edge.synth import write_months
 from pipeline.errors import PipelineError
+from tests.cli.test_cli import _one_error_line, _train
 
 JAN = Month(2023, 1)
 FEB = Month(2023, 2)
@@ -432,6 +432,7 @@ def test_pipeline_error_from_a_404_survives_pickling_of_its_chain(server: Server
 
 
 @pytest.mark.slow
+@pytest.mark.cluster
 def test_cli_http_404_is_the_months_one_line(server: Server, tmp_path: Path, prefect_api_url: str) -> None:
     write_months(server.root, parse_months("2023-01:2023-02"), 2_000)
     result = _train_http(server.url, tmp_path, prefect_api_url)
@@ -442,6 +443,7 @@ def test_cli_http_404_is_the_months_one_line(server: Server, tmp_path: Path, pre
 
 
 @pytest.mark.slow
+@pytest.mark.cluster
 def test_cli_http_body_not_parquet_is_one_line(server: Server, tmp_path: Path, prefect_api_url: str) -> None:
     write_months(server.root, parse_months("2023-01:2023-03"), 2_000)
     server.body = b"<html><body>Please log in</body></html>"

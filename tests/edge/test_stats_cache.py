@@ -17,8 +17,6 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import read_task_runs
-from test_flow import _without_timings
 
 from pipeline.cli import cli
 from pipeline.core.config import TrainConfig
@@ -28,6 +26,8 @@ from pipeline.core.stats import Stats
 from pipeline.edge import chunks, reader, stats_cache
 from pipeline.edge.sources import month_filename
 from pipeline.edge.stats_cache import CorruptEntry, StatsCache, decode, encode
+from tests.conftest import read_task_runs
+from tests.flows.test_flow import _without_timings
 
 SPEC = FeatureSpec(numeric=("trip_distance",))
 FOLDS, SEED = 3, 7
@@ -278,6 +278,7 @@ def _cache_line(caplog: pytest.LogCaptureFixture) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.cluster
 def test_a_rerun_reads_every_chunk_from_the_cache_until_its_month_file_changes(months_dir, prefect_api_url, tmp_path, caplog):
     from cluster import ClusterSpec
     from pipeline.run import train

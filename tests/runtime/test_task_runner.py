@@ -23,6 +23,7 @@ def test_keys_are_named_by_the_task_function_and_never_repeat():
 
 
 @pytest.mark.slow
+@pytest.mark.cluster
 def test_a_flow_runs_without_dask_hashing_its_arguments(prefect_api_url, monkeypatch):
     def no_hashing(*args, **kwargs):
         raise AssertionError("Client.submit tokenized a task's arguments")

@@ -41,5 +41,5 @@ def test_one_existing_key_is_enough_to_refuse(tmp_path, capsys):
 
 
 def test_the_default_folder_is_ignored_by_git():
-    ignored = subprocess.run(["git", "check-ignore", "-q", "certs/ca-key.pem"], capture_output=True, cwd=Path(__file__).parents[1])
+    ignored = subprocess.run(["git", "check-ignore", "-q", "certs/ca-key.pem"], capture_output=True, cwd=Path(__file__).parents[2])
     assert ignored.returncode == 0

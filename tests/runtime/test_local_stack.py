@@ -16,14 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_cli import _one_error_line
-from test_interrupt import _Run, _states, assert_stopped_mid_run
 
 from pipeline.edge.ports import free_port
 from pipeline.edge.processes import alive
 from pipeline.runtime import stack_record
+from tests.cli.test_cli import _one_error_line
+from tests.runtime.test_interrupt import _Run, _states, assert_stopped_mid_run
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.prefect_api, pytest.mark.cluster]
 
 ON_STACK = "(the local stack from `taxi-pipeline up`"
 

@@ -10,7 +10,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_cli import _train
 
 from pipeline.core import render, screening
 from pipeline.core.features import FeatureSpec
@@ -20,6 +19,7 @@ from pipeline.edge import chunks, reader
 from pipeline.edge.sources import month_filename
 from pipeline.edge.synth import synth_month, write_months
 from pipeline.errors import PipelineError
+from tests.cli.test_cli import _train
 
 FEB = Month(2023, 2)
 ROWS, GROUP = 8_000, 4_000
@@ -126,6 +126,7 @@ def test_screening_counts_early_timestamps_and_unknown_zones(tmp_path: Path) -> 
 
 
 @pytest.mark.slow
+@pytest.mark.cluster
 def test_cli_trains_on_a_silently_damaged_month_but_warns(tmp_path: Path, prefect_api_url: str) -> None:
     """With checksums the same damage is one line naming the file: test_synth_writes_page_checksums_... here, and
     end to end test_cli's damaged-page test (synth months carry CRCs), so no second run of the CLI here."""

@@ -23,7 +23,7 @@ from nbclient import NotebookClient
 from pipeline.core import render
 from pipeline.core.results import RunResult
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 NOTEBOOK = ROOT / "notebooks" / "quickstart.ipynb"
 #: The stored notebook stays small enough to browse: two small PNGs, no log text.
 MAX_STORED_BYTES = 300_000
@@ -94,6 +94,7 @@ def strip_volatile(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
 
 
 @pytest.mark.slow
+@pytest.mark.cluster
 def test_quickstart_shows_what_its_run_wrote(tmp_path, prefect_api_url, monkeypatch):
     monkeypatch.setenv("QUICKSTART_ROWS", "30000")
     monkeypatch.setenv("QUICKSTART_DIR", str(tmp_path))

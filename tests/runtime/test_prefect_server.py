@@ -23,6 +23,7 @@ def own_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         yield tmp_path
 
 
+@pytest.mark.prefect_api
 def test_a_temporary_api_writes_to_its_log_not_the_terminal_and_removes_it_when_stopped(own_home: Path) -> None:
     server = prefect_server.start_temporary()
     try:
@@ -36,6 +37,7 @@ def test_a_temporary_api_writes_to_its_log_not_the_terminal_and_removes_it_when_
     assert server.process.returncode is not None and not server.log.exists()
 
 
+@pytest.mark.prefect_api
 def test_a_temporary_api_that_does_not_answer_in_time_is_one_line_naming_its_kept_log(own_home: Path) -> None:
     with pytest.raises(PipelineError) as info:
         prefect_server.start_temporary(timeout=0.2)  # it needs seconds to import and migrate its database

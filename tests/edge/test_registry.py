@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import umask
 
 from pipeline.core.features import N_PAIRS, N_ZONES, FeatureSpec
 from pipeline.core.model import Model
@@ -26,6 +25,7 @@ from pipeline.edge.metrics import write_metrics
 from pipeline.edge.model_files import load_model, save_model
 from pipeline.edge.registry import Decision, Registry, Version
 from pipeline.errors import PipelineError
+from tests.conftest import umask
 
 
 class Boom(Exception):

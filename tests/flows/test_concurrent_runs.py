@@ -17,6 +17,8 @@ from pipeline.edge.stats_cache import decode
 
 
 @pytest.mark.slow
+@pytest.mark.prefect_api
+@pytest.mark.cluster
 def test_two_runs_into_one_output_sharing_a_cache_and_prefect_home_both_finish_and_leave_one_runs_files(
     months_dir: Path, tmp_path: Path
 ) -> None:

@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import DaskProcesses, read_task_runs, task_kind
 
 from cluster import ClusterSpec, connect
 from pipeline.core.config import TrainConfig
 from pipeline.errors import PipelineError
 from pipeline.run import train
+from tests.conftest import DaskProcesses, read_task_runs, task_kind
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,6 @@
 """Properties the core promises, checked on random inputs (Hypothesis, derandomized so CI is deterministic).
 
-``TAXI_PROPERTY_SCALE=20 pytest tests/test_properties.py`` runs 20 times the examples.
+``TAXI_PROPERTY_SCALE=20 pytest tests/core/test_properties.py`` runs 20 times the examples.
 """
 
 from __future__ import annotations

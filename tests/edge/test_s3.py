@@ -239,10 +239,11 @@ def test_the_store_gone_mid_write_is_one_line_and_leaves_no_model_without_its_da
 
 
 @pytest.mark.slow
+@pytest.mark.cluster
 def test_train_from_s3_to_s3_gives_the_local_runs_metrics_to_the_bit_and_a_second_run_reads_the_shared_cache(
     moto: Moto, prefect_api_url: str
 ) -> None:
-    from test_flow import PINNED
+    from tests.flows.test_flow import PINNED
 
     env: dict[str, str | None] = {
         "PREFECT_API_URL": prefect_api_url,
@@ -262,7 +263,7 @@ def test_train_from_s3_to_s3_gives_the_local_runs_metrics_to_the_bit_and_a_secon
         assert meta["run_id"] == metrics["flow_run_id"]
         for timing in ("seconds", "rows_per_second", "flow_run_id", "schema_version", "numeric", "months"):
             metrics.pop(timing)
-        assert metrics == PINNED["nocv_numeric"]["metrics"]  # the local run's figures (tests/test_flow.py pins them)
+        assert metrics == PINNED["nocv_numeric"]["metrics"]  # the local run's figures (tests/flows/test_flow.py pins them)
         runs.append(result.stdout + result.stderr)
     chunks = len(storage.listdir(f"s3://{BUCKET}/stats"))
     assert chunks >= 3  # at least one chunk a month, each one object on the shared cache
@@ -271,6 +272,7 @@ def test_train_from_s3_to_s3_gives_the_local_runs_metrics_to_the_bit_and_a_secon
 
 
 @pytest.mark.slow
+@pytest.mark.cluster
 def test_a_registry_on_s3_retrains_promotes_serves_and_scores_to_s3(moto: Moto, prefect_api_url: str, months_dir: Path) -> None:
     from datetime import date
 

@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import read_task_runs, task_kind
 
 from cluster import ClusterSpec
 from pipeline.core.config import TrainConfig
@@ -20,8 +19,9 @@ from pipeline.edge import reader, seed
 from pipeline.edge.model_files import load_model
 from pipeline.edge.sources import month_filename
 from pipeline.run import train
+from tests.conftest import read_task_runs, task_kind
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 
 def _train(*args: Any, **kwargs: Any) -> dict[str, Any]:

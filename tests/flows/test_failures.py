@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from test_cli import _cli, _one_error_line, _train
 
 from pipeline.core.months import Month, parse_months
 from pipeline.edge.sources import month_filename
 from pipeline.edge.synth import write_months
+from tests.cli.test_cli import _cli, _one_error_line, _train
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +42,7 @@ def _cluster_flags(where: str, request: pytest.FixtureRequest) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["local", "remote"])
+@pytest.mark.cluster
 def test_a_cv_tasks_error_is_the_one_line(where, tiny_training_months, tmp_path, prefect_api_url, request):
     result = _train(
         tiny_training_months,
@@ -60,6 +61,7 @@ def test_a_cv_tasks_error_is_the_one_line(where, tiny_training_months, tmp_path,
 
 
 @pytest.mark.slow
+@pytest.mark.cluster
 def test_a_chunk_tasks_error_on_a_remote_scheduler_is_the_one_line(months_dir, tmp_path, prefect_api_url, dask_processes):
     source = tmp_path / "months"
     shutil.copytree(months_dir, source)
@@ -110,6 +112,7 @@ def http_months(months_dir: Path, tmp_path: Path) -> Iterator[tuple[str, str]]:
 
 
 @pytest.mark.slow
+@pytest.mark.cluster
 def test_a_month_tasks_error_on_a_remote_scheduler_is_the_one_line(http_months, tmp_path, prefect_api_url, dask_processes):
     source, missing = http_months
     months = ["--train-months", "2023-01:2023-02", "--val-month", "2023-03", "--output", str(tmp_path / "out")]

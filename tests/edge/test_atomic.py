@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import IO
 
 import pytest
-from conftest import umask
 
 from pipeline.edge.atomic import atomic_path, write_bytes
+from tests.conftest import umask
 
 
 def _writing(data: bytes) -> Callable[[IO[bytes]], None]:

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import read_task_runs
 
 from cluster import ClusterSpec
 from pipeline.core.months import Month, parse_months
@@ -22,8 +21,9 @@ from pipeline.edge.registry import Registry
 from pipeline.edge.sources import latest_month, month_filename
 from pipeline.errors import PipelineError
 from pipeline.flows.retrain import retrain_flow
+from tests.conftest import read_task_runs
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 #: The session's months are 2023-01..03: as of any day in April or later, March is the newest published.
 AS_OF = date(2023, 4, 20)
@@ -311,7 +311,7 @@ def test_the_scheduled_deployment_is_served_and_a_triggered_run_registers_a_vers
 def test_prefect_yaml_deploys_onto_a_process_pool_whose_worker_runs_it(months_dir, prefect_server, tmp_path):
     import time
 
-    root = Path(__file__).parents[1]
+    root = Path(__file__).parents[2]
     prefect = str(Path(sys.executable).with_name("prefect"))
     env = {**prefect_server.env, "PREFECT_LOGGING_LEVEL": "WARNING"}
 

@@ -15,7 +15,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_damaged import _damage
 
 from cluster import ClusterSpec
 from pipeline.core.config import TrainConfig
@@ -28,8 +27,9 @@ from pipeline.edge.sources import month_filename
 from pipeline.errors import PipelineError
 from pipeline.flows.score import score_flow
 from pipeline.run import train
+from tests.edge.test_damaged import _damage
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 
 @pytest.fixture(scope="module")

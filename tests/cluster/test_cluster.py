@@ -147,7 +147,7 @@ def test_cluster_kwargs_from_a_yaml_or_json_file(tmp_path):
 
 
 def test_example_cluster_kwargs_files_parse():
-    examples = Path(__file__).resolve().parents[1] / "cluster" / "examples"
+    examples = Path(__file__).resolve().parents[2] / "cluster" / "examples"
     found = sorted(examples.glob("*.yaml"))
     assert [p.name for p in found] == ["kubernetes.yaml", "slurm.yaml"]
     for path in found:
@@ -242,6 +242,7 @@ with connect(ClusterSpec(n_workers=1, dashboard_address=":0")) as connection:
 """
 
 
+@pytest.mark.cluster
 def test_a_cluster_started_after_prefect_set_up_logging_keeps_dasks_info_lines_off_the_console():
     """``silence_logs`` lowers Dask's own stderr handler, which distributed only adds when nothing configured logging
     first; after Prefect's set-up its records go to Prefect's console instead, and the scheduler's INFO lines did."""

@@ -15,7 +15,7 @@ from pipeline.core.config import TrainConfig
 from pipeline.edge import tracking
 from pipeline.errors import PipelineError
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 
 def _main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -186,7 +186,7 @@ def test_bad_tracking_flags_are_one_line(flags, env, message, monkeypatch, capsy
 
 
 def test_importing_tracking_loads_no_mlflow_and_no_orchestration():
-    from test_layers import _ORCHESTRATION, _loaded_after
+    from tests.test_layers import _ORCHESTRATION, _loaded_after
 
     assert _loaded_after("pipeline.edge.tracking").isdisjoint({"mlflow", *_ORCHESTRATION})  # MLflow loads when a run asks for it
 

@@ -94,11 +94,14 @@ def assert_stopped_mid_run(run: _Run, output: Path, api_url: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.cluster
 def test_ctrl_c_stops_a_run_on_a_prefect_server_and_marks_its_flow_runs(slow_months, tmp_path, prefect_server):
     assert_stopped_mid_run(_Run(slow_months, tmp_path / "out", prefect_server.env), tmp_path / "out", prefect_server.url)
 
 
 @pytest.mark.slow
+@pytest.mark.prefect_api
+@pytest.mark.cluster
 def test_ctrl_c_stops_a_run_on_its_temporary_api(slow_months, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     run = _Run(slow_months, tmp_path / "out", env)
@@ -142,6 +145,7 @@ def _stop_a_scoring_run(source: Path, tmp_path: Path, env: dict[str, str], later
 
 
 @pytest.mark.slow
+@pytest.mark.cluster
 def test_ctrl_c_stops_a_scoring_run_and_replaces_no_month(slow_months, tmp_path, prefect_server):
     """Mid-run, parts of some chunks are staged: none is published, the staging is gone, both flow runs end."""
     run = _stop_a_scoring_run(slow_months, tmp_path, prefect_server.env)
@@ -151,6 +155,8 @@ def test_ctrl_c_stops_a_scoring_run_and_replaces_no_month(slow_months, tmp_path,
 
 
 @pytest.mark.slow
+@pytest.mark.prefect_api
+@pytest.mark.cluster
 def test_ctrl_c_stops_a_scoring_run_on_its_temporary_api_and_only_its_line_is_printed(slow_months, tmp_path):
     """The temporary API stops with the run; what it logs then (services cancelled mid-flush) goes to its own log.
 
