@@ -27,7 +27,7 @@ from benchmarks.common import TAXI, command_env, months, run_python
 from pipeline.edge.ports import free_port
 from pipeline.edge.sources import month_filename
 from pipeline.edge.synth import write_months
-from pipeline.orchestration.testing import temporary_prefect_api
+from pipeline.runtime.testing import temporary_prefect_api
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 

@@ -30,9 +30,9 @@ from cluster import ClusterSpec
 from pipeline.core.config import TrainConfig
 from pipeline.edge import chunks, reader
 from pipeline.edge.stats_cache import StatsCache
-from pipeline.orchestration import stack_record
-from pipeline.orchestration.prefect_api import prefect_api
 from pipeline.run import train
+from pipeline.runtime import stack_record
+from pipeline.runtime.prefect_api import prefect_api
 
 FOLDS = 5
 ALPHAS = [0.01, 0.1, 1.0, 10.0]

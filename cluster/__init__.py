@@ -1,16 +1,16 @@
-"""The one door to Dask: turn user intent into a checked connection and a Prefect task runner.
+"""The one door to Dask: turn user intent into a checked connection; it imports Dask and the project's errors only.
 
 Public API: :class:`ClusterSpec` (intent), :func:`resolve` (intent -> :class:`Plan`,
 starting nothing), :func:`check_cluster` (resolve, and try a running scheduler once),
 :func:`connect` (a context manager yielding a checked :class:`Connection`), :func:`started_early`
-(a run's LocalCluster started beside its Prefect API), :func:`start_cluster` (one that outlives runs), :func:`task_runner`
-(a ``DaskTaskRunner`` for that connection), :func:`parse_cluster_kwargs`
-(for ``--cluster-kwargs``), :class:`PrefectApiPlugin` (points workers at the flow's
-Prefect API) and :func:`check_versions`. ``python -m cluster.certs DIR`` makes TLS files.
+(a run's LocalCluster started beside its Prefect API), :func:`start_cluster` (one that outlives runs),
+:func:`parse_cluster_kwargs` (for ``--cluster-kwargs``) and :func:`check_versions`.
+``python -m cluster.certs DIR`` makes TLS files. What points Prefect at the workers (the
+``DaskTaskRunner``, the worker plugin) is the runtime's: :mod:`pipeline.runtime.runner`,
+:mod:`pipeline.runtime.plugins`.
 """
 
-from cluster.connect import Connection, EarlyCluster, check_cluster, connect, start_cluster, started_early, task_runner
-from cluster.plugins import PrefectApiPlugin
+from cluster.connect import Connection, EarlyCluster, check_cluster, connect, start_cluster, started_early
 from cluster.spec import ClusterSpec, Plan, parse_cluster_kwargs, resolve
 from cluster.versions import check_versions
 
@@ -19,7 +19,6 @@ __all__ = [
     "Connection",
     "EarlyCluster",
     "Plan",
-    "PrefectApiPlugin",
     "check_cluster",
     "check_versions",
     "connect",
@@ -27,5 +26,4 @@ __all__ = [
     "resolve",
     "start_cluster",
     "started_early",
-    "task_runner",
 ]

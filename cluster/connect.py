@@ -6,8 +6,11 @@ in ``client_kwargs``): a runner built from an address survives Prefect's
 re-creates the runner from the flow's context. So clusters of our own (a
 ``LocalCluster`` or a ``--cluster-class``) are started here, for the run, and
 handed to the flow by address. Starting them after the Prefect API URL is
-exported lets LocalCluster workers inherit it; remote workers get it from
-:class:`cluster.plugins.PrefectApiPlugin`.
+exported lets LocalCluster workers inherit it; remote workers get it from the
+worker plugins the caller passes (the runtime's
+:class:`pipeline.runtime.plugins.PrefectApiPlugin`). This package knows Dask and
+the project's errors only; the Prefect task runner is the runtime's
+(:func:`pipeline.runtime.runner.task_runner`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import socket
 import ssl
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -28,11 +31,8 @@ from typing import Any
 from distributed import Client, LocalCluster
 from distributed.versions import VersionMismatchWarning
 
-from cluster.plugins import PrefectApiPlugin
-from cluster.runner import KeyedDaskTaskRunner
 from cluster.spec import ClusterSpec, Plan, Tls, load_cluster_class, resolve
 from cluster.versions import check_versions
-from pipeline.edge.ports import port_is_free
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -119,10 +119,21 @@ def _client(target: Any, plan: Plan, spec: ClusterSpec, security: Any) -> Client
         raise PipelineError(_explain(address, plan.origin, exc, plan.tls, spec.connect_timeout)) from exc
 
 
+def _port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """As :func:`pipeline.edge.ports.port_is_free` (a port in TIME_WAIT is free): cluster/ imports no layer but the errors."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def _dashboard_address(asked: str) -> str:
     """``asked``, or any free port when its port is taken (the local stack's cluster has :8787): Dask would warn, then do so."""
     host, _, port = asked.rpartition(":")
-    if not port.isdigit() or int(port) == 0 or port_is_free(int(port), host):
+    if not port.isdigit() or int(port) == 0 or _port_is_free(int(port), host):
         return asked
     return f"{host}:0"
 
@@ -256,17 +267,17 @@ class EarlyCluster:
 
 
 def start_cluster(
-    spec: ClusterSpec, stack: ExitStack, imports: tuple[str, ...] = (), prefect_api_url: str | None = None, *, plan: Plan | None = None
+    spec: ClusterSpec, stack: ExitStack, imports: tuple[str, ...] = (), plugins: Sequence[Any] = (), *, plan: Plan | None = None
 ) -> Any:
-    """Start the cluster ``spec`` asks for (closed with ``stack``), its workers pointed at ``prefect_api_url`` and importing ``imports``.
+    """Start the cluster ``spec`` asks for (closed with ``stack``), with the worker ``plugins`` registered and importing ``imports``.
 
     An ``imports`` entry ``module:function`` also calls that function on each worker, once.
     """
     cluster = _start_cluster(plan or resolve(spec), spec, stack)
-    if imports or prefect_api_url:
+    if imports or plugins:
         with Client(cluster, set_as_default=False) as client:
-            if prefect_api_url:
-                client.register_plugin(PrefectApiPlugin(prefect_api_url))
+            for plugin in plugins:
+                client.register_plugin(plugin)
             if imports:
                 client.run(_import_all, imports)
     return cluster
@@ -285,8 +296,8 @@ def _import_all(modules: tuple[str, ...]) -> None:
 def started_early(spec: ClusterSpec, imports: tuple[str, ...] = ()) -> Iterator[EarlyCluster]:
     """Start the run's own LocalCluster in a thread now, so that its ~2 s overlap the Prefect API's start.
 
-    The flow then connects to it by address as to any scheduler, and its :class:`PrefectApiPlugin` points
-    the workers at the API, which did not exist when they started. A scheduler address or a cluster class
+    The flow then connects to it by address as to any scheduler, and its worker plugins (the runtime's
+    ``PrefectApiPlugin``) point the workers at the API, which did not exist when they started. A scheduler address or a cluster class
     is left to the flow (``spec()`` gives the caller's spec back). Its workers import ``imports`` meanwhile.
     The cluster closes on exit, or at ``close()``.
     """
@@ -298,11 +309,12 @@ def started_early(spec: ClusterSpec, imports: tuple[str, ...] = ()) -> Iterator[
 
 
 @contextmanager
-def connect(spec: ClusterSpec, prefect_api_url: str | None = None) -> Iterator[Connection]:
+def connect(spec: ClusterSpec, plugins: Sequence[Any] = ()) -> Iterator[Connection]:
     """Yield a checked connection for the run; a cluster started here is closed after.
 
-    With ``prefect_api_url``, every worker (including those that join later) is
-    pointed at that Prefect API before it runs a task. Raises
+    Each of the worker ``plugins`` is registered on every worker (including those that
+    join later) before it runs a task (the runtime's ``PrefectApiPlugin`` points them
+    at the run's Prefect API). Raises
     :class:`PipelineError` with one line for contradicting flags, an unreachable
     or TLS-mismatched scheduler, or package versions that differ from ours.
     """
@@ -317,15 +329,9 @@ def connect(spec: ClusterSpec, prefect_api_url: str | None = None) -> Iterator[C
         else:
             cluster = _start_cluster(plan, spec, stack)
             client = stack.enter_context(_client(cluster, plan, spec, security))
-        if prefect_api_url:
-            client.register_plugin(PrefectApiPlugin(prefect_api_url))
+        for plugin in plugins:
+            client.register_plugin(plugin)
         check_versions(client)
         workers = client.scheduler_info(n_workers=-1).get("workers", {})
         threads = max(1, sum(w.get("nthreads", 1) for w in workers.values()))
         yield Connection(client.scheduler.address, _dashboard(client, cluster), len(workers), threads, plan.origin, security, plan.note)
-
-
-def task_runner(connection: Connection) -> KeyedDaskTaskRunner:
-    """A Prefect task runner that submits to ``connection`` (with its TLS security, if any)."""
-    client_kwargs = {"security": connection.security} if connection.security is not None else None
-    return KeyedDaskTaskRunner(address=connection.address, client_kwargs=client_kwargs)

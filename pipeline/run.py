@@ -18,7 +18,7 @@ from pipeline.core.results import RunResult
 from pipeline.edge import tracking
 from pipeline.edge.reader import MonthPlan, locate_local
 from pipeline.flows.train import train_flow
-from pipeline.local_stack import run_services
+from pipeline.runtime.local_stack import run_services
 
 log = logging.getLogger(__name__)
 

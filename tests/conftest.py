@@ -11,9 +11,25 @@ import pytest
 
 from pipeline.core.months import parse_months
 from pipeline.edge.synth import write_months
-from pipeline.orchestration.testing import temporary_prefect_api
+from pipeline.runtime.testing import temporary_prefect_api
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+#: The session fixtures below that start a server or a cluster, and the marker a test asking for one gets (directly
+#: or through another fixture). Tests that start their own carry the marker themselves.
+_FIXTURE_MARKERS = {
+    "prefect_api_url": "prefect_api",
+    "prefect_server": "prefect_api",
+    "dask_processes": "cluster",
+    "tls_dask_processes": "cluster",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture in getattr(item, "fixturenames", ()):
+            if fixture in _FIXTURE_MARKERS:
+                item.add_marker(_FIXTURE_MARKERS[fixture])
 
 
 @contextmanager
@@ -63,7 +79,7 @@ def prefect_api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
-# --- real Dask clusters of separate processes (tests/test_cluster_remote.py) --------------------------
+# --- real Dask clusters of separate processes (tests/cluster/test_cluster_remote.py) --------------------------
 
 
 def read_task_runs(flow_run_id: str, expected: int, timeout: float = 30.0) -> list:

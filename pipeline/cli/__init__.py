@@ -13,9 +13,9 @@ import click
 from pipeline.cli import cache, models, score, stack, train  # noqa: F401  (they register their commands)
 from pipeline.cli.common import cli, err
 from pipeline.errors import PipelineError
-from pipeline.orchestration import stack_record
-from pipeline.orchestration.interrupts import EXIT_CODE, Interrupted, interruptible
-from pipeline.orchestration.terminal_logs import quiet_terminal
+from pipeline.runtime import stack_record
+from pipeline.runtime.interrupts import EXIT_CODE, Interrupted, interruptible
+from pipeline.runtime.terminal_logs import quiet_terminal
 
 __all__ = ["cli", "main"]
 

@@ -120,7 +120,7 @@ def retrain(as_of: date | None, notify_url: str | None, notify_on_completion: bo
     from cluster import ClusterSpec, check_cluster
     from pipeline.core import render
     from pipeline.flows.retrain import NOTIFY_URL_ENV, retrain_flow
-    from pipeline.local_stack import run_services
+    from pipeline.runtime.local_stack import run_services
 
     cluster = ClusterSpec(**{k: v for k, v in options.items() if k not in _FLOW_PARAMETERS})
     check_cluster(cluster)
@@ -246,7 +246,7 @@ def deploy(cron: str, timezone: str, name: str, notify_url: str | None, notify_o
     except ValueError as exc:
         reason = str(exc).splitlines()[-1].strip()
         raise PipelineError(f"--cron {cron!r} / --timezone {timezone!r}: {reason}") from None
-    from pipeline.orchestration.prefect_api import configured_api_url
+    from pipeline.runtime.prefect_api import configured_api_url
 
     if not configured_api_url():
         raise PipelineError("deploy needs a running Prefect server: `prefect server start`, then set PREFECT_API_URL")

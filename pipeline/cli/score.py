@@ -68,7 +68,7 @@ def predict(
     from cluster import ClusterSpec, check_cluster
     from pipeline.core import render
     from pipeline.flows.score import score_flow
-    from pipeline.local_stack import run_services
+    from pipeline.runtime.local_stack import run_services
 
     cluster = ClusterSpec(**cluster_options)
     check_cluster(cluster)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from pipeline.cli.common import cli, err, out
-from pipeline.orchestration import stack_record
+from pipeline.runtime import stack_record
 
 
 @cli.command()
@@ -20,7 +20,7 @@ from pipeline.orchestration import stack_record
 @click.option("--threads-per-worker", type=click.IntRange(min=1), default=1, show_default=True)
 def up(port: int, n_workers: int | None, threads_per_worker: int) -> None:
     """Start a Prefect API (with its UI) and a LocalCluster that train, retrain and predict then reuse."""
-    from pipeline import local_stack
+    from pipeline.runtime import local_stack
 
     err.print("starting the local stack: a Prefect server and a LocalCluster (10-30 s)")
     stack, started = local_stack.up(port, n_workers, threads_per_worker)
@@ -33,7 +33,7 @@ def up(port: int, n_workers: int | None, threads_per_worker: int) -> None:
 @cli.command()
 def down() -> None:
     """Stop the local stack that `up` started (its cluster, then its API)."""
-    from pipeline import local_stack
+    from pipeline.runtime import local_stack
 
     stopped = local_stack.down()
     out.print(f"stopped the local stack (pid {stopped.pid})" if stopped else "no local stack is up", highlight=False)

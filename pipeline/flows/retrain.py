@@ -36,11 +36,11 @@ from pipeline.edge.model_files import META_FILE, load_any
 from pipeline.edge.registry import Registry, Version
 from pipeline.edge.sources import latest_month
 from pipeline.errors import PipelineError
-from pipeline.flows.cluster_runner import dask_runner
 from pipeline.flows.train import train_on_dask
-from pipeline.orchestration.interrupts import interrupt_wins
 from pipeline.orchestration.notify import send, target_from
-from pipeline.orchestration.prefect_api import ui_url
+from pipeline.runtime.cluster_runner import dask_runner
+from pipeline.runtime.interrupts import interrupt_wins
+from pipeline.runtime.prefect_api import ui_url
 
 log = logging.getLogger(__name__)
 

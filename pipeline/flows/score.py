@@ -38,9 +38,9 @@ from pipeline.edge.registry import Registry
 from pipeline.edge.report import prepare as prepare_report
 from pipeline.edge.report import write_report
 from pipeline.errors import PipelineError
-from pipeline.flows.cluster_runner import dask_runner
 from pipeline.flows.train import locate_months, raise_first_failure
-from pipeline.orchestration.interrupts import interrupt_wins
+from pipeline.runtime.cluster_runner import dask_runner
+from pipeline.runtime.interrupts import interrupt_wins
 
 log = logging.getLogger(__name__)
 

@@ -41,9 +41,9 @@ from pipeline.edge.model_files import estimator_objects, load_any, model_objects
 from pipeline.edge.run_files import publish_run
 from pipeline.edge.sources import is_local
 from pipeline.errors import PipelineError
-from pipeline.flows.cluster_runner import dask_runner
-from pipeline.orchestration.interrupts import interrupt_wins
-from pipeline.orchestration.prefect_api import ui_url
+from pipeline.runtime.cluster_runner import dask_runner
+from pipeline.runtime.interrupts import interrupt_wins
+from pipeline.runtime.prefect_api import ui_url
 
 if TYPE_CHECKING:  # row_fits imports scikit-learn: only the tasks that fit estimators load it
     from pipeline.edge.row_fits import FitResult

@@ -1,7 +1,7 @@
 """Test support shipped with the package: the service in a real uvicorn process on 127.0.0.1.
 
 ``tests/`` and ``benchmarks/`` both start one; it lives here (as
-:mod:`pipeline.orchestration.testing` does for the Prefect API) so there is one
+:mod:`pipeline.runtime.testing` does for the Prefect API) so there is one
 copy of how it is brought up and taken down.
 """
 

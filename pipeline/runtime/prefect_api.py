@@ -1,0 +1,80 @@
+"""One Prefect API per run: the flow's, shared by every Dask worker.
+
+Without ``PREFECT_API_URL`` Prefect starts a temporary server in the flow process
+*and another in every Dask worker process*, so task runs scatter over private
+databases. Here the run brings up one server (:mod:`prefect_server`), exports its
+URL before any worker starts (LocalCluster workers inherit the environment), and
+stops it at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from pipeline.runtime import prefect_patches, prefect_server
+from pipeline.runtime.interrupts import children_ignore_interrupts
+
+log = logging.getLogger(__name__)
+
+#: Said under a temporary API's address: its links die with the run.
+TEMPORARY_NOTE = (
+    "  (a temporary API: its UI and the 'View at' link work until this run ends; to browse past runs, "
+    "start `prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api before running)"
+)
+
+
+def configured_api_url() -> str | None:
+    """The API URL from the environment or the active Prefect profile, if any."""
+    return os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value() or None
+
+
+def ui_url(flow_run_id: str) -> str:
+    """The flow run's page in the Prefect UI (``PREFECT_UI_URL``, else the API's address without ``/api``)."""
+    from prefect.settings import get_current_settings
+
+    base = get_current_settings().ui_url or current_api_url().removesuffix("/api")
+    return f"{str(base).rstrip('/')}/runs/flow-run/{flow_run_id}"
+
+
+def current_api_url() -> str:
+    """The API this process reports to: the configured one, else the temporary server Prefect started for it."""
+    from prefect.client.orchestration import get_client
+
+    return configured_api_url() or str(get_client().api_url).rstrip("/")
+
+
+@contextmanager
+def prefect_api(url: str | None = None, timeout: int = 60) -> Iterator[str]:
+    """Yield the run's API URL (``url``, else the configured one), starting a local server on 127.0.0.1 when there is none."""
+    url = url or configured_api_url()
+    if url:
+        previous = os.environ.get("PREFECT_API_URL")
+        os.environ["PREFECT_API_URL"] = url
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: url}):
+                yield url
+        finally:
+            if previous is None:
+                os.environ.pop("PREFECT_API_URL", None)
+            else:
+                os.environ["PREFECT_API_URL"] = previous
+        return
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    log.info("starting a local Prefect API for this run")
+    with children_ignore_interrupts():  # else Ctrl-C stops the API before the flow run's crash is recorded
+        server = prefect_server.start_temporary(timeout=timeout)
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            try:
+                yield server.api_url
+            finally:
+                prefect_patches.drain_services()
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()

@@ -1,0 +1,189 @@
+"""The CLI contract: flags as documented, one error line and exit 2 for bad input, nothing written."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.core.months import Month
+from pipeline.edge.sources import month_filename
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})}
+    )
+
+
+def _train(source: Path, output: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return _cli(
+        "train",
+        "--source",
+        str(source),
+        "--train-months",
+        "2023-01:2023-02",
+        "--val-month",
+        "2023-03",
+        "--output",
+        str(output),
+        *extra,
+        env=env,
+    )
+
+
+def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    assert result.stderr.rstrip().splitlines()[-1] == lines[0]
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def months_copy(months_dir: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / "months"
+    shutil.copytree(months_dir, folder)
+    return folder
+
+
+def test_synth_writes_the_named_months(tmp_path):
+    result = _cli("synth", "--output", str(tmp_path), "--months", "2023-01,2023-03", "--rows", "1000", "--taxi", "green", "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["green_tripdata_2023-01.parquet", "green_tripdata_2023-03.parquet"]
+    assert pq.read_metadata(tmp_path / "green_tripdata_2023-03.parquet").num_rows == 1000
+
+
+def test_missing_month_file(months_copy, tmp_path):
+    (months_copy / month_filename("yellow", Month(2023, 2))).unlink()
+    line = _one_error_line(_train(months_copy, tmp_path / "out"))
+    assert "month 2023-02" in line and "yellow_tripdata_2023-02.parquet" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_required_column(months_copy, tmp_path):
+    path = months_copy / month_filename("yellow", Month(2023, 1))
+    pq.write_table(pq.read_table(path).drop(["DOLocationID"]), path)
+    line = _one_error_line(_train(months_copy, tmp_path / "out"))
+    assert str(path) in line and "DOLocationID" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_corrupt_parquet(months_copy, tmp_path):
+    path = months_copy / month_filename("yellow", Month(2023, 3))
+    path.write_bytes(path.read_bytes()[:5000])
+    line = _one_error_line(_train(months_copy, tmp_path / "out"))
+    assert str(path) in line and "corrupt" in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--train-months", "2023-13", "--val-month", "2023-03"], "--train-months"),
+        (["--train-months", "2023-01", "--val-month", "2023-03:2023-04"], "--val-month"),
+        (["--train-months", "2023-01", "--val-month", "2023-03", "--alphas", "-1"], "--alphas -1: every alpha must be a positive number"),
+        (["--train-months", "2023-01", "--val-month", "2023-03", "--alphas", "0.1,zero"], "--alphas"),
+        (["--train-months", "2023-01", "--val-month", "2023-03", "--n-workers", "zero"], "--n-workers"),
+        (["--train-months", "2023-01", "--val-month", "2023-03", "--folds", "1"], "--folds 1: one fold cannot cross-validate"),
+        (
+            ["--train-months", "2023-01", "--val-month", "2023-03", "--folds", "0", "--alphas", "0.1,1"],
+            "--alphas 0.1,1 with --folds 0: without cross-validation nothing chooses among alphas",
+        ),
+        (["--train-months", "2023-01", "--val-month", "2023-03", "--cv", "time"], "--cv time: needs at least two --train-months"),
+        (
+            ["--train-months", "2023-01", "--val-month", "2023-03", "--model", "sgd", "--cv", "time"],
+            "--cv time: supported for --model linear",
+        ),
+        (
+            ["--train-months", "2023-01", "--val-month", "2023-03", "--model", "sgd", "--alphas", "1,2"],
+            "--alphas: an alpha grid applies to --model linear",
+        ),
+        (["--train-months", "2023-01", "--val-month", "2023-03", "--model", "forest"], "--model"),
+        (["--train-months", "2023-01", "--val-month", "2023-03", "--taxi", "blue"], "--taxi"),
+    ],
+)
+def test_malformed_flags_and_broken_rules_name_the_flag(months_dir, tmp_path, args, needle):
+    line = _one_error_line(_cli("train", "--source", str(months_dir), "--output", str(tmp_path / "out"), *args))
+    assert needle in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("folds", [[], ["--folds", "0"]])
+def test_validation_month_among_training_months_is_refused(months_dir, tmp_path, folds):
+    result = _cli(
+        "train",
+        "--source",
+        str(months_dir),
+        "--output",
+        str(tmp_path / "out"),
+        "--train-months",
+        "2023-01:2023-03",
+        "--val-month",
+        "2023-03",
+        *folds,
+    )
+    line = _one_error_line(result)
+    assert line == ("error: --val-month 2023-03 is also in --train-months: the model would be validated on rows it was trained on")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_month_empty_after_filtering_fails_in_the_flow(months_copy, tmp_path, prefect_api_url):
+    path = months_copy / month_filename("yellow", Month(2023, 3))
+    table = pq.read_table(path)
+    column = table.schema.get_field_index("tpep_dropoff_datetime")
+    pq.write_table(table.set_column(column, "tpep_dropoff_datetime", table["tpep_pickup_datetime"]), path)
+    result = _train(months_copy, tmp_path / "out", "--n-workers", "1", env={"PREFECT_API_URL": prefect_api_url})
+    line = _one_error_line(result)
+    assert "month 2023-03" in line and "no trips left" in line and str(path) in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_train_writes_metrics_model_and_prints_the_table(months_dir, tmp_path, prefect_api_url):
+    result = _train(months_dir, tmp_path / "out", "--n-workers", "1", env={"PREFECT_API_URL": prefect_api_url})
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert {"train_rows", "val_rows", "train_rmse", "val_rmse", "seconds"} <= metrics.keys()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["metrics.json", "model.json", "model.npz", "train_counts.npz"]
+    assert f"{metrics['val_rmse']:,.4f}" in result.stdout
+    # a link only where the scheduler can draw it (it needs bokeh), else how to get one
+    import importlib.util
+
+    served = importlib.util.find_spec("bokeh") is not None
+    assert ("Dask dashboard: http://127.0.0.1:" in result.stderr) == served
+    assert ("Dask dashboard: not served (the scheduler needs bokeh>=3.1: pip install bokeh)" in result.stderr) != served
+    assert "The Dask dashboard is available at" not in result.stderr  # prefect-dask's unchecked link stays off the terminal
+    assert f"Prefect API: {prefect_api_url}" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_a_damaged_data_page_is_the_chunk_tasks_one_line_not_a_pending_downstream_task(months_copy, tmp_path, prefect_api_url):
+    path = months_copy / month_filename("yellow", Month(2023, 2))
+    column = next(
+        c for c in (pq.ParquetFile(path).metadata.row_group(1).column(i) for i in range(19)) if c.path_in_schema == "PULocationID"
+    )
+    damaged = bytearray(path.read_bytes())
+    for i in range(64):  # inside the data of row group 1's PULocationID page, past its header: the footer stays intact
+        damaged[column.data_page_offset + 256 + i] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+    result = _train(
+        months_copy, tmp_path / "out", "--n-workers", "1", "--folds", "0", "--chunk-rows", "10000", env={"PREFECT_API_URL": prefect_api_url}
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.rstrip().splitlines()[-1]
+    assert last.startswith(f"error: {path}: corrupt parquet data in row groups 1..1 (")
+    assert "CRC checksum verification failed" in last  # synth writes page checksums: caught however the bytes decode
+    assert "UnfinishedRun" not in result.stderr
+    assert not (tmp_path / "out").exists()
