@@ -66,10 +66,17 @@ def _project(v: np.ndarray) -> np.ndarray:
     return np.concatenate(([v.sum()], v.sum(axis=1), v.sum(axis=0)))
 
 
-def _project_rows(m: np.ndarray) -> np.ndarray:
-    """``U ᵀ`` of each row of ``m`` (rows × pairs), as columns: (1 + 2Z, rows)."""
-    m = m.reshape(-1, _Z, _Z)
-    return np.concatenate((m.sum(axis=(1, 2))[None, :], m.sum(axis=2).T, m.sum(axis=1).T))
+def _project_rows(m: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """``Uᵀ`` of each row of ``m`` (rows × ``pairs``), as columns: (1 + 2Z, rows)."""
+    pu, do = np.divmod(pairs, _Z)
+    rows = m.shape[0]
+    by_pu, by_do = np.zeros((rows, _Z)), np.zeros((rows, _Z))
+    for zone, by in ((pu, by_pu), (do, by_do)):
+        order = np.argsort(zone, kind="stable")
+        starts = np.flatnonzero(np.r_[True, np.diff(zone[order]) != 0])
+        if order.size:
+            by[:, zone[order][starts]] = np.add.reduceat(m[:, order], starts, axis=1)
+    return np.concatenate((m.sum(axis=1)[None, :], by_pu.T, by_do.T))
 
 
 def _dense_index(zones: Sequence[str], k: int, levels: int) -> np.ndarray:
@@ -90,8 +97,8 @@ def solve(stats: Stats, alpha: float, zones: Sequence[str] = ZONE_TERMS) -> Weig
     s = stats.total()
     n, sy = s.count[0], s.sum_y[0]
     sx = s.sum_x[0]  # (k, P)
-    active = np.flatnonzero(n)  # a level meets only the pairs that have rows
-    cross = s.cross[0][:, active].astype(np.float64)  # (K, active pairs)
+    active = s.cross_pairs  # a level meets only the pairs that have rows
+    cross = s.cross[0].astype(np.float64)  # (K, those pairs)
     k, levels = sx.shape[0], cross.shape[0]
     if "PU_DO" in zones:
         r = 1.0 / (n + alpha)
@@ -113,9 +120,7 @@ def solve(stats: Stats, alpha: float, zones: Sequence[str] = ZONE_TERMS) -> Weig
         rhs[m1:m2] = s.sum_xy[0] - sx @ (r * sy)
     if levels:
         weighted = cross * r[active]
-        full = np.zeros((levels, n.size))
-        full[:, active] = cross * q[active]
-        by_level = _project_rows(full)
+        by_level = _project_rows(cross * q[active], active)
         schur[:m1, m2:] = by_level
         schur[m2:, :m1] = by_level.T
         schur[m2:, m2:] = s.level_pairs[0] - weighted @ cross.T + alpha * np.eye(levels)
@@ -149,7 +154,7 @@ def sse(weights: Weights, stats: Stats) -> np.ndarray:
         xv = np.einsum("k,fkp->fp", v, stats.sum_x)  # per-pair Σ x·v
         out = out + 2 * xv @ f - 2 * stats.sum_xy @ v + np.einsum("k,fkl,l->f", v, stats.sum_xx, v)
     if g.size:
-        by_fold = np.array([g @ (c[:, nz] @ f[nz]) for c, nz in zip(stats.cross, map(np.flatnonzero, stats.count))])  # Σ_lp g_l n_lp f_p
+        by_fold = np.array([g @ (c @ f[stats.cross_pairs]) for c in stats.cross])  # Σ_lp g_l n_lp f_p
         out = out + 2 * by_fold - 2 * stats.level_y @ g + np.einsum("k,fkl,l->f", g, stats.level_pairs, g)
         if v.size:
             out = out + 2 * np.einsum("k,fkj,j->f", g, stats.level_x, v)

@@ -41,10 +41,11 @@ class Stats:
     sum_xy: np.ndarray  # (F, k) Σ x·minutes
     sum_xx: np.ndarray  # (F, k, k)
     screened: np.ndarray  # (4,) int64 rows read and dropped, named by SCREENED
-    cross: np.ndarray  # (F, K, P) int32 rows per factor level and pair (K: the factors' levels, 0 without factors)
+    cross: np.ndarray  # (F, K, A) int32 rows per factor level and pair of ``cross_pairs`` (K: the factors' levels)
     level_pairs: np.ndarray  # (F, K, K) int64 rows per two levels (the diagonal: rows per level)
     level_micros: np.ndarray  # (F, K) int64 duration sums per level, microseconds
     level_x: np.ndarray  # (F, K, k) numeric column sums per level
+    cross_pairs: np.ndarray  # (A,) int64 the pairs ``cross`` covers, increasing: those with rows (a level meets no other)
 
     @property
     def folds(self) -> int:
@@ -78,13 +79,17 @@ class Stats:
         return np.array([float(v) for v in self.sum_micros2]) / MICROS_PER_MINUTE**2
 
     def __add__(self, other: Stats) -> Stats:
-        if self.count.shape != other.count.shape or self.sum_x.shape != other.sum_x.shape or self.cross.shape != other.cross.shape:
+        same = self.count.shape == other.count.shape and self.sum_x.shape == other.sum_x.shape
+        if not same or self.cross.shape[:2] != other.cross.shape[:2]:
             raise ValueError("statistics of different fold counts or features cannot be added")
-        return _assemble((a + b for a, b in zip(self._arrays(), other._arrays())), self.screened + other.screened)
+        pairs, mine, theirs = _aligned(self, other)
+        arrays = (a + b for a, b in zip(self._arrays(), other._arrays()))
+        return _assemble(arrays, self.screened + other.screened, mine + theirs, pairs)
 
     def __sub__(self, other: Stats) -> Stats:
         """Remove ``other``'s rows (a fold) from the fit; the rows read stay those of ``self``."""
-        return _assemble((a - b for a, b in zip(self._arrays(), other._arrays())), self.screened)
+        pairs, mine, theirs = _aligned(self, other)
+        return _assemble((a - b for a, b in zip(self._arrays(), other._arrays())), self.screened, mine - theirs, pairs)
 
     def _arrays(self) -> tuple[np.ndarray, ...]:
         return (
@@ -94,19 +99,21 @@ class Stats:
             self.sum_x,
             self.sum_xy,
             self.sum_xx,
-            self.cross,
             self.level_pairs,
             self.level_micros,
             self.level_x,
         )
 
     def total(self) -> Stats:
-        """All folds pooled into one."""
-        return _assemble((a.sum(axis=0, keepdims=True) for a in self._arrays()), self.screened)
+        """All folds pooled into one (itself when it has one fold); counts per level and pair stay int32."""
+        if self.folds == 1:
+            return self
+        arrays = (a.sum(axis=0, keepdims=True, dtype=a.dtype) for a in self._arrays())
+        return _assemble(arrays, self.screened, self.cross.sum(axis=0, keepdims=True, dtype=np.int32), self.cross_pairs)
 
     def fold(self, k: int) -> Stats:
         """Fold ``k`` alone (its held-out rows)."""
-        return _assemble((a[k : k + 1] for a in self._arrays()), self.screened)
+        return _assemble((a[k : k + 1] for a in self._arrays()), self.screened, self.cross[k : k + 1], self.cross_pairs)
 
     def select(self, columns: Sequence[int], levels: Sequence[int] = ()) -> Stats:
         """The statistics of a model using only these numeric columns and factor levels (by index): those of a feature subset."""
@@ -123,6 +130,7 @@ class Stats:
             self.level_pairs[:, kept][:, :, kept],
             self.level_micros[:, kept],
             self.level_x[:, kept][:, :, index],
+            self.cross_pairs,
         )
 
     def without(self, k: int) -> Stats:
@@ -130,19 +138,34 @@ class Stats:
         return self.total() - self.fold(k)
 
 
-def _assemble(arrays: Iterable[np.ndarray], screened: np.ndarray) -> Stats:
-    """Statistics from the fit's arrays (in :meth:`Stats._arrays` order) and the rows-read counts."""
-    count, sum_micros, sum_micros2, sum_x, sum_xy, sum_xx, cross, level_pairs, level_micros, level_x = arrays
-    return Stats(count, sum_micros, sum_micros2, sum_x, sum_xy, sum_xx, screened, cross, level_pairs, level_micros, level_x)
+def _assemble(arrays: Iterable[np.ndarray], screened: np.ndarray, cross: np.ndarray, pairs: np.ndarray) -> Stats:
+    """Statistics from the fit's arrays (in :meth:`Stats._arrays` order), the rows-read counts and the counts per level and pair."""
+    count, sum_micros, sum_micros2, sum_x, sum_xy, sum_xx, level_pairs, level_micros, level_x = arrays
+    return Stats(count, sum_micros, sum_micros2, sum_x, sum_xy, sum_xx, screened, cross, level_pairs, level_micros, level_x, pairs)
+
+
+def _aligned(a: Stats, b: Stats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Both counts per level and pair over the union of their pairs: (pairs, a's, b's)."""
+    if np.array_equal(a.cross_pairs, b.cross_pairs):
+        return a.cross_pairs, a.cross, b.cross
+    pairs = np.union1d(a.cross_pairs, b.cross_pairs)
+
+    def spread(s: Stats) -> np.ndarray:
+        out = np.zeros((*s.cross.shape[:2], pairs.size), dtype=np.int32)
+        out[..., np.searchsorted(pairs, s.cross_pairs)] = s.cross
+        return out
+
+    return pairs, spread(a), spread(b)
 
 
 def _no_levels(folds: int, k: int) -> tuple[np.ndarray, ...]:
     """The factor fields of statistics without factors."""
     return (
-        np.zeros((folds, 0, N_PAIRS), dtype=np.int32),
+        np.zeros((folds, 0, 0), dtype=np.int32),
         np.zeros((folds, 0, 0), dtype=np.int64),
         np.zeros((folds, 0), dtype=np.int64),
         np.zeros((folds, 0, k)),
+        np.zeros(0, dtype=np.int64),
     )
 
 
@@ -156,10 +179,11 @@ def empty(folds: int = 1, n_numeric: int = 0, n_levels: int = 0) -> Stats:
         sum_xy=np.zeros((folds, n_numeric)),
         sum_xx=np.zeros((folds, n_numeric, n_numeric)),
         screened=np.zeros(len(SCREENED), dtype=np.int64),
-        cross=np.zeros((folds, n_levels, N_PAIRS), dtype=np.int32),
+        cross=np.zeros((folds, n_levels, 0), dtype=np.int32),
         level_pairs=np.zeros((folds, n_levels, n_levels), dtype=np.int64),
         level_micros=np.zeros((folds, n_levels), dtype=np.int64),
         level_x=np.zeros((folds, n_levels, n_numeric)),
+        cross_pairs=np.zeros(0, dtype=np.int64),
     )
 
 
@@ -384,16 +408,21 @@ def _level_statistics(
 ) -> tuple[np.ndarray, ...]:
     """The factor fields of :class:`Stats`: counts per level and pair, per two levels, and sums per level.
 
-    Counts per level and pair are one ``bincount`` per factor and fold (a factor's
-    levels × the pairs, int32); the rest are small. Duration sums are exact integers, as the pairs'.
+    Counts per level and pair are one ``bincount`` per factor and fold over the
+    chunk's pairs with rows (a factor's levels × those pairs, int32); the rest are
+    small. Duration sums are exact integers, as the pairs'.
     """
     total, k = levels.total, x.shape[1]
     pair = index if fold is None else index - fold * N_PAIRS
-    cross = np.zeros((folds, total, N_PAIRS), dtype=np.int32)
+    pairs = np.flatnonzero(np.bincount(pair, minlength=N_PAIRS))
+    compact = np.zeros(N_PAIRS, dtype=np.int64)
+    compact[pairs] = np.arange(pairs.size)
+    pair = compact[pair]
+    cross = np.zeros((folds, total, pairs.size), dtype=np.int32)
     for f, rows in enumerate(_fold_groups(fold, folds)):
         for j, (offset, size) in enumerate(zip(levels.offsets(), levels.sizes)):
-            code = (levels.codes[rows, j] - offset) * N_PAIRS + pair[rows]
-            cross[f, offset : offset + size] = np.bincount(code, minlength=size * N_PAIRS).reshape(size, N_PAIRS)
+            code = (levels.codes[rows, j] - offset) * pairs.size + pair[rows]
+            cross[f, offset : offset + size] = np.bincount(code, minlength=size * pairs.size).reshape(size, pairs.size)
     spread = np.zeros(micros.size, dtype=np.int64) if fold is None else fold * total
     level_pairs = np.zeros(folds * total * total, dtype=np.int64)
     level_micros = np.zeros(folds * total, dtype=np.int64)
@@ -406,7 +435,7 @@ def _level_statistics(
         level_micros += _exact_sums(at, micros, folds * total, at_count)
         for c in range(k):
             level_x[:, c] += np.bincount(at, weights=x[:, c], minlength=folds * total)
-    return cross, level_pairs.reshape(folds, total, total), level_micros.reshape(folds, total), level_x.reshape(folds, total, k)
+    return cross, level_pairs.reshape(folds, total, total), level_micros.reshape(folds, total), level_x.reshape(folds, total, k), pairs
 
 
 def combine(parts: Sequence[Stats]) -> Stats:

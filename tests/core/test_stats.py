@@ -71,6 +71,6 @@ def test_rows_read_and_dropped_add_across_chunks_and_survive_fold_selections():
     total = stats.combine([stats.compute(p, hashing.fold_of(p.position, 0, 0, folds), folds) for p in parts])
     assert total.screened.tolist() == [2_040, 27, 14, 2]
     assert total.rows == 2_000
-    for selected in (total.total(), total.fold(1), total.without(1), total.select_numeric([])):
+    for selected in (total.total(), total.fold(1), total.without(1), total.select([])):
         assert selected.screened.tolist() == [2_040, 27, 14, 2]
     assert stats.empty().screened.tolist() == [0, 0, 0, 0]
