@@ -44,6 +44,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -127,10 +128,18 @@ class Registry:
         if root.exists() and not root.is_dir():
             raise PipelineError(f"{root}: not a folder, so not a model registry")
         if not marker.exists():
-            if root.exists() and not _empty(root):
+            # Another run may be creating it right now: it takes the lock, writes registry.json (atomically) and only
+            # then anything else. So a folder found non-empty is judged after looking for the marker again (it may
+            # have appeared between the two looks), and one holding only a lock waits for that lock before judging.
+            if root.exists() and not _empty(root) and not marker.exists():
                 raise PipelineError(f"{root}: not a model registry (no {REGISTRY_FILE})")
             if not create:
-                raise PipelineError(f"{root}: no model registry there")
+                if (root / LOCK_FILE).exists():
+                    with cls(root)._locked(shared=True):  # a creator holds it until registry.json is in place
+                        pass
+                if not marker.exists():
+                    raise PipelineError(f"{root}: no model registry there")
+                return cls._checked(root, _read_json(marker))
             root.mkdir(parents=True, exist_ok=True)
             registry = cls(root)
             with registry._locked():  # two runs creating the same registry at once: one writes, the other sees it
@@ -354,11 +363,16 @@ class Registry:
         return files
 
     @contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Hold ``.lock`` exclusively (not re-entrant: a second ``_locked`` in the same process would wait forever).
+    def _locked(self, shared: bool = False) -> Iterator[None]:
+        """Hold ``.lock`` exclusively, or ``shared`` to wait out a change in progress (not re-entrant: a second
+        ``_locked`` in the same process waits for the first, then fails).
 
         Opened for writing as well: on NFS, flock is emulated with fcntl locks, which need that for an exclusive lock.
-        On object storage, ``.lock`` is an object put only if absent (:func:`pipeline.edge.storage.exclusive`).
+        A lock is never stale here: flock belongs to the open file, and the kernel drops it when its process dies
+        (SIGKILL included), so a dead run's ``.lock`` is taken over at once, with no pid or age to guess from; the file
+        itself stays and holds nothing. A live holder is waited for up to :data:`LOCK_WAIT` seconds, then refused in
+        one line naming its pid. On object storage, ``.lock`` is an object put only if absent
+        (:func:`pipeline.edge.storage.exclusive`), taken over once stale.
         """
         if isinstance(self.root, Location):
             lock = self.root / LOCK_FILE
@@ -366,10 +380,31 @@ class Registry:
             with storage.exclusive(lock, f"pid {os.getpid()}", LOCK_WAIT, busy):
                 yield
             return
-        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+        path = self.root / LOCK_FILE
+        fd = os.open(path, os.O_RDONLY if shared else os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            deadline = time.monotonic() + LOCK_WAIT
+            while True:
+                try:
+                    fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise PipelineError(
+                            f"{path}: held by {_lock_holder(path)} for over {LOCK_WAIT:g} s (a change still running?); "
+                            "try again once it ends, or stop that process: its lock goes with it"
+                        ) from None
+                    time.sleep(0.05)
+            if not shared:  # who holds it, for the message above; emptied again before it is let go
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)  # a killed holder's words may still be in it
+                    os.pwrite(fd, storage.owner_document("registry change"), 0)
+            try:
+                yield
+            finally:
+                if not shared:
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, 0)
         finally:
             os.close(fd)  # releases the lock
 
@@ -454,6 +489,16 @@ def _figures(path: Root) -> _Figures:
     except (KeyError, ValueError, PipelineError) as exc:
         detail = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
         raise PipelineError(f"{path}: not a run's metrics ({detail})") from None
+
+
+def _lock_holder(path: Path) -> str:
+    """Who holds a local ``.lock``, as its holder wrote it (pid, host, since when)."""
+    try:
+        document = json.loads(path.read_bytes())
+        since = datetime.fromtimestamp(float(document["since"]), timezone.utc).isoformat(timespec="seconds")
+        return f"pid {int(document['pid'])} on {document['host']} since {since}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
 
 
 def _empty(root: Path) -> bool:
