@@ -207,6 +207,20 @@ class Registry:
         self.verify(version)
         return version
 
+    def recorded_champion(self) -> Version | None:
+        """The champion the last decision in the history names, checked whole; None if there is none.
+
+        ``champion.json`` moves first and the decision is appended after it, so this is what a damaged
+        ``champion.json`` said (a crash between the two aside): a service starting on such a registry serves it.
+        """
+        decisions = self.history()
+        name = decisions[-1].champion_after if decisions else None
+        if name is None:
+            return None
+        version = self.version(name)
+        self.verify(version)
+        return version
+
     def verify(self, version: Version) -> None:
         """Refuse, in one line naming the file, a version whose files are not those it was registered with.
 

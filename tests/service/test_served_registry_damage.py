@@ -24,7 +24,7 @@ from pipeline.service.testing import running_service
 TRIP = [{"PULocationID": 1, "DOLocationID": 2, "trip_distance": 1.0}]
 
 
-def commit(registry: Registry, intercept: float, val_rmse: float) -> str:
+def commit(registry: Registry, intercept: float, val_rmse: float, repair: bool = False) -> str:
     """A version whose model predicts ``intercept`` minutes for every trip."""
     with registry.staging() as staged:
         weights = Weights(intercept, np.zeros(N_ZONES), np.zeros(N_ZONES), np.zeros(N_PAIRS), np.zeros(0))
@@ -44,7 +44,7 @@ def commit(registry: Registry, intercept: float, val_rmse: float) -> str:
             flow_run_id=f"run-{intercept}",
         )
         write_metrics(staged, result)
-    version, _ = registry.commit(staged, lambda champion: champion.val_rmse)
+    version, _ = registry.commit(staged, lambda champion: champion.val_rmse, repair=repair)
     return version.name
 
 
@@ -91,15 +91,27 @@ def test_a_damaged_champion_is_logged_and_the_model_served_stays(tmp_path: Path)
     assert "Traceback" not in text and "still serving v0001" in text and "still serving v0002" in text
 
 
-def test_a_registry_damaged_at_start_is_served_as_503_naming_the_damage(tmp_path: Path) -> None:
+def test_a_process_starting_on_a_damaged_champion_json_serves_the_champion_the_history_records(tmp_path: Path) -> None:
+    """What a --workers process (re)started after the damage meets: it serves what the others serve."""
     registry = Registry.open(tmp_path / "registry", create=True)
     commit(registry, 10.0, 5.0)
     (registry.root / "champion.json").write_bytes(b"\x00garbage")
     log = tmp_path / "service.log"
     with running_service(ModelSource.registry(registry.root), log, poll_seconds=0.2, access_log=False) as url:
+        assert _post(url, TRIP)[1]["model"]["version"] == "v0001"
+    text = log.read_text()
+    assert "champion.json: unreadable" in text and "serving v0001, the champion history.jsonl records" in text
+
+
+def test_a_registry_whose_recorded_champion_is_damaged_too_is_served_as_503_naming_the_damage(tmp_path: Path) -> None:
+    registry = Registry.open(tmp_path / "registry", create=True)
+    commit(registry, 10.0, 5.0)
+    (registry.root / "versions" / "v0001" / "model.npz").unlink()
+    log = tmp_path / "service.log"
+    with running_service(ModelSource.registry(registry.root), log, poll_seconds=0.2, access_log=False) as url:
         status, answer = _post(url, TRIP)
-        assert status == 503 and "champion.json: unreadable" in answer["detail"]
-        (registry.root / "champion.json").write_text('{"version": "v0001"}')
-        _wait_for(log, "serving v0001")
-        assert _post(url, TRIP)[0] == 200
+        assert status == 503 and "v0001/model.npz: missing" in answer["detail"]
+        assert commit(registry, 30.0, 4.0, repair=True) == "v0002"  # a new whole champion is picked up
+        _wait_for(log, "serving v0002")
+        assert _post(url, TRIP) == (200, {"minutes": [30.0], "model": {"version": "v0002", "format": "taxi-pipeline/linear-pairs/v1"}})
     assert "Traceback" not in log.read_text()
