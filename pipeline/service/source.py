@@ -184,12 +184,12 @@ class ModelSlot:
                 fresh = Served.build(load(version.path), version.name, version.metrics, self.max_batch)
             except (PipelineError, OSError) as exc:
                 self.problem = f"{registry.root}: champion not loaded ({exc})"
-                fresh = self._recorded(registry) if served is None else None
-                if fresh is None:
+                recorded = self._recorded(registry) if served is None else None
+                if recorded is None:
                     log.error("%s; still serving %s", self.problem, served.version if served else "nothing")
                     return False
-                self.current = fresh  # a process starting on a damaged champion.json: the champion the history records
-                log.error("%s; serving %s, the champion history.jsonl records", self.problem, fresh.version)
+                self.current = recorded  # a process starting on a damaged champion.json: the champion the history records
+                log.error("%s; serving %s, the champion history.jsonl records", self.problem, recorded.version)
                 return True
             self.current, self.problem = fresh, None
             log.info("serving %s from %s (was %s)", fresh.version, registry.root, served.version if served else "nothing")
