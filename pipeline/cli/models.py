@@ -83,23 +83,29 @@ def _parameters(options: dict[str, Any]) -> dict[str, Any]:
     return parameters
 
 
-def _open_existing(registry: str) -> None:
-    """Refuse a registry location that is not a registry (or, remote, cannot be reached), before anything starts."""
+def _open_existing(registry: str) -> Any:
+    """Refuse a registry location that is not a registry (or, remote, cannot be reached), before anything starts.
+
+    The registry if there is one (None: the first run creates it)."""
     from pipeline.edge import storage
     from pipeline.edge.registry import REGISTRY_FILE, Registry
 
     where = storage.locate(registry)
     if storage.exists(where / REGISTRY_FILE) if where.remote else Path(registry).exists():
-        Registry.open(registry)
+        return Registry.open(registry)
+    return None
 
 
 def _preflight(parameters: dict[str, Any], as_of: date | None) -> None:
-    """Bad input fails here, in a second, with the registry unchanged: a folder that is not a registry, no month to train on."""
+    """Bad input fails here, in a second, with the registry unchanged: a folder that is not a registry, a damaged
+    champion or history (unless ``--repair``), no month to train on."""
     from pipeline.core.config import DEFAULT_SOURCE
     from pipeline.core.months import Month
     from pipeline.edge.sources import is_local, latest_month
 
-    _open_existing(parameters["registry"])
+    store = _open_existing(parameters["registry"])
+    if store is not None:
+        store.check_for_commit(bool(parameters.get("repair")))
     source = parameters.get("source", DEFAULT_SOURCE)
     if is_local(source) or as_of is not None:
         day = as_of or date.today()
@@ -108,14 +114,23 @@ def _preflight(parameters: dict[str, Any], as_of: date | None) -> None:
 
 @cli.command()
 @click.option("--as-of", callback=_as_of, default=None, help="Train as of this date, YYYY-MM-DD [default: today].")
+@click.option(
+    "--repair",
+    is_flag=True,
+    default=False,
+    help="If the champion is damaged (a file missing or replaced, champion.json unreadable), promote this run's model "
+    "over it, and cut off a torn last line of history.jsonl. Without it, a damaged registry is refused.",
+)
 @with_options(RETRAIN_OPTIONS)
 @with_options(CLUSTER_OPTIONS)
-def retrain(as_of: date | None, notify_url: str | None, notify_on_completion: bool, **options: Any) -> None:
+def retrain(as_of: date | None, repair: bool, notify_url: str | None, notify_on_completion: bool, **options: Any) -> None:
     """Retrain now: validate on the newest published month, train on the window before it, keep the better model."""
     from pipeline.orchestration.notify import target_from
 
     target_from(options.get("notify"), notify_url, notify_on_completion)  # a contradiction fails before anything starts
     parameters = _parameters({**options, "notify_on_completion": notify_on_completion})
+    if repair:
+        parameters["repair"] = True
     _preflight(parameters, as_of)
     from cluster import ClusterSpec, check_cluster
     from pipeline.core import render
@@ -156,36 +171,41 @@ def _open(registry: str) -> Any:
 def list_versions(registry: str, as_json: bool) -> None:
     """Versions with their months, validation RMSE and creation time; the champion marked."""
     store = _open(registry)
-    champion = store.champion()
-    rows = [
-        {
-            "version": v.name,
-            "champion": champion is not None and v.name == champion.name,
-            "model": v.model,
-            "train_months": list(v.train_months),
-            "val_month": v.val_month,
-            "val_rmse": v.val_rmse,
-            "created": v.created,
-        }
-        for v in store.versions()
-    ]
+    survey = store.survey()  # what can be read, and one line per damaged part: shown, then exit 1
+    champion = survey.champion
+    whole = {v.name: v for v in survey.versions}
+    rows: list[dict[str, Any]] = []
+    for name in sorted({*whole, *survey.damaged}):
+        v = whole.get(name)
+        row: dict[str, Any] = {"version": name, "champion": name == champion}
+        if v is not None:
+            row.update(model=v.model, train_months=list(v.train_months), val_month=v.val_month, val_rmse=v.val_rmse, created=v.created)
+        else:
+            row.update(model=None, train_months=[], val_month=None, val_rmse=None, created=None)
+        row["damaged"] = survey.damaged.get(name)
+        rows.append(row)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
-        return
-    header = ("", "version", "model", "train months", "val month", "val RMSE", "created")
-    cells = [
-        (
-            "*" if r["champion"] else "",
-            r["version"],
-            r["model"],
-            ", ".join(r["train_months"]),
-            r["val_month"],
-            f"{r['val_rmse']:.4f}",
-            r["created"],
-        )
-        for r in rows
-    ]
-    out.print(table(f"{store.root}: {len(rows)} versions, champion {champion.name if champion else 'none'}", header, cells))
+    else:
+        header = ("", "version", "model", "train months", "val month", "val RMSE", "created")
+        cells = [
+            (
+                ("*" if r["champion"] else "") + ("!" if r["damaged"] else ""),
+                r["version"],
+                r["model"] or "DAMAGED",
+                ", ".join(r["train_months"]),
+                r["val_month"] or "",
+                "" if r["val_rmse"] is None else f"{r['val_rmse']:.4f}",
+                r["created"] or "",
+            )
+            for r in rows
+        ]
+        shown = champion if champion not in survey.damaged else f"{champion} (damaged)"
+        out.print(table(f"{store.root}: {len(rows)} versions, champion {shown or 'none'}", header, cells))
+    if survey.problems:
+        for problem in survey.problems:
+            err.print(f"damaged: {problem}", highlight=False, markup=False, soft_wrap=True)
+        raise PipelineError(f"{store.root}: {len(survey.problems)} damaged part(s), listed above")
 
 
 @models.command("show")

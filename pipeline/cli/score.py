@@ -97,8 +97,15 @@ def predict(
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--max-batch", type=click.IntRange(min=1), default=10_000, show_default=True, help="Most trips in one request.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="uvicorn processes answering on the port, each with its own copy of the model (about one per core).",
+)
 @STORAGE_OPTIONS
-def serve(model_dir: str | None, registry: str | None, host: str, port: int, max_batch: int) -> None:
+def serve(model_dir: str | None, registry: str | None, host: str, port: int, max_batch: int, workers: int) -> None:
     """The HTTP prediction service: POST /predict, GET /health, GET /model, GET /docs."""
     if (model_dir is None) == (registry is None):
         raise click.UsageError("give one of --model DIR or --registry R")
@@ -107,4 +114,4 @@ def serve(model_dir: str | None, registry: str | None, host: str, port: int, max
 
     source = ModelSource.folder(model_dir) if model_dir else ModelSource.registry(registry or "")
     err.print(f"serving {source.location} on http://{host}:{port} (OpenAPI page: /docs); Ctrl-C stops it")
-    run(source, host=host, port=port, max_batch=max_batch)
+    run(source, host=host, port=port, max_batch=max_batch, workers=workers)

@@ -38,12 +38,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import math
 import os
 import re
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -56,6 +58,7 @@ from pipeline.core.decisions import Decision, decide
 from pipeline.core.months import Month
 from pipeline.edge import storage
 from pipeline.edge.metrics import METRICS_FILE
+from pipeline.edge.model_files import META_FILE
 from pipeline.edge.storage import Location
 from pipeline.errors import PipelineError
 
@@ -107,6 +110,16 @@ class _Figures:
 
 
 @dataclass(frozen=True)
+class Survey:
+    """What :meth:`Registry.survey` found: the versions that are whole, and one line per damaged part."""
+
+    versions: list[Version]
+    champion: str | None  # the champion's name if champion.json names one, whole or not
+    problems: list[str]  # one line each, naming the file at fault
+    damaged: dict[str, str]  # version name -> its problem
+
+
+@dataclass(frozen=True)
 class Registry:
     """A registry folder; get one with :meth:`Registry.open`. Holds no state but its path: every call reads the files."""
 
@@ -127,10 +140,18 @@ class Registry:
         if root.exists() and not root.is_dir():
             raise PipelineError(f"{root}: not a folder, so not a model registry")
         if not marker.exists():
-            if root.exists() and not _empty(root):
+            # Another run may be creating it right now: it takes the lock, writes registry.json (atomically) and only
+            # then anything else. So a folder found non-empty is judged after looking for the marker again (it may
+            # have appeared between the two looks), and one holding only a lock waits for that lock before judging.
+            if root.exists() and not _empty(root) and not marker.exists():
                 raise PipelineError(f"{root}: not a model registry (no {REGISTRY_FILE})")
             if not create:
-                raise PipelineError(f"{root}: no model registry there")
+                if (root / LOCK_FILE).exists():
+                    with cls(root)._locked(shared=True):  # a creator holds it until registry.json is in place
+                        pass
+                if not marker.exists():
+                    raise PipelineError(f"{root}: no model registry there")
+                return cls._checked(root, _read_json(marker))
             root.mkdir(parents=True, exist_ok=True)
             registry = cls(root)
             with registry._locked():  # two runs creating the same registry at once: one writes, the other sees it
@@ -178,19 +199,109 @@ class Registry:
         return self._load(folder)
 
     def champion(self) -> Version | None:
-        """The current champion, or None before the first promotion."""
+        """The current champion, checked whole (:meth:`verify`), or None before the first promotion."""
         name = self._champion_name()
-        return None if name is None else self.version(name)
+        if name is None:
+            return None
+        version = self.version(name)
+        self.verify(version)
+        return version
 
-    def history(self) -> list[Decision]:
-        """Every decision, oldest first; a last line still being written (no newline yet) is not one."""
+    def recorded_champion(self) -> Version | None:
+        """The champion the last decision in the history names, checked whole; None if there is none.
+
+        ``champion.json`` moves first and the decision is appended after it, so this is what a damaged
+        ``champion.json`` said (a crash between the two aside): a service starting on such a registry serves it.
+        """
+        decisions = self.history()
+        name = decisions[-1].champion_after if decisions else None
+        if name is None:
+            return None
+        version = self.version(name)
+        self.verify(version)
+        return version
+
+    def verify(self, version: Version) -> None:
+        """Refuse, in one line naming the file, a version whose files are not those it was registered with.
+
+        Every file ``version.json`` lists must be there, with the SHA-256 recorded at commit (versions committed
+        before digests were recorded: the model's own ``model.json`` must name the run ``metrics.json`` names).
+        """
+        folder = version.path
+        record = _read_json(folder / VERSION_FILE)
+        files = record.get("files")
+        digests = record.get("digests")
+        for name in files if isinstance(files, list) else []:
+            path = folder / name
+            try:
+                data = storage.read_bytes(path)
+            except FileNotFoundError:
+                raise PipelineError(f"{path}: missing from version {version.name}; the version is damaged") from None
+            expected = digests.get(name) if isinstance(digests, dict) else None
+            if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+                raise PipelineError(f"{path}: not the file {version.name} was registered with (replaced since); the version is damaged")
+        run = version.metrics.get("flow_run_id")
+        try:
+            meta = json.loads(storage.read_bytes(folder / META_FILE))
+        except FileNotFoundError:
+            return  # a model without a model.json (none today) has nothing more to compare
+        except ValueError as exc:
+            raise PipelineError(f"{folder / META_FILE}: unreadable ({type(exc).__name__}: {exc}); the version is damaged") from None
+        model_run = meta.get("run_id") if isinstance(meta, dict) else None
+        if run is not None and model_run is not None and model_run != run:
+            problem = f"model of run {model_run}, but {version.name} is run {run}'s: the version is damaged"
+            raise PipelineError(f"{folder / META_FILE}: {problem}")
+
+    def survey(self) -> Survey:
+        """Everything readable, and one line per damaged part: for ``models list``, which shows what it can."""
+        problems: list[str] = []
+        versions: list[Version] = []
+        damaged: dict[str, str] = {}
+        for name in self._names(complete=True):
+            try:
+                version = self._load(self._versions / name)
+                self.verify(version)
+                versions.append(version)
+            except PipelineError as exc:
+                damaged[name] = str(exc)
+                problems.append(str(exc))
+        champion = None
+        try:
+            champion = self._champion_name()
+            if champion is not None and champion not in damaged and champion not in {v.name for v in versions}:
+                problems.append(f"{self.root / CHAMPION_FILE}: names {champion}, which is not a complete version")
+                damaged[champion] = problems[-1]
+        except PipelineError as exc:
+            problems.append(str(exc))
+        try:
+            self.history()
+        except PipelineError as exc:
+            problems.append(str(exc))
+        return Survey(versions, champion, problems, damaged)
+
+    def history(self, *, held: bool = False) -> list[Decision]:
+        """Every decision, oldest first; a torn last line (no newline) is refused in one line.
+
+        A line is appended in one write under the lock, so a last line without its newline seen without the lock
+        may be one being written: it is read again once the lock is free (``held``: the caller has it), and
+        only then called torn: a run was killed while writing it.
+        """
         path = self.root / HISTORY_FILE
         try:
             text = storage.read_bytes(path).decode()
+            if text and not text.endswith("\n") and not held and isinstance(self.root, Path):
+                with self._locked(shared=True):
+                    text = storage.read_bytes(path).decode()
         except FileNotFoundError:
             return []
         except (OSError, UnicodeDecodeError) as exc:
             raise PipelineError(f"{path}: unreadable ({exc})") from None
+        if text and not text.endswith("\n"):
+            torn = len(text) - (text.rfind("\n") + 1)
+            raise PipelineError(
+                f"{path}: last line torn ({torn} bytes with no end: a run killed while writing it); "
+                "`taxi-pipeline retrain --repair` cuts it off"
+            )
         decisions = []
         for number, line in enumerate(text.split("\n")[:-1], start=1):
             try:
@@ -224,13 +335,15 @@ class Registry:
             shutil.rmtree(folder, ignore_errors=True)
             raise
 
-    def commit(self, staged: Path, score_champion: Callable[[Version], float | None]) -> tuple[Version, Decision]:
+    def commit(self, staged: Path, score_champion: Callable[[Version], float | None], repair: bool = False) -> tuple[Version, Decision]:
         """Register ``staged`` as the next version and decide, under the lock, whether it becomes champion.
 
         ``score_champion(champion)`` gives the champion's RMSE on the challenger's
         validation month (None: it cannot be scored, so the champion is kept). It is
         called under the lock, before anything changes: if it raises, nothing has.
         The first version is promoted; later ones iff no worse than the champion.
+        A damaged champion (:meth:`verify`) or history is refused in one line, unless ``repair``:
+        then the challenger replaces the champion, and a torn history line is cut off.
         """
         staged = Path(staged)
         if not self._stages(staged):
@@ -242,13 +355,19 @@ class Registry:
         if (staged / VERSION_FILE).exists():
             raise PipelineError(f"{staged}: has a {VERSION_FILE} of its own; the registry writes that file")
         figures = _figures(staged / METRICS_FILE)
+        digests = {p.relative_to(staged).as_posix(): _sha256(p) for p in sorted(staged.rglob("*")) if p.is_file()}
         with self._locked():
             if not staged.is_dir():  # another process committed the same folder while this one waited
                 raise PipelineError(f"{staged}: no such staging folder (already committed?)")
-            before = self._champion_name()
-            champion = None if before is None else self.version(before)
+            self._check_history(repair)
+            before, damage = self._champion_name_or_damage(repair)
+            champion = None if before is None or damage else self.version(before)
+            if champion is not None and not repair:
+                self.verify(champion)
             champion_rmse = None if champion is None else score_champion(champion)
             action, reason, champion_rmse = decide(figures.val_month, figures.val_rmse, champion.name if champion else None, champion_rmse)
+            if damage:
+                reason = f"replaces a damaged champion ({damage})"
             name = self._next_name()
             folder = self._versions / name
             files = self._install(staged, name)
@@ -262,6 +381,7 @@ class Registry:
                     "val_month": figures.val_month,
                     "val_rmse": figures.val_rmse,
                     "files": files,
+                    "digests": digests,
                 }
                 _write_json(folder / VERSION_FILE, record)
                 if isinstance(folder, Path):
@@ -290,8 +410,9 @@ class Registry:
     def promote(self, name: str, reason: str = "manual") -> Decision:
         """Make ``name`` the champion whatever its figures (a manual override), recorded as "manual-promote"."""
         with self._locked():
-            self.version(name)
-            before = self._champion_name()
+            self._check_history(repair=False)
+            self.verify(self.version(name))
+            before, _ = self._champion_name_or_damage(repair=True)  # promoting by hand is one way to mend champion.json
             decision = Decision("manual-promote", name, before, name, None, None, None, reason, _now())
             self._record(decision)
         return decision
@@ -306,7 +427,7 @@ class Registry:
         with self._locked():
             current = self._champion_name()
             stack: list[str] = []
-            for decision in self.history():
+            for decision in self.history(held=True):
                 if decision.action not in MOVES or decision.champion_after is None:
                     continue
                 if decision.action == "rollback":
@@ -354,11 +475,16 @@ class Registry:
         return files
 
     @contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Hold ``.lock`` exclusively (not re-entrant: a second ``_locked`` in the same process would wait forever).
+    def _locked(self, shared: bool = False) -> Iterator[None]:
+        """Hold ``.lock`` exclusively, or ``shared`` to wait out a change in progress (not re-entrant: a second
+        ``_locked`` in the same process waits for the first, then fails).
 
         Opened for writing as well: on NFS, flock is emulated with fcntl locks, which need that for an exclusive lock.
-        On object storage, ``.lock`` is an object put only if absent (:func:`pipeline.edge.storage.exclusive`).
+        A lock is never stale here: flock belongs to the open file, and the kernel drops it when its process dies
+        (SIGKILL included), so a dead run's ``.lock`` is taken over at once, with no pid or age to guess from; the file
+        itself stays and holds nothing. A live holder is waited for up to :data:`LOCK_WAIT` seconds, then refused in
+        one line naming its pid. On object storage, ``.lock`` is an object put only if absent
+        (:func:`pipeline.edge.storage.exclusive`), taken over once stale.
         """
         if isinstance(self.root, Location):
             lock = self.root / LOCK_FILE
@@ -366,10 +492,31 @@ class Registry:
             with storage.exclusive(lock, f"pid {os.getpid()}", LOCK_WAIT, busy):
                 yield
             return
-        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+        path = self.root / LOCK_FILE
+        fd = os.open(path, os.O_RDONLY if shared else os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            deadline = time.monotonic() + LOCK_WAIT
+            while True:
+                try:
+                    fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise PipelineError(
+                            f"{path}: held by {_lock_holder(path)} for over {LOCK_WAIT:g} s (a change still running?); "
+                            "try again once it ends, or stop that process: its lock goes with it"
+                        ) from None
+                    time.sleep(0.05)
+            if not shared:  # who holds it, for the message above; emptied again before it is let go
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)  # a killed holder's words may still be in it
+                    os.pwrite(fd, storage.owner_document("registry change"), 0)
+            try:
+                yield
+            finally:
+                if not shared:
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, 0)
         finally:
             os.close(fd)  # releases the lock
 
@@ -412,6 +559,40 @@ class Registry:
         if not isinstance(name, str):
             raise PipelineError(f"{path}: no version named in it")
         return name
+
+    def _champion_name_or_damage(self, repair: bool) -> tuple[str | None, str | None]:
+        """The champion's name and, with ``repair``, what is wrong with it (None if whole); without, damage raises."""
+        try:
+            name = self._champion_name()
+            if name is not None:
+                self.verify(self.version(name))
+            return name, None
+        except PipelineError as exc:
+            if not repair:
+                raise PipelineError(f"{exc}; the champion is damaged: `taxi-pipeline retrain --repair` replaces it") from None
+            with contextlib.suppress(PipelineError):
+                return self._champion_name(), str(exc)
+            return None, str(exc)
+
+    def _check_history(self, repair: bool) -> None:
+        """Under the lock: a torn last line of ``history.jsonl`` refused, or with ``repair`` cut off (kept aside)."""
+        try:
+            self.history(held=True)
+        except PipelineError:
+            path = self.root / HISTORY_FILE
+            text = _read_or_none(path) or b""
+            if not repair or text.endswith(b"\n"):
+                raise
+            end = text.rfind(b"\n") + 1
+            storage.put(self.root / f"{HISTORY_FILE}.torn-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}", text[end:])
+            storage.put(path, text[:end])
+
+    def check_for_commit(self, repair: bool = False) -> None:
+        """Refuse now, in one line, a registry a commit would refuse (a damaged champion or history), unless ``repair``."""
+        if repair:
+            return
+        self.history()
+        self._champion_name_or_damage(repair=False)
 
     def _record(self, decision: Decision) -> None:
         """Move the champion pointer if the decision does, then append the decision; undo the pointer if the append fails."""
@@ -456,9 +637,23 @@ def _figures(path: Root) -> _Figures:
         raise PipelineError(f"{path}: not a run's metrics ({detail})") from None
 
 
+def _lock_holder(path: Path) -> str:
+    """Who holds a local ``.lock``, as its holder wrote it (pid, host, since when)."""
+    try:
+        document = json.loads(path.read_bytes())
+        since = datetime.fromtimestamp(float(document["since"]), timezone.utc).isoformat(timespec="seconds")
+        return f"pid {int(document['pid'])} on {document['host']} since {since}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
 def _empty(root: Path) -> bool:
     """Nothing in the folder but a lock, or a ``registry.json`` being written by a concurrent ``open(create=True)``."""
     return all(entry == LOCK_FILE or (entry.startswith(f".{REGISTRY_FILE}.") and entry.endswith(".tmp")) for entry in os.listdir(root))
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _name(number: int) -> str:

@@ -151,21 +151,29 @@ def retrain_flow(
     mlflow: bool = False,
     mlflow_uri: str | None = None,
     mlflow_experiment: str = DEFAULT_EXPERIMENT,
+    repair: bool = False,
 ) -> RetrainResult:
     """Retrain on the newest published month and its ``window`` predecessors; promote the challenger if no worse.
 
     ``notify`` names a saved notification block (``TYPE/NAME``); the CLI's
     ``--notify-url`` reaches the hooks through the environment instead. With
     ``mlflow``, the training run is an MLflow run and the decision is added to it.
+    A damaged champion or history is refused before training, unless ``repair``: then
+    the challenger replaces the damaged champion and a torn history line is cut off.
     """
     logger = get_run_logger()
     if window < 1:
         raise PipelineError(f"--window {window}: train on at least one month")
     day = _as_of(as_of)
     store = Registry.open(registry, create=True)
+    store.check_for_commit(repair)
     val = latest_month(source, taxi, Month(day.year, day.month))
     train = [val.shift(-n) for n in range(window, 0, -1)]
-    champion = store.champion()
+    champion = None
+    try:
+        champion = store.champion()
+    except PipelineError as exc:  # only with repair: check_for_commit refused it otherwise
+        logger.warning("%s; repairing: this run's model replaces it", exc)
     logger.info(
         "as of %s: newest month at the source is %s; training on %s; champion %s",
         day,
@@ -201,7 +209,7 @@ def retrain_flow(
             val_plan = plans[-1] if plans else reader.locate(source, taxi, val, config.feature_spec().columns(), None)
             return _rescore(current, val_plan)
 
-        version, decision = store.commit(staged, score_champion)
+        version, decision = store.commit(staged, score_champion, repair=repair)
     outcome = RetrainResult(str(day), str(store.root), version.name, decision, result)
     create_markdown_artifact(
         key="retrain-decision", markdown=render.retrain_markdown(decision, result), description=render.decision_line(decision)

@@ -133,7 +133,9 @@ class ModelSlot:
     the next :class:`Served` completely before swapping it in. With a registry it
     stats ``champion.json`` and loads only when that file changed: a promotion,
     a rollback or a first champion. A champion that fails to load is logged and
-    the previous model stays; nothing is retried until the file changes again.
+    the previous model stays; nothing is retried until the file changes again. With no
+    model yet (a process starting), a damaged ``champion.json`` is read past: the
+    champion the history records is served.
     """
 
     def __init__(self, source: ModelSource, max_batch: int) -> None:
@@ -151,6 +153,14 @@ class ModelSlot:
             self._registry = Registry.open(source.location)
             self.problem = f"{self._registry.root}: no champion yet"
             self.refresh()
+
+    def _recorded(self, registry: Registry) -> Served | None:
+        """The champion the registry's history records, loaded, or None (no history, or that version damaged too)."""
+        try:
+            version = registry.recorded_champion()
+            return None if version is None else Served.build(load(version.path), version.name, version.metrics, self.max_batch)
+        except (PipelineError, OSError):
+            return None
 
     @property
     def watches(self) -> bool:
@@ -178,8 +188,13 @@ class ModelSlot:
                 fresh = Served.build(load(version.path), version.name, version.metrics, self.max_batch)
             except (PipelineError, OSError) as exc:
                 self.problem = f"{registry.root}: champion not loaded ({exc})"
-                log.error("%s; still serving %s", self.problem, served.version if served else "nothing")
-                return False
+                recorded = self._recorded(registry) if served is None else None
+                if recorded is None:
+                    log.error("%s; still serving %s", self.problem, served.version if served else "nothing")
+                    return False
+                self.current = recorded  # a process starting on a damaged champion.json: the champion the history records
+                log.error("%s; serving %s, the champion history.jsonl records", self.problem, recorded.version)
+                return True
             self.current, self.problem = fresh, None
             log.info("serving %s from %s (was %s)", fresh.version, registry.root, served.version if served else "nothing")
             return True

@@ -268,10 +268,13 @@ def test_a_scorer_that_raises_leaves_everything_as_it_was(registry: Registry) ->
     assert version.name == "v0002" and not staged.exists()
 
 
-def test_a_commit_that_fails_half_way_is_undone(registry: Registry) -> None:
+def test_a_commit_that_fails_half_way_is_undone(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
     _commit(registry, 5.5)
-    (registry.root / "history.jsonl").rename(registry.root / "saved")
-    (registry.root / "history.jsonl").mkdir()  # the append will fail, after the champion pointer moved
+
+    def append_fails(path: Path, line: str) -> None:
+        raise IsADirectoryError(path)
+
+    monkeypatch.setattr("pipeline.edge.registry._append_line", append_fails)  # fails after the champion pointer moved
     staged = _stage(registry, 5.0)
     with pytest.raises(IsADirectoryError):
         registry.commit(staged, _own_rmse)

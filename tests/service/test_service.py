@@ -190,9 +190,8 @@ def test_the_slot_follows_the_champion_and_a_request_keeps_its_model(tmp_path: P
     assert held.version == "v0001" and held.model.predict_codes(pu, do, x).tobytes() == first.predict_codes(pu, do, x).tobytes()
 
     # A champion whose files are broken is logged; the model before it stays.
-    third = _commit(registry, _model(seed=3), 1.0)
-    (registry.root / "versions" / third / WEIGHTS_FILE).unlink()
-    registry.promote(third)
+    third = _commit(registry, _model(seed=3), 1.0)  # better: promoted
+    (registry.root / "versions" / third / WEIGHTS_FILE).unlink()  # (promote refuses a damaged version; a commit's race does not)
     assert slot.refresh() is False
     assert slot.current.version == "v0002" and third in (slot.problem or "") and "champion not loaded" in (slot.problem or "")
     registry.promote("v0002")  # back to the model being served: nothing to load, nothing wrong any more
