@@ -49,7 +49,7 @@ def current_api_url() -> str:
 
 
 @contextmanager
-def prefect_api(url: str | None = None, timeout: int = 60) -> Iterator[str]:
+def prefect_api(url: str | None = None, timeout: int = 180) -> Iterator[str]:
     """Yield the run's API URL (``url``, else the configured one), starting a local server on 127.0.0.1 when there is none."""
     url = url or configured_api_url()
     if url:

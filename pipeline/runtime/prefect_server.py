@@ -82,7 +82,7 @@ class ServerProcess:
 _STARTUP_FAILED, _STARTS = 3, 5
 
 
-def start_temporary(timeout: float = 60) -> ServerProcess:
+def start_temporary(timeout: float = 180) -> ServerProcess:
     """The run's own API, as Prefect's temporary server is: ephemeral mode, no UI, on a free port.
 
     A start that fails (uvicorn's exit code 3: the port taken meanwhile, or SQLite locked while another
