@@ -28,17 +28,20 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from benchmarks.common import ALPHA, CHUNK_ROWS, TAXI, months
 from benchmarks.conftest import QUICK_FLOORS, Bench
 from pipeline.core import solve
 from pipeline.core.features import FeatureSpec
-from pipeline.core.model import Model
+from pipeline.core.model import Model, input_columns
+from pipeline.core.schema import PICKUP
 from pipeline.edge import reader
 from pipeline.edge.chunks import chunk_statistics
 from pipeline.edge.model_files import save_model
 from pipeline.service.app import prediction_json
+from pipeline.service.payload import pickup_field
 from pipeline.service.source import ModelSlot, ModelSource
 from pipeline.service.testing import running_service
 
@@ -50,8 +53,12 @@ QUICK_FACTOR = 2.0
 SINGLE_REQUESTS = 300
 BATCH_TRIPS = 10_000
 BATCH_REQUESTS = 20
-SPEC = FeatureSpec(numeric=("trip_distance",))
-COLUMNS = ("PULocationID", "DOLocationID", "trip_distance")
+#: The linear models served: the seed's zones with raw ``trip_distance``, and the richest default spec (bins and the
+#: pickup's hour of the week, so each trip also carries its pickup time).
+SPECS = {
+    "trip_distance": FeatureSpec(numeric=("trip_distance",)),
+    "binned": FeatureSpec.of("PULocationID,DOLocationID,PU_DO,trip_distance:log48,hour_of_week"),
+}
 
 
 @dataclass(frozen=True)
@@ -59,23 +66,36 @@ class Service:
     url: str
     model: Model
     folder: Path
-    trips: pa.Table  # rows of the validation month: what clients send
+    trips: pa.Table  # rows of the validation month, canonical columns (what the model predicts from)
+    payload: list[dict]  # the same rows as clients send them
+
+    def bodies(self, count: int) -> list[bytes]:
+        return [json.dumps([trip]).encode() for trip in self.payload[:count]]
 
 
-@pytest.fixture(scope="module")
-def service(bench: Bench, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+def _payload(trips: pa.Table) -> list[dict]:
+    """Rows as the service takes them: the pickup time under its month-file name, as ISO 8601 text."""
+    if PICKUP not in trips.column_names:
+        return trips.to_pylist()
+    stamps = pc.strftime(trips.column(PICKUP), format="%Y-%m-%dT%H:%M:%S")
+    return trips.drop_columns([PICKUP]).append_column(pickup_field(TAXI), stamps).to_pylist()
+
+
+@pytest.fixture(scope="module", params=sorted(SPECS))
+def service(request, bench: Bench, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    spec = SPECS[request.param]
     train, val = months(2)
-    plan = reader.locate(str(bench.folder), TAXI, train, SPEC.columns())
-    pooled = reduce(add, (chunk_statistics(plan, chunk, SPEC) for chunk in reader.plan(plan.layout, CHUNK_ROWS)))
-    model = Model(solve.solve(pooled, ALPHA), SPEC, {"metrics": {"train_months": [str(train)], "val_month": str(val)}})
+    plan = reader.locate(str(bench.folder), TAXI, train, spec.columns())
+    pooled = reduce(add, (chunk_statistics(plan, chunk, spec) for chunk in reader.plan(plan.layout, CHUNK_ROWS)))
+    model = Model(solve.solve(pooled, ALPHA, spec.zones), spec, {"metrics": {"train_months": [str(train)], "val_month": str(val)}})
     folder = tmp_path_factory.mktemp("served-model")
     save_model(model, folder)
 
-    layout = reader.locate(str(bench.folder), TAXI, val, SPEC.columns()).layout
-    table = reader.read(layout, reader.plan(layout, BATCH_TRIPS)[0]).select(list(COLUMNS)).slice(0, BATCH_TRIPS)
+    layout = reader.locate(str(bench.folder), TAXI, val, spec.columns()).layout
+    table = reader.read(layout, reader.plan(layout, BATCH_TRIPS)[0]).select(list(input_columns(spec))).slice(0, BATCH_TRIPS)
     assert table.num_rows == BATCH_TRIPS
     with running_service(ModelSource.folder(folder), folder / "service.log") as url:
-        yield Service(url, model, folder, table)
+        yield Service(url, model, folder, table, _payload(table))
 
 
 def _limit(bench: Bench, target: float) -> float:
@@ -117,7 +137,7 @@ def _figures(times: list[float]) -> dict[str, float]:
 
 
 def test_single_trip_latency(benchmark, bench: Bench, service: Service) -> None:
-    bodies = [json.dumps([trip]).encode() for trip in service.trips.slice(0, SINGLE_REQUESTS).to_pylist()]
+    bodies = service.bodies(SINGLE_REQUESTS)
     headers = {"content-type": "application/json"}
     with httpx.Client(base_url=service.url, trust_env=False) as client:
         answer = client.post("/predict", content=bodies[0], headers=headers).json()
@@ -131,7 +151,7 @@ def test_single_trip_latency(benchmark, bench: Bench, service: Service) -> None:
 
 
 def test_batch_latency(benchmark, bench: Bench, service: Service) -> None:
-    body = json.dumps(service.trips.to_pylist()).encode()
+    body = json.dumps(service.payload).encode()
     headers = {"content-type": "application/json"}
     expected = service.model.predict(service.trips)
     with httpx.Client(base_url=service.url, trust_env=False, timeout=30) as client:
