@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from pipeline.core.boosted import BoostedModel
 from pipeline.core.features import N_ZONES, FeatureSpec, numeric_matrix, zone_codes
 from pipeline.core.schema import DO, PU
 from pipeline.core.solve import Weights
@@ -100,5 +101,6 @@ class EstimatorModel:
         return np.asarray(self.fitted.predict(design), dtype=np.float64)
 
 
-#: Either kind of model; ``kind`` tells them apart.
-AnyModel: TypeAlias = Model | EstimatorModel
+#: Any kind of model; ``kind`` tells them apart. The boosted kind (:mod:`pipeline.core.boosted`) also needs each
+#: row's pickup time (``needs_pickup``), which callers pass as ``predict_codes(..., pickup=)``.
+AnyModel: TypeAlias = Model | EstimatorModel | BoostedModel
