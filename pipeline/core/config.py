@@ -23,8 +23,11 @@ from pipeline.errors import PipelineError
 DEFAULT_SOURCE = "https://d37ci6vzurychx.cloudfront.net/trip-data"
 
 Taxi = Literal["yellow", "green"]
-#: ``linear`` trains exactly from statistics; the others fit on rows, fold by fold.
-ModelName = Literal["linear", "hist_gradient_boosting", "sgd"]
+#: ``linear`` trains exactly from statistics; ``xgboost`` trains boosted trees on every row over the whole cluster
+#: (``xgboost.dask``); the others fit on rows, fold by fold.
+ModelName = Literal["linear", "hist_gradient_boosting", "sgd", "xgboost"]
+#: The numeric column the boosted model reads (its design is fixed: zones, distance, pickup hour and weekday).
+BOOSTED_NUMERIC = ("trip_distance",)
 CVKind = Literal["kfold", "time"]
 #: The MLflow experiment a tracked run goes to unless ``mlflow_experiment`` names another.
 DEFAULT_EXPERIMENT = "taxi-trip-duration"
@@ -123,6 +126,7 @@ class TrainConfig(BaseModel):
     seed: int = Field(default=0, ge=0, description="drives fold assignment and estimators")
     model: ModelName = "linear"
     max_rows: int | None = Field(default=None, ge=1, description="row cap per fit for estimators other than linear")
+    xgb_rounds: int = Field(default=400, ge=1, description="boosting rounds of --model xgboost")
     numeric: tuple[str, ...] = Field(default=(), description="numeric columns added as features")
     candidates: tuple[tuple[str, ...], ...] = Field(
         default=(), description="feature sets compared by CV from one read (numeric columns each); the best by CV is kept"
@@ -163,6 +167,10 @@ class TrainConfig(BaseModel):
             )
         if self.candidates and (self.model != "linear" or not self.cross_validates or self.cv != "kfold"):
             raise ConfigError("{candidates}: comparing feature sets needs {model} linear and K-fold CV (2 or more {folds}, {cv} kfold)")
+        if self.model == "xgboost" and self.numeric not in ((), BOOSTED_NUMERIC):
+            raise ConfigError("{numeric}: {model} xgboost has a fixed design (zones, trip_distance, pickup hour and weekday)")
+        if self.model == "xgboost" and self.max_rows is not None:
+            raise ConfigError("{max_rows}: {model} xgboost trains on every row, spread over the cluster")
         if len(set(self.candidates)) != len(self.candidates):
             raise ConfigError("{candidates}: a feature set is listed twice")
         if self.cv == "time" and self.folds and len(self.train_months) < 2:
@@ -192,7 +200,8 @@ class TrainConfig(BaseModel):
 
     def feature_spec(self) -> FeatureSpec:
         """What a run reads: ``numeric`` and every candidate's columns, in first-seen order."""
-        columns = dict.fromkeys([*self.numeric, *(c for candidate in self.candidates for c in candidate)])
+        boosted = BOOSTED_NUMERIC if self.model == "xgboost" else ()
+        columns = dict.fromkeys([*self.numeric, *(c for candidate in self.candidates for c in candidate), *boosted])
         return FeatureSpec(numeric=tuple(columns))
 
     def feature_sets(self) -> tuple[tuple[str, ...], ...]:
