@@ -94,6 +94,12 @@ def _micros(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray | None]:
     return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.int64), valid
 
 
+def _zone_codes(ids: np.ndarray) -> np.ndarray:
+    """Zone ids as category codes: 1..265 -> 0..264, anything else -> -1 (missing)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    return np.where((ids >= 1) & (ids <= 265), ids - 1, -1)
+
+
 def design(
     pu: np.ndarray, do: np.ndarray, distance: np.ndarray, pickup: np.ndarray, pickup_valid: np.ndarray | None = None
 ) -> pd.DataFrame:
@@ -110,8 +116,8 @@ def design(
         weekday[~pickup_valid] = np.nan
     return pd.DataFrame(
         {
-            PU: pd.Categorical.from_codes(np.where(pu > 0, pu - 1, -1), dtype=ZONES),
-            DO: pd.Categorical.from_codes(np.where(do > 0, do - 1, -1), dtype=ZONES),
+            PU: pd.Categorical.from_codes(_zone_codes(pu), dtype=ZONES),
+            DO: pd.Categorical.from_codes(_zone_codes(do), dtype=ZONES),
             DISTANCE: np.asarray(distance, dtype=np.float32),
             HOUR: hour,
             WEEKDAY: weekday,
@@ -165,6 +171,17 @@ def table_design(table: pa.Table) -> pd.DataFrame:
 
 #: Names a pickup time may carry in rows given to :meth:`BoostedModel.predict` (the month files' and the canonical one).
 PICKUP_NAMES = (PICKUP, f"lpep_{PICKUP}", f"tpep_{PICKUP}")
+
+
+def pickup_field(taxi: object) -> str:
+    """The pickup time's name in the month files of ``taxi`` (green ``lpep_``, yellow ``tpep_``; else the canonical name):
+    what the service asks each trip to carry.
+
+    >>> pickup_field("green")
+    'lpep_pickup_datetime'
+    """
+    prefix = {"green": "lpep_", "yellow": "tpep_"}.get(taxi if isinstance(taxi, str) else "", "")
+    return f"{prefix}{PICKUP}"
 
 
 def _canonical(frame: pd.DataFrame | pa.Table) -> pa.Table:
