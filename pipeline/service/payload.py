@@ -11,6 +11,7 @@ with no pandas. The OpenAPI page still shows the schema (:class:`Trip`).
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from operator import itemgetter
 from typing import Annotated, Any, cast
 
@@ -70,6 +71,7 @@ class ModelInfo(BaseModel):
     val_month: str | None
     val_rmse: float | None
     numeric: list[str]
+    pickup: str | None = Field(default=None, description="the pickup time field each trip must carry (models with time features)")
 
 
 class Problem(BaseModel):
@@ -92,9 +94,12 @@ def request_schema(max_batch: int) -> dict[str, Any]:
 class TripParser:
     """Validates a body for one model's columns and turns it into the arrays ``predict_codes`` takes."""
 
-    def __init__(self, numeric: tuple[str, ...], max_batch: int) -> None:
+    def __init__(self, numeric: tuple[str, ...], max_batch: int, pickup: str | None = None) -> None:
         self.numeric = numeric
+        self.pickup = pickup  # a required ISO 8601 time field (e.g. lpep_pickup_datetime) for models with time features
         fields: dict[str, Any] = {PU: ZoneId, DO: ZoneId, **dict.fromkeys(numeric, Number)}
+        if pickup is not None:
+            fields[pickup] = datetime
         # The functional form takes any column name; members not declared are ignored, as Model.predict ignores them.
         trip = cast(Any, TypedDict)("Trip", fields)
         batch: Any = Annotated[list[trip], Field(min_length=1, max_length=max_batch)]  # type: ignore[valid-type]  # built at run time
@@ -102,14 +107,22 @@ class TripParser:
 
     def parse(self, body: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Zone codes (-1: unknown) and the numeric matrix of the trips in ``body``; ValidationError if it is not valid."""
+        return self.parse_all(body)[:3]
+
+    def parse_all(self, body: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """:meth:`parse`, and the pickup times as µs since the epoch of their wall clock (None unless ``pickup`` is asked for)."""
         trips = self._adapter.validate_json(body)
         n = len(trips)
         pu = _codes(list(map(itemgetter(PU), trips)), n)
         do = _codes(list(map(itemgetter(DO), trips)), n)
+        times = None
+        if self.pickup is not None:  # the wall clock as given: TLC times are local and naive
+            stamps = [v.replace(tzinfo=None) for v in map(itemgetter(self.pickup), trips)]
+            times = np.array(stamps, dtype="datetime64[us]").view(np.int64)
         if not self.numeric:
-            return pu, do, np.empty((n, 0))
+            return pu, do, np.empty((n, 0)), times
         columns = [np.array([0.0 if v is None else v for v in map(itemgetter(name), trips)], dtype=np.float64) for name in self.numeric]
-        return pu, do, np.column_stack(columns)
+        return pu, do, np.column_stack(columns), times
 
 
 def _codes(ids: list[int | None], n: int) -> np.ndarray:

@@ -17,6 +17,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from pipeline.core.boosted import BoostedModel, pickup_field
 from pipeline.core.features import FeatureSpec
 from pipeline.core.model import EstimatorModel, Model
 from pipeline.edge import model_files, storage
@@ -36,7 +37,7 @@ class Predictor(Protocol):
     @property
     def metadata(self) -> dict[str, Any]: ...
 
-    def predict_codes(self, pu: np.ndarray, do: np.ndarray, x: np.ndarray) -> np.ndarray: ...
+    def predict_codes(self, pu: np.ndarray, do: np.ndarray, x: np.ndarray) -> np.ndarray: ...  # boosted: also pickup=
 
 
 def load(directory: storage.Where) -> Predictor:
@@ -46,7 +47,11 @@ def load(directory: storage.Where) -> Predictor:
 
 def model_format(model: Predictor) -> str:
     """The format tag of a loaded model (the loaders take it out of the metadata they hand back)."""
-    formats: dict[type, str] = {Model: model_files.FORMAT, EstimatorModel: model_files.SKOPS_FORMAT}
+    formats: dict[type, str] = {
+        Model: model_files.FORMAT,
+        EstimatorModel: model_files.SKOPS_FORMAT,
+        BoostedModel: model_files.BOOSTED_FORMAT,
+    }
     return formats.get(type(model), type(model).__name__)
 
 
@@ -86,7 +91,8 @@ class Served:
         document = model.metadata.get("metrics")
         if not isinstance(document, dict):
             document = metrics or {}
-        return cls(model, version, model_format(model), TripParser(model.spec.numeric, max_batch), document)
+        pickup = pickup_field(model.metadata.get("taxi")) if getattr(model, "needs_pickup", False) else None
+        return cls(model, version, model_format(model), TripParser(model.spec.numeric, max_batch, pickup), document)
 
     def describe(self) -> dict[str, Any]:
         """The ``GET /model`` document; a figure missing from the metrics, or of another type, is null."""
@@ -101,6 +107,7 @@ class Served:
             "val_month": month if isinstance(month, str) else None,
             "val_rmse": float(rmse) if isinstance(rmse, (int, float)) and not isinstance(rmse, bool) else None,
             "numeric": list(self.model.spec.numeric),
+            "pickup": self.parser.pickup,
         }
 
     def __str__(self) -> str:
