@@ -71,7 +71,6 @@ class ModelInfo(BaseModel):
     val_month: str | None
     val_rmse: float | None
     numeric: list[str]
-    pickup: str | None = Field(default=None, description="the pickup time field each trip must carry (models with time features)")
 
 
 class Problem(BaseModel):

@@ -107,7 +107,6 @@ class Served:
             "val_month": month if isinstance(month, str) else None,
             "val_rmse": float(rmse) if isinstance(rmse, (int, float)) and not isinstance(rmse, bool) else None,
             "numeric": list(self.model.spec.numeric),
-            "pickup": self.parser.pickup,
         }
 
     def __str__(self) -> str:

@@ -141,7 +141,7 @@ def test_the_service_asks_for_the_pickup_time_named_as_in_the_month_files(model:
 
     save_boosted(model, tmp_path)
     served = Served.build(load_any(tmp_path), None, None, 100)
-    assert served.describe()["pickup"] == "lpep_pickup_datetime" and served.format == BOOSTED_FORMAT
+    assert served.parser.pickup == "lpep_pickup_datetime" and served.format == BOOSTED_FORMAT
     trips = [
         {"PULocationID": 132, "DOLocationID": 236, "trip_distance": 3.2, "lpep_pickup_datetime": "2021-03-01T08:15:00"},
         {"PULocationID": 74, "DOLocationID": 75, "trip_distance": 25000.0, "lpep_pickup_datetime": "2021-03-06 23:40:00"},
