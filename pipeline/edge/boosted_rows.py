@@ -49,6 +49,14 @@ def split(chunk: reader.Chunk, parts: int) -> list[Part]:
     return [(start, stop) for start, stop in itertools.pairwise(edges) if stop > start]
 
 
+def with_columns(plan: reader.MonthPlan, spec: FeatureSpec = boosted.SPEC) -> reader.MonthPlan:
+    """``plan``, or the same file's plan with ``spec``'s columns when it was located for fewer (a linear spec's):
+    the boosted model also reads ``trip_distance``. A footer read, milliseconds."""
+    if set(spec.columns()) <= set(plan.layout.mapping):
+        return plan
+    return reader.MonthPlan(plan.file, reader.inspect(plan.layout.path, spec.columns()))
+
+
 def chunk_rows(
     plan: reader.MonthPlan, chunk: reader.Chunk, spec: FeatureSpec = boosted.SPEC, select: Selection | None = None, part: Part = None
 ) -> boosted.Rows:
@@ -94,8 +102,7 @@ def model_rmse(model: boosted.BoostedModel, plan: reader.MonthPlan, chunk_rows_:
 
     A plan located for another model's columns (a linear challenger without ``trip_distance``) has its footer read again.
     """
-    if not set(model.spec.columns()) <= set(plan.layout.mapping):
-        plan = reader.MonthPlan(plan.file, reader.inspect(plan.layout.path, model.spec.columns()))
+    plan = with_columns(plan, model.spec)
     sums = [chunk_error(plan, chunk, model) for chunk in reader.plan(plan.layout, chunk_rows_)]
     rows, sse = sum(n for n, _ in sums), sum(s for _, s in sums)
     return float(np.sqrt(sse / rows)) if rows else float("nan")

@@ -59,7 +59,8 @@ def pieces(plans: Sequence[reader.MonthPlan], chunk_rows: int, threads: int) -> 
     XGBoost trains each worker on the partitions it holds: one partition per month
     (a small month is one row group) would leave workers idle.
     """
-    chunks = [(plan, chunk) for plan in plans for chunk in reader.plan(plan.layout, chunk_rows)]
+    located = [boosted_rows.with_columns(plan) for plan in plans]  # plans a linear run located may lack trip_distance
+    chunks = [(plan, chunk) for plan in located for chunk in reader.plan(plan.layout, chunk_rows)]
     cut = max(1, math.ceil(2 * threads / max(1, len(chunks))))
     return [(plan, chunk, part) for plan, chunk in chunks for part in boosted_rows.split(chunk, cut)]
 

@@ -176,3 +176,12 @@ def test_pa_table_with_null_pickup_predicts_with_missing_time(model: boosted.Boo
     )
     predicted = model.predict(table)
     assert np.isfinite(predicted).all() and ((predicted >= 1) & (predicted <= 60)).all()
+
+
+def test_a_plan_located_for_a_linear_spec_is_widened_to_the_boosted_columns() -> None:
+    linear = reader.locate(str(REAL), "green", Month(2021, 2), FeatureSpec().columns())  # what retrain may hand over
+    assert "trip_distance" not in linear.layout.mapping
+    widened = boosted_rows.with_columns(linear)
+    (chunk,) = reader.plan(widened.layout, 1 << 40)
+    assert boosted_rows.chunk_rows(widened, chunk).rows == 61_921
+    assert boosted_rows.with_columns(widened) is widened
