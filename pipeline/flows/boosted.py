@@ -167,6 +167,7 @@ def train_boosted(
     """Train the boosted challenger with ``xgboost.dask`` on every kept row of ``train`` over the whole cluster; validate on ``val``.
 
     Runs on a worker of a ``DaskTaskRunner`` flow; the worker's thread is given back to the pool while the cluster trains.
+    One xgboost task at a time on a cluster (chain them with ``wait_for=``): see :func:`holdout_boosted`.
     """
     with cluster_client() as client:
         return train_and_validate(client, train, val, params, chunk_rows)
@@ -179,7 +180,8 @@ def holdout_boosted(
     """The boosted model's hold-out RMSE on fold ``fold`` of the linear K-fold split (``fold_of(position, month_salt, seed, folds)``).
 
     Trained with ``xgboost.dask`` on the other folds' rows over the whole cluster; comparable with the linear candidates'
-    fold-``fold`` scores because the held-out rows are the same rows.
+    fold-``fold`` scores because the held-out rows are the same rows. Run it after (``wait_for=``) any other xgboost
+    task on the same cluster, never beside it: each fit holds a task on every worker until all have joined.
     """
     with cluster_client() as client:
         return holdout_on_cluster(client, train, params, folds, seed, chunk_rows, fold)

@@ -416,14 +416,18 @@ def _boosted_params(config: TrainConfig) -> Any:
 
 def _train_boosted(config: TrainConfig, plans: dict[Month, reader.MonthPlan], train: list[Month], val: Month, logger: RunLogger) -> Trained:
     """XGBoost on the whole cluster (:mod:`pipeline.flows.boosted`): the final fit and, with K-fold CV on, the
-    hold-out score on fold 0 of the linear path's split (one more fit, not K: each uses every worker)."""
+    hold-out score on fold 0 of the linear path's split (one more fit, not K: each uses every worker).
+
+    One fit at a time: each puts one XGBoost task on every worker and they all wait for each other, so two fits
+    sharing single-threaded workers could each hold half of them.
+    """
     from pipeline.flows import boosted as boosted_flows
 
     train_plans, params = [plans[m] for m in train], _boosted_params(config)
-    holdout = None
-    if config.cross_validates:
-        holdout = boosted_flows.holdout_boosted.submit(train_plans, params, config.folds, config.seed, config.chunk_rows)
     final = boosted_flows.train_boosted.submit(train_plans, plans[val], params, config.chunk_rows)
+    holdout = None
+    if config.cross_validates:  # after the final fit, never beside it: two collectives on the same workers can deadlock
+        holdout = boosted_flows.holdout_boosted.submit(train_plans, params, config.folds, config.seed, config.chunk_rows, wait_for=[final])
     raise_first_failure([*([holdout] if holdout is not None else []), final])
     report = None
     if holdout is not None:
