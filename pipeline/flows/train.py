@@ -427,7 +427,9 @@ def _train_boosted(config: TrainConfig, plans: dict[Month, reader.MonthPlan], tr
     final = boosted_flows.train_boosted.submit(train_plans, plans[val], params, config.chunk_rows)
     holdout = None
     if config.cross_validates:  # after the final fit, never beside it: two collectives on the same workers can deadlock
-        holdout = boosted_flows.holdout_boosted.submit(train_plans, params, config.folds, config.seed, config.chunk_rows, wait_for=[final])
+        holdout = boosted_flows.holdout_boosted.submit(
+            train_plans, params, config.folds, config.seed, config.chunk_rows, wait_for=[final], return_state=False
+        )
     raise_first_failure([*([holdout] if holdout is not None else []), final])
     report = None
     if holdout is not None:
