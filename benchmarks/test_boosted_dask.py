@@ -40,7 +40,7 @@ def client() -> Iterator[Client]:
 
 
 def test_xgboost_dask_vs_single_process(benchmark: pytest.FixtureRequest, bench: Bench, client: Client) -> None:
-    rounds = 40 if bench.floors is QUICK_FLOORS else 400
+    rounds = 40 if bench.floors is QUICK_FLOORS else boosted.BoostedParams().rounds
     params = boosted.BoostedParams(rounds=rounds)
     train, val = boosted_rows.load([_plan(1)]), boosted_rows.load([_plan(2)])
 

@@ -112,7 +112,7 @@ TRAIN_OPTIONS = [
         help="linear: exact, from statistics [default]; xgboost: boosted trees on every row over the whole cluster "
         "(xgboost.dask); the others fit on rows, fold by fold.",
     ),
-    click.option("--xgb-rounds", type=click.IntRange(min=1), default=None, help="Boosting rounds of --model xgboost [default: 400]."),
+    click.option("--xgb-rounds", type=click.IntRange(min=1), default=None, help="Boosting rounds of --model xgboost [default: 100]."),
     click.option("--max-rows", type=click.IntRange(min=1), default=None, help="Row cap per fit for models other than linear."),
     click.option(
         "--numeric", callback=comma_list("--numeric", str), default=None, help="Numeric columns to add as features, e.g. trip_distance."

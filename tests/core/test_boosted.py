@@ -158,7 +158,7 @@ def test_config_gives_the_boosted_model_its_columns_and_refuses_what_it_cannot_u
     from pipeline.core.config import ConfigError, TrainConfig
 
     config = TrainConfig(train_months="2021-01", val_month="2021-02", output="out", model="xgboost")
-    assert "trip_distance" in config.feature_spec().columns() and config.xgb_rounds == 400
+    assert "trip_distance" in config.feature_spec().columns() and config.xgb_rounds == boosted.BoostedParams().rounds == 100
     with pytest.raises(ConfigError, match="fixed design"):
         TrainConfig(train_months="2021-01", val_month="2021-02", output="out", model="xgboost", numeric=("fare_amount",))
     with pytest.raises(ConfigError, match="every row"):
