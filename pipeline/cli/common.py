@@ -116,10 +116,12 @@ TRAIN_OPTIONS = [
     click.option("--seed", type=click.IntRange(min=0), default=None, help="Drives fold assignment and estimators [default: 0]."),
     click.option(
         "--model",
-        type=click.Choice(["linear", "hist_gradient_boosting", "sgd"]),
+        type=click.Choice(["linear", "hist_gradient_boosting", "sgd", "xgboost"]),
         default=None,
-        help="linear: exact, from statistics [default]; the others fit on rows, fold by fold.",
+        help="linear: exact, from statistics [default]; xgboost: boosted trees on every row over the whole cluster "
+        "(xgboost.dask); the others fit on rows, fold by fold.",
     ),
+    click.option("--xgb-rounds", type=click.IntRange(min=1), default=None, help="Boosting rounds of --model xgboost [default: 100]."),
     click.option("--max-rows", type=click.IntRange(min=1), default=None, help="Row cap per fit for models other than linear."),
     click.option(
         "--features",

@@ -24,8 +24,11 @@ from pipeline.errors import PipelineError
 DEFAULT_SOURCE = "https://d37ci6vzurychx.cloudfront.net/trip-data"
 
 Taxi = Literal["yellow", "green"]
-#: ``linear`` trains exactly from statistics; the others fit on rows, fold by fold.
-ModelName = Literal["linear", "hist_gradient_boosting", "sgd"]
+#: ``linear`` trains exactly from statistics; ``xgboost`` trains boosted trees on every row over the whole cluster
+#: (``xgboost.dask``); the others fit on rows, fold by fold.
+ModelName = Literal["linear", "hist_gradient_boosting", "sgd", "xgboost"]
+#: The numeric column the boosted model reads (its design is fixed: zones, distance, pickup hour and weekday).
+BOOSTED_NUMERIC = ("trip_distance",)
 CVKind = Literal["kfold", "time"]
 #: The MLflow experiment a tracked run goes to unless ``mlflow_experiment`` names another.
 DEFAULT_EXPERIMENT = "taxi-trip-duration"
@@ -138,6 +141,7 @@ class TrainConfig(BaseModel):
         min_length=1,
         description="the model's terms: zone one-hots, numeric columns, COLUMN:logN bins, hour, weekday, hour_of_week, A*B",
     )
+    xgb_rounds: int = Field(default=100, ge=1, description="boosting rounds of --model xgboost (100: best on the real months)")
     numeric: tuple[str, ...] = Field(default=(), description="numeric columns added to the terms")
     candidates: tuple[tuple[str, ...], ...] = Field(
         default=(),
@@ -179,6 +183,10 @@ class TrainConfig(BaseModel):
             )
         if self.candidates and (self.model != "linear" or not self.cross_validates or self.cv != "kfold"):
             raise ConfigError("{candidates}: comparing feature sets needs {model} linear and K-fold CV (2 or more {folds}, {cv} kfold)")
+        if self.model == "xgboost" and self.numeric not in ((), BOOSTED_NUMERIC):
+            raise ConfigError("{numeric}: {model} xgboost has a fixed design (zones, trip_distance, pickup hour and weekday)")
+        if self.model == "xgboost" and self.max_rows is not None:
+            raise ConfigError("{max_rows}: {model} xgboost trains on every row, spread over the cluster")
         if len(set(self.feature_sets())) != len(self.feature_sets()):
             raise ConfigError("{candidates}: a feature set is listed twice")
         for field, sets in (("features", (self.model_terms(),)), ("candidates", self.feature_sets())):
@@ -224,8 +232,9 @@ class TrainConfig(BaseModel):
         return tuple(dict.fromkeys([*self.features, *self.numeric]))
 
     def feature_spec(self) -> FeatureSpec:
-        """What a run reads: every term of every feature set (and ``numeric``), in first-seen order."""
-        terms = dict.fromkeys([*(t for terms in self.feature_sets() for t in terms), *self.numeric])
+        """What a run reads: every term of every feature set (and ``numeric``; xgboost's columns), in first-seen order."""
+        boosted = BOOSTED_NUMERIC if self.model == "xgboost" else ()
+        terms = dict.fromkeys([*(t for terms in self.feature_sets() for t in terms), *self.numeric, *boosted])
         return FeatureSpec.of(tuple(terms))
 
     def feature_sets(self) -> tuple[tuple[str, ...], ...]:

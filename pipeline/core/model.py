@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from pipeline.core.boosted import BoostedModel
 from pipeline.core.features import N_ZONES, FeatureSpec, clip_to_window, factor_codes, numeric_matrix, zone_codes
 from pipeline.core.schema import DO, PICKUP, PU
 from pipeline.core.solve import Weights
@@ -61,7 +62,9 @@ class Model:
         """
         return self.predict_codes(*_codes(frame, self.spec))
 
-    def predict_codes(self, pu: np.ndarray, do: np.ndarray, x: np.ndarray, levels: np.ndarray | None = None) -> np.ndarray:
+    def predict_codes(
+        self, pu: np.ndarray, do: np.ndarray, x: np.ndarray, levels: np.ndarray | None = None, pickup: np.ndarray | None = None
+    ) -> np.ndarray:
         """Predicted minutes from zone codes (-1: unknown), the numeric matrix and factor levels (rows × factors).
 
         One gather from :attr:`lookup`, plus the numeric and level terms; clipped to the
@@ -112,12 +115,15 @@ class EstimatorModel:
         """Predicted minutes for each row; needs ``PULocationID``, ``DOLocationID`` and the model's numeric columns."""
         return self.predict_codes(*_codes(frame, self.spec))
 
-    def predict_codes(self, pu: np.ndarray, do: np.ndarray, x: np.ndarray, levels: np.ndarray | None = None) -> np.ndarray:
+    def predict_codes(
+        self, pu: np.ndarray, do: np.ndarray, x: np.ndarray, levels: np.ndarray | None = None, pickup: np.ndarray | None = None
+    ) -> np.ndarray:
         """Predicted minutes from zone codes (-1: unknown) and the numeric matrix, through the estimators' design, clipped
         to the training window."""
         design = np.column_stack([pu, do, x]).astype(np.float64)
         return clip_to_window(np.asarray(self.fitted.predict(design), dtype=np.float64), self.spec)
 
 
-#: Either kind of model; ``kind`` tells them apart.
-AnyModel: TypeAlias = Model | EstimatorModel
+#: Any kind of model; ``kind`` tells them apart. The boosted kind (:mod:`pipeline.core.boosted`) also needs each
+#: row's pickup time (``needs_pickup``), which callers pass as ``predict_codes(..., pickup=)``.
+AnyModel: TypeAlias = Model | EstimatorModel | BoostedModel

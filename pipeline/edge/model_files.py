@@ -1,4 +1,4 @@
-"""The models' files: ``model.json`` (format tag, feature spec, metadata) beside ``model.npz`` or ``model.skops``.
+"""The models' files: ``model.json`` (format tag, feature spec, metadata) beside ``model.npz``, ``model.skops`` or ``model.ubj``.
 
 A linear model's weights are arrays in ``model.npz``, read with ``allow_pickle=False``.
 A row-fitted HistGradientBoosting pipeline is a skops file, ``model.skops``:
@@ -10,7 +10,8 @@ a model file can be loaded from an untrusted place without running its code.
 reader that meets a data file of another run than the ``model.json`` it read
 (a run replacing the folder meanwhile) is told so instead of mixing the two.
 A folder is a local path or any location :mod:`pipeline.edge.storage` reads.
-skops (and through it scikit-learn) is imported only when a skops file is
+An XGBoost booster is XGBoost's own UBJSON, ``model.ubj`` (trees and numbers only).
+skops (and through it scikit-learn), and xgboost, are imported only when a skops file is
 written or read: both take seconds to import, and the flow process needs neither.
 """
 
@@ -24,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.core import boosted
+from pipeline.core.boosted import BoostedModel, BoostedParams
 from pipeline.core.features import N_PAIRS, N_ZONES, FeatureSpec
 from pipeline.core.model import EstimatorModel, Model
 from pipeline.core.solve import Weights
@@ -243,7 +246,7 @@ def load_estimator(directory: Where) -> EstimatorModel:
     return EstimatorModel(fitted, spec, {k: v for k, v in meta.items() if k not in ("format", "features", FILES_KEY)})
 
 
-def load_any(directory: Where) -> Model | EstimatorModel:
+def load_any(directory: Where) -> Model | EstimatorModel | BoostedModel:
     """Read whichever model a folder holds, by the format ``model.json`` names; ``.kind`` tells them apart."""
     directory = storage.locate(directory)
     fmt = _read_meta(directory).get("format")
@@ -251,4 +254,80 @@ def load_any(directory: Where) -> Model | EstimatorModel:
         return load_model(directory)
     if fmt == SKOPS_FORMAT:
         return load_estimator(directory)
-    raise PipelineError(f"{directory.child(META_FILE)}: unknown model format {fmt!r}, expected {FORMAT!r} or {SKOPS_FORMAT!r}")
+    if fmt == BOOSTED_FORMAT:
+        return load_boosted(directory)
+    known = f"{FORMAT!r}, {SKOPS_FORMAT!r} or {BOOSTED_FORMAT!r}"
+    raise PipelineError(f"{directory.child(META_FILE)}: unknown model format {fmt!r}, expected {known}")
+
+
+# --- XGBoost models: the booster in XGBoost's own UBJSON format, never pickled ---------------------------------------
+
+BOOSTED_FORMAT = "taxi-pipeline/xgboost-ubj/v1"
+BOOSTER_FILE = "model.ubj"
+
+
+def booster_bytes(booster: Any) -> bytes:
+    """A booster as ``model.ubj`` bytes (``Booster.save_raw("ubj")``: trees and parameters, no Python objects)."""
+    return bytes(booster.save_raw(raw_format="ubj"))
+
+
+def _booster(data: bytes, path: Location) -> Any:
+    """A booster read from UBJSON bytes; one line naming the file if XGBoost refuses them."""
+    import xgboost
+
+    booster = xgboost.Booster()
+    try:
+        booster.load_model(bytearray(data))
+    except xgboost.core.XGBoostError as exc:
+        raise PipelineError(f"{path}: not a readable XGBoost model ({_one_line(exc).splitlines()[0][:300]})") from None
+    return booster
+
+
+def boosted_objects(data: bytes, params: BoostedParams, metadata: dict[str, Any], directory: Where) -> dict[str, bytes]:
+    """A boosted model's objects in write order: ``model.ubj`` (``data``, from :func:`booster_bytes`), then ``model.json``.
+
+    ``model.json`` names the format, the features the booster takes, their derivation and its parameters; the bytes
+    are checked to load first, so no run writes a model it cannot read back.
+    """
+    _booster(data, storage.locate(directory).child(BOOSTER_FILE))
+    described = {
+        "format": BOOSTED_FORMAT,
+        "features": boosted.SPEC.to_dict(),
+        "design": list(boosted.FEATURES),
+        "xgboost": params.to_dict(),
+        "clip_minutes": [boosted.SPEC.min_minutes, boosted.SPEC.max_minutes],
+    }
+    return _with_meta({BOOSTER_FILE: data}, {**metadata, **described})
+
+
+def save_boosted(model: BoostedModel, directory: Where) -> None:
+    """Write ``model.ubj`` then ``model.json``, each whole."""
+    save_objects(boosted_objects(booster_bytes(model.booster), model.params, model.metadata, directory), directory)
+
+
+def load_boosted(directory: Where) -> BoostedModel:
+    """Read a saved boosted model: ``model.json`` must name :data:`BOOSTED_FORMAT` and the design this code builds."""
+    directory = storage.locate(directory)
+    meta = _read_meta(directory)
+    if meta.get("format") != BOOSTED_FORMAT:
+        raise PipelineError(f"{directory.child(META_FILE)}: format {meta.get('format')!r}, expected {BOOSTED_FORMAT!r}")
+    spec = _spec(meta, directory)
+    if meta.get("design") != list(boosted.FEATURES):
+        raise PipelineError(f"{directory.child(META_FILE)}: design {meta.get('design')!r}; this version builds {list(boosted.FEATURES)}")
+    try:
+        params = BoostedParams.from_dict(meta.get("xgboost") or {})
+    except (TypeError, PipelineError) as exc:
+        raise PipelineError(f"{directory.child(META_FILE)}: unreadable xgboost parameters ({_one_line(exc)})") from None
+    path = directory.child(BOOSTER_FILE)
+    try:
+        data = storage.read_bytes(path)
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: missing, though {META_FILE} says {BOOSTED_FORMAT}") from None
+    except OSError as exc:
+        raise PipelineError(f"{path}: not readable ({_one_line(exc)})") from None
+    _check_digest(directory, BOOSTER_FILE, meta, data)
+    booster = _booster(data, path)
+    if booster.num_features() != len(boosted.FEATURES):
+        raise PipelineError(f"{path}: the booster takes {booster.num_features()} features; {META_FILE} describes {len(boosted.FEATURES)}")
+    keep = {k: v for k, v in meta.items() if k not in ("format", "features", "design", "xgboost", "clip_minutes", FILES_KEY)}
+    return BoostedModel(booster, spec, params, keep)

@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.core.boosted import BoostedModel
 from pipeline.core.features import MICROS_PER_MINUTE, N_ZONES, factor_codes, numeric_matrix, training_rows
 from pipeline.core.model import AnyModel
 from pipeline.core.monitoring import MonthCounts
@@ -145,8 +146,10 @@ def score_chunk(
     """
     table = reader.read(plan.layout, chunk)
     rows = training_rows(table, model.spec)
-    x = numeric_matrix(table, model.spec.numeric)
-    predicted = model.predict_codes(rows.pu, rows.do, x, factor_codes(table, model.spec))
+    if isinstance(model, BoostedModel):  # its design needs the pickup time too
+        predicted = model.predict_table(table)
+    else:
+        predicted = model.predict_codes(rows.pu, rows.do, numeric_matrix(table, model.spec.numeric), factor_codes(table, model.spec))
     minutes = rows.micros / MICROS_PER_MINUTE
     out = pa.table(
         {

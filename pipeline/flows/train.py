@@ -28,6 +28,7 @@ from prefect.states import Completed
 
 from cluster import ClusterSpec
 from pipeline.core import batching, cv, render, screening, stats, training
+from pipeline.core.boosted import BoostedModel
 from pipeline.core.config import TrainConfig
 from pipeline.core.cv import CVReport, Features
 from pipeline.core.features import FeatureSpec
@@ -37,7 +38,7 @@ from pipeline.core.results import RunResult
 from pipeline.edge import chunks, lineage, reader, stats_cache, tracking
 from pipeline.edge.baseline import COUNTS_FILE, train_counts_bytes
 from pipeline.edge.metrics import METRICS_FILE, metrics_bytes
-from pipeline.edge.model_files import estimator_objects, load_any, model_objects
+from pipeline.edge.model_files import boosted_objects, estimator_objects, load_any, model_objects
 from pipeline.edge.run_files import publish_run
 from pipeline.edge.sources import is_local
 from pipeline.errors import PipelineError
@@ -348,6 +349,7 @@ class Trained:
     report: CVReport | None
     val_stats: MonthRef | None = None  # where the validation month's statistics are (of the columns read)
     estimator_bytes: bytes | None = None  # a row-fitted model with no linear form, as model.skops bytes
+    boosted_bytes: bytes | None = None  # an xgboost model, as model.ubj bytes
     months: tuple[screening.MonthRows, ...] = ()  # rows read and dropped per month (linear path)
 
 
@@ -410,6 +412,43 @@ def _train_estimator(
     return Trained(fitted.outcome, None, config.model_terms(), report, estimator_bytes=fitted.estimator_bytes)
 
 
+def _boosted_params(config: TrainConfig) -> Any:
+    from pipeline.core.boosted import BoostedParams
+
+    return BoostedParams(rounds=config.xgb_rounds, seed=config.seed)
+
+
+def _train_boosted(config: TrainConfig, plans: dict[Month, reader.MonthPlan], train: list[Month], val: Month, logger: RunLogger) -> Trained:
+    """XGBoost on the whole cluster (:mod:`pipeline.flows.boosted`): the final fit and, with K-fold CV on, the
+    hold-out score on fold 0 of the linear path's split (one more fit, not K: each uses every worker).
+
+    One fit at a time: each puts one XGBoost task on every worker and they all wait for each other, so two fits
+    sharing single-threaded workers could each hold half of them.
+    """
+    from pipeline.flows import boosted as boosted_flows
+
+    train_plans, params = [plans[m] for m in train], _boosted_params(config)
+    final = boosted_flows.train_boosted.submit(train_plans, plans[val], params, config.chunk_rows)
+    holdout = None
+    if config.cross_validates:  # after the final fit, never beside it: two collectives on the same workers can deadlock
+        holdout = boosted_flows.holdout_boosted.submit(
+            train_plans, params, config.folds, config.seed, config.chunk_rows, wait_for=[final], return_state=False
+        )
+    raise_first_failure([*([holdout] if holdout is not None else []), final])
+    report = None
+    if holdout is not None:
+        report = CVReport.of("kfold", [holdout.result()], None)
+        logger.info("hold-out RMSE of xgboost on fold 0 of %d: %.4f", config.folds, report.scores[0].rmse)
+    fitted = final.result()
+    logger.info(
+        "xgboost.dask: %d rounds on %d rows over %d worker(s), %d thread(s), in %.1f s", params.rounds, fitted.train_rows,
+        fitted.workers, fitted.threads, fitted.seconds,
+    )  # fmt: skip
+    empty = training.empty_of({f"months {format_months(train)}": fitted.train_rows, reader.label(plans[val]): fitted.val_rows})
+    outcome = training.Outcome(None, fitted.train_rows, fitted.train_rmse, fitted.val_rows, fitted.val_rmse, empty)
+    return Trained(outcome, None, config.feature_spec().numeric, report, boosted_bytes=fitted.model or None)
+
+
 def _publish(result: RunResult) -> None:
     """The run's summary (and every CV score) as artifacts of the flow run, for the Prefect UI."""
     create_markdown_artifact(key="training-summary", markdown=render.markdown(result), description=render.title(result))
@@ -440,6 +479,10 @@ def champion_score(champion: AnyModel, val_ref: MonthRef | None, read: FeatureSp
     if isinstance(champion, Model) and val_ref is not None and set(champion.spec.terms) <= set(read.terms):
         projected = training.project(_stats_of(val_ref), read, champion.spec)
         return training.score(training.Fit(champion.weights, [], 0.0), projected)[1]
+    if isinstance(champion, BoostedModel):
+        from pipeline.edge import boosted_rows
+
+        return boosted_rows.model_rmse(champion, val)
     from pipeline.edge import row_fits
 
     return row_fits.model_rmse(champion, val)
@@ -466,6 +509,8 @@ def _train_on_dask(config: TrainConfig, plans: list[reader.MonthPlan] | None, sl
     champion_model = load_any(champion) if champion is not None else None
     if config.model == "linear":
         trained = _train_linear(config, located, train, val, slots, logger)
+    elif config.model == "xgboost":
+        trained = _train_boosted(config, located, train, val, logger)
     else:
         trained = _train_estimator(config, located, train, val, logger)
     outcome = trained.outcome
@@ -514,6 +559,8 @@ def _train_on_dask(config: TrainConfig, plans: list[reader.MonthPlan] | None, sl
         objects.update(model_objects(Model(outcome.weights, spec, metadata)))
     elif trained.estimator_bytes is not None:
         objects.update(estimator_objects(trained.estimator_bytes, spec, metadata, config.output))
+    elif trained.boosted_bytes is not None:
+        objects.update(boosted_objects(trained.boosted_bytes, _boosted_params(config), {**metadata, "taxi": config.taxi}, config.output))
     else:
         logger.warning("%s returned no model to save: writing metrics only", config.model)
     metrics = metrics_bytes(result)

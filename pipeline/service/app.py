@@ -192,11 +192,11 @@ async def _body(request: Request, limit: int) -> bytes:
 def prediction_json(served: Served, body: bytes) -> bytes:
     """The ``/predict`` JSON for ``body``; RequestValidationError (422) naming the index and field at fault."""
     try:
-        pu, do, x, levels = served.parser.parse(body)
+        pu, do, x, levels, pickup = served.parser.parse(body)
     except ValidationError as exc:
         raise RequestValidationError(problems(exc)) from None
     with np.errstate(over="ignore", invalid="ignore"):  # a huge number overflows to inf: refused just below, not warned about
-        minutes = served.model.predict_codes(pu, do, x, levels)
+        minutes = served.model.predict_codes(pu, do, x, levels, pickup)
     bad = finite(minutes)
     if bad is not None:
         problem = {"type": "prediction_not_finite", "loc": ["body", bad], "msg": "the trip's numbers are too large for a finite prediction"}

@@ -108,11 +108,12 @@ def request_fields(spec: FeatureSpec, taxi: str) -> tuple[str, ...]:
 class TripParser:
     """Validates a body for one model's columns and turns it into the arrays ``predict_codes`` takes."""
 
-    def __init__(self, spec: FeatureSpec, max_batch: int, taxi: str = "yellow") -> None:
+    def __init__(self, spec: FeatureSpec, max_batch: int, taxi: str = "yellow", pickup: bool = False) -> None:
         self.spec = spec
         self.numeric = spec.numeric
-        self.fields = request_fields(spec, taxi)
-        self.pickup = pickup_field(taxi) if PICKUP in input_columns(spec) else None
+        timed = pickup or PICKUP in input_columns(spec)  # a model whose own design needs the pickup time (xgboost) says so
+        self.pickup = pickup_field(taxi) if timed else None
+        self.fields = tuple(c for c in request_fields(spec, taxi) if c != self.pickup) + ((self.pickup,) if self.pickup else ())
         self.binned = tuple(dict.fromkeys(c for f in spec.factors for c in f.columns))
         extra = tuple(c for c in self.fields if c not in (PU, DO, self.pickup))
         fields: dict[str, Any] = {PU: ZoneId, DO: ZoneId, **dict.fromkeys(extra, Number)}
@@ -123,21 +124,24 @@ class TripParser:
         batch: Any = Annotated[list[trip], Field(min_length=1, max_length=max_batch)]  # type: ignore[valid-type]  # built at run time
         self._adapter: TypeAdapter[list[dict[str, Any]]] = TypeAdapter(batch, config=ConfigDict(strict=True))
 
-    def parse(self, body: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Zone codes (-1: unknown), the numeric matrix and the factor levels of the trips in ``body``; ValidationError if
-        it is not valid."""
+    def parse(self, body: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """Zone codes (-1: unknown), the numeric matrix, the factor levels and the pickup times (µs of their wall clock;
+        None unless the model asks for them) of the trips in ``body``; ValidationError if it is not valid."""
         trips = self._adapter.validate_json(body)
         n = len(trips)
         pu = _codes(list(map(itemgetter(PU), trips)), n)
         do = _codes(list(map(itemgetter(DO), trips)), n)
         x = np.column_stack([self._column(trips, name) for name in self.numeric]) if self.numeric else np.empty((n, 0))
+        times = None
+        if self.pickup is not None:  # the wall clock as given: TLC times are local and naive
+            stamps = [t.replace(tzinfo=None) for t in map(itemgetter(self.pickup), trips)]
+            times = np.array(stamps, dtype="datetime64[us]").view(np.int64)
         if not self.spec.factors:
-            return pu, do, x, np.empty((n, 0), dtype=np.int64)
+            return pu, do, x, np.empty((n, 0), dtype=np.int64), times
         columns: dict[str, Any] = {name: self._column(trips, name) for name in self.binned}
-        if self.pickup is not None:
-            stamps = [t.replace(tzinfo=None) for t in map(itemgetter(self.pickup), trips)]  # wall-clock time, as the files store it
-            columns[PICKUP] = pa.array(stamps, pa.timestamp("us"))
-        return pu, do, x, factor_codes(pa.table(columns), self.spec)
+        if times is not None:
+            columns[PICKUP] = pa.array(times.view("datetime64[us]"), pa.timestamp("us"))
+        return pu, do, x, factor_codes(pa.table(columns), self.spec), times
 
     @staticmethod
     def _column(trips: list[dict[str, Any]], name: str) -> np.ndarray:

@@ -17,6 +17,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from pipeline.core.boosted import BoostedModel
 from pipeline.core.features import FeatureSpec
 from pipeline.core.model import EstimatorModel, Model
 from pipeline.edge import model_files, storage
@@ -36,7 +37,9 @@ class Predictor(Protocol):
     @property
     def metadata(self) -> dict[str, Any]: ...
 
-    def predict_codes(self, pu: np.ndarray, do: np.ndarray, x: np.ndarray, levels: np.ndarray | None = None) -> np.ndarray: ...
+    def predict_codes(
+        self, pu: np.ndarray, do: np.ndarray, x: np.ndarray, levels: np.ndarray | None = None, pickup: np.ndarray | None = None
+    ) -> np.ndarray: ...
 
 
 def load(directory: storage.Where) -> Predictor:
@@ -46,7 +49,11 @@ def load(directory: storage.Where) -> Predictor:
 
 def model_format(model: Predictor) -> str:
     """The format tag of a loaded model (the loaders take it out of the metadata they hand back)."""
-    formats: dict[type, str] = {Model: model_files.FORMAT, EstimatorModel: model_files.SKOPS_FORMAT}
+    formats: dict[type, str] = {
+        Model: model_files.FORMAT,
+        EstimatorModel: model_files.SKOPS_FORMAT,
+        BoostedModel: model_files.BOOSTED_FORMAT,
+    }
     return formats.get(type(model), type(model).__name__)
 
 
@@ -86,8 +93,9 @@ class Served:
         document = model.metadata.get("metrics")
         if not isinstance(document, dict):
             document = metrics or {}
-        taxi = document.get("taxi")
-        parser = TripParser(model.spec, max_batch, taxi if isinstance(taxi, str) else "yellow")
+        taxi = document.get("taxi", model.metadata.get("taxi"))
+        pickup = bool(getattr(model, "needs_pickup", False))
+        parser = TripParser(model.spec, max_batch, taxi if isinstance(taxi, str) else "yellow", pickup)
         return cls(model, version, model_format(model), parser, document)
 
     def describe(self) -> dict[str, Any]:

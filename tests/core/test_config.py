@@ -151,7 +151,7 @@ def test_a_malformed_month_inside_a_list_names_the_field() -> None:
 # --- Literal and constrained fields through build -------------------------------------------------
 
 
-@pytest.mark.parametrize(("field", "value"), [("taxi", "blue"), ("model", "xgboost"), ("cv", "loo")])
+@pytest.mark.parametrize(("field", "value"), [("taxi", "blue"), ("model", "lightgbm"), ("cv", "loo")])
 def test_an_unknown_literal_is_a_config_error_naming_the_field(field: str, value: str) -> None:
     error = _built_error(**{field: value})
     assert _named(error) == {field}

@@ -133,7 +133,7 @@ def test_zone_ids_become_the_models_codes_and_null_numbers_zero() -> None:
     parser = TripParser(FeatureSpec(numeric=DISTANCE), max_batch=10)
     ids = [None, 0, 1, 265, 266, -3, 10**30]
     body = json.dumps([{"PULocationID": v, "DOLocationID": v, "trip_distance": d} for v, d in zip(ids, [None, 1, 2.5, 3, 4, 5, 6])])
-    pu, do, x, _ = parser.parse(body.encode())
+    pu, do, x, _, _ = parser.parse(body.encode())
     assert pu.tolist() == do.tolist() == [-1, -1, 1, 265, -1, -1, -1]
     assert pu.dtype == np.int64 and x.dtype == np.float64
     assert x.tolist() == [[0.0], [1.0], [2.5], [3.0], [4.0], [5.0], [6.0]]
