@@ -51,6 +51,12 @@ RETRAIN_OPTIONS = [
         default=None,
         help="Feature sets (term lists) compared from one read [default: base;trip_distance:log48,hour_of_week].",
     ),
+    click.option(
+        "--boosted/--no-boosted",
+        default=None,
+        help="Also fit xgboost on the cluster and keep it if it beats the best linear candidate on the same held-out rows "
+        "[default: boosted].",
+    ),
     click.option("--chunk-rows", type=click.IntRange(min=1), default=None, help="Rows per task [default: 4,000,000]."),
     click.option("--notify", default=None, help="A saved Prefect notification block, TYPE/NAME (e.g. slack-webhook/ops)."),
     click.option("--notify-url", default=None, help="A Slack-compatible webhook or Apprise URL (a secret: never printed)."),
@@ -59,7 +65,7 @@ RETRAIN_OPTIONS = [
 ]
 
 _FLOW_PARAMETERS = (
-    *("source", "registry", "window", "taxi", "alphas", "folds", "model", "candidates", "chunk_rows", "max_rows", "notify"),
+    *("source", "registry", "window", "taxi", "alphas", "folds", "model", "candidates", "boosted", "chunk_rows", "max_rows", "notify"),
     *("mlflow", "mlflow_uri", "mlflow_experiment"),
 )
 

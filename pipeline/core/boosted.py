@@ -40,6 +40,8 @@ TARGET = "minutes"
 ZONES = pd.CategoricalDtype(categories=np.arange(1, 266, dtype=np.int64), ordered=False)
 #: The spec a boosted model reads: the linear path's window and ``trip_distance`` (the pickup time is always read).
 SPEC = FeatureSpec(numeric=(DISTANCE,))
+#: The design as feature terms (:mod:`pipeline.core.terms`), for metrics.json and the run's table.
+TERMS = ("PULocationID", "DOLocationID", DISTANCE, "hour", "weekday")
 MICROS_PER_HOUR = 3_600_000_000
 #: 1970-01-01 was a Thursday: day 0 is weekday 3 (Monday is 0).
 _EPOCH_WEEKDAY = 3

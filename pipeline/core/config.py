@@ -141,6 +141,10 @@ class TrainConfig(BaseModel):
         min_length=1,
         description="the model's terms: zone one-hots, numeric columns, COLUMN:logN bins, hour, weekday, hour_of_week, A*B",
     )
+    boosted_challenger: bool = Field(
+        default=False,
+        description="also fit xgboost on K-fold CV's fold 0 and keep it if it beats the chosen linear candidate on the same rows",
+    )
     xgb_rounds: int = Field(default=100, ge=1, description="boosting rounds of --model xgboost (100: best on the real months)")
     numeric: tuple[str, ...] = Field(default=(), description="numeric columns added to the terms")
     candidates: tuple[tuple[str, ...], ...] = Field(
@@ -185,6 +189,8 @@ class TrainConfig(BaseModel):
             raise ConfigError("{candidates}: comparing feature sets needs {model} linear and K-fold CV (2 or more {folds}, {cv} kfold)")
         if self.model == "xgboost" and self.numeric not in ((), BOOSTED_NUMERIC):
             raise ConfigError("{numeric}: {model} xgboost has a fixed design (zones, trip_distance, pickup hour and weekday)")
+        if self.boosted_challenger and (self.model != "linear" or self.stats_folds < 2):
+            raise ConfigError("{boosted_challenger}: a boosted challenger is compared in {model} linear's K-fold CV (2 or more {folds})")
         if self.model == "xgboost" and self.max_rows is not None:
             raise ConfigError("{max_rows}: {model} xgboost trains on every row, spread over the cluster")
         if len(set(self.feature_sets())) != len(self.feature_sets()):

@@ -144,6 +144,16 @@ def dump_estimator(fitted: Any) -> bytes:
     return bytes(skops.io.dumps(fitted, compression=zipfile.ZIP_DEFLATED))
 
 
+def _read_data(path: Location, format_: str) -> bytes:
+    """A model's data file, or one line saying it is missing (though ``model.json`` names ``format_``) or unreadable."""
+    try:
+        return storage.read_bytes(path)
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: missing, though {META_FILE} says {format_}") from None
+    except OSError as exc:
+        raise PipelineError(f"{path}: not readable ({_one_line(exc)})") from None
+
+
 def _one_line(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())
 
@@ -220,12 +230,7 @@ def load_estimator(directory: Where) -> EstimatorModel:
         raise PipelineError(f"{directory.child(META_FILE)}: format {meta.get('format')!r}, expected {SKOPS_FORMAT!r}")
     spec = _spec(meta, directory)
     path = directory.child(ESTIMATOR_FILE)
-    try:
-        data = storage.read_bytes(path)
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: missing, though {META_FILE} says {SKOPS_FORMAT}") from None
-    except OSError as exc:
-        raise PipelineError(f"{path}: not readable ({_one_line(exc)})") from None
+    data = _read_data(path, SKOPS_FORMAT)
     untrusted = _untrusted(data, path)
     if untrusted:
         raise PipelineError(f"{path}: untrusted types in the model file: {', '.join(untrusted)}")
@@ -319,12 +324,7 @@ def load_boosted(directory: Where) -> BoostedModel:
     except (TypeError, PipelineError) as exc:
         raise PipelineError(f"{directory.child(META_FILE)}: unreadable xgboost parameters ({_one_line(exc)})") from None
     path = directory.child(BOOSTER_FILE)
-    try:
-        data = storage.read_bytes(path)
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: missing, though {META_FILE} says {BOOSTED_FORMAT}") from None
-    except OSError as exc:
-        raise PipelineError(f"{path}: not readable ({_one_line(exc)})") from None
+    data = _read_data(path, BOOSTED_FORMAT)
     _check_digest(directory, BOOSTER_FILE, meta, data)
     booster = _booster(data, path)
     if booster.num_features() != len(boosted.FEATURES):

@@ -92,6 +92,8 @@ def _training_config(champion: Version | None, staged: Any, months: tuple[list[M
     if options["model"] != "linear":
         options["alphas"] = tuple(options["alphas"])[:1]  # row-fitted models have no alpha grid
     if options["model"] != "linear" or options["folds"] < 2:
+        options["boosted_challenger"] = False  # the challenger is compared in a linear K-fold CV
+    if options["model"] != "linear" or options["folds"] < 2:
         if len(candidates) > 1 and candidates != DEFAULT_CANDIDATES:
             raise PipelineError("--candidates: comparing feature sets needs --model linear and 2 or more --folds")
         candidates = candidates if len(candidates) == 1 else ((),)  # without linear CV, the default is the seed's features
@@ -142,6 +144,7 @@ def retrain_flow(
     folds: int = 5,
     model: ModelName = "linear",
     candidates: tuple[tuple[str, ...], ...] = DEFAULT_CANDIDATES,
+    boosted: bool = True,
     chunk_rows: int = 4_000_000,
     seed: int = 0,
     max_rows: int | None = None,
@@ -188,6 +191,7 @@ def retrain_flow(
         "folds": folds,
         "model": model,
         "candidates": candidates,
+        "boosted_challenger": boosted,
         "chunk_rows": chunk_rows,
         "seed": seed,
         "max_rows": max_rows,

@@ -28,6 +28,7 @@ from prefect.states import Completed
 
 from cluster import ClusterSpec
 from pipeline.core import batching, cv, render, screening, stats, training
+from pipeline.core.boosted import TERMS as BOOSTED_TERMS
 from pipeline.core.boosted import BoostedModel
 from pipeline.core.config import TrainConfig
 from pipeline.core.cv import CVReport, Features
@@ -446,7 +447,30 @@ def _train_boosted(config: TrainConfig, plans: dict[Month, reader.MonthPlan], tr
     )  # fmt: skip
     empty = training.empty_of({f"months {format_months(train)}": fitted.train_rows, reader.label(plans[val]): fitted.val_rows})
     outcome = training.Outcome(None, fitted.train_rows, fitted.train_rmse, fitted.val_rows, fitted.val_rmse, empty)
-    return Trained(outcome, None, config.feature_spec().numeric, report, boosted_bytes=fitted.model or None)
+    return Trained(outcome, None, BOOSTED_TERMS, report, boosted_bytes=fitted.model or None)
+
+
+def _challenge_with_boosted(
+    config: TrainConfig, plans: dict[Month, reader.MonthPlan], train: list[Month], val: Month, linear: Trained, logger: RunLogger
+) -> Trained:
+    """The boosted challenger of a linear CV: xgboost on fold 0's training rows, scored on fold 0's held-out rows, beside
+    the chosen linear candidate's score on the same rows; the better model is the run's (a final fit if xgboost)."""
+    from pipeline.flows import boosted as boosted_flows
+
+    assert linear.report is not None  # a boosted challenger needs K-fold CV (TrainConfig refuses it otherwise)
+    chosen = [s for s in linear.report.scores if s.fold == 0 and s.alpha == linear.report.chosen_alpha]
+    chosen = [s for s in chosen if s.features == linear.report.chosen_features] or chosen
+    linear_rmse = chosen[0].rmse
+    train_plans, params = [plans[m] for m in train], _boosted_params(config)
+    holdout = boosted_flows.holdout_boosted.submit(train_plans, params, config.folds, config.seed, config.chunk_rows)
+    raise_first_failure([holdout])
+    boosted_rmse = holdout.result().rmse
+    winner = "xgboost" if boosted_rmse < linear_rmse else "linear"
+    logger.info("boosted challenger on fold 0's held-out rows: xgboost %.4f, linear %.4f: %s kept", boosted_rmse, linear_rmse, winner)
+    if winner == "linear":
+        return linear
+    boosted = _train_boosted(config.model_copy(update={"folds": 0}), plans, train, val, logger)
+    return Trained(boosted.outcome, None, BOOSTED_TERMS, linear.report, boosted_bytes=boosted.boosted_bytes, months=linear.months)
 
 
 def _publish(result: RunResult) -> None:
@@ -509,6 +533,8 @@ def _train_on_dask(config: TrainConfig, plans: list[reader.MonthPlan] | None, sl
     champion_model = load_any(champion) if champion is not None else None
     if config.model == "linear":
         trained = _train_linear(config, located, train, val, slots, logger)
+        if config.boosted_challenger:
+            trained = _challenge_with_boosted(config, located, train, val, trained, logger)
     elif config.model == "xgboost":
         trained = _train_boosted(config, located, train, val, logger)
     else:
@@ -523,7 +549,7 @@ def _train_on_dask(config: TrainConfig, plans: list[reader.MonthPlan] | None, sl
         read = config.feature_spec()
         champion_rmse = champion_score.submit(champion_model, trained.val_stats, read, located[val]).result()
     result = RunResult(
-        model=config.model,
+        model="xgboost" if trained.boosted_bytes is not None else config.model,
         taxi=config.taxi,
         train_months=tuple(train),
         val_month=val,

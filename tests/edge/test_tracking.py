@@ -63,7 +63,7 @@ def retrain_run(months_dir: Path, prefect_api_url: str, tmp_path_factory: pytest
     experiment = client.create_experiment("trips", artifact_location=(folder / "artifacts").as_uri())
     registry = folder / "registry"
     args = ["retrain", "--source", str(months_dir), "--registry", str(registry), "--as-of", "2023-04-20", "--folds", "3"]
-    args += ["--alphas", "0.1,10", "--n-workers", "2", "--mlflow", "--mlflow-uri", uri, "--mlflow-experiment", "trips"]
+    args += ["--alphas", "0.1,10", "--n-workers", "2", "--mlflow", "--mlflow-uri", uri, "--mlflow-experiment", "trips", "--no-boosted"]
     logged = _Lines()
     logging.getLogger("prefect.flow_runs").addHandler(logged)
     try:
@@ -100,6 +100,7 @@ def test_parameters_are_the_config_and_what_cv_chose(retrain_run, months_dir):
         "features": "PULocationID,DOLocationID,PU_DO",
         "numeric": "",
         "candidates": "base;trip_distance:log48+hour_of_week",
+        "boosted_challenger": "False",
         "chunk_rows": "4000000",
         "cache": "True",
         "chosen_alpha": str(metrics["cv"]["chosen_alpha"]),

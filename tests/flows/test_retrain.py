@@ -32,6 +32,9 @@ AS_OF = date(2023, 4, 20)
 def _retrain(months_dir: Path, registry: Path, **parameters: Any) -> Any:
     parameters.setdefault("as_of", AS_OF)
     parameters.setdefault("cluster", ClusterSpec(n_workers=2, dashboard_address=":0"))
+    parameters.setdefault(
+        "boosted", False
+    )  # the linear path's decisions; the boosted challenger: tests/flows/test_real_months_end_to_end.py
     return retrain_flow(source=str(months_dir), registry=str(registry), **parameters)
 
 
