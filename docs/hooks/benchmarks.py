@@ -29,8 +29,8 @@ def _load() -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _label(bench: dict[str, Any]) -> str:
-    """``benchmarks/test_scoring.py::test_scoring_flow[own]`` -> ``scoring_flow [own]``."""
-    name = bench["name"].removeprefix("test_")
+    """``test_a_warm_flow_is_faster_than_a_cold_one[own]`` -> ``a warm flow is faster than a cold one [own]``."""
+    name = bench["name"].removeprefix("test_").replace("_", " ")
     return name.replace("[", " [")
 
 
@@ -53,14 +53,15 @@ def _chart(report: dict[str, Any]) -> str:
     matplotlib.rcParams["svg.hashsalt"] = "taxi-pipeline"
     matplotlib.rcParams["svg.fonttype"] = "none"
     speedups = _speedups(report)
-    figure, axes = plt.subplots(figsize=(8, 0.45 * max(len(speedups), 1) + 1.2))
+    figure, axes = plt.subplots(figsize=(9, 0.45 * max(len(speedups), 1) + 1.3))
     names = [name for name, _ in speedups]
     values = [value for _, value in speedups]
     bars = axes.barh(names, values, color="#3f51b5")
     axes.invert_yaxis()
     axes.set_xscale("log")
+    axes.set_xlim(min([0.5, *values]) / 1.5, max([10.0, *values]) * 6)  # room for the labels right of the bars
     axes.axvline(1.0, color="#888888", linewidth=1, linestyle="--")
-    axes.set_xlabel("speed-up over the benchmark's reference (×, log scale; 1 = as fast)")
+    axes.set_xlabel("speed-up over the benchmark's reference (×, log scale)")
     for bar, value in zip(bars, values):
         axes.text(bar.get_width() * 1.05, bar.get_y() + bar.get_height() / 2, f"{value:,.1f}×", va="center", fontsize=8)
     axes.spines[["top", "right"]].set_visible(False)
@@ -97,7 +98,8 @@ def _markdown(report: dict[str, Any], run: dict[str, Any]) -> str:
         "",
         f"Scale: {run['scale']}. Command: `{run['command']}`.",
         "",
-        *[f"Failed its floor in this run: `{_label({'name': name})}`, {why}." for name, why in run.get("failed", {}).items()],
+        *(["Failed its floor in this run:", ""] if run.get("failed") else []),
+        *[f"- {_label({'name': name})}: {why}." for name, why in run.get("failed", {}).items()],
         "",
         "![Speed-ups recorded by the benchmarks](benchmarks-speedups.svg)",
         "",
@@ -109,7 +111,7 @@ def _markdown(report: dict[str, Any], run: dict[str, Any]) -> str:
         headline = extra.get("headline") or _figures(extra)
         median = bench.get("stats", {}).get("median")
         shown = f"{median:.3f} s" if isinstance(median, (int, float)) else ""
-        lines.append(f"| `{_label(bench)}` | {_cell(headline)} | {shown} |")
+        lines.append(f"| {_label(bench)} | {_cell(headline)} | {shown} |")
     return "\n".join(lines) + "\n"
 
 
