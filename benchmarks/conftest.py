@@ -62,7 +62,7 @@ class Floors:
     memory_growth: float  # at most: peak(n)/peak(smallest) over n/smallest, i.e. 1.0 is linear
 
 
-#: Measured at 1M rows a month (README "Benchmarks"), with a margin for a noisy shared
+#: Measured at 1M rows a month (docs/explanation/benchmarks.md), with a margin for a noisy shared
 #: machine; parquet to statistics is held to issue 12's goal itself, 70% of the decode's
 #: throughput (1.2 to 1.4x the decode time, measured under load 2 to 5; the kernel 0.3x).
 #: Flows are still orchestration-bound at this size (~0.5 s of work in 1.3-2.4 s; 8-16 s
@@ -176,7 +176,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config) -> None:
-    """The headline ratios, as in README "Benchmarks": the figures of ``extra_info``, not the table's whole-call times."""
+    """The headline ratios, as on docs/explanation/benchmarks.md: the figures of ``extra_info``, not the table's whole-call times."""
     lines: Sequence[str] = config.stash.get(HEADLINES, [])
     if lines:
         terminalreporter.write_sep("=", "headline ratios")

@@ -37,7 +37,7 @@ from pipeline.runtime.prefect_api import prefect_api
 FOLDS = 5
 ALPHAS = [0.01, 0.1, 1.0, 10.0]
 TRAIN_MONTHS = 4
-#: Floors a margin below what was measured on this shared 2-core machine (README "Benchmarks"), at the
+#: Floors a margin below what was measured on this shared 2-core machine (docs/explanation/benchmarks.md), at the
 #: default scale and at --bench-quick's 100k rows, where a chunk is 40 ms of work and a hit's fixed cost
 #: (70k-pair arrays rebuilt) weighs more. A warm flow has no chunk task left, only the CV's (~0.35 s each on
 #: 2 workers), so once task runs got cheap (a cold flow 3.7 -> 1.1 s) the cache pays 1.3-1.8x here, not 3-4x:

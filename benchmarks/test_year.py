@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.year]
 
 #: The issue's goals, reported beside the figures (not asserted: they hold on the local stack, not for a command of its own).
 GOAL_WHOLE_OVER_FLOW, GOAL_FLOW_OVER_DECODE = 2, 4
-#: At most: what was measured (README "Benchmarks") plus a margin for the shared machine.
+#: At most: what was measured (docs/explanation/benchmarks.md) plus a margin for the shared machine.
 WHOLE_OVER_FLOW, FLOW_OVER_DECODE = 6, 10
 
 

@@ -1,8 +1,8 @@
 """What a training run hands back: one typed result, and its ``metrics.json`` form.
 
 ``metrics.json`` carries ``schema_version``; a change of meaning or a removed
-field bumps it (fields may be added within a version). The README's
-"metrics.json" section documents every field.
+field bumps it (fields may be added within a version). The reference page
+docs/reference/metrics-json.md documents every field.
 """
 
 from __future__ import annotations
