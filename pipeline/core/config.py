@@ -141,6 +141,10 @@ class TrainConfig(BaseModel):
         min_length=1,
         description="the model's terms: zone one-hots, numeric columns, COLUMN:logN bins, hour, weekday, hour_of_week, A*B",
     )
+    read_also: tuple[str, ...] = Field(
+        default=(),
+        description="terms read beside the feature sets' (a champion's, so it is scored from the same statistics); needs candidates",
+    )
     boosted_challenger: bool = Field(
         default=False,
         description="also fit xgboost on K-fold CV's fold 0 and keep it if it beats the chosen linear candidate on the same rows",
@@ -189,6 +193,8 @@ class TrainConfig(BaseModel):
             raise ConfigError("{candidates}: comparing feature sets needs {model} linear and K-fold CV (2 or more {folds}, {cv} kfold)")
         if self.model == "xgboost" and self.numeric not in ((), BOOSTED_NUMERIC):
             raise ConfigError("{numeric}: {model} xgboost has a fixed design (zones, trip_distance, pickup hour and weekday)")
+        if self.read_also and not self.candidates:
+            raise ConfigError("{read_also}: terms read beside the model's need {candidates} (a run without them fits what it reads)")
         if self.boosted_challenger and (self.model != "linear" or self.stats_folds < 2):
             raise ConfigError("{boosted_challenger}: a boosted challenger is compared in {model} linear's K-fold CV (2 or more {folds})")
         if self.model == "xgboost" and self.max_rows is not None:
@@ -240,7 +246,7 @@ class TrainConfig(BaseModel):
     def feature_spec(self) -> FeatureSpec:
         """What a run reads: every term of every feature set (and ``numeric``; xgboost's columns), in first-seen order."""
         boosted = BOOSTED_NUMERIC if self.model == "xgboost" else ()
-        terms = dict.fromkeys([*(t for terms in self.feature_sets() for t in terms), *self.numeric, *boosted])
+        terms = dict.fromkeys([*(t for terms in self.feature_sets() for t in terms), *self.numeric, *self.read_also, *boosted])
         return FeatureSpec.of(tuple(terms))
 
     def feature_sets(self) -> tuple[tuple[str, ...], ...]:

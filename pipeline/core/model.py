@@ -37,6 +37,10 @@ def input_columns(spec: FeatureSpec) -> tuple[str, ...]:
 def _codes(frame: pd.DataFrame | pa.Table, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Zone codes (-1: null or not 1..265), the numeric matrix and the factor levels of TLC-shaped (canonical) rows."""
     table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
+    if PICKUP not in table.column_names:  # a month file's own name for it (tpep_ yellow, lpep_ green)
+        named = [c for c in table.column_names if c.endswith(f"pep_{PICKUP}")]
+        if named:
+            table = table.rename_columns([PICKUP if c == named[0] else c for c in table.column_names])
     missing = [c for c in input_columns(spec) if c not in table.column_names]
     if missing:
         raise PipelineError(f"predict: missing column(s) {', '.join(missing)}")

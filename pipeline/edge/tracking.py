@@ -37,7 +37,7 @@ URI_ENV = "MLFLOW_TRACKING_URI"
 FLOW_RUN_TAG = "prefect.flow_run_id"
 FLOW_RUN_URL_TAG = "prefect.flow_run_url"
 #: Config fields that are not parameters of the model: where files go, and tracking itself.
-_NOT_PARAMS = frozenset({"output", "cache_dir", "mlflow", "mlflow_uri", "mlflow_experiment"})
+_NOT_PARAMS = frozenset({"output", "cache_dir", "mlflow", "mlflow_uri", "mlflow_experiment", "read_also"})
 
 
 @dataclass(frozen=True)

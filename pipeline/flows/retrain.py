@@ -29,6 +29,7 @@ from pipeline.core import render
 from pipeline.core.config import DEFAULT_EXPERIMENT, DEFAULT_SOURCE, ModelName, Taxi, TrainConfig, candidate_terms
 from pipeline.core.decisions import Decision
 from pipeline.core.features import FeatureSpec
+from pipeline.core.model import Model
 from pipeline.core.months import Month
 from pipeline.core.results import RunResult
 from pipeline.edge import reader, row_fits, storage, tracking
@@ -81,14 +82,15 @@ def _as_of(value: date | None) -> date:
 
 
 def _training_config(champion: Version | None, staged: Any, months: tuple[list[Month], Month], options: dict[str, Any]) -> TrainConfig:
-    """The challenger's config: candidates compared by CV, plus the champion's numeric columns read so it can be scored
-    exactly (a champion with other terms is scored from its rows)."""
+    """The challenger's config: candidates compared by CV, plus a linear champion's terms read so it can be scored exactly
+    (another champion is scored from its rows)."""
     train, val = months
     candidates = tuple(tuple(c) for c in options.pop("candidates"))
-    champion_columns: tuple[str, ...] = ()
+    champion_terms: tuple[str, ...] = ()
     if champion is not None and storage.exists(champion.path / META_FILE):
-        champion_spec = load_any(champion.path).spec
-        champion_columns = champion_spec.numeric if not champion_spec.factors else ()
+        champion_model = load_any(champion.path)
+        if isinstance(champion_model, Model):  # a linear champion is scored from the same statistics: read its terms
+            champion_terms = champion_model.spec.terms
     if options["model"] != "linear":
         options["alphas"] = tuple(options["alphas"])[:1]  # row-fitted models have no alpha grid
     if options["model"] != "linear" or options["folds"] < 2:
@@ -101,7 +103,7 @@ def _training_config(champion: Version | None, staged: Any, months: tuple[list[M
         if options["model"] != "linear":  # row-fitted models read the zones and numeric columns
             return TrainConfig.build(train_months=train, val_month=val, output=staged, numeric=FeatureSpec.of(terms).numeric, **options)
         return TrainConfig.build(train_months=train, val_month=val, output=staged, features=terms, **options)
-    return TrainConfig.build(train_months=train, val_month=val, output=staged, numeric=champion_columns, candidates=candidates, **options)
+    return TrainConfig.build(train_months=train, val_month=val, output=staged, read_also=champion_terms, candidates=candidates, **options)
 
 
 def _rescore(current: Version, val: reader.MonthPlan) -> float | None:

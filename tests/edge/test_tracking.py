@@ -101,6 +101,7 @@ def test_parameters_are_the_config_and_what_cv_chose(retrain_run, months_dir):
         "numeric": "",
         "candidates": "base;trip_distance:log48+hour_of_week",
         "boosted_challenger": "False",
+        "xgb_rounds": "100",
         "chunk_rows": "4000000",
         "cache": "True",
         "chosen_alpha": str(metrics["cv"]["chosen_alpha"]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -38,9 +39,12 @@ def _retrain(months_dir: Path, registry: Path, **parameters: Any) -> Any:
     return retrain_flow(source=str(months_dir), registry=str(registry), **parameters)
 
 
-def _rmse_from_rows(model_dir: Path, months_dir: Path, month: Month) -> float:
-    """The independent reference: the seed's pandas reading of the month, and the saved model's predict on it."""
+def _rmse_from_rows(model_dir: Path, months_dir: Path, month: Month, clipped: bool = True) -> float:
+    """The independent reference: the seed's pandas reading of the month, and the saved model's predict on it (``clipped``
+    False: the exact linear model's, which statistics score, before predictions are clipped to the training window)."""
     model = load_model(model_dir)
+    if not clipped:
+        model = dataclasses.replace(model, spec=dataclasses.replace(model.spec, min_minutes=-np.inf, max_minutes=np.inf))
     frame = seed.read_dataframe(months_dir / month_filename("yellow", month)).astype({"PULocationID": int, "DOLocationID": int})
     return float(np.sqrt(np.mean((model.predict(frame) - frame["duration"].to_numpy()) ** 2)))
 
@@ -66,8 +70,10 @@ def test_champion_and_challenger_are_compared_exactly_on_the_new_month(months_di
 
     # candidates x alphas x folds from one read: every candidate is in the CV, each chunk was read once
     report = first.run.cv
-    assert {s.features for s in report.scores} == {(), ("trip_distance",)} and len(report.scores) == 2 * 4 * 5
-    assert first.run.numeric == report.chosen_features == ("trip_distance",)  # it beats the zones alone here
+    zones = ("PULocationID", "DOLocationID", "PU_DO")
+    binned = (*zones, "trip_distance:log48", "hour_of_week")
+    assert {s.features for s in report.scores} == {zones, binned} and len(report.scores) == 2 * 5 * 5
+    assert first.run.features == report.chosen_features == binned  # it beats the zones alone here
     read = [
         month
         for r in read_task_runs(first.run.flow_run_id, expected=0, timeout=0)
@@ -81,8 +87,9 @@ def test_champion_and_challenger_are_compared_exactly_on_the_new_month(months_di
     decision = worse.decision
     assert (worse.version, decision.action, decision.champion_after) == ("v0002", "keep", "v0001")
     assert decision.challenger_rmse == worse.run.val_rmse > decision.champion_rmse
-    reference = _rmse_from_rows(registry / "versions" / "v0001", months_dir, Month(2023, 3))
+    reference = _rmse_from_rows(registry / "versions" / "v0001", months_dir, Month(2023, 3), clipped=False)
     assert decision.champion_rmse == pytest.approx(reference, rel=1e-9)  # from statistics, no second read
+    assert _rmse_from_rows(registry / "versions" / "v0001", months_dir, Month(2023, 3)) <= reference  # clipping only helps
     assert decision.champion_rmse == pytest.approx(first.run.val_rmse, rel=1e-9)
     store = Registry.open(registry)
     assert store.champion().name == "v0001" and [v.name for v in store.versions()] == ["v0001", "v0002"]
