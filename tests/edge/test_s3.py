@@ -261,8 +261,9 @@ def test_train_from_s3_to_s3_gives_the_local_runs_metrics_to_the_bit_and_a_secon
         meta = json.loads(storage.read_bytes(f"{output}/model.json"))
         metrics = json.loads(storage.read_bytes(f"{output}/metrics.json"))
         assert meta["run_id"] == metrics["flow_run_id"]
-        for timing in ("seconds", "rows_per_second", "flow_run_id", "schema_version", "numeric", "months"):
+        for timing in ("seconds", "rows_per_second", "flow_run_id", "schema_version", "numeric", "months", "features"):
             metrics.pop(timing)
+        assert [i["location"] for i in metrics.pop("inputs")] == [f"s3://taxi/months/yellow_tripdata_2023-0{m}.parquet" for m in (1, 2, 3)]
         assert metrics == PINNED["nocv_numeric"]["metrics"]  # the local run's figures (tests/flows/test_flow.py pins them)
         runs.append(result.stdout + result.stderr)
     chunks = len(storage.listdir(f"s3://{BUCKET}/stats"))

@@ -240,7 +240,9 @@ def test_metrics_and_weights_are_bit_identical_to_the_recorded_runs(case, months
     )
     metrics = _without_timings(_train(config, ClusterSpec(n_workers=2, dashboard_address=":0")))
     assert metrics.pop("schema_version") == 1  # the fields added since
-    assert metrics.pop("numeric") == _PINNED_CASES[case].get("numeric", [])
+    numeric = metrics.pop("numeric")
+    assert numeric == _PINNED_CASES[case].get("numeric", [])
+    assert metrics.pop("features") == ["PULocationID", "DOLocationID", "PU_DO", *numeric]  # the model's terms
     months = metrics.pop("months", [])  # counted on the linear path only
     expected_months = [(f"2023-0{i}", 40_000) for i in (1, 2, 3)] if metrics["model"] == "linear" else []
     assert [(m["month"], m["rows_read"]) for m in months] == expected_months
