@@ -6,7 +6,7 @@ import json
 import os
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -23,6 +23,9 @@ from pipeline.cli.common import (
     with_options,
 )
 from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 def _as_of(ctx: click.Context, param: click.Parameter, value: str | None) -> date | None:
@@ -260,12 +263,12 @@ def deploy(cron: str, timezone: str, name: str, notify_url: str | None, notify_o
     target_from(options.get("notify"), notify_url, notify_on_completion)
     parameters = _parameters({**options, "notify_on_completion": notify_on_completion})
     from prefect.client.schemas.schedules import CronSchedule
+    from pydantic import ValidationError
 
     try:
         schedule = CronSchedule(cron=cron, timezone=timezone)
-    except ValueError as exc:
-        reason = str(exc).splitlines()[-1].strip()
-        raise PipelineError(f"--cron {cron!r} / --timezone {timezone!r}: {reason}") from None
+    except ValidationError as exc:  # its last line is a link to pydantic's docs: say what is wrong instead
+        raise PipelineError(f"--cron {cron!r} / --timezone {timezone!r}: {_schedule_error(exc)}") from None
     from pipeline.runtime.prefect_api import configured_api_url
 
     if not configured_api_url():
@@ -280,3 +283,8 @@ def deploy(cron: str, timezone: str, name: str, notify_url: str | None, notify_o
 
     err.print(f"serving retrain-trip-duration/{name} on {cron} ({timezone}) against {configured_api_url()}; Ctrl-C stops it")
     retrain_flow.serve(name=name, schedules=[schedule], parameters=parameters)
+
+
+def _schedule_error(exc: ValidationError) -> str:
+    """What a CronSchedule refused, in words: each error's message without pydantic's "Value error, " prefix."""
+    return "; ".join(str(error["msg"]).removeprefix("Value error, ") for error in exc.errors())
