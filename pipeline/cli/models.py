@@ -269,10 +269,16 @@ def deploy(cron: str, timezone: str, name: str, notify_url: str | None, notify_o
         schedule = CronSchedule(cron=cron, timezone=timezone)
     except ValidationError as exc:  # its last line is a link to pydantic's docs: say what is wrong instead
         raise PipelineError(f"--cron {cron!r} / --timezone {timezone!r}: {_schedule_error(exc)}") from None
-    from pipeline.runtime.prefect_api import configured_api_url
+    from pipeline.runtime.prefect_api import configured_api_url, work_pool_of
 
     if not configured_api_url():
         raise PipelineError("deploy needs a running Prefect server: `prefect server start`, then set PREFECT_API_URL")
+    pool = work_pool_of(f"retrain-trip-duration/{name}")
+    if pool:  # serving it would silently replace that deployment (and its schedule) by this one
+        raise PipelineError(
+            f"--name {name!r}: retrain-trip-duration/{name} is already deployed on work pool {pool!r} (prefect.yaml's?); "
+            "choose another --name"
+        )
     if parameters.get("registry"):
         _open_existing(parameters["registry"])
     if notify_url:

@@ -172,6 +172,29 @@ def test_bad_input_is_one_line_and_leaves_the_registry_unchanged(months_dir, tmp
     assert sorted(p.name for p in registry.rglob("*")) == before
 
 
+def test_prefect_yaml_and_deploy_name_distinct_deployments():
+    import yaml
+
+    from pipeline.cli.models import deploy
+
+    (default,) = [p.default for p in deploy.params if p.name == "name"]
+    declared = yaml.safe_load((Path(__file__).parents[2] / "prefect.yaml").read_text())["deployments"]
+    assert default not in [d["name"] for d in declared]
+
+
+def test_deploy_refuses_the_name_of_a_deployment_on_a_work_pool(months_dir, prefect_api_url, tmp_path):
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    with SyncPrefectClient(prefect_api_url) as client:
+        client.create_work_pool(WorkPoolCreate(name="refusal-pool", type="process"), overwrite=True)
+        flow_id = client.create_flow_from_name("retrain-trip-duration")
+        client.create_deployment(flow_id=flow_id, name="pooled", work_pool_name="refusal-pool", entrypoint="x.py:f")
+    args = ["deploy", "--source", str(months_dir), "--registry", str(tmp_path / "registry"), "--cron", "0 6 3 * *", "--name", "pooled"]
+    line = _one_error_line(_cli(*args, env={"PREFECT_API_URL": prefect_api_url}))
+    assert "retrain-trip-duration/pooled is already deployed on work pool 'refusal-pool'" in line and "--name" in line
+
+
 def test_a_failed_run_posts_its_error_line_to_the_webhook_and_never_logs_the_url(months_dir, prefect_api_url, tmp_path):
     import http.server
     import threading
@@ -339,12 +362,12 @@ def test_prefect_yaml_deploys_onto_a_process_pool_whose_worker_runs_it(months_di
         "-p",
         'cluster={"n_workers": 1}',
     ]
-    run("deployment", "run", "retrain-trip-duration/monthly", *params)
+    run("deployment", "run", "retrain-trip-duration/monthly-pool", *params)
     worker = run("worker", "start", "--pool", "taxi-pipeline", "--run-once", timeout=300)
     from prefect.client.orchestration import SyncPrefectClient
 
     with SyncPrefectClient(prefect_server.url) as client:
-        deployment = client.read_deployment_by_name("retrain-trip-duration/monthly")
+        deployment = client.read_deployment_by_name("retrain-trip-duration/monthly-pool")
 
         def ours() -> list[Any]:  # the session's server may hold other runs of this deployment
             runs = client.read_flow_runs(limit=50)
