@@ -18,6 +18,7 @@ from pipeline.core.results import RunResult
 from pipeline.edge import tracking
 from pipeline.edge.reader import MonthPlan, locate_local
 from pipeline.flows.train import train_flow
+from pipeline.runtime.interrupts import completed
 from pipeline.runtime.local_stack import run_services
 
 log = logging.getLogger(__name__)
@@ -42,4 +43,6 @@ def train(
         tracking.check(config.mlflow_uri)  # a missing [mlflow] extra or tracking URI: one line, at once
     check_cluster(spec)  # bad cluster flags, address, TLS or versions fail here, before any server starts
     with run_services(spec, announce, "pipeline.flows.train") as where:
-        return train_flow(config, where, plans)
+        result = train_flow(config, where, plans)
+        completed()  # model and metrics are written: a Ctrl-C while the services close no longer undoes the run
+    return result

@@ -138,6 +138,7 @@ def retrain(as_of: date | None, repair: bool, notify_url: str | None, notify_on_
     from cluster import ClusterSpec, check_cluster
     from pipeline.core import render
     from pipeline.flows.retrain import NOTIFY_URL_ENV, retrain_flow
+    from pipeline.runtime.interrupts import completed
     from pipeline.runtime.local_stack import run_services
 
     cluster = ClusterSpec(**{k: v for k, v in options.items() if k not in _FLOW_PARAMETERS})
@@ -146,6 +147,7 @@ def retrain(as_of: date | None, repair: bool, notify_url: str | None, notify_on_
         os.environ[NOTIFY_URL_ENV] = notify_url  # read by the run's state hooks in this process; never a parameter
     with run_services(cluster, err.print, "pipeline.flows.retrain") as where:
         result = retrain_flow(**parameters, as_of=as_of, cluster=where)
+        completed()  # the version is registered: a Ctrl-C from here on no longer undoes the run
     out.print(table(render.decision_line(result.decision), ("field", "value"), render.decision_rows(result.decision)))
     out.print(table(render.title(result.run), ("metric", "value"), render.metric_rows(result.run)))
     if result.run.cv is not None:

@@ -68,6 +68,7 @@ def predict(
     from cluster import ClusterSpec, check_cluster
     from pipeline.core import render
     from pipeline.flows.score import score_flow
+    from pipeline.runtime.interrupts import completed
     from pipeline.runtime.local_stack import run_services
 
     cluster = ClusterSpec(**cluster_options)
@@ -84,6 +85,7 @@ def predict(
             chunk_rows=chunk_rows,
             cluster=where,
         )
+        completed()  # predictions and report are written: a Ctrl-C from here on no longer undoes the run
     drawn = table(f"scored {result.rows:,} rows with {result.model}", render.MONITORING_HEADER, render.monitoring_rows(result.months))
     from rich.console import Console
 
