@@ -341,7 +341,7 @@ class Registry:
         ``score_champion(champion)`` gives the champion's RMSE on the challenger's
         validation month (None: it cannot be scored, so the champion is kept). It is
         called under the lock, before anything changes: if it raises, nothing has.
-        The first version is promoted; later ones iff no worse than the champion.
+        The first version is promoted; later ones iff better than the champion (a tie keeps it).
         A damaged champion (:meth:`verify`) or history is refused in one line, unless ``repair``:
         then the challenger replaces the champion, and a torn history line is cut off.
         """

@@ -149,6 +149,16 @@ def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
+def test_an_identical_retrain_ties_and_keeps_the_champion(months_dir, prefect_api_url, tmp_path):
+    registry = tmp_path / "registry"
+    same = {"folds": 0, "alphas": (1.0,), "candidates": ((),), "cluster": ClusterSpec(n_workers=1, dashboard_address=":0")}
+    first, again = _retrain(months_dir, registry, **same), _retrain(months_dir, registry, **same)
+    assert (again.version, again.decision.action, again.decision.champion_after) == ("v0002", "keep", "v0001")
+    assert again.decision.reason.startswith("kept the champion v0001: the challenger ties it on 2023-03")
+    assert again.run.val_rmse == pytest.approx(first.run.val_rmse, rel=1e-12)
+    assert Registry.open(registry).champion().name == "v0001"  # type: ignore[union-attr]
+
+
 def test_bad_input_is_one_line_and_leaves_the_registry_unchanged(months_dir, tmp_path):
     registry = tmp_path / "registry"
     Registry.open(registry, create=True)
@@ -391,7 +401,7 @@ def test_a_gradient_boosting_challenger_is_registered_with_skops_and_compared_on
     assert trees.version == "v0002" and (registry / "versions" / "v0002" / "model.skops").exists()
     reference = _rmse_from_rows(registry / "versions" / "v0001", months_dir, Month(2023, 3))
     assert trees.decision.champion_rmse == pytest.approx(reference, rel=1e-9)  # the linear champion, on the same month
-    assert trees.decision.action == ("promote" if trees.run.val_rmse <= reference else "keep")
+    assert trees.decision.action == ("promote" if trees.run.val_rmse < reference else "keep")
 
 
 @pytest.mark.parametrize(("model", "folds"), [("sgd", 5), ("linear", 0)])
