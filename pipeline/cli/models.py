@@ -175,6 +175,8 @@ def _open(registry: str) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="One JSON array on stdout.")
 def list_versions(registry: str, as_json: bool) -> None:
     """Versions with their months, validation RMSE and creation time; the champion marked."""
+    from pipeline.core import render
+
     store = _open(registry)
     survey = store.survey()  # what can be read, and one line per damaged part: shown, then exit 1
     champion = survey.champion
@@ -201,12 +203,21 @@ def list_versions(registry: str, as_json: bool) -> None:
                 ", ".join(r["train_months"]),
                 r["val_month"] or "",
                 "" if r["val_rmse"] is None else f"{r['val_rmse']:.4f}",
-                r["created"] or "",
+                render.created_text(r["created"] or ""),
             )
             for r in rows
         ]
         shown = champion if champion not in survey.damaged else f"{champion} (damaged)"
-        out.print(table(f"{store.root}: {len(rows)} versions, champion {shown or 'none'}", header, cells))
+        title = f"{store.root}: {len(rows)} versions, champion {shown or 'none'}"
+        drawn = table(title, header, cells, whole=("version", "created"))
+        if out.width >= out.measure(drawn, options=out.options.update_width(10_000)).minimum:
+            out.print(drawn)
+        else:  # narrower than the table can be without cutting its times: a line per version, wrapped by the terminal
+            out.print(title, highlight=False, soft_wrap=True)
+            for mark, version, model, months, val_month, rmse, created in cells:
+                line = f"{mark or ' '} {version} {model}: trained on {months or '-'}, val {val_month or '-'} RMSE {rmse or '-'}"
+                line += f", created {created}"
+                out.print(line, highlight=False, markup=False, soft_wrap=True)
     if survey.problems:
         for problem in survey.problems:
             err.print(f"damaged: {problem}", highlight=False, markup=False, soft_wrap=True)

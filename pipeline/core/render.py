@@ -40,6 +40,21 @@ def plural(count: int, noun: str) -> str:
     return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
+def created_text(created: str) -> str:
+    """A version's creation time (ISO 8601, as the registry writes it) to the minute, in UTC: short enough to show whole.
+
+    >>> created_text("2026-12-07T06:36:46.038+00:00")
+    '2026-12-07 06:36 UTC'
+    >>> created_text("")
+    ''
+    """
+    if not created:
+        return ""
+    from datetime import datetime, timezone
+
+    return datetime.fromisoformat(created).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def title(result: RunResult) -> str:
     return f"{result.model}: trained on {', '.join(map(str, result.train_months))}, validated on {result.val_month}"
 

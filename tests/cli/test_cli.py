@@ -187,3 +187,22 @@ def test_a_damaged_data_page_is_the_chunk_tasks_one_line_not_a_pending_downstrea
     assert "CRC checksum verification failed" in last  # synth writes page checksums: caught however the bytes decode
     assert "UnfinishedRun" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("columns", ["40", "80", "200"])
+def test_models_list_shows_whole_creation_times_at_any_width(tmp_path, columns):
+    """The created column was cut to `2026-12-07T0…` in an 80-column terminal. The width is set here, never read."""
+    import re
+
+    from pipeline.edge.registry import Registry
+    from pipeline.service.testing import commit_constant_version
+
+    registry = Registry.open(tmp_path / "registry", create=True)
+    for minutes, rmse in ((10.0, 5.0), (11.0, 6.0)):
+        commit_constant_version(registry, minutes, rmse)
+    listed = _cli("models", "list", "--registry", str(registry.root), env={"COLUMNS": columns})
+    assert listed.returncode == 0, listed.stderr
+    created = [v.created for v in registry.versions()]
+    shown = re.findall(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC", listed.stdout)
+    assert [s.replace(" UTC", "") for s in shown] == [c[:16].replace("T", " ") for c in created], listed.stdout
+    assert "v0001" in listed.stdout and "v0002" in listed.stdout and "…" not in listed.stdout
