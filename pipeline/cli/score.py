@@ -59,12 +59,14 @@ def predict(
 
     folder = model_folder(model_dir, registry, version)
     model = load_any(folder)
-    from pipeline.edge.sources import is_local
+    from pipeline.edge.sources import check_remote_months, is_local
     from pipeline.edge.storage import is_remote
 
     if is_local(source):
         for month in chosen:
             locate(source, taxi, month, model.spec.columns())
+    else:
+        check_remote_months(source, taxi, chosen)  # a missing bucket or month: one line, before the API and cluster start
     from cluster import ClusterSpec, check_cluster
     from pipeline.core import render
     from pipeline.flows.score import score_flow
