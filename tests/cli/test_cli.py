@@ -202,3 +202,21 @@ def test_models_list_shows_whole_creation_times_at_any_width(tmp_path, columns):
     shown = re.findall(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC", listed.stdout)
     assert [s.replace(" UTC", "") for s in shown] == [c[:16].replace("T", " ") for c in created], listed.stdout
     assert "v0001" in listed.stdout and "v0002" in listed.stdout and "…" not in listed.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_demo_regenerates_months_of_another_size_and_says_so(tmp_path, prefect_api_url):
+    """`make demo` reused smaller months left in data/synth and trained on them without a word."""
+    data = tmp_path / "synth"
+    assert _cli("synth", "--output", str(data), "--months", "2023-01:2023-02", "--rows", "1000").returncode == 0
+    result = _cli("demo", "--data", str(data), "--output", str(tmp_path / "out"), "--rows", "3000", "--n-workers", "1",
+                  env={"PREFECT_API_URL": prefect_api_url})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for month in ("2023-01", "2023-02"):
+        assert f"month {month} holds 1,000 rows, not 3,000: generating it again" in result.stderr
+    assert "generating 3 month(s) of 3,000 rows" in result.stderr  # 2023-03 was missing
+    for month in (Month(2023, 1), Month(2023, 2), Month(2023, 3)):
+        assert pq.read_metadata(data / month_filename("yellow", month)).num_rows == 3000
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert [m["rows_read"] for m in metrics["months"]] == [3000, 3000, 3000]
