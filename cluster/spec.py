@@ -51,6 +51,9 @@ class ClusterSpec:
     cluster_kwargs
         Keyword arguments of ``cluster_class`` (or of the LocalCluster when no class is
         named): a mapping, or the text of ``--cluster-kwargs`` (JSON, or ``@FILE`` of JSON/YAML).
+    dashboard_address
+        Where a LocalCluster started here serves its dashboard: 127.0.0.1 unless asked otherwise (``:8787`` serves
+        every interface); a taken port gives way to a free one.
     adapt_min, adapt_max
         Let the started cluster scale itself between these numbers of workers.
     tls_ca_file, tls_cert, tls_key
@@ -62,7 +65,7 @@ class ClusterSpec:
     address: str | None = None
     n_workers: int | None = None
     threads_per_worker: int = 1
-    dashboard_address: str = ":8787"
+    dashboard_address: str = "127.0.0.1:8787"
     cluster_class: str | None = None
     cluster_kwargs: Mapping[str, Any] | str | None = None
     adapt_min: int | None = None

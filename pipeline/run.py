@@ -17,7 +17,9 @@ from pipeline.core.config import TrainConfig
 from pipeline.core.results import RunResult
 from pipeline.edge import tracking
 from pipeline.edge.reader import MonthPlan, locate_local
+from pipeline.edge.sources import check_remote_months
 from pipeline.flows.train import train_flow
+from pipeline.runtime.interrupts import completed
 from pipeline.runtime.local_stack import run_services
 
 log = logging.getLogger(__name__)
@@ -38,8 +40,12 @@ def train(
     spec = cluster or ClusterSpec()
     if plans is None:
         plans = locate_local(config)
+    if plans is None:  # remote: a missing bucket or month fails now, in one line, not after the API and cluster start
+        check_remote_months(config.source, config.taxi, [*config.months()[0], config.months()[1]])
     if config.mlflow:
         tracking.check(config.mlflow_uri)  # a missing [mlflow] extra or tracking URI: one line, at once
     check_cluster(spec)  # bad cluster flags, address, TLS or versions fail here, before any server starts
     with run_services(spec, announce, "pipeline.flows.train") as where:
-        return train_flow(config, where, plans)
+        result = train_flow(config, where, plans)
+        completed()  # model and metrics are written: a Ctrl-C while the services close no longer undoes the run
+    return result

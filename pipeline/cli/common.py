@@ -17,11 +17,15 @@ err = Console(stderr=True)
 out = Console()
 
 
-def table(title: str, header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> Table:
-    """A rich table of rows already spelt by :mod:`pipeline.core.render`."""
+def table(title: str, header: tuple[str, ...], rows: Sequence[tuple[str, ...]], whole: tuple[str, ...] = ()) -> Table:
+    """A rich table of rows already spelt by :mod:`pipeline.core.render`; the columns named in ``whole`` are never
+    wrapped or cut (on a narrow terminal the others give way, folded rather than cut with "…"), as a cut timestamp
+    (``2026-12-07T0…``) says nothing."""
     drawn = Table(title=title)
     for index, column in enumerate(header):
-        drawn.add_column(column, justify="left" if index == 0 and header[0] in ("metric", "field") else "right")
+        widest = max((len(row[index]) for row in rows), default=0) if column in whole else None
+        left = index == 0 and header[0] in ("metric", "field")
+        drawn.add_column(column, justify="left" if left else "right", no_wrap=column in whole, min_width=widest, overflow="fold")
     for row in rows:
         drawn.add_row(*row)
     return drawn

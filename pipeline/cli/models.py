@@ -6,7 +6,7 @@ import json
 import os
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -23,6 +23,9 @@ from pipeline.cli.common import (
     with_options,
 )
 from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 def _as_of(ctx: click.Context, param: click.Parameter, value: str | None) -> date | None:
@@ -141,6 +144,7 @@ def retrain(as_of: date | None, repair: bool, notify_url: str | None, notify_on_
     from cluster import ClusterSpec, check_cluster
     from pipeline.core import render
     from pipeline.flows.retrain import NOTIFY_URL_ENV, retrain_flow
+    from pipeline.runtime.interrupts import completed
     from pipeline.runtime.local_stack import run_services
 
     cluster = ClusterSpec(**{k: v for k, v in options.items() if k not in _FLOW_PARAMETERS})
@@ -149,6 +153,7 @@ def retrain(as_of: date | None, repair: bool, notify_url: str | None, notify_on_
         os.environ[NOTIFY_URL_ENV] = notify_url  # read by the run's state hooks in this process; never a parameter
     with run_services(cluster, err.print, "pipeline.flows.retrain") as where:
         result = retrain_flow(**parameters, as_of=as_of, cluster=where)
+        completed()  # the version is registered: a Ctrl-C from here on no longer undoes the run
     out.print(table(render.decision_line(result.decision), ("field", "value"), render.decision_rows(result.decision)))
     out.print(table(render.title(result.run), ("metric", "value"), render.metric_rows(result.run)))
     if result.run.cv is not None:
@@ -176,6 +181,8 @@ def _open(registry: str) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="One JSON array on stdout.")
 def list_versions(registry: str, as_json: bool) -> None:
     """Versions with their months, validation RMSE and creation time; the champion marked."""
+    from pipeline.core import render
+
     store = _open(registry)
     survey = store.survey()  # what can be read, and one line per damaged part: shown, then exit 1
     champion = survey.champion
@@ -202,12 +209,21 @@ def list_versions(registry: str, as_json: bool) -> None:
                 ", ".join(r["train_months"]),
                 r["val_month"] or "",
                 "" if r["val_rmse"] is None else f"{r['val_rmse']:.4f}",
-                r["created"] or "",
+                render.created_text(r["created"] or ""),
             )
             for r in rows
         ]
         shown = champion if champion not in survey.damaged else f"{champion} (damaged)"
-        out.print(table(f"{store.root}: {len(rows)} versions, champion {shown or 'none'}", header, cells))
+        title = f"{store.root}: {len(rows)} versions, champion {shown or 'none'}"
+        drawn = table(title, header, cells, whole=("version", "created"))
+        if out.width >= out.measure(drawn, options=out.options.update_width(10_000)).minimum:
+            out.print(drawn)
+        else:  # narrower than the table can be without cutting its times: a line per version, wrapped by the terminal
+            out.print(title, highlight=False, soft_wrap=True)
+            for mark, version, model, months, val_month, rmse, created in cells:
+                line = f"{mark or ' '} {version} {model}: trained on {months or '-'}, val {val_month or '-'} RMSE {rmse or '-'}"
+                line += f", created {created}"
+                out.print(line, highlight=False, markup=False, soft_wrap=True)
     if survey.problems:
         for problem in survey.problems:
             err.print(f"damaged: {problem}", highlight=False, markup=False, soft_wrap=True)
@@ -266,16 +282,22 @@ def deploy(cron: str, timezone: str, name: str, notify_url: str | None, notify_o
     target_from(options.get("notify"), notify_url, notify_on_completion)
     parameters = _parameters({**options, "notify_on_completion": notify_on_completion})
     from prefect.client.schemas.schedules import CronSchedule
+    from pydantic import ValidationError
 
     try:
         schedule = CronSchedule(cron=cron, timezone=timezone)
-    except ValueError as exc:
-        reason = str(exc).splitlines()[-1].strip()
-        raise PipelineError(f"--cron {cron!r} / --timezone {timezone!r}: {reason}") from None
-    from pipeline.runtime.prefect_api import configured_api_url
+    except ValidationError as exc:  # its last line is a link to pydantic's docs: say what is wrong instead
+        raise PipelineError(f"--cron {cron!r} / --timezone {timezone!r}: {_schedule_error(exc)}") from None
+    from pipeline.runtime.prefect_api import configured_api_url, work_pool_of
 
     if not configured_api_url():
         raise PipelineError("deploy needs a running Prefect server: `prefect server start`, then set PREFECT_API_URL")
+    pool = work_pool_of(f"retrain-trip-duration/{name}")
+    if pool:  # serving it would silently replace that deployment (and its schedule) by this one
+        raise PipelineError(
+            f"--name {name!r}: retrain-trip-duration/{name} is already deployed on work pool {pool!r} (prefect.yaml's?); "
+            "choose another --name"
+        )
     if parameters.get("registry"):
         _open_existing(parameters["registry"])
     if notify_url:
@@ -286,3 +308,8 @@ def deploy(cron: str, timezone: str, name: str, notify_url: str | None, notify_o
 
     err.print(f"serving retrain-trip-duration/{name} on {cron} ({timezone}) against {configured_api_url()}; Ctrl-C stops it")
     retrain_flow.serve(name=name, schedules=[schedule], parameters=parameters)
+
+
+def _schedule_error(exc: ValidationError) -> str:
+    """What a CronSchedule refused, in words: each error's message without pydantic's "Value error, " prefix."""
+    return "; ".join(str(error["msg"]).removeprefix("Value error, ") for error in exc.errors())

@@ -59,15 +59,18 @@ def predict(
 
     folder = model_folder(model_dir, registry, version)
     model = load_any(folder)
-    from pipeline.edge.sources import is_local
+    from pipeline.edge.sources import check_remote_months, is_local
     from pipeline.edge.storage import is_remote
 
     if is_local(source):
         for month in chosen:
             locate(source, taxi, month, model.spec.columns())
+    else:
+        check_remote_months(source, taxi, chosen)  # a missing bucket or month: one line, before the API and cluster start
     from cluster import ClusterSpec, check_cluster
     from pipeline.core import render
     from pipeline.flows.score import score_flow
+    from pipeline.runtime.interrupts import completed
     from pipeline.runtime.local_stack import run_services
 
     cluster = ClusterSpec(**cluster_options)
@@ -84,6 +87,7 @@ def predict(
             chunk_rows=chunk_rows,
             cluster=where,
         )
+        completed()  # predictions and report are written: a Ctrl-C from here on no longer undoes the run
     drawn = table(f"scored {result.rows:,} rows with {result.model}", render.MONITORING_HEADER, render.monitoring_rows(result.months))
     from rich.console import Console
 

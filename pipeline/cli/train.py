@@ -81,12 +81,13 @@ def train(**kwargs: Any) -> None:
 def demo(data: Path, output: Path, rows: int, **cluster: Any) -> None:
     """Generate three months (once), train on two with 5-fold CV, validate on the third."""
     from pipeline.core.months import parse_months
-    from pipeline.edge.sources import month_filename
-    from pipeline.edge.synth import write_months
+    from pipeline.edge.synth import months_to_write, write_months
 
-    months = parse_months("2023-01:2023-03")
-    missing = [m for m in months if not (data / month_filename("yellow", m)).exists()]
-    if missing:
-        err.print(f"generating {len(missing)} month(s) of {rows:,} rows in {data}")
-        write_months(data, missing, rows, seed=0)
+    stale = months_to_write(data, parse_months("2023-01:2023-03"), rows)
+    for month, held in stale.items():  # months of another size are not reused: the run would not be the one announced
+        if held is not None:
+            err.print(f"{data}: month {month} holds {held:,} rows, not {rows:,}: generating it again", highlight=False, soft_wrap=True)
+    if stale:
+        err.print(f"generating {len(stale)} month(s) of {rows:,} rows in {data}", highlight=False, soft_wrap=True)
+        write_months(data, list(stale), rows, seed=0)
     _run_train("2023-01:2023-02", "2023-03", output, source=str(data), alphas=[1e-3, 0.1, 1.0, 10.0], **cluster)

@@ -1,8 +1,10 @@
 """Champion or challenger: the rule, and the record of each decision.
 
 The challenger replaces the champion only if its RMSE on the new validation
-month is no worse than the champion's RMSE on the same month. A champion that
-cannot be scored there is kept: an unmeasured comparison never promotes.
+month is lower than the champion's RMSE on the same month. A tie (equal to
+:data:`TIE_REL_TOL`, as an identical retrain gives) keeps the champion: an equal
+model is no reason to move the serving pointer. A champion that cannot be scored
+there is kept: an unmeasured comparison never promotes.
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
+
+#: RMSEs this close are a tie: the champion's is scored apart from the challenger's, so the same model may differ in its last bits.
+TIE_REL_TOL = 1e-9
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,9 @@ def decide(val_month: str, challenger_rmse: float, champion: str | None, scored:
         why = "it cannot be scored" if scored is None else f"its score is {scored}"
         return "keep", f"kept the champion {champion}: {why} on {month}, so the challenger cannot be compared", None
     rmse = float(scored)
-    if challenger_rmse <= rmse:
-        return "promote", f"no worse than the champion on {month} ({challenger_rmse:.6g} <= {rmse:.6g} for {champion})", rmse
+    if math.isclose(challenger_rmse, rmse, rel_tol=TIE_REL_TOL):
+        figures = f"({challenger_rmse:.6g} = {rmse:.6g} for {champion})"
+        return "keep", f"kept the champion {champion}: the challenger ties it on {month} {figures}, so nothing would improve", rmse
+    if challenger_rmse < rmse:
+        return "promote", f"better than the champion on {month} ({challenger_rmse:.6g} < {rmse:.6g} for {champion})", rmse
     return "keep", f"worse than the champion on {month} ({challenger_rmse:.6g} > {rmse:.6g} for {champion})", rmse

@@ -26,8 +26,8 @@ N_ZONES = 266
 N_PAIRS = N_ZONES * N_ZONES
 MICROS_PER_MINUTE = 60_000_000
 MICROS_PER_DAY = 86_400_000_000
-#: What :func:`encode` counts in a chunk, in the order of ``Encoded.screened``. The last three
-#: may overlap (a dropoff before its pickup is also outside the duration window).
+#: What :func:`encode` counts in a chunk, in the order of ``Encoded.screened``. ``dropped_by_duration``
+#: counts only rows whose timestamps and zones are all good; the last two may overlap (a row with both bad).
 SCREENED = ("rows_read", "dropped_by_duration", "out_of_range_timestamps", "out_of_range_zones")
 
 
@@ -270,15 +270,15 @@ class _Block:
         return self.valid is None and bool(in_span)
 
 
-def _odd_times(block: _Block, micros: np.ndarray, span: tuple[int, int] | None) -> int:
-    """Rows whose timestamps are out of range (see :func:`encode`)."""
+def _odd_times(block: _Block, micros: np.ndarray, span: tuple[int, int] | None) -> np.ndarray:
+    """Which rows have timestamps out of range (see :func:`encode`)."""
     odd = micros < 0
     if block.valid is not None:
         odd |= ~block.valid
     if span is not None:
         for stamps in (block.pick, block.drop):
             odd |= ~_in_window(stamps, span)
-    return int(np.count_nonzero(odd))
+    return odd
 
 
 #: Rows per block of :func:`encode`: a block's temporaries stay in cache and reuse the memory the
@@ -358,16 +358,19 @@ def _screen_block(start: int, block: _Block, window: tuple[int, int], span: tupl
     codes = np.multiply(block.pu, N_ZONES, out=work.codes, dtype=work.codes.dtype)
     codes += block.do
     n_known = micros.size if known is None else int(np.count_nonzero(known))
-    if block.valid is None:
-        n_known_valid = n_known
-    else:
-        n_known_valid = int(np.count_nonzero(block.valid if known is None else known & block.valid))
-    if block.times_in(span):  # only a dropoff before its pickup can be odd; checked by block, while it is in cache
-        n_odd = int(np.count_nonzero(micros < 0)) if micros.size and micros.min() < 0 else 0
-    else:
-        n_odd = _odd_times(block, micros, span)
     kept = int(np.count_nonzero(keep))
-    counts = np.array([micros.size, n_known_valid - kept, n_odd, micros.size - n_known], dtype=np.int64)
+    # dropped_by_duration: rows whose zones and timestamps are all good, outside the window (the rest have counts of their own)
+    if block.times_in(span):  # only a dropoff before its pickup can be odd; checked by block, while it is in cache
+        odd = micros < 0 if micros.size and micros.min() < 0 else None
+    else:
+        odd = _odd_times(block, micros, span)
+    if odd is None:  # every timestamp good
+        n_odd, n_good, kept_good = 0, n_known, kept
+    else:
+        n_odd = int(np.count_nonzero(odd))
+        good = ~odd if known is None else known & ~odd  # ~odd implies a valid (non-null) timestamp
+        n_good, kept_good = int(np.count_nonzero(good)), int(np.count_nonzero(keep & good))
+    counts = np.array([micros.size, n_good - kept_good, n_odd, micros.size - n_known], dtype=np.int64)
     return Screened(start, keep, codes, micros, counts, max(-low, high, 0))
 
 

@@ -40,6 +40,21 @@ def plural(count: int, noun: str) -> str:
     return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
+def created_text(created: str) -> str:
+    """A version's creation time (ISO 8601, as the registry writes it) to the minute, in UTC: short enough to show whole.
+
+    >>> created_text("2026-12-07T06:36:46.038+00:00")
+    '2026-12-07 06:36 UTC'
+    >>> created_text("")
+    ''
+    """
+    if not created:
+        return ""
+    from datetime import datetime, timezone
+
+    return datetime.fromisoformat(created).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def title(result: RunResult) -> str:
     return f"{result.model}: trained on {', '.join(map(str, result.train_months))}, validated on {result.val_month}"
 
@@ -202,8 +217,13 @@ def monitoring_rows(months: Sequence[MonthReport]) -> list[tuple[str, ...]]:
     ]
 
 
-def monitoring_markdown(title_line: str, train_rmse: float, months: Sequence[MonthReport], max_psi: float, max_rmse_ratio: float) -> str:
-    """The monitoring report: per month error against the training RMSE, and drift of the trip mix."""
+def monitoring_markdown(
+    title_line: str, train_rmse: float, months: Sequence[MonthReport], max_psi: float, max_rmse_ratio: float, chart: str = "report.png"
+) -> str:
+    """The monitoring report: per month error against the training RMSE, and drift of the trip mix.
+
+    ``chart`` is the image's address: the file beside ``report.md``, or a ``data:`` URI where no file resolves (the Prefect UI).
+    """
     breaches = sum(len(m.breaches) for m in months)
     lines = [
         f"# {title_line}",
@@ -218,7 +238,7 @@ def monitoring_markdown(title_line: str, train_rmse: float, months: Sequence[Mon
         "RMSE and mean error (predicted minus actual) are over the rows training would keep (1 to 60 minutes, known zones);",
         "PSI compares each month's trip mix with the training months' (rare pairs pooled, so sampling noise stays below 0.02).",
         "",
-        "![RMSE and drift per month](report.png)",
+        f"![RMSE and drift per month]({chart})",
     ]
     return "\n".join(lines) + "\n"
 

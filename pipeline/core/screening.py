@@ -1,7 +1,8 @@
 """Rows read and dropped per month, and the rule that calls a month's drop rate unusual.
 
 A file without page checksums can decode a damaged page silently: its timestamps
-turn to garbage and the duration filter drops those rows like any other. What
+turn to garbage, and those rows are dropped as out of range (not counted by the
+duration filter, which counts only rows whose timestamps and zones are good). What
 gives it away is the month's drop rate next to the other months'. Real TLC months
 drop 1.5-2.5% of their rows (2023-01 keeps 98.12%), so a month is unusual when it
 drops more than :data:`RATIO` times the median of the run's other months *and*
@@ -26,7 +27,7 @@ MARGIN = 0.01
 
 @dataclass(frozen=True)
 class MonthRows:
-    """One month's row accounting (the three drop counts may overlap: see :data:`SCREENED`)."""
+    """One month's row accounting (timestamps and zones may both be bad in a row: see :data:`SCREENED`)."""
 
     month: Month
     rows_read: int

@@ -22,7 +22,7 @@ from pipeline.edge import reader
 from pipeline.edge.stats_cache import StatsCache
 
 #: Bump when the statistics' layout or meaning changes, so old cache entries stop matching.
-STATS_VERSION = "stats-v4"  # v3: Stats.screened, the rows read and dropped; v4: factor levels
+STATS_VERSION = "stats-v5"  # v3: Stats.screened, the rows read and dropped; v4: factor levels; v5: dropped_by_duration of good rows
 
 #: Rows per read (whole row groups) when gathering rows: a read's temporaries, not the kept
 #: rows, set the peak memory of a subsampled load (1.2M rows kept 100k: +120 MB at 100k a

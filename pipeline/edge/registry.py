@@ -66,6 +66,16 @@ FORMAT = "taxi-pipeline/registry/v1"
 VERSION_FORMAT = "taxi-pipeline/registry-version/v1"
 REGISTRY_FILE = "registry.json"
 VERSIONS_DIR = "versions"
+
+
+def model_title(folder: str) -> str:
+    """How a model folder reads in a title: ``model v0001 of REGISTRY`` for a registry's version, else the folder."""
+    parts = storage.locate(folder).url.rstrip("/").rsplit("/", 2)
+    if len(parts) == 3 and parts[1] == VERSIONS_DIR and storage.exists(storage.locate(parts[0]) / REGISTRY_FILE):
+        return f"model {parts[2]} of {parts[0]}"
+    return f"model {folder}"
+
+
 VERSION_FILE = "version.json"
 CHAMPION_FILE = "champion.json"
 HISTORY_FILE = "history.jsonl"
@@ -341,7 +351,7 @@ class Registry:
         ``score_champion(champion)`` gives the champion's RMSE on the challenger's
         validation month (None: it cannot be scored, so the champion is kept). It is
         called under the lock, before anything changes: if it raises, nothing has.
-        The first version is promoted; later ones iff no worse than the champion.
+        The first version is promoted; later ones iff better than the champion (a tie keeps it).
         A damaged champion (:meth:`verify`) or history is refused in one line, unless ``repair``:
         then the challenger replaces the champion, and a torn history line is cut off.
         """

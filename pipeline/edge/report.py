@@ -78,10 +78,13 @@ def write_report(
     train_rmse: float,
     max_psi: float,
     max_rmse_ratio: float,
-) -> None:
-    """Write the chart, then the markdown that shows it, then ``report.json`` (last: its presence means a whole report)."""
+) -> bytes:
+    """Write the chart, then the markdown that shows it, then ``report.json`` (last: its presence means a whole report).
+
+    The chart's PNG bytes are returned, for a report that has to carry its chart inside (the Prefect UI's artifact)."""
     folder = storage.locate(output)
-    storage.put(folder.child(REPORT_PNG), chart(months, train_rmse, max_psi, max_rmse_ratio))
+    png = chart(months, train_rmse, max_psi, max_rmse_ratio)
+    storage.put(folder.child(REPORT_PNG), png)
     storage.put(folder.child(REPORT_MD), markdown.encode())
     document = {
         **summary,
@@ -89,3 +92,4 @@ def write_report(
         "months": [{k: _finite(v) if isinstance(v, float) else v for k, v in m.to_dict().items()} for m in months],
     }
     storage.put(folder.child(REPORT_JSON), json.dumps(document, indent=2, sort_keys=True).encode())
+    return png

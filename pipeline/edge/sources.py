@@ -21,7 +21,7 @@ import re
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -173,6 +173,25 @@ def latest_month(source: str, taxi: str, as_of: Month, max_back: int = 24, retri
             return month
         month = month.previous()
     raise PipelineError(f"no {taxi} month published at {source} from {month.next()} to {as_of} (probed {max_back} months back)")
+
+
+def check_remote_months(source: str, taxi: str, months: Sequence[Month]) -> None:
+    """On object storage (``s3://``, ``gs://``, ...), every month's object exists: one line if not, naming a missing bucket.
+
+    Called before a run starts its API and cluster: else a missing bucket costs a minute of retries and worker
+    warnings before its error. Local folders are checked by reading their footers, http(s) sources by the run's tasks.
+    """
+    if is_local(source) or _scheme(source) in ("http", "https"):
+        return
+    for month in months:
+        location = f"{source.rstrip('/')}/{month_filename(taxi, month)}"
+        if storage.exists(location):
+            continue
+        _, path = storage.filesystem(source)
+        bucket = path.strip("/").split("/", 1)[0]
+        if not storage.exists(f"{_scheme(source)}://{bucket}"):
+            raise PipelineError(f"source {source}: bucket {bucket!r} does not exist (or is not visible with these credentials)")
+        raise PipelineError(f"month {month}: file not found: {location}")
 
 
 def month_published(source: str, taxi: str, month: Month, retries: int = 3, backoff: float = 1.0) -> bool:

@@ -415,6 +415,24 @@ def write_table(table: pa.Table, path: Path, row_group_size: int = 500_000, chec
         pq.write_table(table, tmp, row_group_size=row_group_size, write_page_checksum=checksums)
 
 
+def months_to_write(folder: Path, months: Sequence[Month], rows: int, taxi: str = "yellow") -> dict[Month, int | None]:
+    """The months of ``folder`` that are missing or hold another number of rows than ``rows``: each with the rows it
+    holds now (None: no file). A footer read each; a file that cannot be read counts as one to write again."""
+    stale: dict[Month, int | None] = {}
+    for month in months:
+        path = folder / month_filename(taxi, month)
+        if not path.is_file():
+            stale[month] = None
+            continue
+        try:
+            held = pq.read_metadata(path).num_rows
+        except (OSError, pa.ArrowException):
+            held = 0
+        if held != rows:
+            stale[month] = held
+    return stale
+
+
 def write_months(
     output: Path,
     months: Sequence[Month],

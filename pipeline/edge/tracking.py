@@ -109,7 +109,7 @@ def params(config: TrainConfig, result: RunResult) -> dict[str, str]:
     """The run's parameters as MLflow strings: the config (lists comma-joined, unset ones left out), and what CV chose."""
     out: dict[str, str] = {}
     for name, value in config.model_dump(mode="json").items():
-        if name in _NOT_PARAMS or value is None:
+        if name in _NOT_PARAMS or value is None or value == []:  # an empty list is unset too (no numeric columns, no candidates)
             continue
         if name == "candidates":
             out[name] = ";".join("+".join(c) or "base" for c in value)

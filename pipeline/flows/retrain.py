@@ -6,7 +6,7 @@ run's scheduled start), validates on it and trains on the ``window`` months
 before it, comparing candidate feature sets × alphas × folds from one read. The
 current champion is scored on the same validation month from the statistics
 already computed (exact, no second pass), and the registry promotes the
-challenger only if it is no worse. State hooks send a message on failure (and,
+challenger only if it is better (a tie keeps the champion). State hooks send a message on failure (and,
 if asked, on completion) through a Prefect notification block.
 """
 
@@ -158,7 +158,7 @@ def retrain_flow(
     mlflow_experiment: str = DEFAULT_EXPERIMENT,
     repair: bool = False,
 ) -> RetrainResult:
-    """Retrain on the newest published month and its ``window`` predecessors; promote the challenger if no worse.
+    """Retrain on the newest published month and its ``window`` predecessors; promote the challenger if better.
 
     ``notify`` names a saved notification block (``TYPE/NAME``); the CLI's
     ``--notify-url`` reaches the hooks through the environment instead. With

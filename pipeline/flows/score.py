@@ -10,6 +10,7 @@ keep, trips per pair), so the report costs no second read.
 # No `from __future__ import annotations` here: Prefect builds a pydantic model of a flow's parameters from
 # its annotations, and a deployment's run loads this file under another module name.
 
+import base64
 import contextlib
 import logging
 import threading
@@ -34,11 +35,11 @@ from pipeline.core.months import Month, parse_months
 from pipeline.edge import predictions, reader
 from pipeline.edge.baseline import load_train_counts
 from pipeline.edge.model_files import load_any
-from pipeline.edge.registry import Registry
+from pipeline.edge.registry import Registry, model_title
 from pipeline.edge.report import prepare as prepare_report
 from pipeline.edge.report import write_report
 from pipeline.errors import PipelineError
-from pipeline.flows.train import locate_months, raise_first_failure
+from pipeline.flows.train import locate_months, named, raise_first_failure
 from pipeline.runtime.cluster_runner import dask_runner
 from pipeline.runtime.interrupts import interrupt_wins
 
@@ -109,9 +110,12 @@ def _score_and_publish(
     staging.open(plans, run)
     parts: dict[Month, list[Any]] = {}
     for month, plan in plans.items():  # every month's chunks are submitted before any is waited for
-        parts[month] = [
-            score_chunk.submit(plan, chunk, model, staging.month(month).child(f"part-{index:05d}.parquet"), staging)
-            for index, chunk in enumerate(reader.plan(plan.layout, chunk_rows))
+        chunks = reader.plan(plan.layout, chunk_rows)
+        parts[month] = [  # named with its month, as training's tasks are: "score-chunk 2023-01 1/2"
+            named(score_chunk, [month], f" {index + 1}/{len(chunks)}").submit(
+                plan, chunk, model, staging.month(month).child(f"part-{index:05d}.parquet"), staging
+            )
+            for index, chunk in enumerate(chunks)
         ]
     raise_first_failure([part for month_parts in parts.values() for part in month_parts])
     for month in plans:
@@ -131,7 +135,7 @@ def _report(
     for report in reports:
         for breach in report.breaches:
             logger.warning("month %s: %s", report.month, breach)
-    title = f"Monitoring: {len(reports)} month(s) scored with {model_dir}"
+    title = f"Monitoring: {len(reports)} month(s) scored with {model_title(model_dir)}"
     markdown = render.monitoring_markdown(title, train_rmse, reports, max_psi, max_rmse_ratio)
     summary = {
         "model": str(model_dir),
@@ -141,8 +145,14 @@ def _report(
         "train_months": metrics.get("train_months"),
         "flow_run_id": str(flow_run.id),
     }
-    write_report(output, markdown, reports, summary, train_rmse, max_psi, max_rmse_ratio)
-    create_markdown_artifact(key="monitoring-report", markdown=markdown, description=title)
+    png = write_report(output, markdown, reports, summary, train_rmse, max_psi, max_rmse_ratio)
+    # the UI resolves no path beside report.md: the chart goes inside the artifact, as a data URI
+    embedded = f"data:image/png;base64,{base64.b64encode(png).decode()}"
+    create_markdown_artifact(
+        key="monitoring-report",
+        markdown=render.monitoring_markdown(title, train_rmse, reports, max_psi, max_rmse_ratio, chart=embedded),
+        description=title,
+    )
     create_table_artifact(key="monitoring-months", table=[r.to_dict() for r in reports], description="per month: error and drift")
     return reports
 

@@ -110,7 +110,7 @@ def _all_stats(refs: list[MonthRef]) -> list[stats.Stats]:
     return [_stats_of(ref) for ref in refs]
 
 
-def _named(task_: Any, months: Iterable[Month], suffix: str = "") -> Any:
+def named(task_: Any, months: Iterable[Month], suffix: str = "") -> Any:
     """``task_`` with the months it covers in its run names, the UI's per-month progress.
 
     Names, not tags: Prefect asks its API for tag concurrency slots before every
@@ -123,7 +123,7 @@ def _named(task_: Any, months: Iterable[Month], suffix: str = "") -> Any:
 def _reading(task_: Any, refs: list[MonthRef]) -> Any:
     """``task_`` named with the months it reads from the statistics cache: in the UI they have no chunk task of their own."""
     months = [value.month for value, _ in refs if isinstance(value, CachedMonth)]
-    return _named(task_, months, " (cached)") if months else task_
+    return named(task_, months, " (cached)") if months else task_
 
 
 @task(name="chunk-stats", cache_policy=NO_CACHE, persist_result=False)
@@ -288,14 +288,14 @@ def _month_statistics(config: TrainConfig, plans: dict[Month, reader.MonthPlan],
         elif len(work) == 1:
             small.append((month, work[0]))
         else:
-            named = [_named(chunk_stats, [month], f" {i}/{len(work)}") for i in range(1, len(work) + 1)]
-            futures = [task_.submit([one], spec, config.seed, location) for task_, one in zip(named, work)]
-            refs[month] = (_named(month_stats, [month]).submit(futures), None)
+            by_chunk = [named(chunk_stats, [month], f" {i}/{len(work)}") for i in range(1, len(work) + 1)]
+            futures = [task_.submit([one], spec, config.seed, location) for task_, one in zip(by_chunk, work)]
+            refs[month] = (named(month_stats, [month]).submit(futures), None)
             reads += futures
     rows = [work[1].rows for _, work in small]
     for batch in batching.pack(rows, batching.target(rows, config.chunk_rows, slots)):
         months = [small[i][0] for i in batch]
-        future = _named(chunk_stats, months).submit([small[i][1] for i in batch], spec, config.seed, location)
+        future = named(chunk_stats, months).submit([small[i][1] for i in batch], spec, config.seed, location)
         refs.update({month: (future, index) for index, month in enumerate(months)})
         reads.append(future)
     month_sums = [ref for ref, index in refs.values() if index is None and not isinstance(ref, CachedMonth)]

@@ -57,6 +57,18 @@ def children_ignore_interrupts() -> Iterator[None]:
 
 #: Set by the first Ctrl-C under :func:`interruptible`: the exceptions that follow are its aftermath.
 _INTERRUPTED = threading.Event()
+#: Set by :func:`completed`: the run's work is done and in place, so a Ctrl-C no longer stops it.
+_COMPLETED = threading.Event()
+
+
+def completed() -> None:
+    """The run's flow has finished and its files are in place: under :func:`interruptible`, a Ctrl-C from now on
+    (while the cluster and API close, or the results print) is ignored with one line, and the run exits as completed.
+
+    Else a Ctrl-C a second after the flow finished ended a run that had written its model with exit code 130,
+    after (or instead of) printing its results.
+    """
+    _COMPLETED.set()
 
 
 @contextmanager
@@ -87,6 +99,7 @@ def interruptible(say: Callable[[str], None], grace: float = 15.0) -> Iterator[N
     main = threading.main_thread().ident
     assert main is not None and threading.get_ident() == main, "signal handlers belong to the main thread"
     state = {"interrupts": 0, "redelivering": False}
+    _COMPLETED.clear()  # a run before this one (the Python API's, in the same process) completed, not this one
     done = threading.Event()
 
     def end_now(line: str) -> None:
@@ -94,6 +107,11 @@ def interruptible(say: Callable[[str], None], grace: float = 15.0) -> Iterator[N
         os._exit(EXIT_CODE)
 
     def on_sigint(signum: int, frame: FrameType | None) -> None:
+        if _COMPLETED.is_set():  # too late to stop anything: the results are written, the rest is closing down
+            if not state["redelivering"]:
+                say("the run has completed; closing its cluster and API (Ctrl-C is ignored now)")
+            state["redelivering"] = False
+            return
         if state["redelivering"]:
             state["redelivering"] = False
             raise Interrupted
@@ -107,7 +125,7 @@ def interruptible(say: Callable[[str], None], grace: float = 15.0) -> Iterator[N
         raise Interrupted
 
     def watchdog() -> None:
-        if not done.wait(grace):
+        if not done.wait(grace) and not _COMPLETED.is_set():
             end_now(f"interrupted: the run did not stop within {grace:g} s; exiting without cleaning up")
 
     previous_unraisable = sys.unraisablehook
@@ -130,6 +148,7 @@ def interruptible(say: Callable[[str], None], grace: float = 15.0) -> Iterator[N
     finally:
         done.set()
         _INTERRUPTED.clear()
+        _COMPLETED.clear()
         sys.unraisablehook = previous_unraisable
         signal.signal(signal.SIGINT, previous_handler)
         if not state["interrupts"]:  # after one, the process is on its way out and Prefect's services complain at exit

@@ -33,6 +33,21 @@ def configured_api_url() -> str | None:
     return os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value() or None
 
 
+def work_pool_of(deployment: str) -> str | None:
+    """The work pool of the deployment ``FLOW/NAME`` on the configured API, if it exists and runs on one.
+
+    A served deployment (``taxi-pipeline deploy``) has none; one from ``prefect deploy`` (prefect.yaml) has.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            return client.read_deployment_by_name(deployment).work_pool_name
+        except ObjectNotFound:
+            return None
+
+
 def ui_url(flow_run_id: str) -> str:
     """The flow run's page in the Prefect UI (``PREFECT_UI_URL``, else the API's address without ``/api``)."""
     from prefect.settings import get_current_settings

@@ -226,7 +226,7 @@ def tree_rss_mb(pid: int) -> float:
 def commit_constant_version(registry: Registry, minutes: float, val_rmse: float) -> str:
     """Register a version whose model predicts ``minutes`` for every trip, so an answer shows which version made it.
 
-    Committed as a run with validation RMSE ``val_rmse``: the registry promotes it if that is no worse than the champion's.
+    Committed as a run with validation RMSE ``val_rmse``: the registry promotes it if that is lower than the champion's.
     """
     import numpy as np
 

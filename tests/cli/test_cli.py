@@ -157,12 +157,8 @@ def test_train_writes_metrics_model_and_prints_the_table(months_dir, tmp_path, p
     assert {"train_rows", "val_rows", "train_rmse", "val_rmse", "seconds"} <= metrics.keys()
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["metrics.json", "model.json", "model.npz", "train_counts.npz"]
     assert f"{metrics['val_rmse']:,.4f}" in result.stdout
-    # a link only where the scheduler can draw it (it needs bokeh), else how to get one
-    import importlib.util
-
-    served = importlib.util.find_spec("bokeh") is not None
-    assert ("Dask dashboard: http://127.0.0.1:" in result.stderr) == served
-    assert ("Dask dashboard: not served (the scheduler needs bokeh>=3.1: pip install bokeh)" in result.stderr) != served
+    # bokeh is a dependency, so the scheduler draws the dashboard: its link, on 127.0.0.1
+    assert "Dask dashboard: http://127.0.0.1:" in result.stderr and "not served" not in result.stderr
     assert "The Dask dashboard is available at" not in result.stderr  # prefect-dask's unchecked link stays off the terminal
     assert f"Prefect API: {prefect_api_url}" in result.stderr
 
@@ -187,3 +183,40 @@ def test_a_damaged_data_page_is_the_chunk_tasks_one_line_not_a_pending_downstrea
     assert "CRC checksum verification failed" in last  # synth writes page checksums: caught however the bytes decode
     assert "UnfinishedRun" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("columns", ["40", "80", "200"])
+def test_models_list_shows_whole_creation_times_at_any_width(tmp_path, columns):
+    """The created column was cut to `2026-12-07T0…` in an 80-column terminal. The width is set here, never read."""
+    import re
+
+    from pipeline.edge.registry import Registry
+    from pipeline.service.testing import commit_constant_version
+
+    registry = Registry.open(tmp_path / "registry", create=True)
+    for minutes, rmse in ((10.0, 5.0), (11.0, 6.0)):
+        commit_constant_version(registry, minutes, rmse)
+    listed = _cli("models", "list", "--registry", str(registry.root), env={"COLUMNS": columns})
+    assert listed.returncode == 0, listed.stderr
+    created = [v.created for v in registry.versions()]
+    shown = re.findall(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC", listed.stdout)
+    assert [s.replace(" UTC", "") for s in shown] == [c[:16].replace("T", " ") for c in created], listed.stdout
+    assert "v0001" in listed.stdout and "v0002" in listed.stdout and "…" not in listed.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_demo_regenerates_months_of_another_size_and_says_so(tmp_path, prefect_api_url):
+    """`make demo` reused smaller months left in data/synth and trained on them without a word."""
+    data = tmp_path / "synth"
+    assert _cli("synth", "--output", str(data), "--months", "2023-01:2023-02", "--rows", "1000").returncode == 0
+    result = _cli("demo", "--data", str(data), "--output", str(tmp_path / "out"), "--rows", "3000", "--n-workers", "1",
+                  env={"PREFECT_API_URL": prefect_api_url})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for month in ("2023-01", "2023-02"):
+        assert f"month {month} holds 1,000 rows, not 3,000: generating it again" in result.stderr
+    assert "generating 3 month(s) of 3,000 rows" in result.stderr  # 2023-03 was missing
+    for month in (Month(2023, 1), Month(2023, 2), Month(2023, 3)):
+        assert pq.read_metadata(data / month_filename("yellow", month)).num_rows == 3000
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert [m["rows_read"] for m in metrics["months"]] == [3000, 3000, 3000]

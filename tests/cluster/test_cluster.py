@@ -277,3 +277,31 @@ def test_dasks_own_handler_is_left_to_silence_logs(monkeypatch):
     with _dask_logs_below(logging.WARNING):
         assert logger.level == logging.INFO
     assert logger.level == logging.INFO
+
+
+_DASHBOARD = """
+import urllib.request
+from urllib.parse import urlsplit
+
+import psutil
+
+from cluster import ClusterSpec, connect
+
+with connect(ClusterSpec(n_workers=1)) as connection:  # the default dashboard address
+    link = connection.dashboard_link
+    port = urlsplit(link).port
+    # the LocalCluster's scheduler runs in this process: where does it listen for the dashboard?
+    hosts = {c.laddr.ip for c in psutil.Process().net_connections("inet") if c.status == "LISTEN" and c.laddr.port == port}
+    with urllib.request.urlopen(link, timeout=30) as page:
+        print(link, page.status, ",".join(sorted(hosts)))
+"""
+
+
+@pytest.mark.cluster
+def test_a_started_clusters_dashboard_link_answers_on_127_0_0_1():
+    """bokeh is a dependency, so the link the run prints is live; by default it listens on 127.0.0.1 only."""
+    result = subprocess.run([sys.executable, "-c", _DASHBOARD], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    link, status, hosts = result.stdout.split()
+    assert link.startswith("http://127.0.0.1:") and link.endswith("/status") and status == "200"
+    assert hosts == "127.0.0.1"  # not every interface

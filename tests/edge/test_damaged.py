@@ -80,7 +80,9 @@ def test_silent_damage_is_counted_and_its_month_flagged(tmp_path: Path) -> None:
     extra = damaged.out_of_range_timestamps - clean[FEB].out_of_range_timestamps
     assert 500 <= extra <= DAMAGE // 8  # nearly every garbage pickup falls outside the month
     assert clean[FEB].rows_kept - damaged.rows_kept >= 500
-    assert damaged.dropped_by_duration - clean[FEB].dropped_by_duration >= 490
+    # each drop counted once here (no bad zones, every garbage row dropped): garbage times are not the duration filter's
+    assert damaged.dropped_by_duration + damaged.out_of_range_timestamps == ROWS - damaged.rows_kept
+    assert damaged.dropped_by_duration <= clean[FEB].dropped_by_duration
     for month in clean.values():  # generated months drop ~2.4%: zero, negative, sub-minute and multi-hour trips
         assert 0.015 < month.drop_rate < 0.035
     assert screening.unusual(list(clean.values())) == []
@@ -121,8 +123,35 @@ def test_screening_counts_early_timestamps_and_unknown_zones(tmp_path: Path) -> 
     assert counted.rows_read == 1_000
     assert (base.out_of_range_zones, counted.out_of_range_zones) == (0, 2)
     assert counted.out_of_range_timestamps - base.out_of_range_timestamps == 3
-    assert counted.dropped_by_duration - base.dropped_by_duration == 3  # rows of unknown zones are not counted here too
+    assert counted.dropped_by_duration == base.dropped_by_duration  # bad timestamps and unknown zones are counted there only
     assert base.rows_kept - counted.rows_kept == 5
+
+
+def test_dropped_by_duration_counts_only_rows_with_good_timestamps_and_zones(tmp_path: Path) -> None:
+    """As metrics.json documents it, against pandas: a month where some rows end before they start or lie in another month."""
+    import pandas as pd
+
+    table = synth_month(FEB, 4_000, seed=5)
+    frame = table.to_pandas()
+    pick, drop = frame["tpep_pickup_datetime"].to_numpy().copy(), frame["tpep_dropoff_datetime"].to_numpy().copy()
+    drop[:40] = pick[:40] - np.timedelta64(5, "m")  # dropoff before pickup
+    pick[40:70] = np.datetime64("2023-05-10T08:00:00", "us")  # months late, a long trip as well
+    drop[70:90] = pick[70:90] + np.timedelta64(3, "h")  # good timestamps, too long: the duration filter's
+    pu = frame["PULocationID"].to_numpy().copy()
+    pu[90:100] = 999  # unknown zone
+    damaged = table.set_column(1, "tpep_pickup_datetime", pa.array(pick, pa.timestamp("us")))
+    damaged = damaged.set_column(2, "tpep_dropoff_datetime", pa.array(drop, pa.timestamp("us")))
+    damaged = damaged.set_column(7, "PULocationID", pa.array(pu))
+    pq.write_table(damaged, tmp_path / month_filename("yellow", FEB))
+    counted = _month_rows(tmp_path, FEB)
+
+    start, end = pd.Timestamp("2023-01-31"), pd.Timestamp("2023-03-02")  # the month widened by a day each side
+    p, d = pd.Series(pick), pd.Series(drop)
+    good_times = p.between(start, end) & d.between(start, end) & (d >= p)
+    good_zones = pd.Series(pu).between(1, 265) & frame["DOLocationID"].between(1, 265)
+    minutes = (d - p).dt.total_seconds() / 60
+    assert counted.out_of_range_timestamps == int((~good_times).sum()) >= 70
+    assert counted.dropped_by_duration == int((good_times & good_zones & ~minutes.between(1, 60)).sum()) >= 20
 
 
 @pytest.mark.slow

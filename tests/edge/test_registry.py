@@ -114,7 +114,7 @@ def test_the_first_commit_promotes_and_its_files_are_a_loadable_version(registry
     assert datetime.fromisoformat(decision.time).tzinfo == timezone.utc
 
 
-def test_a_worse_challenger_is_kept_out_and_an_equal_one_promoted(registry: Registry) -> None:
+def test_a_worse_or_equal_challenger_is_kept_out_and_a_better_one_promoted(registry: Registry) -> None:
     _commit(registry, 5.5)
     seen: list[str] = []
 
@@ -129,12 +129,17 @@ def test_a_worse_challenger_is_kept_out_and_an_equal_one_promoted(registry: Regi
     assert _champion(registry) == "v0001"
     assert [v.name for v in registry.versions()] == ["v0001", "v0002"]  # kept out, but registered
 
-    equal, promoted = registry.commit(_stage(registry, 5.5), score)
-    assert (promoted.action, promoted.version, promoted.champion_before, promoted.champion_after) == ("promote", "v0003", "v0001", "v0003")
-    assert promoted.reason.startswith("no worse than the champion on 2023-03")
-    assert seen == ["v0001", "v0001"]
-    assert registry.champion() == equal
-    assert [d.action for d in registry.history()] == ["promote", "keep", "promote"]
+    _, tie = registry.commit(_stage(registry, 5.5 * (1 + 1e-12)), score)  # an identical retrain, scored apart: its last bits may differ
+    assert (tie.action, tie.version, tie.champion_before, tie.champion_after) == ("keep", "v0003", "v0001", "v0001")
+    assert tie.reason.startswith("kept the champion v0001: the challenger ties it on 2023-03 (5.5 = 5.5 for v0001)")
+    assert _champion(registry) == "v0001"
+
+    better, promoted = registry.commit(_stage(registry, 5.4), score)
+    assert (promoted.action, promoted.version, promoted.champion_before, promoted.champion_after) == ("promote", "v0004", "v0001", "v0004")
+    assert promoted.reason.startswith("better than the champion on 2023-03 (5.4 < 5.5 for v0001)")
+    assert seen == ["v0001", "v0001", "v0001"]
+    assert registry.champion() == better
+    assert [d.action for d in registry.history()] == ["promote", "keep", "keep", "promote"]
 
 
 @pytest.mark.parametrize("score", [None, float("nan")])

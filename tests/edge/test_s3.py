@@ -168,6 +168,25 @@ def test_a_stopped_server_and_an_inline_secret_are_one_line_each_before_anything
     assert "--storage-options: secret looks like a credential" in line and "hunter2" not in line
 
 
+def test_a_missing_bucket_or_month_is_one_line_before_any_server_starts(moto: Moto, tmp_path: Path) -> None:
+    months = ("--train-months", "2023-01:2023-02", "--val-month", "2023-03")
+    started = time.monotonic()
+    result = _cli("train", "--source", "s3://nobucket/months", *months, "--output", str(tmp_path / "out"))
+    assert "error: source s3://nobucket/months: bucket 'nobucket' does not exist" in _one_error_line(result)
+    assert time.monotonic() - started < 20 and not (tmp_path / "out").exists()  # _one_error_line: no API or cluster line
+    late = ("--train-months", "2023-02:2023-03", "--val-month", "2023-04")
+    missing = _one_error_line(_cli("train", "--source", MONTHS, *late, "--output", str(tmp_path / "out")))
+    assert missing == f"error: month 2023-04: file not found: {MONTHS}/yellow_tripdata_2023-04.parquet"
+    from pipeline.edge.registry import Registry
+    from pipeline.service.testing import commit_constant_version
+
+    registry = Registry.open(tmp_path / "registry", create=True)  # a model to score with
+    commit_constant_version(registry, 10.0, 5.0)
+    scored = _cli("predict", "--registry", str(registry.root), "--months", "2023-03", "--source", "s3://nobucket/months",
+                  "--output", str(tmp_path / "scored"))  # fmt: skip
+    assert "bucket 'nobucket' does not exist" in _one_error_line(scored)
+
+
 class _Proxy:
     """A TCP relay to the moto server that can be cut: the object store gone mid-write, its objects still there to inspect."""
 

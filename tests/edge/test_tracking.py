@@ -98,7 +98,6 @@ def test_parameters_are_the_config_and_what_cv_chose(retrain_run, months_dir):
         "seed": "0",
         "model": "linear",
         "features": "PULocationID,DOLocationID,PU_DO",
-        "numeric": "",
         "candidates": "base;trip_distance:log48+hour_of_week",
         "boosted_challenger": "False",
         "xgb_rounds": "100",
@@ -108,6 +107,19 @@ def test_parameters_are_the_config_and_what_cv_chose(retrain_run, months_dir):
         "chosen_features": "zones + trip_distance:log48 + hour_of_week",
     }
     assert run.info.status == "FINISHED" and run.info.run_name == "linear: trained on 2023-01, 2023-02, validated on 2023-03"
+
+
+def test_unset_lists_are_left_out_of_the_parameters():
+    from types import SimpleNamespace
+    from typing import cast
+
+    from pipeline.core.results import RunResult
+
+    config = TrainConfig.build(train_months="2023-01:2023-02", val_month="2023-03", output="out", source="data")
+    result = cast(RunResult, SimpleNamespace(alpha=1.0, terms=config.model_terms()))
+    logged = tracking.params(config, result)
+    assert "numeric" not in logged and "candidates" not in logged
+    assert logged["alphas"] and "" not in logged.values()
 
 
 def test_metrics_are_those_of_metrics_json_and_cv_has_a_point_per_fold(retrain_run):

@@ -159,6 +159,16 @@ def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
+def test_an_identical_retrain_ties_and_keeps_the_champion(months_dir, prefect_api_url, tmp_path):
+    registry = tmp_path / "registry"
+    same = {"folds": 0, "alphas": (1.0,), "candidates": ((),), "cluster": ClusterSpec(n_workers=1, dashboard_address=":0")}
+    first, again = _retrain(months_dir, registry, **same), _retrain(months_dir, registry, **same)
+    assert (again.version, again.decision.action, again.decision.champion_after) == ("v0002", "keep", "v0001")
+    assert again.decision.reason.startswith("kept the champion v0001: the challenger ties it on 2023-03")
+    assert again.run.val_rmse == pytest.approx(first.run.val_rmse, rel=1e-12)
+    assert Registry.open(registry).champion().name == "v0001"  # type: ignore[union-attr]
+
+
 def test_bad_input_is_one_line_and_leaves_the_registry_unchanged(months_dir, tmp_path):
     registry = tmp_path / "registry"
     Registry.open(registry, create=True)
@@ -178,8 +188,31 @@ def test_bad_input_is_one_line_and_leaves_the_registry_unchanged(months_dir, tmp
     assert "no version v0042" in _one_error_line(_cli("models", "show", "v0042", "--registry", str(registry)))
     assert "nothing to roll back to" in _one_error_line(_cli("models", "rollback", "--registry", str(registry)))
     cron = _one_error_line(_cli("deploy", "--source", str(months_dir), "--registry", str(registry), "--cron", "61 * * * *"))
-    assert "--cron '61 * * * *'" in cron
+    assert "--cron '61 * * * *'" in cron and "invalid cron string" in cron.lower() and "pydantic.dev" not in cron
     assert sorted(p.name for p in registry.rglob("*")) == before
+
+
+def test_prefect_yaml_and_deploy_name_distinct_deployments():
+    import yaml
+
+    from pipeline.cli.models import deploy
+
+    (default,) = [p.default for p in deploy.params if p.name == "name"]
+    declared = yaml.safe_load((Path(__file__).parents[2] / "prefect.yaml").read_text())["deployments"]
+    assert default not in [d["name"] for d in declared]
+
+
+def test_deploy_refuses_the_name_of_a_deployment_on_a_work_pool(months_dir, prefect_api_url, tmp_path):
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    with SyncPrefectClient(prefect_api_url) as client:
+        client.create_work_pool(WorkPoolCreate(name="refusal-pool", type="process"), overwrite=True)
+        flow_id = client.create_flow_from_name("retrain-trip-duration")
+        client.create_deployment(flow_id=flow_id, name="pooled", work_pool_name="refusal-pool", entrypoint="x.py:f")
+    args = ["deploy", "--source", str(months_dir), "--registry", str(tmp_path / "registry"), "--cron", "0 6 3 * *", "--name", "pooled"]
+    line = _one_error_line(_cli(*args, env={"PREFECT_API_URL": prefect_api_url}))
+    assert "retrain-trip-duration/pooled is already deployed on work pool 'refusal-pool'" in line and "--name" in line
 
 
 def test_a_failed_run_posts_its_error_line_to_the_webhook_and_never_logs_the_url(months_dir, prefect_api_url, tmp_path):
@@ -349,12 +382,12 @@ def test_prefect_yaml_deploys_onto_a_process_pool_whose_worker_runs_it(months_di
         "-p",
         'cluster={"n_workers": 1}',
     ]
-    run("deployment", "run", "retrain-trip-duration/monthly", *params)
+    run("deployment", "run", "retrain-trip-duration/monthly-pool", *params)
     worker = run("worker", "start", "--pool", "taxi-pipeline", "--run-once", timeout=300)
     from prefect.client.orchestration import SyncPrefectClient
 
     with SyncPrefectClient(prefect_server.url) as client:
-        deployment = client.read_deployment_by_name("retrain-trip-duration/monthly")
+        deployment = client.read_deployment_by_name("retrain-trip-duration/monthly-pool")
 
         def ours() -> list[Any]:  # the session's server may hold other runs of this deployment
             runs = client.read_flow_runs(limit=50)
@@ -378,7 +411,7 @@ def test_a_gradient_boosting_challenger_is_registered_with_skops_and_compared_on
     assert trees.version == "v0002" and (registry / "versions" / "v0002" / "model.skops").exists()
     reference = _rmse_from_rows(registry / "versions" / "v0001", months_dir, Month(2023, 3))
     assert trees.decision.champion_rmse == pytest.approx(reference, rel=1e-9)  # the linear champion, on the same month
-    assert trees.decision.action == ("promote" if trees.run.val_rmse <= reference else "keep")
+    assert trees.decision.action == ("promote" if trees.run.val_rmse < reference else "keep")
 
 
 @pytest.mark.parametrize(("model", "folds"), [("sgd", 5), ("linear", 0)])

@@ -107,6 +107,43 @@ def test_every_row_is_scored_once_with_the_models_own_predictions(model_dir, mon
     assert not [p for p in output.iterdir() if p.name.startswith(".")]  # no staging or old folders left
 
 
+def test_a_registry_version_is_named_in_the_report_and_tasks_by_their_months(months_dir, tmp_path):
+    """The UI: task runs say which month each scored; the artifact's title names the version and carries its chart inside."""
+    import base64
+    import re
+
+    from prefect.client.orchestration import get_client
+
+    from pipeline.edge.registry import Registry
+    from pipeline.service.testing import commit_constant_version
+    from tests.conftest import read_task_runs
+
+    registry = Registry.open(tmp_path / "registry", create=True)
+    commit_constant_version(registry, 12.0, 5.0)
+    result = score_flow(
+        months="2023-02:2023-03",
+        output=str(tmp_path / "scored"),
+        registry=str(registry.root),
+        source=str(months_dir),
+        chunk_rows=20_000,
+        cluster=ClusterSpec(n_workers=1, dashboard_address=":0"),
+    )
+    names = sorted(r.name for r in read_task_runs(result.flow_run_id, expected=4) if r.name.startswith("score-chunk"))
+    assert names == ["score-chunk 2023-02 1/2", "score-chunk 2023-02 2/2", "score-chunk 2023-03 1/2", "score-chunk 2023-03 2/2"]
+    with get_client(sync_client=True) as client:  # raw filter, as test_flow's: the client's hides flow-level artifacts
+        found = client.request(
+            "POST",
+            "/artifacts/filter",
+            json={"artifacts": {"flow_run_id": {"any_": [result.flow_run_id]}, "key": {"any_": ["monitoring-report"]}}},
+        ).json()
+    markdown = found[0]["data"]
+    assert markdown.startswith(f"# Monitoring: 2 month(s) scored with model v0001 of {registry.root}\n")
+    assert "](report.png)" not in markdown
+    (image,) = re.findall(r"!\[RMSE and drift per month\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", markdown)
+    assert base64.b64decode(image) == (tmp_path / "scored" / "report.png").read_bytes()
+    assert "](report.png)" in (tmp_path / "scored" / "report.md").read_text()  # the file beside it resolves
+
+
 def test_a_failed_chunk_leaves_every_month_as_it_was(model_dir, months_dir, tmp_path):
     """A damaged row group in the last month: its one line, no month replaced (the first two were scored), nothing staged left."""
     source = tmp_path / "months"

@@ -30,6 +30,7 @@ class _Run:
         env: dict[str, str],
         cluster: tuple[str, ...] = ("--n-workers", "2"),
         args: list[str] | None = None,
+        stdout: Path | None = None,
     ) -> None:
         if args is None:
             args = ["train", "--source", str(source), "--train-months", "2023-01:2023-02", "--val-month", "2023-03"]
@@ -37,7 +38,7 @@ class _Run:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", *args],
             env=env,
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL if stdout is None else stdout.open("w"),
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,
@@ -110,6 +111,23 @@ def test_ctrl_c_stops_a_run_on_its_temporary_api(slow_months, tmp_path):
     assert code == 130 and after == [INTERRUPTED], "\n".join(after)
     assert took < 15, f"{took:.1f} s to exit"
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.prefect_api
+@pytest.mark.cluster
+def test_ctrl_c_just_after_the_flow_finished_leaves_a_completed_run(months_dir, tmp_path):
+    """The flow has finished (model and metrics written) and the run is closing its cluster and API: exit 0, results printed."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    run = _Run(months_dir, tmp_path / "out", env, cluster=("--n-workers", "1"), stdout=tmp_path / "stdout")
+    deadline = time.monotonic() + 120
+    while sum("Finished in state Completed()" in line for _, line in run.lines) < 2:  # the subflow's, then the flow's
+        assert time.monotonic() < deadline and run.process.poll() is None, "\n".join(line for _, line in run.lines)
+        time.sleep(0.02)
+    code, _, after = run.interrupt()
+    assert code == 0 and INTERRUPTED not in after, "\n".join(after)
+    assert "model and metrics in" in (tmp_path / "stdout").read_text()
+    assert (tmp_path / "out" / "metrics.json").is_file()
 
 
 def _model(source: Path, folder: Path) -> Path:
@@ -245,3 +263,33 @@ def test_an_interrupt_wrapped_by_a_c_extension_leaves_the_flow_as_the_interrupt(
     result = subprocess.run([sys.executable, "-c", _WRAPPED], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "['Interrupted<-PydanticSerializationError', 'out']", result.stdout + result.stderr
+
+
+_AFTER_COMPLETION = """
+import signal, time
+from pipeline.runtime.interrupts import Interrupted, completed, interruptible
+
+said, outcome = [], []
+for finish in (False, True):
+    try:
+        with interruptible(said.append, grace=60):
+            if finish:
+                completed()  # the flow returned: its files are in place
+            signal.raise_signal(signal.SIGINT)  # a Ctrl-C while the cluster and API close
+            time.sleep(0.05)
+            outcome.append("printed results")
+        outcome.append("exit 0")
+    except Interrupted:
+        outcome.append("exit 130")
+print(outcome, said)
+"""
+
+
+def test_a_ctrl_c_after_the_run_completed_is_ignored_and_one_before_prints_no_results():
+    """Ctrl-C a second after the flow finished printed the results, then exited 130 with the files in place.
+    In a fresh process, as the CLI's: the signal handler belongs to the main thread."""
+    result = subprocess.run([sys.executable, "-c", _AFTER_COMPLETION], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    outcome, said = result.stdout.strip().splitlines()[-1].split("] [")
+    assert outcome == "['exit 130', 'printed results', 'exit 0'", result.stdout + result.stderr
+    assert said == "'the run has completed; closing its cluster and API (Ctrl-C is ignored now)']"
