@@ -20,6 +20,13 @@ import pytest
 INTERRUPTED = "interrupted: the run was stopped (Ctrl-C)"
 
 
+def _sigint_as_at_a_terminal() -> None:
+    """In a test's child, before exec: SIGINT handled and unblocked, as a shell gives a command. Both are inherited, and
+    a test process that started servers or the stack's pieces may have left SIGINT ignored or blocked."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 class _Run:
     """``taxi-pipeline train`` (or other ``args``) in its own process group, its stderr read line by line with arrival times."""
 
@@ -42,6 +49,7 @@ class _Run:
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,
+            preexec_fn=_sigint_as_at_a_terminal,
         )
         self.lines: list[tuple[float, str]] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -219,7 +227,9 @@ def test_an_interrupt_swallowed_by_a_gc_callback_is_raised_again():
     In a fresh process, as the CLI's: a test process holds other tests' threads, whose own collections
     would call the callback outside the main thread.
     """
-    result = subprocess.run([sys.executable, "-c", _SWALLOWED], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", _SWALLOWED], capture_output=True, text=True, timeout=60, preexec_fn=_sigint_as_at_a_terminal
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[0] == "raised ['start'] [] True", result.stdout + result.stderr
 
@@ -260,7 +270,9 @@ print(seen)
 def test_an_interrupt_wrapped_by_a_c_extension_leaves_the_flow_as_the_interrupt():
     """Prefect records a flow run Crashed only if its body ends in a BaseException; pydantic-core wraps the
     interrupt raised inside its serializer (a task's submission) in an ordinary exception. In a fresh process."""
-    result = subprocess.run([sys.executable, "-c", _WRAPPED], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", _WRAPPED], capture_output=True, text=True, timeout=60, preexec_fn=_sigint_as_at_a_terminal
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "['Interrupted<-PydanticSerializationError', 'out']", result.stdout + result.stderr
 
@@ -288,7 +300,9 @@ print(outcome, said)
 def test_a_ctrl_c_after_the_run_completed_is_ignored_and_one_before_prints_no_results():
     """Ctrl-C a second after the flow finished printed the results, then exited 130 with the files in place.
     In a fresh process, as the CLI's: the signal handler belongs to the main thread."""
-    result = subprocess.run([sys.executable, "-c", _AFTER_COMPLETION], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", _AFTER_COMPLETION], capture_output=True, text=True, timeout=60, preexec_fn=_sigint_as_at_a_terminal
+    )
     assert result.returncode == 0, result.stderr
     outcome, said = result.stdout.strip().splitlines()[-1].split("] [")
     assert outcome == "['exit 130', 'printed results', 'exit 0'", result.stdout + result.stderr
