@@ -132,7 +132,11 @@ def _workers(count: int) -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
         for process in (*workers, scheduler):
             process.terminate()
         for process in (*workers, scheduler):
-            process.wait(timeout=60)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # a worker without a nanny may not finish closing on a busy machine
+                process.kill()
+                process.wait(timeout=30)
 
 
 def _peak_mb(process: subprocess.Popen[bytes]) -> float:
