@@ -286,3 +286,27 @@ def test_leftovers_of_killed_and_stopped_runs_go_and_live_runs_stay(tmp_path):
     assert (output / "month=2023-02" / "part-00000.parquet").read_bytes() == b"PAR1"
     assert (output / ".staging-running" / "month=2023-01").is_dir()
     assert predictions.remove_leftovers(output) == []
+
+
+def test_a_part_written_while_its_staging_is_discarded_is_refused_and_nothing_stays(tmp_path, monkeypatch):
+    """A chunk checked the mark just before a stopped run discarded its staging, and writes its part while the
+    folder is being removed (after ``rmtree`` listed it): the write must fail and the output stay empty."""
+    output, month = tmp_path / "out", Month(2023, 1)
+    staging = predictions.Staging.of(output, "stopped")
+    staging.open([month], "stopped")
+    part = staging.month(month).child("part-00000.parquet").path
+    real_rmdir, late = os.rmdir, []
+
+    def rmdir(path, *args, **kwargs):  # the late chunk's write lands right before its month folder is removed
+        if not late and str(path) == part.parent.name:
+            try:
+                part.write_bytes(b"PAR1")
+                late.append("written")
+            except FileNotFoundError:
+                late.append("refused")
+        return real_rmdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rmdir", rmdir)
+    staging.discard()
+    assert late == ["refused"]
+    assert list(output.iterdir()) == []
