@@ -15,6 +15,7 @@ the project's errors only; the Prefect task runner is the runtime's
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.util
 import logging
@@ -176,6 +177,14 @@ class _DaskLogsBelow:
 _dask_logs_below = _DaskLogsBelow()
 
 
+class _NoCancelledReconnect(logging.Filter):
+    """Drop the traceback distributed logs when a client that lost its scheduler is closed while it tries to reconnect
+    (its ``_reconnect`` task is cancelled): the run says in one line that the scheduler went away."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError))
+
+
 def _start_cluster(plan: Plan, spec: ClusterSpec, stack: ExitStack) -> Any:
     """Start the LocalCluster or the named cluster class for this run (closed with ``stack``)."""
     kwargs = dict(plan.cluster_kwargs)
@@ -322,7 +331,10 @@ def connect(spec: ClusterSpec, plugins: Sequence[Any] = ()) -> Iterator[Connecti
     if plan.note:
         log.info("%s", plan.note)
     security = plan.tls.security() if plan.tls else None
+    quiet, client_log = _NoCancelledReconnect(), logging.getLogger("distributed.client")
     with ExitStack() as stack:
+        client_log.addFilter(quiet)
+        stack.callback(client_log.removeFilter, quiet)
         cluster = None
         if plan.kind == "address":
             client = stack.enter_context(_client(plan.address, plan, spec, security))

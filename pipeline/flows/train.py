@@ -44,6 +44,7 @@ from pipeline.edge.run_files import publish_run
 from pipeline.edge.sources import is_local
 from pipeline.errors import PipelineError
 from pipeline.runtime.cluster_runner import dask_runner
+from pipeline.runtime.cluster_watch import watched
 from pipeline.runtime.interrupts import interrupt_wins
 from pipeline.runtime.prefect_api import ui_url
 
@@ -520,7 +521,7 @@ def train_on_dask(
 
     With ``champion`` (a model folder), also score that model on the same validation month, exactly.
     """
-    with interrupt_wins():  # after Ctrl-C, whatever the interrupt broke is the interrupt: the run is Crashed
+    with interrupt_wins(), watched():  # after Ctrl-C, whatever the interrupt broke is the interrupt: the run is Crashed
         return _train_on_dask(config, plans, slots, champion)
 
 
