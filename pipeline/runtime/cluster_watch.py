@@ -30,10 +30,11 @@ from typing import Any
 
 import dask
 from dask.utils import format_bytes, parse_timedelta
-from distributed.scheduler import KilledWorker, NoWorkerError
+from distributed.scheduler import KilledWorker, NoValidWorkerError, NoWorkerError
 from prefect.context import FlowRunContext
 
 from pipeline.errors import PipelineError
+from pipeline.runtime.runner import KeyedDaskTaskRunner
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +64,29 @@ class _Watch:
     def scheduler_lost(self) -> str:
         return f"the Dask scheduler at {self.runner.address} went away during {self.during}"
 
-    def workers_lost(self) -> str:
+    def stuck(self, workers: list[dict[str, Any]]) -> str:
+        """Why no worker runs tasks: none is left, or every one is paused (its memory above the pause threshold)."""
+        where = f"every Dask worker of the scheduler at {self.runner.address}"
+        if not workers:
+            grace = f"none for {self.grace:g} s; distributed.scheduler.no-workers-timeout sets how long"
+            return f"{where} went away during {self.during} ({grace})"
+        limit = max(w.get("memory_limit") or 0 for w in workers)
         return (
-            f"every Dask worker of the scheduler at {self.runner.address} went away during {self.during} "
-            f"(none for {self.grace:g} s; distributed.scheduler.no-workers-timeout sets how long)"
+            f"{where} stayed paused during {self.during}, its memory above distributed.worker.memory.pause of its "
+            f"{format_bytes(limit)} (for {self.grace:g} s): give the workers more memory, or each task fewer rows with a smaller "
+            "--chunk-rows"
         )
 
+    def workers(self, client: Any) -> list[dict[str, Any]] | None:
+        """The scheduler's workers (their identities), or None when it does not answer."""
+        try:
+            info = client.sync(client.scheduler.identity, n_workers=-1, callback_timeout=10 * POLL_SECONDS)
+        except Exception:  # the scheduler is busy or going: the client's status will say which
+            return None
+        return list(info.get("workers", {}).values())
+
     def _run(self) -> None:
-        had_workers, none_since = False, None
+        had_workers, stuck_since = False, None
         while not self._stop.wait(POLL_SECONDS):
             client = self.runner._client  # made at the first submit (prefect-dask 0.3.7)
             if client is None:
@@ -78,16 +94,16 @@ class _Watch:
             if client.status != "running":  # "connecting": its futures were cancelled when the connection dropped
                 self._end(client, self.scheduler_lost())
                 return
-            try:
-                workers = len(client.sync(client.scheduler.ncores, callback_timeout=10 * POLL_SECONDS))
-            except Exception:  # the scheduler is busy or going: the client's status will say which
+            workers = self.workers(client)
+            if workers is None:
                 continue
-            if workers or not client.futures:
-                had_workers, none_since = had_workers or workers > 0, None
+            running = any(w.get("status") == "running" for w in workers)
+            if running or not client.futures:
+                had_workers, stuck_since = had_workers or running, None
             elif had_workers:
-                none_since = none_since or time.monotonic()
-                if time.monotonic() - none_since >= self.grace:
-                    self._end(client, self.workers_lost())
+                stuck_since = stuck_since or time.monotonic()
+                if time.monotonic() - stuck_since >= self.grace:
+                    self._end(client, self.stuck(workers))
                     return
 
     def _end(self, client: Any, reason: str) -> None:
@@ -100,24 +116,24 @@ class _Watch:
         self._thread.join()
 
 
-def _killed_worker(exc: KilledWorker, runner: Any) -> str:
-    """One line for a task that took a worker down with it at every try: most often, more memory than a worker has."""
-    name = getattr(runner, "run_names", {}).get(exc.task, exc.task)
+def killed_worker(what: str, exc: KilledWorker) -> str:
+    """One line for a task that took its worker down at every try (``what`` names the task or the rows it reads):
+    most often it needs more memory than a worker has, and Dask stops after ``allowed-failures`` restarts."""
     limit = getattr(exc.last_worker, "memory_limit", 0)
     memory = f" (out of memory? a worker has {format_bytes(limit)})" if limit else ""
     tries = exc.allowed_failures + 1
-    return f"{name}: its worker died at each of {tries} tries{memory}; give it fewer rows with a smaller --chunk-rows"
+    return f"{what}: the worker running it died at each of {tries} tries{memory}; give each task fewer rows with a smaller --chunk-rows"
 
 
 @contextmanager
 def watched() -> Iterator[None]:
     """In a flow run on a Dask task runner: see the module docstring. Elsewhere it does nothing."""
     context = FlowRunContext.get()
-    runner = context.task_runner if context is not None else None
-    if runner is None or not hasattr(runner, "_client") or not getattr(runner, "address", None):
+    runner: Any = context.task_runner if context is not None else None
+    if context is None or not isinstance(runner, KeyedDaskTaskRunner) or not runner.address:
         yield
         return
-    watch = _Watch(runner, context.flow.name if context is not None else "the run", no_workers_grace())
+    watch = _Watch(runner, context.flow.name if context.flow is not None else "the run", no_workers_grace())
     try:
         yield
     except PipelineError:
@@ -128,10 +144,10 @@ def watched() -> Iterator[None]:
             watch.lost = watch.scheduler_lost()
         if watch.lost is not None:
             raise PipelineError(watch.lost) from exc
-        if isinstance(exc, NoWorkerError):  # the scheduler's own no-workers-timeout came first
-            raise PipelineError(f"every Dask worker of the scheduler at {runner.address} went away during {watch.during}") from exc
+        if isinstance(exc, (NoWorkerError, NoValidWorkerError)):  # the scheduler's own no-workers-timeout came first
+            raise PipelineError(watch.stuck(watch.workers(client) or [])) from exc
         if isinstance(exc, KilledWorker):
-            raise PipelineError(_killed_worker(exc, runner)) from exc
+            raise PipelineError(killed_worker(runner.run_names.get(str(exc.task), str(exc.task)), exc)) from exc
         raise
     finally:
         watch.stop()

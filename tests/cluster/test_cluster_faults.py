@@ -1,8 +1,9 @@
-"""The parts of a Dask cluster a run depends on fail mid-run: the run ends in one line, in seconds, writing nothing.
+"""The parts of a Dask cluster a run depends on fail mid-run: the run ends in one line, in bounded time, writing nothing.
 
 Real ``dask scheduler`` / ``dask worker`` processes on 127.0.0.1 (a cluster of the
 test's own, as it is killed) and ``taxi-pipeline train`` in a subprocess, its
-output folder holding a previous run's files, which must stay exactly as they were.
+output folder holding a previous run's files, which must stay exactly as they were;
+and a worker too small for a chunk, on a LocalCluster.
 (A single worker killed mid-run is survived: tests/cluster/test_cluster_remote.py.)
 """
 
@@ -18,6 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.core.months import parse_months
+from pipeline.edge.synth import write_months
+from tests.cli.test_cli import _one_error_line, _train
 from tests.conftest import DaskProcesses
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -108,3 +112,31 @@ def test_every_worker_killed_mid_run_is_one_line_after_the_grace(cluster, slow_m
         "(none for 5 s; distributed.scheduler.no-workers-timeout sets how long)"
     )
     assert 5 <= took < 35, took  # the grace, and no more than a few polls after it
+
+
+@pytest.fixture(scope="module")
+def big_month(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3M-row training month (six 500k-row groups: one chunk at the default --chunk-rows) beside two small months."""
+    folder = tmp_path_factory.mktemp("big-month")
+    write_months(folder, parse_months("2023-01"), 3_000_000, seed=0, row_group_size=500_000)
+    write_months(folder, parse_months("2023-02:2023-03"), 20_000, seed=0, row_group_size=10_000)
+    return folder
+
+
+def test_a_chunk_too_big_for_a_workers_memory_is_one_line_naming_it(big_month, tmp_path, prefect_api_url):
+    """A worker of 450 MB (about 330 MB of it Python, Prefect and the flow's modules) cannot hold a 3M-row chunk: its nanny
+    restarts it at each try, until Dask gives up (allowed-failures: 3) and the run names the chunk in one line."""
+    args = ["--no-cache", "--n-workers", "1", "--cluster-kwargs", '{"memory_limit": "450MB"}']
+    env = {
+        "PREFECT_API_URL": prefect_api_url,
+        "DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE": "False",  # else a worker near its limit may pause (the watch's other line)
+        "DASK_DISTRIBUTED__SCHEDULER__NO_WORKERS_TIMEOUT": "20s",
+    }
+    result = _train(big_month, tmp_path / "out", *args, env=env)
+    line = _one_error_line(result)
+    month = big_month / "yellow_tripdata_2023-01.parquet"
+    assert line == (
+        f"error: rows 0..2,999,999 of {month} and 2 more month(s): the worker running it died at each of 4 tries "
+        "(out of memory? a worker has 429.15 MiB); give each task fewer rows with a smaller --chunk-rows"
+    )
+    assert not (tmp_path / "out").exists()
