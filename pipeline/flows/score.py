@@ -40,6 +40,7 @@ from pipeline.edge.report import prepare as prepare_report
 from pipeline.edge.report import write_report
 from pipeline.errors import PipelineError
 from pipeline.flows.train import locate_months, named, raise_first_failure
+from pipeline.runtime.api_watch import writing
 from pipeline.runtime.cluster_runner import dask_runner
 from pipeline.runtime.cluster_watch import watched
 from pipeline.runtime.interrupts import interrupt_wins
@@ -119,9 +120,10 @@ def _score_and_publish(
             for index, chunk in enumerate(chunks)
         ]
     raise_first_failure([part for month_parts in parts.values() for part in month_parts])
-    for month in plans:
-        predictions.publish_month(staging.month(month), predictions.month_folder(output, month))
-    staging.discard()  # its mark and empty folders
+    with writing():  # a lost Prefect API ends the run after this, never during it
+        for month in plans:
+            predictions.publish_month(staging.month(month), predictions.month_folder(output, month))
+        staging.discard()  # its mark and empty folders
     return {month: _added(month_parts) for month, month_parts in parts.items()}
 
 

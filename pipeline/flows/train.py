@@ -45,6 +45,7 @@ from pipeline.edge.run_files import publish_run
 from pipeline.edge.sources import is_local
 from pipeline.errors import PipelineError
 from pipeline.runtime import cluster_watch
+from pipeline.runtime.api_watch import writing
 from pipeline.runtime.cluster_runner import dask_runner
 from pipeline.runtime.cluster_watch import watched
 from pipeline.runtime.interrupts import interrupt_wins
@@ -609,7 +610,8 @@ def _train_on_dask(config: TrainConfig, plans: list[reader.MonthPlan] | None, sl
     else:
         logger.warning("%s returned no model to save: writing metrics only", config.model)
     metrics = metrics_bytes(result)
-    publish_run(config.output, result.flow_run_id, objects, metrics)
+    with writing():  # a lost Prefect API ends the run after this, never during it
+        publish_run(config.output, result.flow_run_id, objects, metrics)
     if config.mlflow:
         track_training(config, result, {**objects, METRICS_FILE: metrics}, logger)
     logger.info(
