@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import httpx
@@ -33,6 +33,13 @@ EXIT_CODE = 2
 
 _WRITING = threading.Lock()
 _WRITTEN = threading.Event()
+#: Called with the exit code just before the watch ends the process (the local stack's relay reports it to its client).
+_BEFORE_EXIT: list[Callable[[int], None]] = []
+
+
+def before_exit(callback: Callable[[int], None]) -> None:
+    """Have ``callback(code)`` run when :func:`watched_api` ends this process, before it does."""
+    _BEFORE_EXIT.append(callback)
 
 
 def _problem(url: str, timeout: float) -> str | None:
@@ -94,6 +101,8 @@ def watched_api(url: str) -> Iterator[None]:
                     done = "its files were written whole before" if _WRITTEN.is_set() else "nothing was written"
                     sys.stderr.write(f"error: the Prefect API at {url} went away during the run; {done}\n")
                     sys.stderr.flush()
+                    for callback in _BEFORE_EXIT:
+                        callback(EXIT_CODE)
                     os._exit(EXIT_CODE)
 
     thread = threading.Thread(target=watch, name="prefect-api-watch", daemon=True)

@@ -2,11 +2,13 @@
 
 A real ``prefect server start`` on 127.0.0.1 of each test's own (it is killed with
 SIGKILL about 1 s into the run's subflow) and ``train``, ``predict`` and
-``retrain`` in a subprocess pointed at it by ``PREFECT_API_URL``.
+``retrain`` in a subprocess pointed at it by ``PREFECT_API_URL``; and the API of
+a local stack (``taxi-pipeline up``) killed the same way under a ``train``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,9 +18,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from pipeline.edge.ports import free_port
+from pipeline.runtime import stack_record
 from tests.conftest import PrefectServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.prefect_api]
@@ -60,6 +64,11 @@ def _run_and_kill_api(args: list[str], server: PrefectServer) -> tuple[int, list
     """Run the CLI against ``server``; SIGKILL the server 1 s after the subflow began. Exit code, stderr lines, seconds to exit."""
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env.update(PREFECT_API_URL=server.url)
+    return _run_and_kill(args, env, server.process.pid)  # `prefect server start` serves in-process: no child to orphan
+
+
+def _run_and_kill(args: list[str], env: dict[str, str], pid: int) -> tuple[int, list[str], float]:
+    """Run the CLI; SIGKILL ``pid`` 1 s after the subflow began. Exit code, stderr lines, seconds to exit."""
     process = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
@@ -73,7 +82,7 @@ def _run_and_kill_api(args: list[str], server: PrefectServer) -> tuple[int, list
             time.sleep(0.05)
         time.sleep(1)
         assert process.poll() is None, "\n".join(lines)
-        server.process.send_signal(signal.SIGKILL)  # `prefect server start` serves in-process: no child to orphan
+        os.kill(pid, signal.SIGKILL)
         killed = time.monotonic()
         code = process.wait(timeout=120)
         took = time.monotonic() - killed
@@ -131,3 +140,26 @@ def test_a_run_whose_api_is_down_says_so_before_starting_a_cluster(months_dir, t
         "start it, or point PREFECT_API_URL elsewhere"
     ]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_run_on_the_local_stack_whose_api_dies_ends_in_one_line(slow_months, tmp_path):
+    """The run goes to the stack's relay, which forks it: the exit code comes back through the relay."""
+    home = tmp_path / "stack-home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DASK_"))}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    started = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "up", "--port", str(free_port()), "--n-workers", "2"],
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
+    assert started.returncode == 0, started.stderr
+    try:
+        stack = stack_record.Stack(**json.loads((home / stack_record.RECORD).read_text()))
+        api = next(p for p in psutil.Process(stack.pid).children() if "server" in p.cmdline())  # `prefect server start`
+        output = tmp_path / "out"
+        code, lines, took = _run_and_kill(["train", *_TRAIN(slow_months), "--output", str(output), "--chunk-rows", "2000"], env, api.pid)
+        _assert_one_line(code, lines, stack.api_url, took)
+        assert not output.exists()
+    finally:
+        subprocess.run([sys.executable, "-m", "pipeline.cli", "down"], env=env, capture_output=True, timeout=300)
