@@ -12,7 +12,9 @@ worker each time (a chunk too big for the workers' memory) ends, after
 So, while a flow runs on a Dask task runner, :func:`watched` looks at its
 client every second and closes it when the scheduler is lost, or when a cluster
 that had workers has had none for ``distributed.scheduler.no-workers-timeout``
-(read here, on the client's side; :data:`NO_WORKERS_GRACE` when unset) while the
+(read here, on the client's side; :data:`NO_WORKERS_GRACE` when unset), or every
+worker stayed paused that long (its memory above the pause threshold: it takes
+no task, and a nanny restarts it only at the terminate threshold), while the
 run waits for tasks; the flow's waits then end at once, and the error leaving
 the block becomes a :class:`~pipeline.errors.PipelineError` naming what failed.
 A cluster that never had a worker yet (an adaptive one still queueing its jobs)
@@ -40,7 +42,7 @@ log = logging.getLogger(__name__)
 
 #: Seconds without any worker (after having had some) before the run gives up, unless Dask's config says otherwise.
 NO_WORKERS_GRACE = 60.0
-#: How often the client is looked at; also the bound on an RPC to a scheduler that stopped answering.
+#: How often the client is looked at; ten of them bound an RPC to a scheduler that stopped answering.
 POLL_SECONDS = 1.0
 
 
