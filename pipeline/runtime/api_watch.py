@@ -6,7 +6,8 @@ event service then sends every buffered event to the dead API, about 7 s each
 (a ``train`` was still running after 120 s). A run cannot go on without its API:
 every task run reports to it. So a run checks that its API answers before it
 starts a cluster (:func:`check_answers`), and :func:`watched_api` asks the API's
-``/health`` twice a second meanwhile; at :data:`MISSES` misses in a row it prints
+``/health`` twice a second meanwhile; at :data:`MISSES` refused connections in a
+row (or :data:`SLOW_GRACE` seconds without an answer) it prints
 one line and ends the process (its own LocalCluster's workers exit with it). It
 never does so while the run replaces its files (:func:`writing`): those end first, whole.
 """
@@ -17,6 +18,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -24,10 +26,14 @@ import httpx
 
 from pipeline.errors import PipelineError
 
-#: Seconds between two looks at the API, and the misses in a row that mean it is gone. A blip shorter than that
-#: is survived; a longer one fails the run's tasks anyway (each needs the API to start).
+#: Seconds between two looks at the API, and the refused connections in a row that mean it is gone. A blip shorter
+#: than that is survived; a longer one fails the run's tasks anyway (each needs the API to start).
 POLL_SECONDS = 0.5
 MISSES = 3
+#: An API that answers no health check for this long, though it accepts connections (hung, or its host unreachable),
+#: is gone too; each check waits :data:`HEALTH_TIMEOUT` for an answer (a loaded machine's API can take seconds).
+SLOW_GRACE = 60.0
+HEALTH_TIMEOUT = 10.0
 #: The exit code of a run whose API went away (as for any error the CLI reports).
 EXIT_CODE = 2
 
@@ -50,6 +56,18 @@ def _problem(url: str, timeout: float) -> str | None:
     except httpx.HTTPError as exc:
         return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return None if status == 200 else f"/health answered {status}"
+
+
+def _gone(url: str) -> bool | None:
+    """None when the API answers; True when nothing listens there (connection refused); False when it fails otherwise
+    (slow, or answering errors): an API on a busy machine can take seconds to answer and is not gone."""
+    try:
+        with httpx.Client(timeout=HEALTH_TIMEOUT) as client:
+            return None if client.get(f"{url.rstrip('/')}/health").status_code == 200 else False
+    except httpx.ConnectError:
+        return True
+    except httpx.HTTPError:
+        return False
 
 
 def check_answers(url: str, origin: str = "PREFECT_API_URL") -> None:
@@ -92,10 +110,16 @@ def watched_api(url: str) -> Iterator[None]:
     raising, logging.raiseExceptions = logging.raiseExceptions, False
 
     def watch() -> None:
-        misses = 0
+        refused, failing_since = 0, None
         while not stop.wait(POLL_SECONDS):
-            misses = 0 if _problem(url, timeout=POLL_SECONDS * 2) is None else misses + 1
-            if misses >= MISSES and not stop.is_set():
+            gone = _gone(url)
+            if gone is None:
+                refused, failing_since = 0, None
+                continue
+            refused = refused + 1 if gone else 0
+            failing_since = failing_since or time.monotonic()
+            lost = refused >= MISSES or time.monotonic() - failing_since >= SLOW_GRACE
+            if lost and not stop.is_set():
                 with _WRITING:  # a write under way ends first; none starts after
                     logging.disable(logging.CRITICAL)  # the run's failing tasks and Prefect's retries would bury the line
                     done = "its files were written whole before" if _WRITTEN.is_set() else "nothing was written"
