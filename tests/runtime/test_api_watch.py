@@ -151,9 +151,11 @@ def test_a_run_on_the_local_stack_whose_api_dies_ends_in_one_line(slow_months, t
         [sys.executable, "-m", "pipeline.cli", "up", "--port", str(free_port()), "--n-workers", "2"],
         env=env,
         capture_output=True,
+        text=True,
         timeout=300,
     )
-    assert started.returncode == 0, started.stderr
+    log = home / "taxi-pipeline-stack.log"
+    assert started.returncode == 0, started.stderr + (log.read_text()[-3000:] if log.exists() else "")
     try:
         stack = stack_record.Stack(**json.loads((home / stack_record.RECORD).read_text()))
         api = next(p for p in psutil.Process(stack.pid).children() if "server" in p.cmdline())  # `prefect server start`
