@@ -44,7 +44,7 @@ def _open(location: str | None) -> Any:
 def _report(removed: int, freed: int, left: Any) -> None:
     from pipeline.edge.stats_cache import entries_text, human_size
 
-    out.print(f"removed {entries_text(removed)} ({human_size(freed)}); {left.describe()} left")
+    out.print(f"removed {entries_text(removed)} ({human_size(freed)}); {left.describe()} left", soft_wrap=True)  # it names the path
 
 
 @cli.group()

@@ -276,7 +276,10 @@ def rollback(registry: str) -> None:
 @click.option("--name", default="monthly", show_default=True, help="Deployment name: retrain-trip-duration/NAME.")
 @with_options(RETRAIN_OPTIONS)
 def deploy(cron: str, timezone: str, name: str, notify_url: str | None, notify_on_completion: bool, **options: Any) -> None:
-    """Serve the deployment retrain-trip-duration/NAME on its schedule against PREFECT_API_URL, until stopped."""
+    """Serve the deployment retrain-trip-duration/NAME on its schedule against PREFECT_API_URL, until stopped.
+
+    Ctrl-C stops it with exit code 130, SIGTERM (a service manager's stop) with 0; either way the runs it
+    started are cancelled and its schedule is paused. A failed run's error line is printed here."""
     from pipeline.orchestration.notify import target_from
 
     target_from(options.get("notify"), notify_url, notify_on_completion)
@@ -305,9 +308,17 @@ def deploy(cron: str, timezone: str, name: str, notify_url: str | None, notify_o
 
         parameters["notify"] = save_url_block(notify_url, f"taxi-pipeline-{name}")
     from pipeline.flows.retrain import retrain_flow
+    from pipeline.runtime.serving import serve
 
-    err.print(f"serving retrain-trip-duration/{name} on {cron} ({timezone}) against {configured_api_url()}; Ctrl-C stops it")
-    retrain_flow.serve(name=name, schedules=[schedule], parameters=parameters)
+    deployment = f"retrain-trip-duration/{name}"
+    err.print(
+        f"serving {deployment} on {cron} ({timezone}) against {configured_api_url()}; Ctrl-C or SIGTERM stops it; "
+        f"run it now with: prefect deployment run {deployment}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if serve(retrain_flow, name, [schedule], parameters):
+        err.print(f"stopped by SIGTERM: {deployment} is no longer served (its schedule is paused)", highlight=False, soft_wrap=True)
 
 
 def _schedule_error(exc: ValidationError) -> str:

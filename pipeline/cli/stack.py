@@ -22,7 +22,8 @@ def up(port: int, n_workers: int | None, threads_per_worker: int) -> None:
     """Start a Prefect API (with its UI) and a LocalCluster that train, retrain and predict then reuse."""
     from pipeline.runtime import local_stack
 
-    err.print("starting the local stack: a Prefect server and a LocalCluster (10-30 s)")
+    local_stack.check_prefect()  # before the line below: a refusal is one line
+    err.print("starting the local stack: a Prefect server and a LocalCluster (10 to 80 s, by load)")
     stack, started = local_stack.up(port, n_workers, threads_per_worker)
     out.print("local stack up" if started else "the local stack was already up", highlight=False)
     for line in stack.describe():

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from pipeline.core import solve
-from pipeline.core.stats import Stats, combine
+from pipeline.core.stats import Part, Stats, combine
 from pipeline.core.terms import ZONE_TERMS
 
 Features = tuple[str, ...]
@@ -65,7 +65,7 @@ def kfold_score(pooled: Stats, fold: int, alpha: float, zones: Sequence[str] = Z
     return score(pooled.without(fold), pooled.fold(fold), fold, alpha, zones=zones)
 
 
-def window_score(earlier: Sequence[Stats], month: Stats, fold: int, alpha: float, zones: Sequence[str] = ZONE_TERMS) -> CVScore:
+def window_score(earlier: Sequence[Part], month: Stats, fold: int, alpha: float, zones: Sequence[str] = ZONE_TERMS) -> CVScore:
     """Rolling origin: train on ``earlier`` months, score on ``month``."""
     return score(combine(earlier), month, fold, alpha, zones=zones)
 

@@ -95,8 +95,8 @@ def clip_to_window(minutes: np.ndarray, spec: FeatureSpec) -> np.ndarray:
 
 
 def factor_codes(table: pa.Table, spec: FeatureSpec) -> np.ndarray:
-    """Each row's level of each factor, offset into the spec's levels: (rows, factors) int64."""
-    out = np.empty((table.num_rows, len(spec.factors)), dtype=np.int64)
+    """Each row's level of each factor, offset into the spec's levels: (rows, factors) int32 (a factor has at most 1,024 levels)."""
+    out = np.empty((table.num_rows, len(spec.factors)), dtype=np.int32)
     if not spec.factors:
         return out
     pickup = _integers(table.column(PICKUP), 0)

@@ -223,19 +223,30 @@ def monitoring_markdown(
     """The monitoring report: per month error against the training RMSE, and drift of the trip mix.
 
     ``chart`` is the image's address: the file beside ``report.md``, or a ``data:`` URI where no file resolves (the Prefect UI).
+    The breaches are a list, error and drift two narrow tables, so that the report fits the Prefect UI's
+    artifact page (~800 px of text at a 1400 px window) with any number of breaches.
     """
     breaches = sum(len(m.breaches) for m in months)
+    rows = monitoring_rows(months)
     lines = [
         f"# {title_line}",
         "",
         f"Training RMSE {train_rmse:.4f} min. Thresholds: PSI above {max_psi:g}, RMSE above {max_rmse_ratio:g}× the training RMSE.",
-        f"**{breaches} breach{'es' if breaches != 1 else ''}** over {plural(len(months), 'month')}."
+        f"**{breaches} breach{'es' if breaches != 1 else ''}** over {plural(len(months), 'month')}:"
         if breaches
         else f"No breach over {plural(len(months), 'month')}.",
         "",
-        *_markdown_table(MONITORING_HEADER, monitoring_rows(months)),
+        *([f"- {m.month}: {breach}" for m in months for breach in m.breaches] + [""] if breaches else []),
+        "## Error",
         "",
-        "RMSE and mean error (predicted minus actual) are over the rows training would keep (1 to 60 minutes, known zones);",
+        *_markdown_table(MONITORING_HEADER[:6], [row[:6] for row in rows]),
+        "",
+        "RMSE and mean error (predicted minus actual) are over the rows training would keep (1 to 60 minutes, known zones).",
+        "",
+        "## Drift of the trip mix",
+        "",
+        *_markdown_table(("month", "PSI pickup", "PSI dropoff", "PSI pair"), [(row[0], *row[6:9]) for row in rows]),
+        "",
         "PSI compares each month's trip mix with the training months' (rare pairs pooled, so sampling noise stays below 0.02).",
         "",
         f"![RMSE and drift per month]({chart})",

@@ -19,7 +19,7 @@ from typing import Any
 
 from pipeline.core.features import SCREENED
 from pipeline.core.months import Month
-from pipeline.core.stats import Stats
+from pipeline.core.stats import Part
 
 RATIO = 3.0
 MARGIN = 0.01
@@ -50,7 +50,7 @@ class MonthRows:
         return cls(Month.parse(data["month"]), **counts)
 
 
-def of(months: Sequence[Month], stats: Sequence[Stats]) -> tuple[MonthRows, ...]:
+def of(months: Sequence[Month], stats: Sequence[Part]) -> tuple[MonthRows, ...]:
     """Each month's accounting from its statistics (all folds): a few ints each, whatever the data size."""
     counted = []
     for month, month_stats in zip(months, stats, strict=True):

@@ -15,7 +15,7 @@ import numpy as np
 from pipeline.core import cv, solve
 from pipeline.core.cv import Features
 from pipeline.core.features import FeatureSpec
-from pipeline.core.stats import Stats, combine
+from pipeline.core.stats import Part, Stats, combine
 from pipeline.core.terms import ZONE_TERMS
 
 
@@ -29,7 +29,7 @@ class Fit:
     pair_count: np.ndarray | None = None  # training trips per pair: the baseline of drift monitoring
 
 
-def fit(months: Sequence[Stats], alpha: float, zones: Sequence[str] = ZONE_TERMS) -> Fit:
+def fit(months: Sequence[Part], alpha: float, zones: Sequence[str] = ZONE_TERMS) -> Fit:
     """Pool the training months and solve ridge exactly, with the zone terms ``zones``.
 
     An empty month comes back as a value, so the flow can name it in one line.
@@ -89,7 +89,8 @@ class FeatureSets:
 
 
 def kfold_group(
-    months: Sequence[Stats],
+    pooled: Stats,
+    month_rows: Sequence[int],
     val: Stats,
     folds: Sequence[int],
     alphas: Sequence[float],
@@ -104,22 +105,21 @@ def kfold_group(
     score task after the choice. Every fold × alpha score is still reported.
     """
     sets = sets or FeatureSets(FeatureSpec())
-    pooled = combine(months)
     scores = []
     for features in sets.options():
         chosen, zones = sets.project(pooled, features), sets.zones(features)
         for k in folds:
             train, test = chosen.without(k), chosen.fold(k)  # once per fold, not per alpha
             scores += [cv.score(train, test, k, alpha, features, zones) for alpha in alphas]
-    candidates, month_rows = [], [m.rows for m in months]
-    for features, alpha in refit:  # from the months added up once above: projecting commutes with adding, to the bit
-        fitted = fit_pooled(sets.project(pooled, features), month_rows, alpha, sets.zones(features))
+    candidates = []
+    for features, alpha in refit:  # from the months added up once: projecting commutes with adding, to the bit
+        fitted = fit_pooled(sets.project(pooled, features), list(month_rows), alpha, sets.zones(features))
         candidates.append(Candidate(alpha, fitted, *score(fitted, sets.project(val, features)), features))
     return scores, candidates
 
 
 def window_scores(
-    earlier: Sequence[Stats], month: Stats, fold: int, alphas: Sequence[float], zones: Sequence[str] = ZONE_TERMS
+    earlier: Sequence[Part], month: Stats, fold: int, alphas: Sequence[float], zones: Sequence[str] = ZONE_TERMS
 ) -> list[cv.CVScore]:
     """One rolling-origin window (train on ``earlier``, score on ``month``), at every alpha."""
     return [cv.window_score(earlier, month, fold, alpha, zones) for alpha in alphas]

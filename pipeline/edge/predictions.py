@@ -98,9 +98,24 @@ class Staging:
         return storage.owner_gone(self.mark, document)
 
     def discard(self) -> None:
-        """The mark first (no part is written after it), then everything staged; published months are not here."""
+        """The mark first (no part is written after it), then everything staged; published months are not here.
+
+        A chunk that found the mark just before it went may still be writing its part. Locally the folder
+        is therefore renamed aside first, atomically, then removed: that part's path no longer exists, so its
+        write fails instead of landing in a folder being removed (a part made after ``rmtree`` listed its
+        folder kept the staging in the output: a Ctrl-C test failed so once under load).
+        """
         storage.delete(self.mark)
-        storage.delete_tree(self.root)
+        path = self.root.path
+        if path is None:  # object storage: no rename; a late part is removed by a later run (remove_leftovers)
+            storage.delete_tree(self.root)
+            return
+        aside = path.with_name(f"{path.name}-discarded-{uuid.uuid4().hex[:8]}")  # still ".staging-*": a leftover of it goes too
+        try:
+            path.rename(aside)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 #: How a month's old parts are named while a swap moves them aside: ``.old-HEX-month=2023-04``.

@@ -130,13 +130,42 @@ def _notify(flow: Any, flow_run: Any, state: Any) -> None:
         subject = f"retrain-trip-duration {flow_run.name}: {result.decision.action} {result.version}"
         body = "\n".join([render.decision_line(result.decision), render.title(result.run), link])
     else:
-        error = (state.message or "failed").splitlines()[0]
+        error = error_line(state)
         subject = f"retrain-trip-duration {flow_run.name} failed"
         body = "\n".join([error, f"as_of {parameters.get('as_of') or 'scheduled'}, source {parameters.get('source')}", link])
     send(target, subject, body, log)
 
 
-@flow(name="retrain-trip-duration", validate_parameters=True, on_failure=[_notify], on_completion=[_notify])
+def error_line(state: Any) -> str:
+    """The failed run's error in the one line the CLI prints for it: a PipelineError's message as it is, anything else
+    with its type (not the state message's "Flow run encountered an exception: PipelineError: ..." wrapping)."""
+    exc = state.result(raise_on_failure=False)
+    if not isinstance(exc, BaseException):
+        return (state.message or "failed").splitlines()[0]
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    if isinstance(exc, PipelineError):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _say_failure(flow: Any, flow_run: Any, state: Any) -> None:
+    """State hook: a deployment's failed run logs its error line, which the terminal serving it shows.
+
+    A run from the CLI prints that line itself, last; a served run has no CLI, and the terminal logging
+    (:mod:`pipeline.runtime.terminal_logs`) keeps PipelineErrors' tracebacks and state messages off it.
+    """
+    if flow_run.deployment_id is not None:
+        from prefect.logging.loggers import flow_run_logger
+
+        flow_run_logger(flow_run, flow).error("error: %s", error_line(state))
+
+
+@flow(
+    name="retrain-trip-duration",
+    validate_parameters=True,
+    on_failure=[_say_failure, _notify],
+    on_completion=[_notify],
+)
 def retrain_flow(
     source: str = DEFAULT_SOURCE,
     registry: str = "runs/registry",

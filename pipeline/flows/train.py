@@ -102,16 +102,23 @@ class CachedMonth:
 MonthRef = tuple[Any, int | None]
 
 
-def _stats_of(ref: MonthRef) -> stats.Stats:
+def _part_of(ref: MonthRef) -> stats.Part:
+    """A month's statistics as its task returned them: packed (see :class:`pipeline.core.stats.Packed`), or whole."""
     value, index = ref
     if isinstance(value, CachedMonth):
         return value.statistics()
-    found: stats.Stats = value if index is None else value[index]
+    found: stats.Part = value if index is None else value[index]
     return found
 
 
-def _all_stats(refs: list[MonthRef]) -> list[stats.Stats]:
-    return [_stats_of(ref) for ref in refs]
+def _stats_of(ref: MonthRef) -> stats.Stats:
+    part = _part_of(ref)
+    return part.unpack() if isinstance(part, stats.Packed) else part
+
+
+def _all_stats(refs: list[MonthRef]) -> list[stats.Part]:
+    """Months' statistics to add up: packed ones are added without unpacking each."""
+    return [_part_of(ref) for ref in refs]
 
 
 def named(task_: Any, months: Iterable[Month], suffix: str = "") -> Any:
@@ -141,7 +148,8 @@ def chunk_stats(work: list[ChunkWork], spec: FeatureSpec, seed: int, cache_locat
     found = [chunks.cached_statistics(cache_location, plan, chunk, spec, folds, seed) for plan, chunk, folds in work]
     hits = sum(hit for _, hit in found)
     name = "Cached" if hits == len(found) and cache_location is not None else "Completed"
-    return Completed(data=tuple(value for value, _ in found), name=name, message=f"{hits} of {len(found)} chunks from the statistics cache")
+    packed = tuple(value.pack() for value, _ in found)
+    return Completed(data=packed, name=name, message=f"{hits} of {len(found)} chunks from the statistics cache")
 
 
 def _cache_hits(message: str | None) -> int:
@@ -150,9 +158,9 @@ def _cache_hits(message: str | None) -> int:
 
 
 @task(name="month-stats", cache_policy=NO_CACHE)
-def month_stats(parts: list[Any]) -> stats.Stats:
-    """A month of several chunk tasks (each a tuple of one chunk's statistics): the sum of its chunks, in their order."""
-    return stats.combine([part for (part,) in parts])
+def month_stats(parts: list[Any]) -> stats.Packed:
+    """A month of several chunk tasks (each a tuple of one chunk's packed statistics): the sum of its chunks, packed."""
+    return stats.combine([part for (part,) in parts]).pack()
 
 
 @task(name="month-rows", cache_policy=NO_CACHE)
@@ -161,10 +169,34 @@ def month_rows(months: list[Month], refs: list[MonthRef]) -> tuple[screening.Mon
     return screening.of(months, _all_stats(refs))
 
 
+#: Months one ``pool-stats`` task adds at most: packed, a generated 3.2M-row month with 5 folds and 216 levels is ~20 MB.
+POOL_FAN_IN = 12
+
+
+@task(name="pool-stats", cache_policy=NO_CACHE)
+def pool_stats(refs: list[MonthRef]) -> stats.Stats:
+    """Months added up: the CV tasks and the final fit each receive one statistics, not every month's. Whole, not
+    packed: a year's sum fills about half its cells, so packing would save little and cost the receivers a copy."""
+    return stats.combine(_all_stats(refs))
+
+
+def _pooled(months: list[Month], per_month: dict[Month, MonthRef]) -> MonthRef:
+    """Where the sum of ``months``' statistics will be: one month's own, else ``pool-stats`` tasks of up to
+    ``POOL_FAN_IN`` months each, in a tree, so no task holds more than that many months at once."""
+    level = [([m], per_month[m]) for m in months]
+    while len(level) > 1:
+        groups = [level[i : i + POOL_FAN_IN] for i in range(0, len(level), POOL_FAN_IN)]
+        level = []
+        for group in groups:
+            covered = [m for group_months, _ in group for m in group_months]
+            level.append((covered, (named(pool_stats, covered).submit([ref for _, ref in group]), None)))
+    return level[0][1]
+
+
 @task(name="fit", cache_policy=NO_CACHE)
-def fit(refs: list[MonthRef], alpha: float, zones: tuple[str, ...]) -> training.Fit:
-    """Pool the training months and solve ridge at ``alpha``."""
-    return training.fit(_all_stats(refs), alpha, zones)
+def fit(pooled: MonthRef, kept_rows: list[int], alpha: float, zones: tuple[str, ...]) -> training.Fit:
+    """Solve ridge at ``alpha`` on the training months' pooled statistics (``kept_rows``: each month's, to name an empty one)."""
+    return training.fit_pooled(_stats_of(pooled), kept_rows, alpha, zones)
 
 
 @task(name="score", cache_policy=NO_CACHE)
@@ -175,7 +207,8 @@ def score(fitted: training.Fit, ref: MonthRef) -> tuple[int, float]:
 
 @task(name="cv-kfold", cache_policy=NO_CACHE)
 def cv_kfold(
-    refs: list[MonthRef],
+    pooled: MonthRef,
+    kept_rows: list[int],
     val: MonthRef,
     folds: list[int],
     alphas: list[float],
@@ -183,7 +216,7 @@ def cv_kfold(
     sets: training.FeatureSets,
 ) -> tuple[list[cv.CVScore], list[training.Candidate]]:
     """A worker slot's share of the K-fold CV (and of the candidates' refits)."""
-    return training.kfold_group(_all_stats(refs), _stats_of(val), folds, alphas, refits, sets)
+    return training.kfold_group(_stats_of(pooled), kept_rows, _stats_of(val), folds, alphas, refits, sets)
 
 
 @task(name="cv-window", cache_policy=NO_CACHE)
@@ -333,7 +366,13 @@ def _month_statistics(config: TrainConfig, plans: dict[Month, reader.MonthPlan],
 
 
 def _cross_validate(
-    config: TrainConfig, train: list[Month], val: Month, per_month: dict[Month, MonthRef], slots: int
+    config: TrainConfig,
+    train: list[Month],
+    val: Month,
+    per_month: dict[Month, MonthRef],
+    pooled: MonthRef,
+    kept_rows: list[int],
+    slots: int,
 ) -> tuple[list[cv.CVScore], dict[tuple[Features | None, float], training.Candidate]]:
     """Spread the folds (K-fold: and the candidates' refits) over the cluster, one task per worker slot."""
     alphas = unmapped(list(config.alphas))
@@ -343,8 +382,9 @@ def _cross_validate(
         folds = [list(range(g, config.folds, groups)) for g in range(groups)]
         pairs = [(features, alpha) for features in sets.options() for alpha in config.alphas]
         refits = [pairs[g::groups] for g in range(groups)]
-        months = unmapped([per_month[m] for m in train])
-        groups_run = _reading(cv_kfold, [*per_month.values()]).map(months, unmapped(per_month[val]), folds, alphas, refits, unmapped(sets))
+        groups_run = _reading(cv_kfold, [*per_month.values()]).map(
+            unmapped(pooled), unmapped(kept_rows), unmapped(per_month[val]), folds, alphas, refits, unmapped(sets)
+        )
         raise_first_failure(groups_run)
         results = groups_run.result()
         return [s for scores, _ in results for s in scores], {(c.features, c.alpha): c for _, found in results for c in found}
@@ -382,11 +422,13 @@ def _train_linear(
     per_month = _month_statistics(config, plans, val, slots)
     refs = [per_month[m] for m in [*train, val]]
     counted = _reading(month_rows, refs).submit([*train, val], refs)  # one task: a few ints a month
+    pooled = _pooled(train, per_month)
+    kept = [m.rows_kept for m in counted.result()[: len(train)]]
     report: CVReport | None = None
     alpha, features = config.alphas[0], None
     candidates: dict[tuple[Features | None, float], training.Candidate] = {}
     if config.cross_validates:
-        scores, candidates = _cross_validate(config, train, val, per_month, slots)
+        scores, candidates = _cross_validate(config, train, val, per_month, pooled, kept, slots)
         chosen_summary = cv.best(cv.summarize(scores))
         alpha, features = chosen_summary.alpha or 0.0, chosen_summary.features
         report = CVReport.of(config.cv, scores, alpha, features)
@@ -395,8 +437,7 @@ def _train_linear(
         chosen = candidates[features, alpha]
         result, val_rows, val_rmse = chosen.fit, chosen.val_rows, chosen.val_rmse
     else:
-        train_refs = [per_month[m] for m in train]
-        fitted: Any = _reading(fit, train_refs).submit(train_refs, alpha, config.feature_spec().zones)
+        fitted: Any = _reading(fit, [per_month[m] for m in train]).submit(pooled, kept, alpha, config.feature_spec().zones)
         validated = _reading(score, [per_month[val]]).submit(fitted, per_month[val])
         result = fitted.result()
         val_rows, val_rmse = validated.result()

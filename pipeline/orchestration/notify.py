@@ -16,9 +16,10 @@ leave to the caller:
   INFO/DEBUG). :func:`save_url_block` moves it into a block's secret field so a
   deployment carries a block name, not the URL.
 * The blocks' ``notify``/``load``/``save`` dispatch on the calling context
-  (``async_dispatch``): called from a sync function inside a running event loop
-  or an async flow they return an un-awaited coroutine and send nothing. They
-  are called with ``_sync=True`` here, so :func:`send` works the same from a
+  (``async_dispatch``, prefect #15008): called from a sync function inside a
+  running event loop or an async flow they return an un-awaited coroutine and
+  send nothing. Their explicit async twins (``anotify``, ``aload``, ``asave``)
+  are run to completion here instead, so :func:`send` works the same from a
   state hook, a flow, a Dask worker or plain Python.
 """
 
@@ -27,7 +28,7 @@ from __future__ import annotations
 import inspect
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -140,7 +141,7 @@ def send(
             block = block_for(target)
             secrets += _secrets_of_block(block)
             with block.raise_on_failure():
-                _call_sync(block.notify, body, subject)
+                _call_sync(block, "notify", body, subject)
         return True
     except Exception as exc:
         logger.warning("notification to %s failed: %s", where, _explain(exc, secrets))
@@ -169,7 +170,7 @@ def save_url_block(url: str, name: str) -> str:
 
             _check_apprise_url(url)
             block = SlackWebhook(url=SecretStr(url))
-        _call_sync(block.save, name, overwrite=True)
+        _call_sync(block, "save", name, overwrite=True)
     log.info("saved notification block %s/%s for %s", block.get_block_type_slug(), name, target.describe())
     return f"{block.get_block_type_slug()}/{name}"
 
@@ -213,7 +214,7 @@ def _load(reference: str) -> NotificationBlock:
     from prefect.blocks.core import Block
 
     try:
-        block = _call_sync(Block.load, reference)
+        block = _call_sync(Block, "load", reference)
     except ValueError as exc:
         if not str(exc).startswith("Unable to find block document"):
             raise
@@ -225,14 +226,13 @@ def _load(reference: str) -> NotificationBlock:
     return block
 
 
-def _call_sync(method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call a block method synchronously whatever the context (``async_dispatch`` methods take ``_sync``)."""
-    if hasattr(method, "aio"):
-        kwargs["_sync"] = True
-    result = method(*args, **kwargs)
-    if inspect.iscoroutine(result):  # a third-party block with a plain ``async def notify``
-        from prefect.utilities.asyncutils import run_coro_as_sync
+def _call_sync(block: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+    """Call a block's method ``name`` to completion whatever the context: its async twin ``a<name>`` when it has one."""
+    from prefect.utilities.asyncutils import run_coro_as_sync
 
+    method = getattr(block, f"a{name}", None) or getattr(block, name)
+    result = method(*args, **kwargs)
+    if inspect.iscoroutine(result):  # the twin, or a third-party block with a plain ``async def notify``
         return run_coro_as_sync(result)
     return result
 

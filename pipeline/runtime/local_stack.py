@@ -113,10 +113,28 @@ def run_services(spec: ClusterSpec, announce: Callable[[str], None], flow_module
 # --- up, down ---------------------------------------------------------------------------------------------
 
 
+def check_prefect() -> None:
+    """Refuse, in one line, a Prefect release the workarounds do not know.
+
+    The stack's workers outlive runs, and only :func:`prefect_patches.point_prefect_at
+    <pipeline.runtime.prefect_patches.point_prefect_at>` moves their Prefect services to the next run's API:
+    without it a run's task runs go to the API of the run before. A run of its own needs none of that
+    (its workers start with its API in their environment), so it only warns.
+    """
+    version = prefect_patches.unknown_version()
+    if version is not None:
+        raise PipelineError(
+            f"prefect {version} is not a release taxi-pipeline's Prefect workarounds know ({prefect_patches.known()}): "
+            "the local stack's reused workers could lose task runs; install a known one (pip install -c constraints.txt -e .) "
+            "or run without the stack"
+        )
+
+
 def up(
     port: int = stack_record.DEFAULT_PORT, n_workers: int | None = None, threads_per_worker: int = 1, timeout: float = 180
 ) -> tuple[Stack, bool]:
     """Start the stack detached (or find it running); return it and whether it was started now."""
+    check_prefect()
     running = stack_record.current()
     if running is not None:
         return running, False

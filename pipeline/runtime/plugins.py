@@ -1,7 +1,7 @@
 """Point every Dask worker, present or future, at the flow's Prefect API.
 
 Dask does not copy environment variables to remote workers. What Prefect does
-on a worker, read from its source (3.8.8) and checked with real processes:
+on a worker, read from its source (3.9.1) and checked with real processes:
 
 * Settings are read from the environment once, when ``prefect`` is imported
   (``prefect.context.GLOBAL_SETTINGS_CONTEXT``).

@@ -9,6 +9,7 @@ stops it at the end.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from contextlib import contextmanager
 
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from pipeline.runtime import prefect_patches, prefect_server
+from pipeline.runtime import prefect_server
 from pipeline.runtime.interrupts import children_ignore_interrupts
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,32 @@ def current_api_url() -> str:
     return configured_api_url() or str(get_client().api_url).rstrip("/")
 
 
+def drain_services(timeout: float | None = None) -> None:
+    """Send the logs and events Prefect holds to the current API now (before it stops), and stop their services.
+
+    Not a workaround: ``drain_all`` is the services' public method, and Prefect's own
+    ``prefect_test_harness`` drains both so before it stops its server. Skipped, the services
+    drain at the interpreter's exit instead, when the run's API is gone: the log client then
+    retries the connection five times (2 + 4 + ... + 32 s) and prints ``--- Error logging to API ---``.
+    The next log or event starts a new service.
+    """
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    if timeout is not None:
+        for service in (EventsWorker, APILogWorker):
+            service.drain_all(timeout=timeout, at_exit=False)
+        return
+
+    async def drain() -> None:
+        for result in (APILogWorker.drain_all(), EventsWorker.drain_all()):
+            if inspect.isawaitable(result):
+                await result
+
+    run_coro_as_sync(drain())
+
+
 @contextmanager
 def prefect_api(url: str | None = None, timeout: int = 180) -> Iterator[str]:
     """Yield the run's API URL (``url``, else the configured one), starting a local server on 127.0.0.1 when there is none."""
@@ -72,7 +99,10 @@ def prefect_api(url: str | None = None, timeout: int = 180) -> Iterator[str]:
         os.environ["PREFECT_API_URL"] = url
         try:
             with temporary_settings(updates={PREFECT_API_URL: url}):
-                yield url
+                try:
+                    yield url
+                finally:
+                    drain_services()  # a run forked by the local stack's relay ends in os._exit: no exit hooks
         finally:
             if previous is None:
                 os.environ.pop("PREFECT_API_URL", None)
@@ -89,7 +119,7 @@ def prefect_api(url: str | None = None, timeout: int = 180) -> Iterator[str]:
             try:
                 yield server.api_url
             finally:
-                prefect_patches.drain_services()
+                drain_services()
     finally:
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()

@@ -1,4 +1,6 @@
-"""Every workaround that touches Prefect internals, in one place, for the Prefect version it was read from.
+"""Every workaround that touches Prefect internals, in one place, keyed to the Prefect versions it was read from.
+
+Each names its upstream issue and when it can go (docs/explanation/prefect-workarounds.md has the table):
 
 * Memoised settings serialisation (prefect #18191, open): every ``submit`` to a
   Dask task runner serialises the whole settings context (a pydantic dump of
@@ -6,19 +8,22 @@
   serially in the flow process. A run's settings do not change between
   submits, so :func:`installed` memoises it on the identity of the settings
   context object (``temporary_settings`` makes a new one, so a change is never
-  missed), for the scope of a run only.
+  missed), for the scope of a run only. Delete when #18191 is fixed.
 * A flow run's end without the 0-1 s wait for its heartbeat thread
-  (:func:`installed` as well).
-* Draining the log and event services (:func:`drain_services`) before a
-  run's API goes, else exit stalls on their retries.
+  (:func:`installed` as well; the join came with prefect PR #19641). Delete when
+  the sync engine stops joining it, as the async engine already does.
 * Re-pointing a long-lived Dask worker at a new API (:func:`point_prefect_at`):
   Prefect's ``EventsWorker`` and ``APILogWorker`` keep the API they started
-  with for the life of the process.
+  with for the life of the process, so the local stack's workers would send a
+  run's task runs to the API of the run before. This one is correctness:
+  ``taxi-pipeline up`` refuses a Prefect outside :data:`SUPPORTED`.
 * Cheaper task starts on a worker (:func:`lean_task_starts`): every task run
   rebuilds the flow's settings from their serialised dict (~45 ms of pydantic
   settings sources) and makes two API clients, each loading certifi's CA
   bundle into a new SSL context (~30 ms each): ~0.1 s of every task on an idle
-  machine, 0.2 s under load, as much as a 3M-row chunk's statistics.
+  machine, 0.2 s under load, as much as a 3M-row chunk's statistics. Delete the
+  settings part with #18191, the SSL part when prefect PR #19106 (clients take
+  an SSL context) is released.
 
 On a Prefect version other than :data:`SUPPORTED` they do nothing and warn
 once: a run is then slower or, on reused workers, loses task runs, but never
@@ -29,7 +34,6 @@ can load this module before Prefect.
 from __future__ import annotations
 
 import functools
-import inspect
 import json
 import logging
 import os
@@ -41,8 +45,15 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-#: The Prefect releases whose internals these were read from (and tested on).
-SUPPORTED = ("3.8.8",)
+#: The Prefect releases whose internals these were read from (and tested on): what constraints.txt locks.
+SUPPORTED = ("3.9.1",)
+
+
+def unknown_version() -> str | None:
+    """The installed Prefect's version when these workarounds do not know it, else ``None``."""
+    import prefect
+
+    return None if prefect.__version__ in SUPPORTED else str(prefect.__version__)
 
 
 @functools.cache
@@ -50,15 +61,20 @@ def supported() -> bool:
     """Whether the installed Prefect is one these workarounds know; warns once when not."""
     import prefect
 
-    if prefect.__version__ in SUPPORTED:
+    if unknown_version() is None:
         return True
     warnings.warn(
-        f"prefect {prefect.__version__}: taxi-pipeline's Prefect workarounds are written for "
-        f"{', '.join(SUPPORTED)} and are off; runs may be slower",
+        f"prefect {prefect.__version__}: taxi-pipeline's Prefect workarounds are written for {known()} and are off; "
+        "runs may be slower, and Dask workers that served another Prefect API may lose task runs",
         RuntimeWarning,
         stacklevel=2,
     )
     return False
+
+
+def known() -> str:
+    """The Prefect releases the workarounds know, for a message: ``3.9.1``."""
+    return ", ".join(SUPPORTED)
 
 
 @contextmanager
@@ -76,7 +92,7 @@ def installed() -> Iterator[None]:
 
 @contextmanager
 def _heartbeats_stop_at_once() -> Iterator[None]:
-    """A flow run's end does not wait for its heartbeat thread (prefect 3.8.8 ``flow_engine._send_heartbeats``).
+    """A flow run's end does not wait for its heartbeat thread (prefect 3.9.1 ``flow_engine._send_heartbeats``).
 
     The thread sleeps in whole seconds between checks of its stop event, and a sync flow run joins it at
     the end: 0-1 s (0.5 on average) per flow run, about a second of every two-flow training run. Prefect's
@@ -187,27 +203,6 @@ class _SharedContexts:
         return self._contexts[cafile]
 
 
-def drain_services(timeout: float | None = None) -> None:
-    """Send buffered logs and events to the current API now (before it stops)."""
-    if not supported():
-        return
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-    from prefect.utilities.asyncutils import run_coro_as_sync
-
-    if timeout is not None:
-        for service in (EventsWorker, APILogWorker):
-            service.drain_all(timeout=timeout, at_exit=False)
-        return
-
-    async def drain() -> None:
-        for result in (APILogWorker.drain_all(), EventsWorker.drain_all()):
-            if inspect.isawaitable(result):
-                await result
-
-    run_coro_as_sync(drain())
-
-
 def point_prefect_at(api_url: str, drain_timeout: float = 5.0) -> bool:
     """Make this process report to ``api_url``; return whether a previous API was replaced.
 
@@ -220,6 +215,8 @@ def point_prefect_at(api_url: str, drain_timeout: float = 5.0) -> bool:
         return False  # prefect will read the variable when a task first imports it
     from prefect.context import refresh_global_settings_context
     from prefect.settings import get_current_settings
+
+    from pipeline.runtime.prefect_api import drain_services
 
     previous = get_current_settings().api.url
     refresh_global_settings_context()

@@ -6,9 +6,12 @@ the serialised Prefect context, pickling what it cannot hash, ~50-100 ms a submi
 in the flow's process (most of its CPU in a 12-month run). The key can never
 repeat anyway (each submit carries a fresh task-run id), so a readable unique
 key, the task function's name and a UUID as Dask itself would print, is the
-same behaviour without the hashing. :meth:`KeyedDaskTaskRunner.submit` is
-prefect-dask's own, with ``key=`` passed (pinned in ``pyproject.toml``).
-:func:`task_runner` builds one for a :class:`cluster.Connection`.
+same behaviour without the hashing (prefect #18191, open: slow Dask task
+creation). :meth:`KeyedDaskTaskRunner.submit` is prefect-dask's own, with
+``key=`` passed, through its one private helper ``_optimize_futures`` (Prefect
+futures to Dask futures, so results move worker to worker); prefect-dask is
+pinned in ``pyproject.toml``. Delete when prefect-dask names its keys, or passes
+``pure=False``. :func:`task_runner` builds one for a :class:`cluster.Connection`.
 """
 
 from __future__ import annotations
@@ -47,8 +50,6 @@ class KeyedDaskTaskRunner(DaskTaskRunner):
         wait_for: Iterable[Any] | None = None,
         dependencies: dict[str, set[Any]] | None = None,
     ) -> PrefectDaskFuture[Any]:
-        if not self._started:
-            raise RuntimeError("The task runner must be started before submitting work.")
         key = task_key(task)
         if isinstance(task.task_run_name, str):
             self.run_names[key] = task.task_run_name

@@ -15,7 +15,6 @@ cluster. Forking is safe because this process never starts a thread.
 from __future__ import annotations
 
 import argparse
-import atexit
 import io
 import json
 import os
@@ -86,7 +85,9 @@ def _child(connection: socket.socket, request: dict[str, Any], fds: list[int]) -
     except BaseException:
         traceback.print_exc()
     finally:
-        atexit._run_exitfuncs()  # Prefect's: send the run's last logs and events
+        from pipeline.runtime.prefect_api import drain_services  # here, not at the top: Prefect loads after quiet_terminal
+
+        drain_services()  # the run's last logs and events: os._exit below runs no exit hooks
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         try:

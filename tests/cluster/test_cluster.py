@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import dask.config
 import pytest
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from cluster import ClusterSpec, Connection, parse_cluster_kwargs, resolve
-from cluster.connect import _dask_logs_below
+from cluster.connect import _dask_logs_below, start_cluster
 from cluster.versions import mismatch
 from pipeline.errors import PipelineError
 from pipeline.runtime.runner import task_runner
@@ -305,3 +308,37 @@ def test_a_started_clusters_dashboard_link_answers_on_127_0_0_1():
     link, status, hosts = result.stdout.split()
     assert link.startswith("http://127.0.0.1:") and link.endswith("/status") and status == "200"
     assert hosts == "127.0.0.1"  # not every interface
+
+
+# --- a LocalCluster closing after a run gives its workers time to exit ------------------------------------------------
+
+
+class _SlowExit(WorkerPlugin):
+    """A worker that takes 6 s to close, as one did at load 8 after an xgboost run (Nanny.close's default: kill after 4 s)."""
+
+    def teardown(self, worker: object) -> None:
+        time.sleep(6)
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_a_worker_slow_to_exit_is_waited_for_not_killed_with_a_warning():
+    records = _Records()
+    nanny = logging.getLogger("distributed.nanny")
+    nanny.addHandler(records)
+    try:
+        with ExitStack() as stack:
+            cluster = start_cluster(ClusterSpec(n_workers=1, dashboard_address=":0"), stack, plugins=[_SlowExit()])
+            (worker,) = cluster.workers.values()
+            process = worker.process.process
+    finally:
+        nanny.removeHandler(records)
+    assert records.lines == []  # before: ["Worker process still alive after 4.0 seconds, killing"]
+    assert process.exitcode == 0  # it exited by itself (a kill reads -9)

@@ -92,7 +92,15 @@ def test_workers_that_served_another_api_are_repointed(dask_processes, prefect_a
         services = [s for s in EventsWorker._instances.values() if isinstance(s, (EventsWorker, APILogWorker))]
         return {"env": os.environ.get("PREFECT_API_URL"), "settings": get_current_settings().api.url, "event_services": len(services)}
 
+    def _emit() -> None:  # as a task run on the worker does: it starts the worker's event service on the current API
+        from prefect.events import emit_event
+
+        assert emit_event(event="taxi-pipeline.test.served", resource={"prefect.resource.id": "taxi-pipeline.test"}) is not None
+
     with dask_processes.client() as client:
+        # The workers serve the session's API first, whatever ran on them before (or did not: tests run in any order).
+        client.register_plugin(PrefectApiPlugin(prefect_api_url))
+        client.run(_emit)
         before = client.run(_worker_state)
         assert all(s["event_services"] >= 1 and s["settings"] == prefect_api_url for s in before.values()), before
         client.register_plugin(PrefectApiPlugin("http://127.0.0.1:9/api"))

@@ -66,7 +66,7 @@ def test_a_groups_refits_are_fits_of_its_months_to_the_bit():
     zones = ("PULocationID", "DOLocationID", "PU_DO")
     sets = training.FeatureSets(FeatureSpec.of((*zones, "a", "b")), [zones, (*zones, "b"), (*zones, "a", "b")])
     refits = [(features, alpha) for features in sets.options() for alpha in (0.1, 3.0)]
-    _, candidates = training.kfold_group(months, val, [0], [0.1], refits, sets)
+    _, candidates = training.kfold_group(stats.combine(months), [m.rows for m in months], val, [0], [0.1], refits, sets)
     assert [(c.features, c.alpha) for c in candidates] == refits
     for c in candidates:
         direct = training.fit([sets.project(m, c.features) for m in months], c.alpha)

@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from pipeline.edge.ports import free_port
+from pipeline.runtime.stack_record import RECORD
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -80,6 +81,9 @@ class Session:
         venv_bin = str(Path(sys.executable).parent)
         self.env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}", "PREFECT_API_URL": api_url}
         self.env.pop("DASK_SCHEDULER_ADDRESS", None)
+        # `taxi-pipeline up` records its stack in PREFECT_HOME and listens on a port: this terminal's own, never another's
+        self.env["PREFECT_HOME"] = str(folder / "prefect-home")
+        self.stack_port = free_port()
         self.servers: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.ran: list[str] = []
 
@@ -87,6 +91,7 @@ class Session:
         if _command(line) in SKIPPED:
             return
         line = _prepared(line).replace("--port 8000", f"--port {self.port}").replace("127.0.0.1:8000", f"127.0.0.1:{self.port}")
+        line = re.sub(r"^taxi-pipeline up\b", f"taxi-pipeline up --port {self.stack_port}", line)
         if line.startswith(SERVERS):
             self._serve(line)
         else:
@@ -123,6 +128,8 @@ class Session:
         return (self.folder / f"server-{index}.log").read_text(errors="replace")[-3000:]
 
     def close(self) -> None:
+        if (Path(self.env["PREFECT_HOME"]) / RECORD).exists():  # `up` ran, and a failure came before `down`
+            subprocess.run(["taxi-pipeline", "down"], cwd=self.folder, env=self.env, capture_output=True, timeout=120)
         for _, process in self.servers:
             if process.poll() is None:
                 process.send_signal(signal.SIGINT)  # Ctrl-C, as a reader stops them

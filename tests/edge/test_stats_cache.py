@@ -234,14 +234,24 @@ def test_sizes_ages_and_the_default_location_from_the_environment(monkeypatch, t
         stats_cache.max_bytes()
 
 
-def test_cache_info_prune_and_clear_commands(computed, tmp_path):
+@pytest.fixture
+def narrow_console(monkeypatch):
+    """The CLI's consoles 30 columns wide, as a narrow terminal: they take their width when created, so the
+    ``COLUMNS`` of one command's environment cannot widen them; what names a path must not wrap at any width."""
+    from pipeline.cli import common
+
+    for console in (common.out, common.err):
+        monkeypatch.setattr(console, "_width", 30)
+
+
+def test_cache_info_prune_and_clear_commands(computed, tmp_path, narrow_console):
     cache, now = StatsCache(str(tmp_path / "stats")), time.time()
     _fill(cache, computed, [90 * 86400, 40 * 86400, 3600, 60], now)
     size = cache.entries()[0].size
     runner = CliRunner()
     where = ["--stats-cache", str(tmp_path / "stats")]
 
-    info = runner.invoke(cli, ["cache", "info", *where], env={"COLUMNS": "250"})
+    info = runner.invoke(cli, ["cache", "info", *where])
     assert info.exit_code == 0, info.output
     assert (
         f"location: {tmp_path / 'stats'}\n" in info.output
@@ -249,15 +259,15 @@ def test_cache_info_prune_and_clear_commands(computed, tmp_path):
         and stats_cache.human_size(4 * size) in info.output
     )
 
-    pruned = runner.invoke(cli, ["cache", "prune", *where, "--older-than", "30d"], env={"COLUMNS": "250"})
+    pruned = runner.invoke(cli, ["cache", "prune", *where, "--older-than", "30d"])
     assert pruned.exit_code == 0 and f"removed 2 entries ({stats_cache.human_size(2 * size)})" in pruned.output
-    pruned = runner.invoke(cli, ["cache", "prune", *where, "--max-size", str(size)], env={"COLUMNS": "250"})
+    pruned = runner.invoke(cli, ["cache", "prune", *where, "--max-size", str(size)])
     assert pruned.exit_code == 0 and "removed 1 entry" in pruned.output and "1 entry, " in pruned.output
     assert [Path(e.path).stem for e in cache.entries()] == ["entry-3"]  # the newest is kept
 
     bad = runner.invoke(cli, ["cache", "prune", *where, "--max-size", "5XB"])
     assert bad.exit_code == 2 and "--max-size" in bad.output and "'5XB'" in bad.output
-    cleared = runner.invoke(cli, ["cache", "clear", *where], env={"COLUMNS": "250"})
+    cleared = runner.invoke(cli, ["cache", "clear", *where])
     assert cleared.exit_code == 0 and "removed 1 entry" in cleared.output and "0 entries, 0 B left" in cleared.output
 
 

@@ -249,3 +249,19 @@ def test_an_unreachable_store_is_one_line_without_the_password(monkeypatch, tmp_
     message = str(raised.value)
     assert message.startswith(f"MLflow at http://127.0.0.1:{port}: ") and "\n" not in message
     assert "s3cret" not in message and "ann" not in message
+
+
+def test_a_tracked_run_prints_no_dask_shutdown_warnings(months_dir, prefect_api_url, tmp_path):
+    """``train --mlflow`` in its own process, as a user runs it: its terminal carries the run's lines, no ``distributed.``
+    warnings of workers or nannies closing (MLflow loads and logs in the flow process while the cluster is up)."""
+    import subprocess
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = _train_args(
+        months_dir, tmp_path / "run", "--folds", "3", "--alphas", "0.1,10", "--n-workers", "2", "--mlflow", "--mlflow-uri", uri
+    )
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "MLflow run " in output and "model and metrics in" in output
+    assert [line for line in output.splitlines() if "distributed." in line or "Traceback" in line] == []

@@ -61,7 +61,8 @@ def test_train_flow_matches_seed_and_reports_every_task_to_one_api(months_dir, p
         len(reader.plan(reader.inspect(months_dir / month_filename("yellow", Month(2023, m)), FeatureSpec().columns()), 15_000))
         for m in (1, 2, 3)
     )
-    expected = chunks + 3 + 2 + 1  # chunk-stats, month-stats per month; a CV task per worker slot (with the refits); month-rows
+    # chunk-stats, month-stats per month; the training months pooled; a CV task per worker slot (with the refits); month-rows
+    expected = chunks + 3 + 1 + 2 + 1
     runs = read_task_runs(metrics["flow_run_id"], expected)
     assert chunks == 6  # 4 row groups of 10k rows a month, 2 per chunk
     assert len(runs) == expected
@@ -70,12 +71,13 @@ def test_train_flow_matches_seed_and_reports_every_task_to_one_api(months_dir, p
     assert {name: names.count(name) for name in set(names)} == {
         "chunk-stats": chunks,
         "month-stats": 3,
+        "pool-stats": 1,
         "cv-kfold": 2,
         "month-rows": 1,
     }
-    named = sorted(r.name for r in runs if r.name.split(" ")[0] in ("chunk-stats", "month-stats"))  # the UI's progress by month
+    named = sorted(r.name for r in runs if r.name.split(" ")[0] in ("chunk-stats", "month-stats", "pool-stats"))  # the UI's progress
     chunk_names = [f"chunk-stats 2023-0{m} {i}/2" for m in (1, 2, 3) for i in (1, 2)]
-    assert named == sorted([*chunk_names, *(f"month-stats 2023-0{m}" for m in (1, 2, 3))])
+    assert named == sorted([*chunk_names, *(f"month-stats 2023-0{m}" for m in (1, 2, 3)), "pool-stats 2023-01,2023-02"])
 
 
 def test_bad_months_fail_fast_without_writing(months_dir, tmp_path):
@@ -117,8 +119,8 @@ def test_cv_is_identical_for_any_worker_count_and_chunking_and_published(months_
     assert one["alpha"] == one["cv"]["chosen_alpha"] == min(one["cv"]["by_alpha"], key=lambda s: s["mean_rmse"])["alpha"]
     assert sum(s["test_rows"] for s in one["cv"]["scores"] if s["alpha"] == 0.1) == one["train_rows"]
     # small months share one chunk task (named with its months, for the UI) and need no month-stats task
-    batched = read_task_runs(one["flow_run_id"], expected=3)
-    assert sorted(task_kind(r.name) for r in batched) == ["chunk-stats", "cv-kfold", "month-rows"]
+    batched = read_task_runs(one["flow_run_id"], expected=4)
+    assert sorted(task_kind(r.name) for r in batched) == ["chunk-stats", "cv-kfold", "month-rows", "pool-stats"]
     assert [r.name for r in batched if r.name.startswith("chunk-stats")] == ["chunk-stats 2023-01:2023-03"]
     assert all(not r.tags for r in batched)  # a tagged task run asks the API for concurrency slots first
 

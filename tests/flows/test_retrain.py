@@ -268,40 +268,42 @@ def test_a_failed_run_posts_its_error_line_to_the_webhook_and_never_logs_the_url
     assert Registry.open(tmp_path / "registry").versions() == []  # nothing registered
 
 
-def test_the_scheduled_deployment_is_served_and_a_triggered_run_registers_a_version(months_dir, prefect_server, tmp_path):
+def test_the_scheduled_deployment_is_served_its_runs_report_in_its_terminal_and_sigterm_stops_it(months_dir, prefect_server, tmp_path):
+    """A triggered run registers a version; a failed one prints its error line where the deployment is served (a
+    scheduled run has no CLI of its own to print it); SIGTERM stops serving with exit code 0 and no warning."""
+    import signal
     import time
+
+    from prefect.client.orchestration import SyncPrefectClient
 
     registry = tmp_path / "registry"
     env = {**prefect_server.env, "PREFECT_LOGGING_LEVEL": "WARNING"}
+    args = ["--source", str(months_dir), "--registry", str(registry), "--cron", "0 6 3 * *", "--name", "monthly"]
     serve = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.cli",
-            "deploy",
-            "--source",
-            str(months_dir),
-            "--registry",
-            str(registry),
-            "--cron",
-            "0 6 3 * *",
-            "--name",
-            "monthly",
-            "--folds",
-            "0",
-            "--alphas",
-            "1",
-            "--candidates",
-            "base",
-        ],
+        [sys.executable, "-m", "pipeline.cli", "deploy", *args, "--folds", "0", "--alphas", "1", "--candidates", "base"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    try:
-        from prefect.client.orchestration import SyncPrefectClient
 
+    def run(client: SyncPrefectClient, deployment: Any, *params: str) -> Any:
+        """``prefect deployment run`` with ``params``; the flow run once it has ended."""
+        prefect = str(Path(sys.executable).with_name("prefect"))
+        command = [prefect, "deployment", "run", "retrain-trip-duration/monthly", "-p", 'cluster={"n_workers": 1}']
+        for param in ("as_of=2023-04-20", *params):
+            command += ["-p", param]
+        triggered = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        assert triggered.returncode == 0, triggered.stderr
+        flow_run_id = triggered.stdout.split("/runs/flow-run/")[1].split()[0]
+        deadline = time.monotonic() + 180
+        while not (flow_run := client.read_flow_run(flow_run_id)).state.is_final():
+            assert time.monotonic() < deadline and serve.poll() is None, "the triggered run did not finish"
+            time.sleep(1)
+        assert flow_run.deployment_id == deployment.id
+        return flow_run
+
+    try:
         with SyncPrefectClient(prefect_server.url) as client:
             deadline = time.monotonic() + 90
             while True:
@@ -314,39 +316,21 @@ def test_the_scheduled_deployment_is_served_and_a_triggered_run_registers_a_vers
             (schedule,) = deployment.schedules
             assert schedule.schedule.cron == "0 6 3 * *" and schedule.active
             assert deployment.parameters["registry"] == str(registry)
-            triggered = subprocess.run(
-                [
-                    str(Path(sys.executable).with_name("prefect")),
-                    "deployment",
-                    "run",
-                    "retrain-trip-duration/monthly",
-                    "-p",
-                    "as_of=2023-04-20",
-                    "-p",
-                    'cluster={"n_workers": 1}',
-                ],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            assert triggered.returncode == 0, triggered.stderr
-            deadline = time.monotonic() + 180
-            while True:
-                runs = client.read_flow_runs(limit=50)
-                done = [
-                    r
-                    for r in runs
-                    if r.deployment_id == deployment.id and r.state and r.state.is_final() and r.parameters.get("registry") == str(registry)
-                ]
-                if done:
-                    break
-                assert time.monotonic() < deadline, "the triggered run did not finish"
-                time.sleep(1)
-            assert done[0].state.is_completed(), done[0].state.message
+            failed = run(client, deployment, "window=3")  # 2022-12 is not at the source
+            assert failed.state.is_failed()
+            done = run(client, deployment)
+            assert done.state.is_completed(), done.state.message
+        serve.send_signal(signal.SIGTERM)
+        output, _ = serve.communicate(timeout=60)
     finally:
-        serve.terminate()
-        serve.wait(timeout=30)
+        if serve.poll() is None:
+            serve.kill()
+            serve.communicate()
+    error = f"Flow run '{failed.name}' - error: month 2022-12: file not found: {months_dir / 'yellow_tripdata_2022-12.parquet'}"
+    assert [line.split("| ")[-1] for line in output.splitlines() if "error:" in line] == [error], output
+    assert serve.returncode == 0, output
+    assert "stopped by SIGTERM: retrain-trip-duration/monthly is no longer served" in output
+    assert "never awaited" not in output and "Traceback" not in output, output
     store = Registry.open(registry)
     assert [v.name for v in store.versions()] == ["v0001"] and store.champion().name == "v0001"
 

@@ -144,6 +144,46 @@ def test_a_registry_version_is_named_in_the_report_and_tasks_by_their_months(mon
     assert "](report.png)" in (tmp_path / "scored" / "report.md").read_text()  # the file beside it resolves
 
 
+#: In the artifact page, once its chart has loaded: the chart's size and address, how far each table reaches beyond
+#: the box that holds it (the UI scrolls a wide table inside a box as wide as the text: what is beyond is cut off),
+#: and the breaches listed.
+_LAYOUT = """(() => {
+  const image = document.querySelector('img[alt="RMSE and drift per month"]');
+  if (!image || !image.complete) return null;
+  return {image: [image.naturalWidth, image.naturalHeight, image.src.slice(0, 22)],
+          beyond: [...document.querySelectorAll('table')].map(t => t.parentElement.scrollWidth - t.parentElement.clientWidth),
+          items: [...document.querySelectorAll('li')].map(li => li.textContent.trim()).filter(t => /^2023-/.test(t))};
+})()"""
+
+
+def test_the_monitoring_report_renders_whole_in_the_prefect_ui(model_dir, months_dir, prefect_server, tmp_path):
+    """``predict`` against a real ``prefect server``, its artifact page opened in headless Chromium at 1400 px: the
+    embedded chart decodes, no table is cut off, every breach is listed."""
+    import urllib.request
+
+    from tests.chromium import evaluate
+
+    args = ["predict", "--model", str(model_dir), "--source", str(months_dir), "--months", "2023-02:2023-03"]
+    args += ["--output", str(tmp_path / "scored"), "--max-psi", "0.0001", "--n-workers", "1"]  # every PSI breaches
+    command = [sys.executable, "-m", "pipeline.cli", *args]
+    done = subprocess.run(command, env=prefect_server.env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "scored" / "report.json").read_text())
+    request = urllib.request.Request(
+        f"{prefect_server.url}/artifacts/filter",
+        data=json.dumps({"artifacts": {"flow_run_id": {"any_": [report["flow_run_id"]]}, "key": {"any_": ["monitoring-report"]}}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        (artifact,) = json.load(answer)
+    page = evaluate(f"{prefect_server.url.removesuffix('/api')}/artifacts/artifact/{artifact['id']}", _LAYOUT, width=1400, height=1000)
+    png = (tmp_path / "scored" / "report.png").read_bytes()
+    assert page["image"] == [int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big"), "data:image/png;base64,"]
+    assert page["beyond"] == [0, 0]
+    assert page["items"] == [f"{m['month']}: {breach}" for m in report["months"] for breach in m["breaches"]]
+    assert len(page["items"]) == 6
+
+
 def test_a_failed_chunk_leaves_every_month_as_it_was(model_dir, months_dir, tmp_path):
     """A damaged row group in the last month: its one line, no month replaced (the first two were scored), nothing staged left."""
     source = tmp_path / "months"
@@ -286,3 +326,27 @@ def test_leftovers_of_killed_and_stopped_runs_go_and_live_runs_stay(tmp_path):
     assert (output / "month=2023-02" / "part-00000.parquet").read_bytes() == b"PAR1"
     assert (output / ".staging-running" / "month=2023-01").is_dir()
     assert predictions.remove_leftovers(output) == []
+
+
+def test_a_part_written_while_its_staging_is_discarded_is_refused_and_nothing_stays(tmp_path, monkeypatch):
+    """A chunk checked the mark just before a stopped run discarded its staging, and writes its part while the
+    folder is being removed (after ``rmtree`` listed it): the write must fail and the output stay empty."""
+    output, month = tmp_path / "out", Month(2023, 1)
+    staging = predictions.Staging.of(output, "stopped")
+    staging.open([month], "stopped")
+    part = staging.month(month).child("part-00000.parquet").path
+    real_rmdir, late = os.rmdir, []
+
+    def rmdir(path, *args, **kwargs):  # the late chunk's write lands right before its month folder is removed
+        if not late and str(path) == part.parent.name:
+            try:
+                part.write_bytes(b"PAR1")
+                late.append("written")
+            except FileNotFoundError:
+                late.append("refused")
+        return real_rmdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rmdir", rmdir)
+    staging.discard()
+    assert late == ["refused"]
+    assert list(output.iterdir()) == []

@@ -146,6 +146,28 @@ def test_up_on_a_port_in_use_is_one_line(tmp_path):
     assert not (tmp_path / "home" / stack_record.RECORD).exists()
 
 
+_UP_ON_AN_UNKNOWN_PREFECT = """
+import sys
+import prefect
+prefect.__version__ = "9.9.9"  # a release the workarounds were not read from
+from pipeline.cli import main
+sys.argv = ["taxi-pipeline", "up", "--port", sys.argv[1]]
+main(relay=False)
+"""
+
+
+def test_up_on_a_prefect_the_workarounds_do_not_know_is_refused_in_one_line(tmp_path):
+    from pipeline.runtime import prefect_patches
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DASK_"))}
+    env["PREFECT_HOME"] = str(tmp_path / "home")
+    result = subprocess.run([sys.executable, "-c", _UP_ON_AN_UNKNOWN_PREFECT, "1"], capture_output=True, text=True, env=env, timeout=120)
+    line = _one_error_line(result)
+    assert line.startswith(f"error: prefect 9.9.9 is not a release taxi-pipeline's Prefect workarounds know ({prefect_patches.known()})")
+    assert result.stderr.strip() == line  # nothing else: not the "starting" line, no warning
+    assert not (tmp_path / "home" / stack_record.RECORD).exists()  # nothing started
+
+
 def test_a_record_left_by_a_dead_stack_is_removed(tmp_path, monkeypatch):
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
