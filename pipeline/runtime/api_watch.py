@@ -8,7 +8,7 @@ every task run reports to it. So a run checks that its API answers before it
 starts a cluster (:func:`check_answers`), and :func:`watched_api` asks the API's
 ``/health`` twice a second meanwhile; at :data:`MISSES` refused connections in a
 row (or :data:`SLOW_GRACE` seconds without an answer) it prints
-one line and ends the process (its own LocalCluster's workers exit with it). It
+one line and ends the process and the processes it started (its LocalCluster's workers). It
 never does so while the run replaces its files (:func:`writing`): those end first, whole.
 """
 
@@ -20,9 +20,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import httpx
+import psutil
 
 from pipeline.errors import PipelineError
 
@@ -122,6 +123,9 @@ def watched_api(url: str) -> Iterator[None]:
             if lost and not stop.is_set():
                 with _WRITING:  # a write under way ends first; none starts after
                     logging.disable(logging.CRITICAL)  # the run's failing tasks and Prefect's retries would bury the line
+                    for child in psutil.Process().children(recursive=True):  # its LocalCluster's workers: else they log on
+                        with suppress(psutil.Error):
+                            child.kill()
                     done = "its files were written whole before" if _WRITTEN.is_set() else "nothing was written"
                     sys.stderr.write(f"error: the Prefect API at {url} went away during the run; {done}\n")
                     sys.stderr.flush()

@@ -142,9 +142,9 @@ def test_a_run_whose_api_is_down_says_so_before_starting_a_cluster(months_dir, t
     assert not (tmp_path / "out").exists()
 
 
-def test_a_run_on_the_local_stack_whose_api_dies_ends_in_one_line(slow_months, tmp_path):
+def test_a_run_on_the_local_stack_whose_api_dies_ends_in_one_line(slow_months, tmp_path, tmp_path_factory):
     """The run goes to the stack's relay, which forks it: the exit code comes back through the relay."""
-    home = tmp_path / "stack-home"
+    home = tmp_path_factory.mktemp("stack-home")  # a short path: the relay's unix socket lives there (108 bytes at most)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DASK_"))}
     env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
     started = subprocess.run(
