@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from distributed import Client, LocalCluster
+from distributed.comm.core import CommClosedError
 from distributed.versions import VersionMismatchWarning
 
 from cluster.spec import ClusterSpec, Plan, Tls, load_cluster_class, resolve
@@ -175,6 +176,14 @@ class _DaskLogsBelow:
 
 
 _dask_logs_below = _DaskLogsBelow()
+
+
+class _NoLostSchedulerTracebacks(logging.Filter):
+    """Drop the tracebacks distributed logs when the scheduler goes away mid-run (a batched send to a closed comm, a
+    reconnect cancelled as the client closes): the run says in one line that the scheduler went away."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], (asyncio.CancelledError, CommClosedError)))
 
 
 def _start_cluster(plan: Plan, spec: ClusterSpec, stack: ExitStack) -> Any:
@@ -343,7 +352,11 @@ def connect(spec: ClusterSpec, plugins: Sequence[Any] = ()) -> Iterator[Connecti
     if plan.note:
         log.info("%s", plan.note)
     security = plan.tls.security() if plan.tls else None
+    quiet = _NoLostSchedulerTracebacks()
     with ExitStack() as stack:
+        for logger in map(logging.getLogger, ("distributed.client", "distributed.batched")):
+            logger.addFilter(quiet)
+            stack.callback(logger.removeFilter, quiet)
         cluster = None
         if plan.kind == "address":
             client = stack.enter_context(_client(plan.address, plan, spec, security))

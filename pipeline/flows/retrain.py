@@ -39,6 +39,7 @@ from pipeline.edge.sources import latest_month
 from pipeline.errors import PipelineError
 from pipeline.flows.train import train_on_dask
 from pipeline.orchestration.notify import send, target_from
+from pipeline.runtime.api_watch import writing
 from pipeline.runtime.cluster_runner import dask_runner
 from pipeline.runtime.interrupts import interrupt_wins
 from pipeline.runtime.prefect_api import ui_url
@@ -244,7 +245,8 @@ def retrain_flow(
             val_plan = plans[-1] if plans else reader.locate(source, taxi, val, config.feature_spec().columns(), None)
             return _rescore(current, val_plan)
 
-        version, decision = store.commit(staged, score_champion, repair=repair)
+        with writing():  # a lost Prefect API ends the run after this, never during it
+            version, decision = store.commit(staged, score_champion, repair=repair)
     outcome = RetrainResult(str(day), str(store.root), version.name, decision, result)
     create_markdown_artifact(
         key="retrain-decision", markdown=render.retrain_markdown(decision, result), description=render.decision_line(decision)

@@ -40,7 +40,9 @@ from pipeline.edge.report import prepare as prepare_report
 from pipeline.edge.report import write_report
 from pipeline.errors import PipelineError
 from pipeline.flows.train import locate_months, named, raise_first_failure
+from pipeline.runtime.api_watch import writing
 from pipeline.runtime.cluster_runner import dask_runner
+from pipeline.runtime.cluster_watch import watched
 from pipeline.runtime.interrupts import interrupt_wins
 
 log = logging.getLogger(__name__)
@@ -87,7 +89,7 @@ def score_on_dask(
     Parts go to the ``run``'s staging folder; once every chunk is written, each month's parts are
     swapped in (here: renames, or server-side copies). A failed chunk leaves every month as it was.
     """
-    with interrupt_wins():  # after Ctrl-C, whatever the interrupt broke is the interrupt: the run is Crashed
+    with interrupt_wins(), watched():  # after Ctrl-C, whatever the interrupt broke is the interrupt: the run is Crashed
         started = time.perf_counter()
         threading.Thread(target=prepare_report, name="report-prepare", daemon=True).start()  # ~0.5 s, beside the tasks
         model = load_any(model_dir)
@@ -118,9 +120,10 @@ def _score_and_publish(
             for index, chunk in enumerate(chunks)
         ]
     raise_first_failure([part for month_parts in parts.values() for part in month_parts])
-    for month in plans:
-        predictions.publish_month(staging.month(month), predictions.month_folder(output, month))
-    staging.discard()  # its mark and empty folders
+    with writing():  # a lost Prefect API ends the run after this, never during it
+        for month in plans:
+            predictions.publish_month(staging.month(month), predictions.month_folder(output, month))
+        staging.discard()  # its mark and empty folders
     return {month: _added(month_parts) for month, month_parts in parts.items()}
 
 

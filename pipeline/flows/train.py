@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import distributed
+from distributed.scheduler import KilledWorker
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -43,7 +44,10 @@ from pipeline.edge.model_files import boosted_objects, estimator_objects, load_a
 from pipeline.edge.run_files import publish_run
 from pipeline.edge.sources import is_local
 from pipeline.errors import PipelineError
+from pipeline.runtime import cluster_watch
+from pipeline.runtime.api_watch import writing
 from pipeline.runtime.cluster_runner import dask_runner
+from pipeline.runtime.cluster_watch import watched
 from pipeline.runtime.interrupts import interrupt_wins
 from pipeline.runtime.prefect_api import ui_url
 
@@ -267,9 +271,10 @@ def _outcome(state: Any) -> tuple[bool, str | None]:
     return state.is_failed() or state.is_crashed(), state.message
 
 
-def raise_first_failure(futures: list[Any]) -> list[str | None]:
+def raise_first_failure(futures: list[Any], described: dict[Any, str] | None = None) -> list[str | None]:
     """Wait for ``futures`` in the order they finish; the first that failed raises its task's own exception here.
-    Returns each task's state message, in the order given.
+    Returns each task's state message, in the order given. A task of ``described`` (future: what it reads) that
+    took its worker down at every try fails in one line naming what it reads (:func:`cluster_watch.killed_worker`).
 
     Without this, a chunk task's PipelineError (the file and row groups at
     fault) reaches the user as Prefect's ``UnfinishedRun`` of a downstream task
@@ -282,13 +287,25 @@ def raise_first_failure(futures: list[Any]) -> list[str | None]:
     for future in as_completed(futures):
         wrapped = getattr(future, "wrapped_future", None)
         if isinstance(wrapped, distributed.Future):
-            failed, messages[future] = wrapped.client.submit(_outcome, wrapped, pure=False).result()
+            try:
+                failed, messages[future] = wrapped.client.submit(_outcome, wrapped, pure=False).result()
+            except KilledWorker as exc:
+                if described is None or future not in described:
+                    raise
+                raise PipelineError(cluster_watch.killed_worker(described[future], exc)) from None
         else:
             future.wait()  # takes the state the runner returned; without it ``state`` asks the API, which lags behind remote workers
             failed, messages[future] = _outcome(future.state)
         if failed:
             future.result()
     return [messages[future] for future in futures]
+
+
+def _rows_of(work: list[ChunkWork]) -> str:
+    """The rows a chunk task reads, for its error: ``rows 0..2,999,999 of /data/yellow_tripdata_2023-01.parquet`` (and how many more)."""
+    (plan, chunk, _), more = work[0], len(work) - 1
+    where = f"rows {chunk.offset:,}..{chunk.offset + chunk.rows - 1:,} of {plan.file.location}"
+    return where + (f" and {more} more month(s)" if more else "")
 
 
 def _month_statistics(config: TrainConfig, plans: dict[Month, reader.MonthPlan], val: Month, slots: int) -> dict[Month, MonthRef]:
@@ -309,6 +326,7 @@ def _month_statistics(config: TrainConfig, plans: dict[Month, reader.MonthPlan],
     present = stats_cache.StatsCache(location).keys() if location is not None else set()
     refs: dict[Month, MonthRef] = {}
     reads: list[Any] = []
+    reading: dict[Any, str] = {}  # each chunk task: the rows it reads
     small: list[tuple[Month, ChunkWork]] = []
     keys: set[str] = set()
     cached = 0
@@ -323,6 +341,7 @@ def _month_statistics(config: TrainConfig, plans: dict[Month, reader.MonthPlan],
         else:
             by_chunk = [named(chunk_stats, [month], f" {i}/{len(work)}") for i in range(1, len(work) + 1)]
             futures = [task_.submit([one], spec, config.seed, location) for task_, one in zip(by_chunk, work)]
+            reading.update({future: _rows_of([one]) for future, one in zip(futures, work)})
             refs[month] = (named(month_stats, [month]).submit(futures), None)
             reads += futures
     rows = [work[1].rows for _, work in small]
@@ -331,8 +350,9 @@ def _month_statistics(config: TrainConfig, plans: dict[Month, reader.MonthPlan],
         future = named(chunk_stats, months).submit([small[i][1] for i in batch], spec, config.seed, location)
         refs.update({month: (future, index) for index, month in enumerate(months)})
         reads.append(future)
+        reading[future] = _rows_of([small[i][1] for i in batch])
     month_sums = [ref for ref, index in refs.values() if index is None and not isinstance(ref, CachedMonth)]
-    messages = raise_first_failure([*reads, *month_sums])  # else a failed month surfaces as a CV task's UnfinishedRun
+    messages = raise_first_failure([*reads, *month_sums], reading)  # else a failed month surfaces as a CV task's UnfinishedRun
     if location is not None:
         pruned = stats_cache.StatsCache(location).prune(max_bytes=limit, in_use=keys)
         get_run_logger().info(
@@ -561,7 +581,7 @@ def train_on_dask(
 
     With ``champion`` (a model folder), also score that model on the same validation month, exactly.
     """
-    with interrupt_wins():  # after Ctrl-C, whatever the interrupt broke is the interrupt: the run is Crashed
+    with interrupt_wins(), watched():  # after Ctrl-C, whatever the interrupt broke is the interrupt: the run is Crashed
         return _train_on_dask(config, plans, slots, champion)
 
 
@@ -631,7 +651,8 @@ def _train_on_dask(config: TrainConfig, plans: list[reader.MonthPlan] | None, sl
     else:
         logger.warning("%s returned no model to save: writing metrics only", config.model)
     metrics = metrics_bytes(result)
-    publish_run(config.output, result.flow_run_id, objects, metrics)
+    with writing():  # a lost Prefect API ends the run after this, never during it
+        publish_run(config.output, result.flow_run_id, objects, metrics)
     if config.mlflow:
         track_training(config, result, {**objects, METRICS_FILE: metrics}, logger)
     logger.info(

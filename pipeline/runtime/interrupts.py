@@ -161,11 +161,15 @@ WORKER_PRELOAD = __name__
 
 def dask_setup(worker: Any) -> None:
     """In a LocalCluster's worker process: on Ctrl-C (the terminal sends it to the whole group) go quiet and
-    wait for the run to close the cluster, instead of dying with a traceback or logging the shutdown's races.
+    wait for the run to close the cluster, instead of dying with a traceback or logging the shutdown's races,
+    or an API gone.
     """
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _silence)
     logging.getLogger("distributed.worker.state_machine").addFilter(_NoCancelledTaskWarnings())
+    # Nor print Prefect's "--- Error logging to API ---" mid-line on the run's terminal when its API went away: the run
+    # says so in one line (pipeline.runtime.api_watch); the log service prints it only while raiseExceptions is on.
+    logging.raiseExceptions = False
 
 
 def _silence(signum: int, frame: FrameType | None) -> None:

@@ -34,6 +34,7 @@ from cluster import ClusterSpec, resolve
 from pipeline.edge.processes import alive
 from pipeline.errors import PipelineError
 from pipeline.runtime import prefect_patches, stack_record
+from pipeline.runtime.api_watch import check_answers, quiet_resource_tracker, watched_api
 from pipeline.runtime.cluster_runner import early_cluster
 from pipeline.runtime.prefect_api import TEMPORARY_NOTE, configured_api_url, prefect_api
 from pipeline.runtime.stack_record import Stack
@@ -85,12 +86,21 @@ def run_services(spec: ClusterSpec, announce: Callable[[str], None], flow_module
     if why:
         announce(why)
     if stack is not None:
-        with prefect_api(stack.api_url) as api_url, prefect_patches.installed():
+        with prefect_api(stack.api_url) as api_url, prefect_patches.installed(), watched_api(api_url):
             announce(f"Prefect API: {api_url} ({ORIGIN}; UI: {stack.ui_url})")
             yield ClusterSpec(stack.scheduler, origin=ORIGIN)
         return
-    temporary = configured_api_url() is None
-    with early_cluster(spec, (flow_module,)) as early, prefect_api() as api_url, prefect_patches.installed():
+    configured = configured_api_url()
+    if configured is not None:
+        check_answers(configured)  # before any cluster starts
+    temporary = configured is None
+    with (
+        quiet_resource_tracker(),
+        early_cluster(spec, (flow_module,)) as early,
+        prefect_api() as api_url,
+        prefect_patches.installed(),
+        watched_api(api_url),
+    ):
         announce(f"Prefect API: {api_url}")
         if temporary:
             announce(TEMPORARY_NOTE)

@@ -31,7 +31,12 @@ def task_key(task: Any) -> str:
 
 
 class KeyedDaskTaskRunner(DaskTaskRunner):
-    """A ``DaskTaskRunner`` whose submits name their Dask keys (see the module docstring)."""
+    """A ``DaskTaskRunner`` whose submits name their Dask keys (see the module docstring), and remember each key's task run
+    name (``chunk-stats 2023-01 3/10``) in :attr:`run_names`: a Dask error that names a key names the task run too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.run_names: dict[str, str] = {}
 
     @property
     def name(self) -> str:
@@ -45,9 +50,12 @@ class KeyedDaskTaskRunner(DaskTaskRunner):
         wait_for: Iterable[Any] | None = None,
         dependencies: dict[str, set[Any]] | None = None,
     ) -> PrefectDaskFuture[Any]:
+        key = task_key(task)
+        if isinstance(task.task_run_name, str):
+            self.run_names[key] = task.task_run_name
         future = self.client.submit(
             task,
-            key=task_key(task),
+            key=key,
             parameters=self._optimize_futures(parameters),
             wait_for=self._optimize_futures(wait_for) if wait_for else None,
             dependencies=dependencies,

@@ -26,6 +26,7 @@ import traceback
 from pathlib import Path
 from typing import Any, NoReturn
 
+from pipeline.runtime import api_watch
 from pipeline.runtime.terminal_logs import quiet_terminal
 
 
@@ -72,6 +73,7 @@ def _child(connection: socket.socket, request: dict[str, Any], fds: list[int]) -
     os.environ.update(request["environ"])
     sys.argv = ["taxi-pipeline", *request["argv"]]
     connection.sendall(json.dumps({"pid": os.getpid()}).encode() + b"\n")
+    api_watch.before_exit(lambda ended: connection.sendall(json.dumps({"exit": ended}).encode() + b"\n"))  # its API went away
     code = 1
     try:
         from pipeline.cli import main
