@@ -5,7 +5,8 @@ Scale: ``--bench-rows N`` or ``BENCH_ROWS`` rows per generated month (default 1M
 about 5 minutes on 2 cores); ``--bench-quick`` or ``BENCH_QUICK=1`` for CI
 (100k rows, relaxed floors). ``--bench-year`` or ``BENCH_YEAR=1`` adds the
 year-scale benchmark (12 months of ``--bench-rows``, default 3.2M), left out
-otherwise. Months are generated once into
+otherwise; ``--bench-soak`` or ``BENCH_SOAK=1`` a deployment served every minute for
+10 minutes. Months are generated once into
 ``.benchmarks/data/<rows>/`` and reused by later sessions: ``pipeline.edge.synth`` is
 deterministic and writes atomically, so a file there is the file a new run would
 write (delete the folder after changing the generator). The terminal summary
@@ -126,6 +127,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=f"also one month of {BIG_MONTH_ROWS:,} rows, every chunk task's peak memory (env BENCH_BIG_MONTH=1)",
     )
     group.addoption(
+        "--bench-soak",
+        action="store_true",
+        default=None,
+        help="also a deployment served every minute for 10 minutes on 3 months of --bench-rows (env BENCH_SOAK=1)",
+    )
+    group.addoption(
         "--bench-year",
         action="store_true",
         default=None,
@@ -146,11 +153,16 @@ def _rows_option(config: pytest.Config) -> int:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "reference: also runs another implementation (seed path, dask-ml) on the same rows")
     config.addinivalue_line("markers", "year: the year-scale benchmark, run only with --bench-year or BENCH_YEAR=1")
+    config.addinivalue_line("markers", "soak: a deployment served every minute for 10 minutes, run only with --bench-soak or BENCH_SOAK=1")
     config.addinivalue_line("markers", "big_month: the 20M-row month's memory, run only with --bench-big-month or BENCH_BIG_MONTH=1")
 
 
 #: Benchmarks left out unless asked for (marker: option, environment variable): they generate GBs and run for minutes.
-OPT_IN = {"year": ("bench_year", "BENCH_YEAR"), "big_month": ("bench_big_month", "BENCH_BIG_MONTH")}
+OPT_IN = {
+    "year": ("bench_year", "BENCH_YEAR"),
+    "big_month": ("bench_big_month", "BENCH_BIG_MONTH"),
+    "soak": ("bench_soak", "BENCH_SOAK"),
+}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

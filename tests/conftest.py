@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.core.months import parse_months
 from pipeline.edge.synth import write_months
-from pipeline.runtime.testing import temporary_prefect_api
+from pipeline.runtime.testing import PrefectServer, temporary_prefect_api
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -57,6 +57,19 @@ def months_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three generated yellow months (2023-01..03), several row groups each."""
     folder = tmp_path_factory.mktemp("months")
     write_months(folder, parse_months("2023-01:2023-03"), ROWS, seed=0, row_group_size=10_000)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def recent_months(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three small generated months ending last month: what a scheduled retrain (as of today) finds published."""
+    from datetime import date
+
+    from pipeline.core.months import Month
+
+    folder = tmp_path_factory.mktemp("recent-months")
+    last = Month(date.today().year, date.today().month).previous()
+    write_months(folder, [last.shift(-2), last.shift(-1), last], 20_000, seed=2, row_group_size=10_000)
     return folder
 
 
@@ -238,52 +251,6 @@ def tls_dask_processes(tmp_path_factory: pytest.TempPathFactory, tls_files: tupl
 
 
 # --- a real `prefect server start` (deployments, work pools, workers) --------------------------------
-
-
-class PrefectServer:
-    """``prefect server start`` on 127.0.0.1 with a throwaway PREFECT_HOME; ``env`` is what its clients need."""
-
-    def __init__(self, folder: Path) -> None:
-        import socket
-        import subprocess
-        import sys
-        import time
-        import urllib.request
-
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}/api"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DASK_"))}
-        self.env.update(PREFECT_HOME=str(folder / "prefect-home"), PREFECT_API_URL=self.url, PREFECT_SERVER_ANALYTICS_ENABLED="false")
-        prefect = str(Path(sys.executable).with_name("prefect"))
-        self.log = folder / "server.log"
-        with open(self.log, "wb") as out:
-            self.process = subprocess.Popen(
-                [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=self.env, stdout=out, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                self.close()
-                raise RuntimeError(f"prefect server did not start: {self.log.read_text()[-2000:]}")
-            time.sleep(0.3)
-
-    def close(self) -> None:
-        import subprocess
-
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 @pytest.fixture(scope="session")

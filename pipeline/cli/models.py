@@ -271,26 +271,32 @@ def rollback(registry: str) -> None:
 
 
 @cli.command()
-@click.option("--cron", required=True, help='When to retrain, a cron string, e.g. "0 6 3 * *" (06:00 on the 3rd of each month).')
-@click.option("--timezone", default="UTC", show_default=True, help="Time zone of the cron string.")
+@click.option("--cron", default=None, help='When to retrain, a cron string, e.g. "0 6 3 * *" (06:00 on the 3rd of each month).')
+@click.option(
+    "--interval",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="SECONDS",
+    help="Or retrain every SECONDS, from when serving starts (exactly one of --cron and --interval).",
+)
+@click.option("--timezone", default="UTC", show_default=True, help="Time zone of the schedule.")
 @click.option("--name", default="monthly", show_default=True, help="Deployment name: retrain-trip-duration/NAME.")
 @with_options(RETRAIN_OPTIONS)
-def deploy(cron: str, timezone: str, name: str, notify_url: str | None, notify_on_completion: bool, **options: Any) -> None:
+def deploy(
+    cron: str | None, interval: int | None, timezone: str, name: str, notify_url: str | None, notify_on_completion: bool, **options: Any
+) -> None:
     """Serve the deployment retrain-trip-duration/NAME on its schedule against PREFECT_API_URL, until stopped.
 
-    Ctrl-C stops it with exit code 130, SIGTERM (a service manager's stop) with 0; either way the runs it
-    started are cancelled and its schedule is paused. A failed run's error line is printed here."""
+    One retrain runs at a time: a run due while another runs starts when it ends. Ctrl-C stops serving with
+    exit code 130, SIGTERM (a service manager's stop) with 0; either way the run in progress is cancelled and
+    the schedule is paused. A failed run's error line is printed here."""
     from pipeline.orchestration.notify import target_from
 
+    if (cron is None) == (interval is None):
+        raise PipelineError("deploy needs exactly one schedule: --cron STRING or --interval SECONDS")
     target_from(options.get("notify"), notify_url, notify_on_completion)
     parameters = _parameters({**options, "notify_on_completion": notify_on_completion})
-    from prefect.client.schemas.schedules import CronSchedule
-    from pydantic import ValidationError
-
-    try:
-        schedule = CronSchedule(cron=cron, timezone=timezone)
-    except ValidationError as exc:  # its last line is a link to pydantic's docs: say what is wrong instead
-        raise PipelineError(f"--cron {cron!r} / --timezone {timezone!r}: {_schedule_error(exc)}") from None
+    schedule, when = _schedule(cron, interval, timezone)
     from pipeline.runtime.prefect_api import configured_api_url, work_pool_of
 
     if not configured_api_url():
@@ -312,13 +318,29 @@ def deploy(cron: str, timezone: str, name: str, notify_url: str | None, notify_o
 
     deployment = f"retrain-trip-duration/{name}"
     err.print(
-        f"serving {deployment} on {cron} ({timezone}) against {configured_api_url()}; Ctrl-C or SIGTERM stops it; "
+        f"serving {deployment} {when} ({timezone}) against {configured_api_url()}; Ctrl-C or SIGTERM stops it; "
         f"run it now with: prefect deployment run {deployment}",
         highlight=False,
         soft_wrap=True,
     )
     if serve(retrain_flow, name, [schedule], parameters):
         err.print(f"stopped by SIGTERM: {deployment} is no longer served (its schedule is paused)", highlight=False, soft_wrap=True)
+
+
+def _schedule(cron: str | None, interval: int | None, timezone: str) -> tuple[Any, str]:
+    """The Prefect schedule of ``--cron`` or ``--interval`` (seconds), and how to say it; a bad one in one line."""
+    from datetime import timedelta
+
+    from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
+    from pydantic import ValidationError
+
+    try:
+        if interval is not None:
+            return IntervalSchedule(interval=timedelta(seconds=interval), timezone=timezone), f"every {interval} s"
+        return CronSchedule(cron=cron, timezone=timezone), f"on {cron}"
+    except ValidationError as exc:  # its last line is a link to pydantic's docs: say what is wrong instead
+        given = f"--cron {cron!r}" if interval is None else f"--interval {interval}"
+        raise PipelineError(f"{given} / --timezone {timezone!r}: {_schedule_error(exc)}") from None
 
 
 def _schedule_error(exc: ValidationError) -> str:

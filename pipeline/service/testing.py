@@ -208,21 +208,6 @@ def drive_load(
     return report
 
 
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory of a process and its children (uvicorn's worker processes), MB; Linux ``/proc``."""
-    pids = [pid]
-    for task in Path(f"/proc/{pid}/task").glob("*/children"):
-        pids += [int(child) for child in task.read_text().split()]
-    total = 0
-    for one in pids:
-        try:
-            fields = Path(f"/proc/{one}/statm").read_text().split()
-        except OSError:
-            continue
-        total += int(fields[1]) * os.sysconf("SC_PAGE_SIZE")
-    return total / 2**20
-
-
 def commit_constant_version(registry: Registry, minutes: float, val_rmse: float) -> str:
     """Register a version whose model predicts ``minutes`` for every trip, so an answer shows which version made it.
 

@@ -22,6 +22,7 @@ from pipeline.edge.registry import Registry
 from pipeline.edge.sources import latest_month, month_filename
 from pipeline.errors import PipelineError
 from pipeline.flows.retrain import retrain_flow
+from pipeline.runtime.testing import served_deployment
 from tests.conftest import read_task_runs
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -189,6 +190,11 @@ def test_bad_input_is_one_line_and_leaves_the_registry_unchanged(months_dir, tmp
     assert "nothing to roll back to" in _one_error_line(_cli("models", "rollback", "--registry", str(registry)))
     cron = _one_error_line(_cli("deploy", "--source", str(months_dir), "--registry", str(registry), "--cron", "61 * * * *"))
     assert "--cron '61 * * * *'" in cron and "invalid cron string" in cron.lower() and "pydantic.dev" not in cron
+    deploy = ["deploy", "--source", str(months_dir), "--registry", str(registry)]
+    for schedule in ([], ["--cron", "0 6 3 * *", "--interval", "60"]):
+        line = _one_error_line(_cli(*deploy, *schedule))
+        assert line == "error: deploy needs exactly one schedule: --cron STRING or --interval SECONDS", line
+    assert "--interval" in _cli(*deploy, "--interval", "0").stderr  # click's range check: at least 1 s
     assert sorted(p.name for p in registry.rglob("*")) == before
 
 
@@ -271,21 +277,14 @@ def test_a_failed_run_posts_its_error_line_to_the_webhook_and_never_logs_the_url
 def test_the_scheduled_deployment_is_served_its_runs_report_in_its_terminal_and_sigterm_stops_it(months_dir, prefect_server, tmp_path):
     """A triggered run registers a version; a failed one prints its error line where the deployment is served (a
     scheduled run has no CLI of its own to print it); SIGTERM stops serving with exit code 0 and no warning."""
-    import signal
     import time
 
     from prefect.client.orchestration import SyncPrefectClient
 
     registry = tmp_path / "registry"
     env = {**prefect_server.env, "PREFECT_LOGGING_LEVEL": "WARNING"}
-    args = ["--source", str(months_dir), "--registry", str(registry), "--cron", "0 6 3 * *", "--name", "monthly"]
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "deploy", *args, "--folds", "0", "--alphas", "1", "--candidates", "base"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    args = ["--source", str(months_dir), "--registry", str(registry), "--cron", "0 6 3 * *"]
+    args += ["--folds", "0", "--alphas", "1", "--candidates", "base"]
 
     def run(client: SyncPrefectClient, deployment: Any, *params: str) -> Any:
         """``prefect deployment run`` with ``params``; the flow run once it has ended."""
@@ -298,41 +297,55 @@ def test_the_scheduled_deployment_is_served_its_runs_report_in_its_terminal_and_
         flow_run_id = triggered.stdout.split("/runs/flow-run/")[1].split()[0]
         deadline = time.monotonic() + 180
         while not (flow_run := client.read_flow_run(flow_run_id)).state.is_final():
-            assert time.monotonic() < deadline and serve.poll() is None, "the triggered run did not finish"
+            assert time.monotonic() < deadline and served.process.poll() is None, "the triggered run did not finish"
             time.sleep(1)
         assert flow_run.deployment_id == deployment.id
         return flow_run
 
-    try:
-        with SyncPrefectClient(prefect_server.url) as client:
-            deadline = time.monotonic() + 90
-            while True:
-                try:
-                    deployment = client.read_deployment_by_name("retrain-trip-duration/monthly")
-                    break
-                except Exception:
-                    assert time.monotonic() < deadline and serve.poll() is None, "the deployment was not registered"
-                    time.sleep(0.5)
-            (schedule,) = deployment.schedules
-            assert schedule.schedule.cron == "0 6 3 * *" and schedule.active
-            assert deployment.parameters["registry"] == str(registry)
-            failed = run(client, deployment, "window=3")  # 2022-12 is not at the source
-            assert failed.state.is_failed()
-            done = run(client, deployment)
-            assert done.state.is_completed(), done.state.message
-        serve.send_signal(signal.SIGTERM)
-        output, _ = serve.communicate(timeout=60)
-    finally:
-        if serve.poll() is None:
-            serve.kill()
-            serve.communicate()
+    with served_deployment(tmp_path / "served", "monthly", args, env) as served, SyncPrefectClient(prefect_server.url) as client:
+        deployment = client.read_deployment_by_name("retrain-trip-duration/monthly")
+        (schedule,) = deployment.schedules
+        assert schedule.schedule.cron == "0 6 3 * *" and schedule.active
+        assert deployment.parameters["registry"] == str(registry)
+        failed = run(client, deployment, "window=3")  # 2022-12 is not at the source
+        assert failed.state.is_failed()
+        done = run(client, deployment)
+        assert done.state.is_completed(), done.state.message
+        code = served.stop()
+    output = served.output
     error = f"Flow run '{failed.name}' - error: month 2022-12: file not found: {months_dir / 'yellow_tripdata_2022-12.parquet'}"
     assert [line.split("| ")[-1] for line in output.splitlines() if "error:" in line] == [error], output
-    assert serve.returncode == 0, output
+    assert code == 0, output
     assert "stopped by SIGTERM: retrain-trip-duration/monthly is no longer served" in output
     assert "never awaited" not in output and "Traceback" not in output, output
     store = Registry.open(registry)
     assert [v.name for v in store.versions()] == ["v0001"] and store.champion().name == "v0001"
+
+
+def test_a_deployment_served_on_an_interval_completes_every_run_and_does_not_grow(recent_months, prefect_server, tmp_path):
+    """Issue 22, case 7 in small (the 10-minute soak is ``benchmarks/test_soak.py``): runs back to back, each completed;
+    from the second run on, the serving process's memory stays within a bound and its open files and temporary files
+    do not grow."""
+    from prefect.client.orchestration import SyncPrefectClient
+
+    registry = tmp_path / "registry"
+    env = {**prefect_server.env, "PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_RUNNER_POLL_FREQUENCY": "3"}
+    args = ["--source", str(recent_months), "--registry", str(registry), "--interval", "2", "--no-boosted", "--folds", "2"]
+    with served_deployment(tmp_path / "served", "soak", args, env) as served, SyncPrefectClient(prefect_server.url) as client:
+        (schedule,) = client.read_deployment_by_name("retrain-trip-duration/soak").schedules
+        assert schedule.schedule.interval.total_seconds() == 2
+        samples = served.samples(client, runs=4, timeout=600)
+        served.drain(client, timeout=300)
+        code = served.stop()
+        ended = [r for r in served.flow_runs(client) if r.state.is_final()]
+    assert len(ended) >= 4 and all(r.state.is_completed() for r in ended), [r.state for r in ended]
+    assert code == 0 and "Traceback" not in served.output, served.output
+    assert len(Registry.open(registry).versions()) == len(ended)
+    steady = [s.footprint for s in samples[1:]]  # the first run warms caches and imports
+    assert len(steady) >= 2, samples
+    assert steady[-1].rss_mb - steady[0].rss_mb < 40, steady
+    assert steady[-1].open_files <= steady[0].open_files and steady[-1].temp_entries <= steady[0].temp_entries, steady
+    assert steady[-1].processes == steady[0].processes, steady  # no run's subprocess or worker left behind
 
 
 def test_prefect_yaml_deploys_onto_a_process_pool_whose_worker_runs_it(months_dir, prefect_server, tmp_path):

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.edge.processes import tree_rss_mb
 from pipeline.edge.registry import Registry
 from pipeline.service.source import ModelSource
-from pipeline.service.testing import commit_constant_version, drive_load, running_service, tree_rss_mb
+from pipeline.service.testing import commit_constant_version, drive_load, running_service
 
 MINUTES = {"v0001": 10.0, "v0002": 20.0}
 TRIP = {"PULocationID": 132, "DOLocationID": 236, "trip_distance": 3.5}
