@@ -292,8 +292,6 @@ def deploy(
     the schedule is paused. A failed run's error line is printed here."""
     from pipeline.orchestration.notify import target_from
 
-    if (cron is None) == (interval is None):
-        raise PipelineError("deploy needs exactly one schedule: --cron STRING or --interval SECONDS")
     target_from(options.get("notify"), notify_url, notify_on_completion)
     parameters = _parameters({**options, "notify_on_completion": notify_on_completion})
     schedule, when = _schedule(cron, interval, timezone)
@@ -335,12 +333,14 @@ def _schedule(cron: str | None, interval: int | None, timezone: str) -> tuple[An
     from pydantic import ValidationError
 
     try:
-        if interval is not None:
+        if cron is not None and interval is None:
+            return CronSchedule(cron=cron, timezone=timezone), f"on {cron}"
+        if interval is not None and cron is None:
             return IntervalSchedule(interval=timedelta(seconds=interval), timezone=timezone), f"every {interval} s"
-        return CronSchedule(cron=cron, timezone=timezone), f"on {cron}"
     except ValidationError as exc:  # its last line is a link to pydantic's docs: say what is wrong instead
         given = f"--cron {cron!r}" if interval is None else f"--interval {interval}"
         raise PipelineError(f"{given} / --timezone {timezone!r}: {_schedule_error(exc)}") from None
+    raise PipelineError("deploy needs exactly one schedule: --cron STRING or --interval SECONDS")
 
 
 def _schedule_error(exc: ValidationError) -> str:
