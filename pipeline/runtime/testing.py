@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.edge.ports import free_port
 from pipeline.edge.processes import Footprint, descendants, footprint
 
 
@@ -47,9 +47,7 @@ class PrefectServer:
     """``prefect server start`` on 127.0.0.1 with a throwaway PREFECT_HOME; ``env`` is what its clients need."""
 
     def __init__(self, folder: Path) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()
         self.url = f"http://127.0.0.1:{port}/api"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DASK_"))}
         self.env.update(PREFECT_HOME=str(folder / "prefect-home"), PREFECT_API_URL=self.url, PREFECT_SERVER_ANALYTICS_ENABLED="false")
