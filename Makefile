@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # mkdocs-material 9.7+ prints a banner about its end of life on every build; the pinned version is what the site is checked with.
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: setup demo test bench constraints notebook docs docs-serve docs-screenshots
+.PHONY: setup demo test bench constraints notebook docs docs-serve docs-screenshots ui-check
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ docs-serve: setup
 # Screenshots of the built site in headless Chromium (apt-get install chromium) into site-screenshots/.
 docs-screenshots: docs
 	$(BIN)/python docs/screenshots.py site site-screenshots
+
+# The Prefect UI checked in headless Chromium (apt-get install chromium): the tests marked browser, which make test
+# leaves out (CI machines have no browser).
+ui-check: setup
+	$(BIN)/pytest -m browser tests
 
 bench: setup
 	$(BIN)/pytest benchmarks --benchmark-json .benchmarks/latest.json

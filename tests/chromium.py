@@ -1,7 +1,8 @@
 """A page as headless Chromium lays it out: open a URL, wait until a script's answer is ready, return it (DevTools protocol).
 
 Tests use it where only a real browser can tell: whether the Prefect UI renders an artifact's markdown, its
-image included, and whether its tables fit the page. Skips when Chromium is not installed (Debian: ``chromium``).
+image included, and whether its tables fit the page. Those tests are marked ``browser`` and run by ``make ui-check``,
+not by ``make test``: CI machines have no Chromium (Debian: ``chromium``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def evaluate(url: str, expression: str, width: int = 1400, height: int = 1000, t
     than ``null`` (a single-page app renders after load); its JSON value. Fails after ``timeout`` seconds."""
     browser = chromium()
     if browser is None:
-        pytest.skip("chromium is not installed")
+        pytest.fail("chromium is not installed: `apt-get install chromium` (Debian), then `make ui-check`")
     with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
         process = subprocess.Popen(
             [browser, *FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}", "--remote-debugging-port=0", "about:blank"],

@@ -90,6 +90,23 @@ def drain_services(timeout: float | None = None) -> None:
     run_coro_as_sync(drain())
 
 
+#: Seconds a failed or interrupted run gives Prefect's services to send what they hold: Ctrl-C must stop a run within
+#: its grace period (:func:`pipeline.runtime.interrupts.interruptible`) even on a busy machine, where an unbounded
+#: drain took longer than that.
+DRAIN_AFTER_FAILURE = 3.0
+
+
+@contextmanager
+def _draining() -> Iterator[None]:
+    """Drain Prefect's services on the way out: wholly after a run that ended, for a bounded time after one that failed."""
+    try:
+        yield
+    except BaseException:
+        drain_services(timeout=DRAIN_AFTER_FAILURE)
+        raise
+    drain_services()
+
+
 @contextmanager
 def prefect_api(url: str | None = None, timeout: int = 180) -> Iterator[str]:
     """Yield the run's API URL (``url``, else the configured one), starting a local server on 127.0.0.1 when there is none."""
@@ -98,11 +115,9 @@ def prefect_api(url: str | None = None, timeout: int = 180) -> Iterator[str]:
         previous = os.environ.get("PREFECT_API_URL")
         os.environ["PREFECT_API_URL"] = url
         try:
-            with temporary_settings(updates={PREFECT_API_URL: url}):
-                try:
-                    yield url
-                finally:
-                    drain_services()  # a run forked by the local stack's relay ends in os._exit: no exit hooks
+            # drained here too: a run forked by the local stack's relay ends in os._exit, with no exit hooks
+            with temporary_settings(updates={PREFECT_API_URL: url}), _draining():
+                yield url
         finally:
             if previous is None:
                 os.environ.pop("PREFECT_API_URL", None)
@@ -115,11 +130,8 @@ def prefect_api(url: str | None = None, timeout: int = 180) -> Iterator[str]:
         server = prefect_server.start_temporary(timeout=timeout)
     os.environ["PREFECT_API_URL"] = server.api_url
     try:
-        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-            try:
-                yield server.api_url
-            finally:
-                drain_services()
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}), _draining():
+            yield server.api_url
     finally:
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,10 @@ def test_a_registry_version_is_named_in_the_report_and_tasks_by_their_months(mon
     (image,) = re.findall(r"!\[RMSE and drift per month\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", markdown)
     assert base64.b64decode(image) == (tmp_path / "scored" / "report.png").read_bytes()
     assert "](report.png)" in (tmp_path / "scored" / "report.md").read_text()  # the file beside it resolves
+    # narrow tables (at most 6 columns, short headers), as the UI shows them whole at 1400 px: `make ui-check` looks
+    lines = markdown.splitlines()
+    headers = [line for line, rule in pairwise(lines) if re.fullmatch(r"\|(\s*:?-+:?\s*\|)+", rule)]
+    assert len(headers) == 2 and all(line.count("|") - 1 <= 6 and len(line) <= 80 for line in headers)
 
 
 #: In the artifact page, once its chart has loaded: the chart's size and address, how far each table reaches beyond
@@ -156,6 +161,7 @@ _LAYOUT = """(() => {
 })()"""
 
 
+@pytest.mark.browser
 def test_the_monitoring_report_renders_whole_in_the_prefect_ui(model_dir, months_dir, prefect_server, tmp_path):
     """``predict`` against a real ``prefect server``, its artifact page opened in headless Chromium at 1400 px: the
     embedded chart decodes, no table is cut off, every breach is listed."""
