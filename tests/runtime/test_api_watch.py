@@ -23,7 +23,7 @@ import pytest
 
 from pipeline.edge.ports import free_port
 from pipeline.runtime import stack_record
-from tests.conftest import PrefectServer
+from pipeline.runtime.testing import PrefectServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.prefect_api]
 
