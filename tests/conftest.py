@@ -22,6 +22,8 @@ _FIXTURE_MARKERS = {
     "prefect_server": "prefect_api",
     "dask_processes": "cluster",
     "tls_dask_processes": "cluster",
+    "own_cluster": "cluster",
+    "own_server": "prefect_api",
 }
 
 
@@ -40,6 +42,38 @@ def umask(mask: int) -> Iterator[None]:
         yield
     finally:
         os.umask(previous)
+
+
+#: A previous run's files in an output folder: a run that failed leaves them exactly as they were, and adds none.
+OLD_FILES = {"model.json": b'{"old": "model"}', "model.npz": b"old weights", "metrics.json": b'{"old": "metrics"}'}
+
+
+@pytest.fixture
+def old_output(tmp_path: Path) -> Path:
+    """An output folder holding :data:`OLD_FILES`."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    for name, data in OLD_FILES.items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def month_model(source: Path, folder: Path) -> Path:
+    """A linear model solved from the statistics of ``source``'s 2023-01, saved as training saves one: a model to score with,
+    in a second, with no run, API or cluster."""
+    from pipeline.core import solve
+    from pipeline.core.features import FeatureSpec
+    from pipeline.core.model import Model
+    from pipeline.core.months import Month
+    from pipeline.edge import reader
+    from pipeline.edge.chunks import chunk_statistics
+    from pipeline.edge.model_files import save_model
+
+    spec = FeatureSpec()
+    plan = reader.locate(str(source), "yellow", Month(2023, 1), spec.columns())
+    (chunk,) = reader.plan(plan.layout, plan.layout.rows)
+    save_model(Model(solve.solve(chunk_statistics(plan, chunk, spec), 1.0), spec), folder)
+    return folder
 
 
 #: Small enough for seconds, large enough that every frequent pair recurs across months.
@@ -231,6 +265,17 @@ def dask_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskPro
         cluster.close()
 
 
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> Iterator[DaskProcesses]:
+    """A scheduler and two workers of this test alone: for a test that kills them (the session's stay whole)."""
+    (tmp_path / "dask").mkdir()
+    cluster = DaskProcesses(tmp_path / "dask")
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
 @pytest.fixture(scope="session")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """A CA, and a certificate and key it signed, made by ``cluster.certs`` (for 127.0.0.1)."""
@@ -257,6 +302,17 @@ def tls_dask_processes(tmp_path_factory: pytest.TempPathFactory, tls_files: tupl
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
     """A real `prefect server start` for the session (deployments need one that outlives a run)."""
     server = PrefectServer(tmp_path_factory.mktemp("prefect-server"))
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[PrefectServer]:
+    """A `prefect server start` of this test alone: for a test that kills it (the session's stays up)."""
+    (tmp_path / "prefect-server").mkdir()
+    server = PrefectServer(tmp_path / "prefect-server")
     try:
         yield server
     finally:

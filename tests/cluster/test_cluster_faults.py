@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,32 +22,9 @@ import pytest
 from pipeline.core.months import parse_months
 from pipeline.edge.synth import write_months
 from tests.cli.test_cli import _one_error_line, _train
-from tests.conftest import DaskProcesses
+from tests.conftest import OLD_FILES, DaskProcesses
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
-
-#: A previous run's files in the output folder: a failed run leaves them as they are, and adds none.
-_OLD = {"model.json": b'{"old": "model"}', "model.npz": b"old weights", "metrics.json": b'{"old": "metrics"}'}
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[DaskProcesses]:
-    """A scheduler and two workers of this test alone."""
-    (tmp_path / "dask").mkdir()
-    processes = DaskProcesses(tmp_path / "dask")
-    try:
-        yield processes
-    finally:
-        processes.close()
-
-
-@pytest.fixture
-def old_output(tmp_path: Path) -> Path:
-    folder = tmp_path / "out"
-    folder.mkdir()
-    for name, data in _OLD.items():
-        (folder / name).write_bytes(data)
-    return folder
 
 
 def _train_and_kill(
@@ -80,35 +57,36 @@ def _assert_one_line_and_old_files(code: int, err: str, output: Path) -> str:
     assert "Traceback" not in err and "Error logging" not in err, err
     line = err.rstrip().splitlines()[-1]
     assert [x for x in err.splitlines() if x.startswith("error:")] == [line], err
-    assert {p.name: p.read_bytes() for p in output.iterdir()} == _OLD
+    assert {p.name: p.read_bytes() for p in output.iterdir()} == OLD_FILES
     return line
 
 
-def test_a_scheduler_killed_mid_run_is_one_line_in_seconds(cluster, slow_months, old_output, prefect_api_url):
+def test_a_scheduler_killed_mid_run_is_one_line_in_seconds(own_cluster, slow_months, old_output, prefect_api_url):
+    kill_scheduler = own_cluster.processes[0].send_signal
     code, err, took = _train_and_kill(
-        cluster, slow_months, old_output, {"PREFECT_API_URL": prefect_api_url}, lambda: cluster.processes[0].send_signal(signal.SIGKILL)
+        own_cluster, slow_months, old_output, {"PREFECT_API_URL": prefect_api_url}, lambda: kill_scheduler(signal.SIGKILL)
     )
     line = _assert_one_line_and_old_files(code, err, old_output)
-    assert line == f"error: the Dask scheduler at {cluster.address} went away during train-on-dask"
+    assert line == f"error: the Dask scheduler at {own_cluster.address} went away during train-on-dask"
     # the client's futures were cancelled when the connection dropped: no waiting out its 30 s reconnect timeout
     assert took < 25, took
 
 
-def test_every_worker_killed_mid_run_is_one_line_after_the_grace(cluster, slow_months, old_output, prefect_api_url):
-    with cluster.client() as client:
+def test_every_worker_killed_mid_run_is_one_line_after_the_grace(own_cluster, slow_months, old_output, prefect_api_url):
+    with own_cluster.client() as client:
         workers = list(client.run(os.getpid).values())
 
     def kill_workers_and_nannies() -> None:
-        for process in cluster.processes[1:]:  # the nannies first, or they start new workers
+        for process in own_cluster.processes[1:]:  # the nannies first, or they start new workers
             process.send_signal(signal.SIGKILL)
         for pid in workers:
             os.kill(pid, signal.SIGKILL)
 
     env = {"PREFECT_API_URL": prefect_api_url, "DASK_DISTRIBUTED__SCHEDULER__NO_WORKERS_TIMEOUT": "5s"}
-    code, err, took = _train_and_kill(cluster, slow_months, old_output, env, kill_workers_and_nannies)
+    code, err, took = _train_and_kill(own_cluster, slow_months, old_output, env, kill_workers_and_nannies)
     line = _assert_one_line_and_old_files(code, err, old_output)
     assert line == (
-        f"error: every Dask worker of the scheduler at {cluster.address} went away during train-on-dask "
+        f"error: every Dask worker of the scheduler at {own_cluster.address} went away during train-on-dask "
         "(none for 5 s; distributed.scheduler.no-workers-timeout sets how long)"
     )
     assert 5 <= took < 35, took  # the grace, and no more than a few polls after it

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -24,30 +23,15 @@ import pytest
 from pipeline.edge.ports import free_port
 from pipeline.runtime import stack_record
 from pipeline.runtime.testing import PrefectServer
+from tests.conftest import OLD_FILES, month_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.prefect_api]
-
-#: A previous run's files in the output folder: a run that failed leaves them as they are.
-_OLD = {"model.json": b'{"old": "model"}', "model.npz": b"old weights", "metrics.json": b'{"old": "metrics"}'}
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[PrefectServer]:
-    (tmp_path / "server").mkdir()
-    started = PrefectServer(tmp_path / "server")
-    try:
-        yield started
-    finally:
-        started.close()
 
 
 @pytest.fixture(scope="module")
 def trained(slow_months: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model to score with (its own temporary API)."""
-    output = tmp_path_factory.mktemp("model") / "run"
-    done = _run(["train", *_TRAIN(slow_months), "--output", str(output), "--chunk-rows", "200000"], {})
-    assert done.returncode == 0, done.stderr
-    return output
+    """A model to score with (solved from one month's statistics: no run of its own)."""
+    return month_model(slow_months, tmp_path_factory.mktemp("model") / "run")
 
 
 def _TRAIN(source: Path) -> list[str]:
@@ -102,31 +86,27 @@ def _assert_one_line(code: int, lines: list[str], url: str, took: float) -> None
     assert took < 30, took  # three missed health checks half a second apart, not Prefect's retries
 
 
-def test_train_whose_api_dies_ends_in_one_line_leaving_the_old_files(server, slow_months, tmp_path):
-    output = tmp_path / "out"
-    output.mkdir()
-    for name, data in _OLD.items():
-        (output / name).write_bytes(data)
-    args = ["train", *_TRAIN(slow_months), "--output", str(output), "--chunk-rows", "2000", "--no-cache", "--n-workers", "2"]
-    code, lines, took = _run_and_kill_api(args, server)
-    _assert_one_line(code, lines, server.url, took)
-    assert {p.name: p.read_bytes() for p in output.iterdir()} == _OLD
+def test_train_whose_api_dies_ends_in_one_line_leaving_the_old_files(own_server, slow_months, old_output):
+    args = ["train", *_TRAIN(slow_months), "--output", str(old_output), "--chunk-rows", "2000", "--no-cache", "--n-workers", "2"]
+    code, lines, took = _run_and_kill_api(args, own_server)
+    _assert_one_line(code, lines, own_server.url, took)
+    assert {p.name: p.read_bytes() for p in old_output.iterdir()} == OLD_FILES
 
 
-def test_predict_whose_api_dies_ends_in_one_line_publishing_no_month(server, slow_months, trained, tmp_path):
+def test_predict_whose_api_dies_ends_in_one_line_publishing_no_month(own_server, slow_months, trained, tmp_path):
     output = tmp_path / "scored"
     args = ["predict", "--model", str(trained), "--source", str(slow_months), "--months", "2023-01:2023-03", "--output", str(output)]
-    code, lines, took = _run_and_kill_api([*args, "--chunk-rows", "2000", "--n-workers", "2"], server)
-    _assert_one_line(code, lines, server.url, took)
+    code, lines, took = _run_and_kill_api([*args, "--chunk-rows", "2000", "--n-workers", "2"], own_server)
+    _assert_one_line(code, lines, own_server.url, took)
     # only the run's hidden staging folder, which the next run into this folder clears
     assert [p.name for p in output.iterdir() if not p.name.startswith(".staging-")] == []
 
 
-def test_retrain_whose_api_dies_ends_in_one_line_registering_nothing(server, slow_months, tmp_path):
+def test_retrain_whose_api_dies_ends_in_one_line_registering_nothing(own_server, slow_months, tmp_path):
     registry = tmp_path / "registry"
     args = ["retrain", "--registry", str(registry), "--source", str(slow_months), "--as-of", "2023-04-01", "--no-boosted"]
-    code, lines, took = _run_and_kill_api([*args, "--chunk-rows", "2000", "--n-workers", "2"], server)
-    _assert_one_line(code, lines, server.url, took)
+    code, lines, took = _run_and_kill_api([*args, "--chunk-rows", "2000", "--n-workers", "2"], own_server)
+    _assert_one_line(code, lines, own_server.url, took)
     assert not (registry / "champion.json").exists()
     assert not list((registry / "versions").glob("v*")) if (registry / "versions").exists() else True
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import month_model
+
 INTERRUPTED = "interrupted: the run was stopped (Ctrl-C)"
 
 
@@ -138,27 +140,10 @@ def test_ctrl_c_just_after_the_flow_finished_leaves_a_completed_run(months_dir, 
     assert (tmp_path / "out" / "metrics.json").is_file()
 
 
-def _model(source: Path, folder: Path) -> Path:
-    """A linear model solved from the statistics of one month, saved as training saves one."""
-    from pipeline.core import solve
-    from pipeline.core.features import FeatureSpec
-    from pipeline.core.model import Model
-    from pipeline.core.months import Month
-    from pipeline.edge import reader
-    from pipeline.edge.chunks import chunk_statistics
-    from pipeline.edge.model_files import save_model
-
-    spec = FeatureSpec()
-    plan = reader.locate(str(source), "yellow", Month(2023, 1), spec.columns())
-    (chunk,) = reader.plan(plan.layout, plan.layout.rows)
-    save_model(Model(solve.solve(chunk_statistics(plan, chunk, spec), 1.0), spec), folder)
-    return folder
-
-
 def _stop_a_scoring_run(source: Path, tmp_path: Path, env: dict[str, str], later: float = 0.0) -> _Run:
     """Ctrl-C once its chunks run (``later`` s after): exit 130 within 15 s, one line, no month published and no staging left."""
     output = tmp_path / "scored"
-    model = _model(source, tmp_path / "model")
+    model = month_model(source, tmp_path / "model")
     args = ["predict", "--model", str(model), "--source", str(source), "--months", "2023-01:2023-03", "--output", str(output)]
     run = _Run(source, output, env, args=[*args, "--chunk-rows", "2000", "--n-workers", "2"])
     run.wait_for_quiet_after("Beginning subflow run")
