@@ -86,6 +86,13 @@ def stats_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["TAXI_PIPELINE_STATS_CACHE"] = str(tmp_path_factory.mktemp("stats-cache"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def prefect_home_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Prefect's home in the session's temporary folder, not ~/.prefect (subprocesses inherit it): a run that starts its
+    own temporary API puts its database there, never in the user's, which other runs on the machine may be writing."""
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home-default"))
+
+
 @pytest.fixture(scope="session")
 def months_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three generated yellow months (2023-01..03), several row groups each."""
