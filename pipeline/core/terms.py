@@ -13,7 +13,9 @@ A term is one of:
     the first bin and above the last in the last: outliers land in the end bins.
   - the pickup time: ``hour``, ``weekday`` (Monday is 0), ``hour_of_week``, and
     blocks of hours, ``hour/4`` (6 levels) or ``hour_of_week/3``;
-  - an interaction of factors, ``trip_distance:log12*hour/4`` (12 × 6 levels).
+  - an interaction of factors, ``trip_distance:log12*hour/4`` (12 × 6 levels), or
+    of a zone with a factor, ``PULocationID*hour/4`` (the pickup zone's effect in
+    each block of 4 hours: 266 × 6 levels).
 
 Every term stays exact: a factor's one-hots are counted against the pair codes
 (:mod:`pipeline.core.stats`), so the model is still solved from additive statistics.
@@ -37,9 +39,12 @@ from pipeline.errors import PipelineError
 ZONE_TERMS = ("PULocationID", "DOLocationID", "PU_DO")
 #: Default ends of log-spaced bins (``COLUMN:logN``): 0.1 to 50 covers trip miles; outliers go to the end bins.
 LOG_RANGE = (0.1, 50.0)
+#: Zone ids are 1..265 (264 and 265 are TLC's "unknown"); code 0 stays unused (and takes ids out of range).
+N_ZONES = 266
 #: At most this many one-hot levels beside the zones: the exact solver's dense block grows with them, and so do the
-#: statistics (a level × every pickup-dropoff pair, per fold).
-MAX_LEVELS = 1024
+#: statistics (a level × every pickup-dropoff pair, and levels², per fold). A zone interaction with a block of 4
+#: hours (1,596 levels) fits beside 48 distance bins and the 168 hours of the week.
+MAX_LEVELS = 2048
 MICROS_PER_HOUR = 3_600_000_000
 HOURS_PER_DAY = 24
 #: 1970-01-01, day 0 of the timestamps, was a Thursday: weekday 3 when Monday is 0.
@@ -99,7 +104,27 @@ class Clock:
         return np.asarray(out // self.block if self.block > 1 else out, dtype=np.int64)
 
 
-Part = Bins | Clock
+@dataclass(frozen=True)
+class Zone:
+    """The pickup or dropoff zone as one factor of an interaction: 266 levels, ids out of 1..265 at level 0."""
+
+    column: str  # PULocationID or DOLocationID
+
+    @property
+    def levels(self) -> int:
+        return N_ZONES
+
+    @property
+    def name(self) -> str:
+        return self.column
+
+    def codes(self, values: np.ndarray) -> np.ndarray:
+        """Codes from zone ids as floats (nulls and unknown ids: 0, a level no training row has)."""
+        known = np.isfinite(values) & (values >= 1) & (values < N_ZONES)
+        return np.where(known, values, 0).astype(np.int64)
+
+
+Part = Bins | Clock | Zone
 
 
 @dataclass(frozen=True)
@@ -118,8 +143,13 @@ class Factor:
 
     @property
     def columns(self) -> tuple[str, ...]:
-        """Numeric columns the factor bins (the pickup time is always read)."""
-        return tuple(p.column for p in self.parts if isinstance(p, Bins))
+        """Columns the factor reads beside the pickup time: those it bins, and zones it interacts with."""
+        return tuple(p.column for p in self.parts if isinstance(p, (Bins, Zone)))
+
+    @property
+    def timed(self) -> bool:
+        """Whether a part is the pickup time."""
+        return any(isinstance(p, Clock) for p in self.parts)
 
 
 @dataclass(frozen=True)
@@ -201,8 +231,10 @@ def _part(text: str, term: str) -> Part:
     column, colon, how = text.partition(":")
     if colon and _IDENTIFIER.fullmatch(column):
         return _bins(column, how, term)
+    if text in ZONE_TERMS[:2]:
+        return Zone(text)
     if text in ZONE_TERMS:
-        raise TermError(f"term {term!r}: interactions with zone terms are not supported; interact time and bins")
+        raise TermError(f"term {term!r}: PU_DO cannot interact; interact PULocationID or DOLocationID with a factor")
     raise TermError(f"term {term!r}: unknown term (zone terms, a numeric column, COLUMN:logN bins, hour, weekday, hour_of_week)")
 
 
@@ -213,7 +245,10 @@ def parse_term(term: str) -> str | Factor:
         return text
     if _IDENTIFIER.fullmatch(text) and _CLOCK.fullmatch(text) is None:
         return text
-    return Factor(tuple(_part(p.strip(), term) for p in text.split("*")))
+    factor = Factor(tuple(_part(p.strip(), term) for p in text.split("*")))
+    if all(isinstance(p, Zone) for p in factor.parts):
+        raise TermError(f"term {term!r}: zones interact with a factor (bins or time); the zone pair is PU_DO")
+    return factor
 
 
 def parse_terms(terms: str | Iterable[str]) -> Terms:

@@ -63,6 +63,16 @@ def test_factor_codes_of_a_table_are_offset_and_interacted():
     assert factor_codes(table, spec).tolist() == [[0, 7], [6, 8]]
 
 
+def test_a_zone_interacts_with_a_factor_unknown_ids_at_level_0():
+    spec = FeatureSpec.of("PULocationID,DOLocationID,PU_DO,hour,PULocationID*hour/4")
+    assert [f.levels for f in spec.factors] == [24, 266 * 6]
+    assert spec.columns() == ("pickup_datetime", "dropoff_datetime", "PULocationID", "DOLocationID")  # zones are read anyway
+    stamps = pd.to_datetime(["2021-03-15 08:30", "2021-03-15 23:10", "2021-03-15 00:05", "2021-03-15 13:00"])
+    table = pa.table({PICKUP: pa.array(stamps, pa.timestamp("us")), "PULocationID": pa.array([132, 265, 300, None], pa.int64())})
+    # pickup zone × block of 4 hours: 132 at 08:30 -> 132 * 6 + 2; 265 at 23:10 -> 265 * 6 + 5; 300 (no zone) and a null -> zone 0
+    assert factor_codes(table, spec)[:, 1].tolist() == [24 + 132 * 6 + 2, 24 + 265 * 6 + 5, 24 + 0, 24 + 3]
+
+
 @pytest.mark.parametrize(
     ("terms", "message"),
     [
@@ -72,7 +82,9 @@ def test_factor_codes_of_a_table_are_offset_and_interacted():
         ("PU_DO,trip_distance:log8(5,1)", "0 < LOW < HIGH"),
         ("PU_DO,hour/5", "blocks that divide 24"),
         ("PU_DO,minute", None),  # a numeric column: the month's columns decide (see the CLI test)
-        ("PU_DO,PULocationID*hour/4", "interactions with zone terms are not supported"),
+        ("PU_DO,PU_DO*hour/4", "PU_DO cannot interact"),
+        ("PU_DO,PULocationID*DOLocationID", "the zone pair is PU_DO"),
+        ("PU_DO,PULocationID*hour/4,DOLocationID*hour/4", f"at most {MAX_LEVELS} levels"),
         ("PU_DO,trip_distance:log48*hour_of_week", f"at most {MAX_LEVELS} levels"),
         ("PU_DO,PU_DO", "listed twice"),
         ("PU_DO,hour?", "unknown term"),
