@@ -21,6 +21,7 @@ from pipeline.edge.ports import free_port
 from pipeline.edge.processes import alive
 from pipeline.runtime import stack_record
 from tests.cli.test_cli import _one_error_line
+from tests.conftest import month_model
 from tests.runtime.test_interrupt import _Run, _states, assert_stopped_mid_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.prefect_api, pytest.mark.cluster]
@@ -95,11 +96,10 @@ def test_bad_input_on_the_stack_is_one_line_and_writes_nothing(stack, months_dir
 
 def test_predict_uses_the_stack(stack, months_dir, tmp_path):
     env, _ = stack
-    assert _train(months_dir, tmp_path / "model", env).returncode == 0
     scored = _run(
         "predict",
         "--model",
-        str(tmp_path / "model"),
+        str(month_model(months_dir, tmp_path / "model")),  # a model to score with; the run under test is predict's
         "--source",
         str(months_dir),
         "--months",
