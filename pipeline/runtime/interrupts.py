@@ -88,7 +88,7 @@ def interrupt_wins() -> Iterator[None]:
 
 
 @contextmanager
-def interruptible(say: Callable[[str], None], grace: float = 15.0) -> Iterator[None]:
+def interruptible(say: Callable[[str], None], grace: float = 30.0) -> Iterator[None]:
     """Meanwhile, the first Ctrl-C raises :class:`Interrupted` in the main thread (again if it was swallowed),
     silences logging (the stop's own noise buries the line that matters), and gives the run ``grace`` seconds
     to stop; a second Ctrl-C, or the end of the grace period, ends the process with :data:`EXIT_CODE`.

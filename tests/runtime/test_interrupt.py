@@ -93,11 +93,11 @@ def _states(api_url: str, flow_run_ids: list[str]) -> list[str]:
 
 
 def assert_stopped_mid_run(run: _Run, output: Path, api_url: str) -> None:
-    """Ctrl-C once training runs: exit 130 within 15 s, one line, nothing written, both flow runs marked ended."""
+    """Ctrl-C once training runs: exit 130 within the 30 s grace, one line, nothing written, both flow runs marked ended."""
     run.wait_for_quiet_after("training linear")
     code, took, after = run.interrupt()
     assert code == 130 and after == [INTERRUPTED], "\n".join(after)
-    assert took < 15, f"{took:.1f} s to exit"
+    assert took < 30, f"{took:.1f} s to exit"
     assert not output.exists()
     ids = run.flow_run_ids()
     assert len(ids) == 2  # the run and its train-on-dask subflow
@@ -119,7 +119,7 @@ def test_ctrl_c_stops_a_run_on_its_temporary_api(slow_months, tmp_path):
     run.wait_for_quiet_after("training linear")
     code, took, after = run.interrupt()
     assert code == 130 and after == [INTERRUPTED], "\n".join(after)
-    assert took < 15, f"{took:.1f} s to exit"
+    assert took < 30, f"{took:.1f} s to exit"
     assert not (tmp_path / "out").exists()
 
 
@@ -141,7 +141,7 @@ def test_ctrl_c_just_after_the_flow_finished_leaves_a_completed_run(months_dir, 
 
 
 def _stop_a_scoring_run(source: Path, tmp_path: Path, env: dict[str, str], later: float = 0.0) -> _Run:
-    """Ctrl-C once its chunks run (``later`` s after): exit 130 within 15 s, one line, no month published and no staging left."""
+    """Ctrl-C once its chunks run (``later`` s after): exit 130 within the 30 s grace, one line, no month published and no staging left."""
     output = tmp_path / "scored"
     model = month_model(source, tmp_path / "model")
     args = ["predict", "--model", str(model), "--source", str(source), "--months", "2023-01:2023-03", "--output", str(output)]
@@ -150,7 +150,7 @@ def _stop_a_scoring_run(source: Path, tmp_path: Path, env: dict[str, str], later
     time.sleep(later)
     code, took, after = run.interrupt()
     assert code == 130 and after == [INTERRUPTED], "\n".join(after)
-    assert took < 15, f"{took:.1f} s to exit"
+    assert took < 30, f"{took:.1f} s to exit"
     assert not output.exists() or not list(output.iterdir())
     return run
 
