@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from cluster import ClusterSpec
 from pipeline import preflight
@@ -30,6 +30,7 @@ from pipeline.runtime.local_stack import run_services
 log = logging.getLogger(__name__)
 
 Announce = Callable[[str], None]
+_R = TypeVar("_R")
 
 
 def train(config: TrainConfig, cluster: ClusterSpec | None = None, *, announce: Announce = log.info) -> RunResult:
@@ -65,7 +66,7 @@ def score(config: ScoreConfig, cluster: ClusterSpec | None = None, *, announce: 
     return _run(spec, announce, "pipeline.flows.score", score_flow, resolved)
 
 
-def _run(spec: ClusterSpec, announce: Announce, module: str, flow: Any, config: Any, **extra: Any) -> Any:
+def _run(spec: ClusterSpec, announce: Announce, module: str, flow: Callable[..., _R], config: Any, **extra: Any) -> _R:
     with run_services(spec, announce, module) as where:
         result = flow(config, where, **extra)
         completed()  # the run's outputs are written: a Ctrl-C while the services close no longer undoes the run

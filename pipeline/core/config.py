@@ -449,7 +449,12 @@ class RetrainConfig(_Training):
             raise ConfigError("{alphas} {given}: every alpha must be a positive number", given=",".join(f"{a:g}" for a in self.alphas))
         if self.folds == 1:
             raise ConfigError("{folds} 1: one fold cannot cross-validate; use 0 to turn CV off, or 2 and more")
-        if self.compares_candidates is False and len(self.candidates) > 1 and self.candidates != DEFAULT_CANDIDATES:
+        if self.model == "linear" and len(self.alphas) > 1 and self.folds < 2:
+            raise ConfigError(
+                "{alphas} {given} with {folds} 0: without cross-validation nothing chooses among alphas; give one alpha, or 2 or more folds",
+                given=",".join(f"{a:g}" for a in self.alphas),
+            )
+        if not self.compares_candidates and len(self.candidates) > 1 and self.candidates != DEFAULT_CANDIDATES:
             raise ConfigError("{candidates}: comparing feature sets needs {model} linear and 2 or more {folds}")
         for terms in self.candidates:
             try:
@@ -463,7 +468,7 @@ class RetrainConfig(_Training):
         """Whether CV compares feature sets (and a boosted challenger): linear with K-fold CV."""
         return self.model == "linear" and self.folds >= 2
 
-    def train_config(self, train: list[Month], val: Month, output: str, champion_terms: tuple[str, ...] = ()) -> TrainConfig:
+    def train_config(self, train: list[Month], val: Month, output: str | PurePath, champion_terms: tuple[str, ...] = ()) -> TrainConfig:
         """The challenger's training run: this run's settings on the chosen months, written to ``output``.
 
         ``champion_terms`` (a linear champion's) are read too, so the champion is scored from the same statistics.
