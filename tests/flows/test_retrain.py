@@ -33,11 +33,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 AS_OF = date(2023, 4, 20)
 
 
-def _retrain(months_dir: Path, registry: Path, **fields: Any) -> Any:
+def _retrain(months_dir: Path, registry: Path, cluster: ClusterSpec | None = None, **fields: Any) -> Any:
     fields.setdefault("as_of", AS_OF)
     fields.setdefault("boosted", False)  # the linear path's decisions; the boosted challenger: tests/flows/test_real_months_end_to_end.py
     config = RetrainConfig(source=str(months_dir), registry=str(registry), **fields)
-    return retrain_flow(config, ClusterSpec(n_workers=2, dashboard_address=":0"))
+    return retrain_flow(config, cluster or ClusterSpec(n_workers=2, dashboard_address=":0"))
 
 
 def _rmse_from_rows(model_dir: Path, months_dir: Path, month: Month, clipped: bool = True) -> float:
@@ -196,6 +196,17 @@ def test_bad_input_is_one_line_and_leaves_the_registry_unchanged(months_dir, tmp
         assert line == "error: deploy needs exactly one schedule: --cron STRING or --interval SECONDS", line
     assert "--interval" in _cli(*deploy, "--interval", "0").stderr  # click's range check: at least 1 s
     assert sorted(p.name for p in registry.rglob("*")) == before
+
+
+def test_a_broken_config_parameter_fails_the_run_before_any_work(prefect_api_url, tmp_path):
+    """A deployment's run calls the flow with its stored parameters: Prefect builds the RetrainConfig as the run starts,
+    and a broken rule fails it there, with the ConfigError's one line (field names: there are no flags)."""
+    registry = tmp_path / "registry"
+    state = retrain_flow(config={"registry": str(registry), "folds": 1}, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(ConfigError, match=r"^folds 1: one fold cannot cross-validate"):
+        state.result()
+    assert not registry.exists()
 
 
 def test_prefect_yaml_and_deploy_name_distinct_deployments():
