@@ -210,6 +210,21 @@ month_cache_default = _from_env(MONTH_CACHE_ENV, _folder)
 stats_cache_default = _from_env(STATS_CACHE_ENV, str)
 stats_cache_max_bytes_default = _from_env(STATS_CACHE_MAX_BYTES_ENV, parse_size, DEFAULT_STATS_CACHE_MAX_BYTES)
 
+
+def _check_alphas(alphas: tuple[float, ...], folds: int, model: str) -> None:
+    """Positive alphas, and CV to choose among them (a row-fitted model's grid is its config's own rule)."""
+    given = ",".join(f"{a:g}" for a in alphas)
+    if not all(math.isfinite(a) and a > 0 for a in alphas):
+        raise ConfigError("{alphas} {given}: every alpha must be a positive number", given=given)
+    if folds == 1:
+        raise ConfigError("{folds} 1: one fold cannot cross-validate; use 0 to turn CV off, or 2 and more")
+    if model == "linear" and len(alphas) > 1 and folds < 2:
+        raise ConfigError(
+            "{alphas} {given} with {folds} 0: without cross-validation nothing chooses among alphas; give one alpha, or 2 or more folds",
+            given=given,
+        )
+
+
 _C = TypeVar("_C", bound="_Config")
 
 
@@ -344,20 +359,11 @@ class TrainConfig(_Training):
                 "{val_month} {month} is also in {train_months}: the model would be validated on rows it was trained on",
                 month=self.val_month,
             )
-        if not all(math.isfinite(a) and a > 0 for a in self.alphas):
-            raise ConfigError("{alphas} {given}: every alpha must be a positive number", given=",".join(f"{a:g}" for a in self.alphas))
-        if self.folds == 1:
-            raise ConfigError("{folds} 1: one fold cannot cross-validate; use 0 to turn CV off, or 2 and more")
+        _check_alphas(self.alphas, self.folds, self.model)
         if self.model != "linear" and self.cv == "time":
             raise ConfigError("{cv} time: supported for {model} linear; {name} cross-validates by kfold", name=self.model)
         if self.model != "linear" and len(self.alphas) > 1:
             raise ConfigError("{alphas}: an alpha grid applies to {model} linear, not {name}", name=self.model)
-        if len(self.alphas) > 1 and not self.cross_validates:
-            raise ConfigError(
-                "{alphas} {given} with {folds} 0: without cross-validation nothing chooses among alphas; "
-                "give one alpha, or 2 or more folds",
-                given=",".join(f"{a:g}" for a in self.alphas),
-            )
         if self.candidates and (self.model != "linear" or not self.cross_validates or self.cv != "kfold"):
             raise ConfigError("{candidates}: comparing feature sets needs {model} linear and K-fold CV (2 or more {folds}, {cv} kfold)")
         if self.model == "xgboost" and self.numeric not in ((), BOOSTED_NUMERIC):
@@ -445,15 +451,7 @@ class RetrainConfig(_Training):
 
     @model_validator(mode="after")
     def _consistent(self) -> RetrainConfig:
-        if not all(math.isfinite(a) and a > 0 for a in self.alphas):
-            raise ConfigError("{alphas} {given}: every alpha must be a positive number", given=",".join(f"{a:g}" for a in self.alphas))
-        if self.folds == 1:
-            raise ConfigError("{folds} 1: one fold cannot cross-validate; use 0 to turn CV off, or 2 and more")
-        if self.model == "linear" and len(self.alphas) > 1 and self.folds < 2:
-            raise ConfigError(
-                "{alphas} {given} with {folds} 0: without cross-validation nothing chooses among alphas; give one alpha, or 2 or more folds",
-                given=",".join(f"{a:g}" for a in self.alphas),
-            )
+        _check_alphas(self.alphas, self.folds, self.model)
         if not self.compares_candidates and len(self.candidates) > 1 and self.candidates != DEFAULT_CANDIDATES:
             raise ConfigError("{candidates}: comparing feature sets needs {model} linear and 2 or more {folds}")
         for terms in self.candidates:
