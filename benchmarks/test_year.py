@@ -176,3 +176,34 @@ def test_year_richest_default_spec_vs_zone_only(benchmark, year, command_environ
     )
     assert rich_seconds <= RICH_OVER_ZONES * zones_seconds
     assert rich_mb <= WORKER_MB
+
+
+def test_year_xgboost_dask_on_every_row(benchmark, year, command_environment, tmp_path_factory):
+    """``--model xgboost`` (``xgboost.dask``, 100 rounds) on the 11 training months' every row, over a scheduler and
+    two one-thread workers of its own: the time to train the year, rows per second per core and the workers' peak,
+    beside the zone-only linear model on the same rows, which the boosted model must beat. About 25 minutes on 2 cores."""
+    *train, val = months(YEAR_MONTHS)
+    figures: dict[str, tuple[float, float, float]] = {}
+
+    def run(name: str, *flags: str) -> None:
+        with _workers(2) as (address, workers):
+            output = tmp_path_factory.mktemp(name)
+            _, metrics = train_command(year.folder, train, val, output, command_environment, "--folds", "0", "--scheduler", address, *flags)
+            figures[name] = metrics["seconds"], metrics["val_rmse"], max(_peak_mb(w) for w in workers)
+
+    run("zones", "--no-cache", "--alphas", "0.1")
+    best_of(lambda: run("xgboost", "--model", "xgboost"), rounds=1, benchmark=benchmark)
+    (seconds, rmse, mb), (_, zones_rmse, _) = figures["xgboost"], figures["zones"]
+    rows = (YEAR_MONTHS - 1) * year.rows
+    benchmark.extra_info.update(
+        rows=rows,
+        seconds=seconds,
+        rows_per_second_per_core=rows / seconds / 2,
+        val_rmse=rmse,
+        zones_val_rmse=zones_rmse,
+        worker_mb=mb,
+        headline=f"xgboost.dask on the year's {rows / 1e6:.1f}M training rows, 2 workers: {seconds:.0f} s "
+        f"({rows / seconds / 2 / 1e3:,.0f}k rows/s per core), val RMSE {rmse:.4f} (zones-only linear {zones_rmse:.4f}), "
+        f"peak worker {mb:,.0f} MB",
+    )
+    assert rmse < zones_rmse

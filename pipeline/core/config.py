@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import date
 from pathlib import Path, PurePath
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
@@ -27,7 +27,7 @@ from typing_extensions import Self
 
 from pipeline.core.features import FeatureSpec
 from pipeline.core.months import Month, parse_months
-from pipeline.core.terms import ZONE_TERMS, TermError, split_terms
+from pipeline.core.terms import ZONE_TERMS, TermError, split_terms, with_quantile_edges
 from pipeline.errors import PipelineError
 
 #: The public TLC prefix: ``{DEFAULT_SOURCE}/yellow_tripdata_2023-01.parquet``.
@@ -410,6 +410,15 @@ class TrainConfig(_Training):
         boosted = BOOSTED_NUMERIC if self.model == "xgboost" else ()
         terms = dict.fromkeys([*(t for terms in self.feature_sets() for t in terms), *self.numeric, *self.read_also, *boosted])
         return FeatureSpec.of(tuple(terms))
+
+    def with_quantile_edges(self, edges: dict[tuple[str, int], tuple[float, ...]]) -> TrainConfig:
+        """This config with the edges a run measured written into its quantile bins' terms (``trip_distance:q32[...]``)."""
+
+        def fixed(items: Iterable[str]) -> tuple[str, ...]:
+            return tuple(with_quantile_edges(term, edges) for item in items for term in split_terms(item))
+
+        update = {"features": fixed(self.features), "read_also": fixed(self.read_also)}
+        return self.model_copy(update={**update, "candidates": tuple(fixed(candidate_terms(c)) for c in self.candidates)})
 
     def feature_sets(self) -> tuple[tuple[str, ...], ...]:
         """The feature sets CV compares, as full term lists: the candidates, or the model's terms alone."""

@@ -19,10 +19,9 @@ import pyarrow.compute as pc
 from pipeline.core import buffers
 from pipeline.core.months import Month
 from pipeline.core.schema import DO, DROPOFF, PICKUP, PU, REQUIRED
-from pipeline.core.terms import ZONE_TERMS, Bins, Factor, parse_terms
+from pipeline.core.terms import N_ZONES as N_ZONES  # re-exported: the zone codes' range, where pair codes are made
+from pipeline.core.terms import ZONE_TERMS, Clock, Factor, parse_terms
 
-#: Zone ids are 1..265 (264 and 265 are TLC's "unknown"); code 0 stays unused.
-N_ZONES = 266
 N_PAIRS = N_ZONES * N_ZONES
 MICROS_PER_MINUTE = 60_000_000
 MICROS_PER_DAY = 86_400_000_000
@@ -95,17 +94,18 @@ def clip_to_window(minutes: np.ndarray, spec: FeatureSpec) -> np.ndarray:
 
 
 def factor_codes(table: pa.Table, spec: FeatureSpec) -> np.ndarray:
-    """Each row's level of each factor, offset into the spec's levels: (rows, factors) int32 (a factor has at most 1,024 levels)."""
+    """Each row's level of each factor, offset into the spec's levels: (rows, factors) int32 (at most 2,048 levels)."""
     out = np.empty((table.num_rows, len(spec.factors)), dtype=np.int32)
     if not spec.factors:
         return out
-    pickup = _integers(table.column(PICKUP), 0)
     values = {c: numeric_matrix(table, (c,))[:, 0] for f in spec.factors for c in f.columns}
+    timed = any(f.timed for f in spec.factors)  # else the table may have no pickup time (a request to the service)
+    pickup = _integers(table.column(PICKUP), 0) if timed else np.zeros(0, dtype=np.int64)
     for j, (factor, offset) in enumerate(zip(spec.factors, spec.offsets())):
         code = np.zeros(table.num_rows, dtype=np.int64)
         for part in factor.parts:
             code *= part.levels
-            code += part.codes(values[part.column]) if isinstance(part, Bins) else part.codes(pickup)
+            code += part.codes(pickup) if isinstance(part, Clock) else part.codes(values[part.column])
         out[:, j] = code + offset
     return out
 

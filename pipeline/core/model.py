@@ -20,7 +20,6 @@ from pipeline.core.boosted import BoostedModel
 from pipeline.core.features import N_ZONES, FeatureSpec, clip_to_window, factor_codes, numeric_matrix, zone_codes
 from pipeline.core.schema import DO, PICKUP, PU
 from pipeline.core.solve import Weights
-from pipeline.core.terms import Clock
 from pipeline.errors import PipelineError
 
 #: Row length of :attr:`Model.lookup`: the zone codes and one for unknown.
@@ -30,7 +29,7 @@ _STRIDE = N_ZONES + 1
 def input_columns(spec: FeatureSpec) -> tuple[str, ...]:
     """The columns a model predicts from: the zones, its numeric and binned columns, and the pickup time if a term uses it."""
     binned = [c for f in spec.factors for c in f.columns]
-    timed = any(isinstance(part, Clock) for f in spec.factors for part in f.parts)
+    timed = any(f.timed for f in spec.factors)
     return tuple(dict.fromkeys([PU, DO, *spec.numeric, *binned, *([PICKUP] if timed else [])]))
 
 

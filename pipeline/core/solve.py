@@ -67,15 +67,29 @@ def _project(v: np.ndarray) -> np.ndarray:
     return np.concatenate(([v.sum()], v.sum(axis=1), v.sum(axis=0)))
 
 
-def _project_rows(m: np.ndarray, pairs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def _project_rows(m: np.ndarray | sp.csr_matrix, pairs: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """``Uᵀ diag(weights)`` of each row of ``m`` (rows × ``pairs``), as columns: (1 + 2Z, rows).
 
-    One sparse product (3 non-zeros per pair); ``m`` in Fortran order is read in place, not copied.
+    One sparse product (3 non-zeros per pair); a dense ``m`` in Fortran order is read in place, not copied.
     """
     pu, do = np.divmod(pairs, _Z)
     at = np.r_[np.zeros(pairs.size, dtype=np.int64), 1 + pu, 1 + _Z + do]
     u = sp.csr_matrix((np.tile(weights, 3), (at, np.tile(np.arange(pairs.size), 3))), shape=(1 + 2 * _Z, pairs.size))
-    return np.asarray(u @ m.T)
+    product = u @ m.T
+    return product.toarray() if sp.issparse(product) else np.asarray(product)
+
+
+#: Counts per level and pair sparser than this go to the solve as a sparse matrix. Real months fill about 1% of the
+#: cells (0.2% with a zone interaction); a generated month, whose trips spread evenly over hours, about 20%.
+SPARSE_BELOW = 0.05
+
+
+def _level_cross(counts: np.ndarray) -> np.ndarray | sp.csr_matrix:
+    """The counts per level and pair as floats: sparse when few cells are filled, else dense in Fortran order
+    (columns contiguous for :func:`_project_rows`)."""
+    if counts.size and np.count_nonzero(counts) < SPARSE_BELOW * counts.size:
+        return sp.csr_matrix(counts, dtype=np.float64)
+    return counts.astype(np.float64, order="F")
 
 
 def _dense_index(zones: Sequence[str], k: int, levels: int) -> np.ndarray:
@@ -97,7 +111,7 @@ def solve(stats: Stats, alpha: float, zones: Sequence[str] = ZONE_TERMS) -> Weig
     n, sy = s.count[0], s.sum_y[0]
     sx = s.sum_x[0]  # (k, P)
     active = s.cross_pairs  # a level meets only the pairs that have rows
-    cross = s.cross[0].astype(np.float64, order="F")  # (K, those pairs), columns contiguous for _project_rows
+    cross = _level_cross(s.cross[0])  # (K, those pairs)
     k, levels = sx.shape[0], cross.shape[0]
     if "PU_DO" in zones:
         r = 1.0 / (n + alpha)
@@ -127,8 +141,12 @@ def solve(stats: Stats, alpha: float, zones: Sequence[str] = ZONE_TERMS) -> Weig
             schur[m1:m2, m2:] = level_x.T
         rhs[m2:] = s.level_y[0] - cross @ (r * sy)[active]
         root = np.sqrt(r[active])
-        cross *= root  # in place: C diag(r) Cᵀ as B Bᵀ, a symmetric rank-k update (a quarter of the time), no second copy
-        schur[m2:, m2:] = s.level_pairs[0] - cross @ cross.T + alpha * np.eye(levels)
+        if isinstance(cross, sp.csr_matrix):
+            cross = sp.csr_matrix(cross.multiply(root[None, :]))
+            schur[m2:, m2:] = s.level_pairs[0] - (cross @ cross.T).toarray() + alpha * np.eye(levels)
+        else:  # in place: C diag(r) Cᵀ as B Bᵀ, a symmetric rank-k update (a quarter of the time), no second copy
+            cross *= root
+            schur[m2:, m2:] = s.level_pairs[0] - cross @ cross.T + alpha * np.eye(levels)
     used = _dense_index(zones, k, levels)
     dense = np.zeros(m2 + levels)
     dense[used] = np.linalg.solve(schur[np.ix_(used, used)], rhs[used])
@@ -136,7 +154,7 @@ def solve(stats: Stats, alpha: float, zones: Sequence[str] = ZONE_TERMS) -> Weig
     onehot = (intercept + pu[:, None] + do[None, :]).ravel()
     by_pair = np.zeros(n.size)
     if levels and "PU_DO" in zones:  # (without PU_DO, r = 0: the pair weights are 0 whatever by_pair is)
-        by_pair[active] = (by_levels @ cross) / root  # C's columns back from B's
+        by_pair[active] = (cross.T @ by_levels) / root  # C's columns back from B's
     pair = r * (sy - n * onehot - numeric @ sx - by_pair)
     return Weights(float(intercept), pu, do, pair, numeric, by_levels)
 
@@ -154,7 +172,7 @@ def sse(weights: Weights, stats: Stats) -> np.ndarray:
         xv = np.einsum("k,fkp->fp", v, stats.sum_x)  # per-pair Σ x·v
         out = out + 2 * xv @ f - 2 * stats.sum_xy @ v + np.einsum("k,fkl,l->f", v, stats.sum_xx, v)
     if g.size:
-        by_fold = np.array([g @ (c @ f[stats.cross_pairs]) for c in stats.cross])  # Σ_lp g_l n_lp f_p
+        by_fold = np.array([g @ (_level_cross(c) @ f[stats.cross_pairs]) for c in stats.cross])  # Σ_lp g_l n_lp f_p
         out = out + 2 * by_fold - 2 * stats.level_y @ g + np.einsum("k,fkl,l->f", g, stats.level_pairs, g)
         if v.size:
             out = out + 2 * np.einsum("k,fkj,j->f", g, stats.level_x, v)

@@ -461,14 +461,15 @@ def _level_statistics(
         rows = slice(start, start + _LEVEL_BLOCK)
         pair = compact[pair_of[rows]]
         spread = np.zeros(pair.size, dtype=np.int64) if fold is None else fold[rows] * total
+        codes = levels.codes[rows]
+        # every two levels of a row at once: one bincount over folds × levels² a block, not one per two factors
+        level_pairs += np.bincount(((spread[:, None] + codes)[:, :, None] * total + codes[:, None, :]).ravel(), minlength=level_pairs.size)
         for j in range(len(levels.sizes)):
-            at = spread + levels.codes[rows, j]
+            at = spread + codes[:, j]
             cell = at * pairs.size + pair
             cell.sort()  # equal cells side by side: their runs are the counts
             starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])
             cells[cell[starts]] += np.diff(np.r_[starts, cell.size]).astype(np.int32)  # unique within the block
-            for j2 in range(len(levels.sizes)):
-                level_pairs += np.bincount(at * total + levels.codes[rows, j2], minlength=folds * total * total)
             at_count = np.bincount(at, minlength=folds * total)
             level_micros += _exact_sums(at, micros[rows], folds * total, at_count)
             for c in range(k):

@@ -9,11 +9,16 @@ A term is one of:
 
   - a numeric column cut into bins: ``trip_distance:log48`` (48 bins, log-spaced
     edges between 0.1 and 50), ``trip_distance:log24(0.5,40)`` (given ends), or
-    ``trip_distance:[1,2,5,10]`` (given edges). Values below the first edge fall in
-    the first bin and above the last in the last: outliers land in the end bins.
+    ``trip_distance:[1,2,5,10]`` (given edges), or ``trip_distance:q32``: 32 bins of
+    about equal counts, edges fixed before the pass from the training rows (a run
+    writes them into the term, ``trip_distance:q32[0.6,0.8,...]``, so the model
+    file, the statistics cache and the scorer carry them). Values below the first
+    edge fall in the first bin and above the last in the last: outliers land in the end bins.
   - the pickup time: ``hour``, ``weekday`` (Monday is 0), ``hour_of_week``, and
     blocks of hours, ``hour/4`` (6 levels) or ``hour_of_week/3``;
-  - an interaction of factors, ``trip_distance:log12*hour/4`` (12 × 6 levels).
+  - an interaction of factors, ``trip_distance:log12*hour/4`` (12 × 6 levels), or
+    of a zone with a factor, ``PULocationID*hour/4`` (the pickup zone's effect in
+    each block of 4 hours: 266 × 6 levels).
 
 Every term stays exact: a factor's one-hots are counted against the pair codes
 (:mod:`pipeline.core.stats`), so the model is still solved from additive statistics.
@@ -37,9 +42,12 @@ from pipeline.errors import PipelineError
 ZONE_TERMS = ("PULocationID", "DOLocationID", "PU_DO")
 #: Default ends of log-spaced bins (``COLUMN:logN``): 0.1 to 50 covers trip miles; outliers go to the end bins.
 LOG_RANGE = (0.1, 50.0)
+#: Zone ids are 1..265 (264 and 265 are TLC's "unknown"); code 0 stays unused (and takes ids out of range).
+N_ZONES = 266
 #: At most this many one-hot levels beside the zones: the exact solver's dense block grows with them, and so do the
-#: statistics (a level × every pickup-dropoff pair, per fold).
-MAX_LEVELS = 1024
+#: statistics (a level × every pickup-dropoff pair, and levels², per fold). A zone interaction with a block of 4
+#: hours (1,596 levels) fits beside 48 distance bins and the 168 hours of the week.
+MAX_LEVELS = 2048
 MICROS_PER_HOUR = 3_600_000_000
 HOURS_PER_DAY = 24
 #: 1970-01-01, day 0 of the timestamps, was a Thursday: weekday 3 when Monday is 0.
@@ -55,21 +63,32 @@ class TermError(PipelineError):
 
 @dataclass(frozen=True)
 class Bins:
-    """A numeric column cut at increasing ``edges``: ``len(edges) + 1`` levels; nulls count as 0."""
+    """A numeric column cut at increasing ``edges``: ``len(edges) + 1`` levels; nulls count as 0.
+
+    Quantile bins (``quantiles`` > 0) have no edges until a run fixes them (:func:`with_quantile_edges`);
+    until then they count as ``quantiles`` levels, the most they can have.
+    """
 
     column: str
     edges: tuple[float, ...]
     label: str  # as written after the colon, for the term's name
+    quantiles: int = 0
 
     @property
     def levels(self) -> int:
-        return len(self.edges) + 1
+        return len(self.edges) + 1 if self.edges else self.quantiles
 
     @property
     def name(self) -> str:
         return f"{self.column}:{self.label}"
 
+    @property
+    def unresolved(self) -> bool:
+        return self.quantiles > 0 and not self.edges
+
     def codes(self, values: np.ndarray) -> np.ndarray:
+        if self.unresolved:
+            raise TermError(f"term {self.name!r}: quantile edges are fixed by a run before the pass; none are given")
         return np.searchsorted(np.asarray(self.edges), values, side="right").astype(np.int64)
 
 
@@ -99,7 +118,27 @@ class Clock:
         return np.asarray(out // self.block if self.block > 1 else out, dtype=np.int64)
 
 
-Part = Bins | Clock
+@dataclass(frozen=True)
+class Zone:
+    """The pickup or dropoff zone as one factor of an interaction: 266 levels, ids out of 1..265 at level 0."""
+
+    column: str  # PULocationID or DOLocationID
+
+    @property
+    def levels(self) -> int:
+        return N_ZONES
+
+    @property
+    def name(self) -> str:
+        return self.column
+
+    def codes(self, values: np.ndarray) -> np.ndarray:
+        """Codes from zone ids as floats (nulls and unknown ids: 0, a level no training row has)."""
+        known = np.isfinite(values) & (values >= 1) & (values < N_ZONES)
+        return np.where(known, values, 0).astype(np.int64)
+
+
+Part = Bins | Clock | Zone
 
 
 @dataclass(frozen=True)
@@ -118,8 +157,13 @@ class Factor:
 
     @property
     def columns(self) -> tuple[str, ...]:
-        """Numeric columns the factor bins (the pickup time is always read)."""
-        return tuple(p.column for p in self.parts if isinstance(p, Bins))
+        """Columns the factor reads beside the pickup time: those it bins, and zones it interacts with."""
+        return tuple(p.column for p in self.parts if isinstance(p, (Bins, Zone)))
+
+    @property
+    def timed(self) -> bool:
+        """Whether a part is the pickup time."""
+        return any(isinstance(p, Clock) for p in self.parts)
 
 
 @dataclass(frozen=True)
@@ -137,6 +181,7 @@ class Terms:
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _LOG = re.compile(r"log(\d+)(?:\(([^,()]+),([^,()]+)\))?")
+_QUANTILE = re.compile(r"q(\d+)(\[[^\]]*\])?")
 _CLOCK = re.compile(r"(hour|weekday|hour_of_week)(?:/(\d+))?")
 
 
@@ -169,17 +214,31 @@ def _number(text: str, term: str) -> float:
     return value
 
 
+def _edges(text: str, term: str) -> tuple[float, ...]:
+    """``[1,2,5]``: at least one edge, strictly increasing."""
+    edges = tuple(_number(e, term) for e in text[1:-1].split(",") if e.strip())
+    if not edges:
+        raise TermError(f"term {term!r}: give at least one bin edge")
+    if any(b <= a for a, b in itertools.pairwise(edges)):
+        raise TermError(f"term {term!r}: bin edges must be strictly increasing")
+    return edges
+
+
 def _bins(column: str, how: str, term: str) -> Bins:
     if how.startswith("[") and how.endswith("]"):
-        edges = tuple(_number(e, term) for e in how[1:-1].split(",") if e.strip())
-        if not edges:
-            raise TermError(f"term {term!r}: give at least one bin edge")
-        if any(b <= a for a, b in itertools.pairwise(edges)):
-            raise TermError(f"term {term!r}: bin edges must be strictly increasing")
-        return Bins(column, edges, how.replace(" ", ""))
+        return Bins(column, _edges(how, term), how.replace(" ", ""))
+    quantile = _QUANTILE.fullmatch(how.replace(" ", ""))
+    if quantile is not None:
+        count = int(quantile.group(1))
+        if count < 2:
+            raise TermError(f"term {term!r}: give 2 or more bins")
+        edges = _edges(quantile.group(2), term) if quantile.group(2) else ()
+        if len(edges) >= count:
+            raise TermError(f"term {term!r}: {count} quantile bins have at most {count - 1} edges")
+        return Bins(column, edges, quantile.group(0), count)
     match = _LOG.fullmatch(how.replace(" ", ""))
     if match is None:
-        raise TermError(f"term {term!r}: bins are COLUMN:logN, COLUMN:logN(LOW,HIGH) or COLUMN:[EDGE,...]")
+        raise TermError(f"term {term!r}: bins are COLUMN:logN, COLUMN:logN(LOW,HIGH), COLUMN:qN or COLUMN:[EDGE,...]")
     count = int(match.group(1))
     low, high = (_number(match.group(2), term), _number(match.group(3), term)) if match.group(2) else LOG_RANGE
     if count < 2:
@@ -201,8 +260,10 @@ def _part(text: str, term: str) -> Part:
     column, colon, how = text.partition(":")
     if colon and _IDENTIFIER.fullmatch(column):
         return _bins(column, how, term)
+    if text in ZONE_TERMS[:2]:
+        return Zone(text)
     if text in ZONE_TERMS:
-        raise TermError(f"term {term!r}: interactions with zone terms are not supported; interact time and bins")
+        raise TermError(f"term {term!r}: PU_DO cannot interact; interact PULocationID or DOLocationID with a factor")
     raise TermError(f"term {term!r}: unknown term (zone terms, a numeric column, COLUMN:logN bins, hour, weekday, hour_of_week)")
 
 
@@ -213,7 +274,10 @@ def parse_term(term: str) -> str | Factor:
         return text
     if _IDENTIFIER.fullmatch(text) and _CLOCK.fullmatch(text) is None:
         return text
-    return Factor(tuple(_part(p.strip(), term) for p in text.split("*")))
+    factor = Factor(tuple(_part(p.strip(), term) for p in text.split("*")))
+    if all(isinstance(p, Zone) for p in factor.parts):
+        raise TermError(f"term {term!r}: zones interact with a factor (bins or time); the zone pair is PU_DO")
+    return factor
 
 
 def parse_terms(terms: str | Iterable[str]) -> Terms:
@@ -248,3 +312,37 @@ def check_size(factors: Sequence[Factor]) -> None:
             f"term {largest.name!r}: {largest.levels} levels ({total} in all) is too large for the exact solver, "
             f"which takes at most {MAX_LEVELS} levels beside the zones"
         )
+
+
+def quantile_columns(terms: Iterable[str]) -> dict[str, set[int]]:
+    """The columns of quantile bins still without edges, and their bin counts: what a run must measure first."""
+    out: dict[str, set[int]] = {}
+    for term in terms:
+        parsed = parse_term(term)
+        for part in parsed.parts if isinstance(parsed, Factor) else ():
+            if isinstance(part, Bins) and part.unresolved:
+                out.setdefault(part.column, set()).add(part.quantiles)
+    return out
+
+
+def quantile_edges(values: np.ndarray, count: int) -> tuple[float, ...]:
+    """Edges cutting ``values`` into ``count`` bins of about equal counts; repeated quantiles merge (fewer bins)."""
+    if not values.size:
+        raise TermError(f"q{count}: no training values to take quantiles of")
+    edges = np.unique(np.quantile(values, np.arange(1, count) / count))
+    return tuple(float(e) for e in edges)
+
+
+def with_quantile_edges(term: str, edges: dict[tuple[str, int], tuple[float, ...]]) -> str:
+    """``term`` with each quantile part's edges written in (``trip_distance:q32[...]``); other terms as they are."""
+    parsed = parse_term(term)
+    if not isinstance(parsed, Factor) or not any(isinstance(p, Bins) and p.unresolved for p in parsed.parts):
+        return term
+    names = []
+    for part in parsed.parts:
+        if isinstance(part, Bins) and part.unresolved:
+            fixed = edges[(part.column, part.quantiles)]
+            names.append(f"{part.column}:q{part.quantiles}[{','.join(repr(e) for e in fixed)}]")
+        else:
+            names.append(part.name)
+    return "*".join(names)

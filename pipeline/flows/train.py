@@ -18,6 +18,7 @@ from logging import Logger, LoggerAdapter
 from typing import TYPE_CHECKING, Any
 
 import distributed
+import numpy as np
 from distributed.scheduler import KilledWorker
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -36,6 +37,7 @@ from pipeline.core.features import FeatureSpec
 from pipeline.core.model import AnyModel, Model
 from pipeline.core.months import Month, format_months
 from pipeline.core.results import RunResult
+from pipeline.core.terms import quantile_columns, quantile_edges
 from pipeline.edge import chunks, lineage, reader, stats_cache, tracking
 from pipeline.edge.baseline import COUNTS_FILE, train_counts_bytes
 from pipeline.edge.metrics import METRICS_FILE, metrics_bytes
@@ -154,6 +156,31 @@ def chunk_stats(work: list[ChunkWork], spec: FeatureSpec, seed: int, cache_locat
 def _cache_hits(message: str | None) -> int:
     """Chunks a ``chunk-stats`` run read from the cache (the count its state message starts with)."""
     return int((message or "0").split(" ", 1)[0])
+
+
+#: Kept rows per training month that quantile bins' edges are taken from (a uniform sample; a smaller month gives all).
+QUANTILE_SAMPLE = 200_000
+
+
+@task(name="quantile-sample", cache_policy=NO_CACHE, persist_result=False)
+def quantile_sample(plan: reader.MonthPlan, columns: tuple[str, ...], seed: int) -> np.ndarray:
+    """A month's kept rows' ``columns`` (nulls as 0), at most :data:`QUANTILE_SAMPLE` of them, as training keeps rows."""
+    return chunks.load_rows([plan], FeatureSpec(numeric=columns), 1, seed, QUANTILE_SAMPLE).x
+
+
+def _fix_quantile_edges(config: TrainConfig, located: dict[Month, reader.MonthPlan], train: list[Month], logger: RunLogger) -> TrainConfig:
+    """The config with its quantile bins' edges measured on the training months, before the pass: the edges are part
+    of the terms from then on, so the statistics, the model file and the scorer all use the same ones."""
+    wanted = quantile_columns(config.feature_spec().terms)
+    if not wanted:
+        return config
+    columns = tuple(sorted(wanted))
+    samples = [named(quantile_sample, [m]).submit(located[m], columns, config.seed) for m in train]
+    values = np.concatenate([future.result() for future in samples])
+    edges = {(c, n): quantile_edges(values[:, j], n) for j, c in enumerate(columns) for n in sorted(wanted[c])}
+    for (column, count), fixed in edges.items():
+        logger.info("%s:q%d: %d edges from %s rows, %.4g to %.4g", column, count, len(fixed), f"{len(values):,}", fixed[0], fixed[-1])
+    return config.with_quantile_edges(edges)
 
 
 @task(name="month-stats", cache_policy=NO_CACHE)
@@ -588,6 +615,7 @@ def _train_on_dask(config: TrainConfig, plans: list[reader.MonthPlan] | None, sl
     train, val = config.months()
     logger.info("training %s on %s, validating on %s, from %s", config.model, ", ".join(map(str, train)), val, config.source)
     located = _locate(config, [*train, val], plans)
+    config = _fix_quantile_edges(config, located, train, logger)
     champion_model = load_any(champion) if champion is not None else None
     if config.model == "linear":
         trained = _train_linear(config, located, train, val, slots, logger)

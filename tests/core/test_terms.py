@@ -63,6 +63,42 @@ def test_factor_codes_of_a_table_are_offset_and_interacted():
     assert factor_codes(table, spec).tolist() == [[0, 7], [6, 8]]
 
 
+def test_a_zone_interacts_with_a_factor_unknown_ids_at_level_0():
+    spec = FeatureSpec.of("PULocationID,DOLocationID,PU_DO,hour,PULocationID*hour/4")
+    assert [f.levels for f in spec.factors] == [24, 266 * 6]
+    assert spec.columns() == ("pickup_datetime", "dropoff_datetime", "PULocationID", "DOLocationID")  # zones are read anyway
+    stamps = pd.to_datetime(["2021-03-15 08:30", "2021-03-15 23:10", "2021-03-15 00:05", "2021-03-15 13:00"])
+    table = pa.table({PICKUP: pa.array(stamps, pa.timestamp("us")), "PULocationID": pa.array([132, 265, 300, None], pa.int64())})
+    # pickup zone × block of 4 hours: 132 at 08:30 -> 132 * 6 + 2; 265 at 23:10 -> 265 * 6 + 5; 300 (no zone) and a null -> zone 0
+    assert factor_codes(table, spec)[:, 1].tolist() == [24 + 132 * 6 + 2, 24 + 265 * 6 + 5, 24 + 0, 24 + 3]
+
+
+def test_quantile_bins_get_their_edges_written_into_the_term():
+    from pipeline.core.config import TrainConfig
+    from pipeline.core.terms import quantile_columns, quantile_edges, with_quantile_edges
+
+    values = np.r_[np.zeros(60), np.arange(1.0, 41.0)]  # 60% of the trips at 0 miles: repeated quantiles merge
+    edges = quantile_edges(values, 4)
+    assert edges == (0.0, 15.25)  # the 1/4 and 2/4 quantiles are both 0: 3 bins, not 4
+    assert quantile_columns(["PU_DO", "trip_distance:q4*hour/4", "fare_amount:q8", "trip_distance:q4"]) == {
+        "trip_distance": {4},
+        "fare_amount": {8},
+    }
+    term = with_quantile_edges("trip_distance:q4*hour/4", {("trip_distance", 4): edges})
+    assert term == "trip_distance:q4[0.0,15.25]*hour/4"
+    (factor,) = parse_terms(["PU_DO", term]).factors
+    assert factor.levels == 3 * 6 and factor.name == term and quantile_columns([term]) == {}
+    with pytest.raises(TermError, match="quantile edges are fixed by a run"):
+        factor_codes(pa.table({"trip_distance": [1.0]}), FeatureSpec.of("PU_DO,trip_distance:q4"))
+    config = TrainConfig(
+        train_months="2021-01", val_month="2021-02", output="out", alphas=(1.0, 3.0),
+        candidates=(("base",), ("trip_distance:q4,hour",)), read_also=("trip_distance:q4",),
+    )  # fmt: skip
+    fixed = config.with_quantile_edges({("trip_distance", 4): edges})
+    assert fixed.candidates[1] == (*ZONE_TERMS, "trip_distance:q4[0.0,15.25]", "hour")
+    assert fixed.read_also == ("trip_distance:q4[0.0,15.25]",) and fixed.features == config.features
+
+
 @pytest.mark.parametrize(
     ("terms", "message"),
     [
@@ -72,7 +108,12 @@ def test_factor_codes_of_a_table_are_offset_and_interacted():
         ("PU_DO,trip_distance:log8(5,1)", "0 < LOW < HIGH"),
         ("PU_DO,hour/5", "blocks that divide 24"),
         ("PU_DO,minute", None),  # a numeric column: the month's columns decide (see the CLI test)
-        ("PU_DO,PULocationID*hour/4", "interactions with zone terms are not supported"),
+        ("PU_DO,trip_distance:q1", "2 or more bins"),
+        ("PU_DO,trip_distance:q3[1,2,3]", "at most 2 edges"),
+        ("PU_DO,trip_distance:q3[2,1]", "strictly increasing"),
+        ("PU_DO,PU_DO*hour/4", "PU_DO cannot interact"),
+        ("PU_DO,PULocationID*DOLocationID", "the zone pair is PU_DO"),
+        ("PU_DO,PULocationID*hour/4,DOLocationID*hour/4", f"at most {MAX_LEVELS} levels"),
         ("PU_DO,trip_distance:log48*hour_of_week", f"at most {MAX_LEVELS} levels"),
         ("PU_DO,PU_DO", "listed twice"),
         ("PU_DO,hour?", "unknown term"),

@@ -23,6 +23,8 @@ from pipeline.edge import chunks, reader
 
 GREEN = Path(__file__).resolve().parents[1] / "data" / "tlc-green"
 BINNED = "PULocationID,DOLocationID,PU_DO,trip_distance:log48,hour_of_week"
+#: The binned spec with the pickup zone's effect in each block of 4 hours.
+ZONE_HOURS = f"{BINNED},PULocationID*hour/4"
 
 
 def month_stats(month: str, spec: FeatureSpec, folds: int = 1) -> stats.Stats:
@@ -66,25 +68,30 @@ def test_pu_do_and_distance_is_the_exact_least_squares_not_the_courses_lsqr_stop
 
 
 def _one_hot_design(frame: pd.DataFrame, spec: FeatureSpec) -> sp.csr_matrix:
-    """The binned spec's design, built independently with pandas: one column per zone, pair, distance bin and hour of week."""
+    """The binned spec's design, built independently with pandas: one column per zone, pair, distance bin and hour of
+    week, and with a zone interaction one per pickup zone and block of 4 hours."""
     (distance,) = spec.factors[0].parts
     edges = np.asarray(distance.edges)
+    pickup = frame.lpep_pickup_datetime.dt
     codes = {
         "pu": (frame.PULocationID.to_numpy(), 266),
         "do": (frame.DOLocationID.to_numpy(), 266),
         "pair": (frame.PULocationID.to_numpy() * 266 + frame.DOLocationID.to_numpy(), 266 * 266),
         "distance": (np.searchsorted(edges, frame.trip_distance.fillna(0).to_numpy(), side="right"), len(edges) + 1),
-        "hour_of_week": ((frame.lpep_pickup_datetime.dt.day_of_week * 24 + frame.lpep_pickup_datetime.dt.hour).to_numpy(), 168),
+        "hour_of_week": ((pickup.day_of_week * 24 + pickup.hour).to_numpy(), 168),
     }
+    if len(spec.factors) == 3:
+        codes["pickup_zone_by_4_hours"] = ((frame.PULocationID * 6 + pickup.hour // 4).to_numpy(), 266 * 6)
     rows = np.arange(len(frame))
     blocks = [sp.csr_matrix((np.ones(len(frame)), (rows, code)), shape=(len(frame), size)) for code, size in codes.values()]
     return sp.hstack(blocks).tocsr()
 
 
-def test_a_binned_spec_is_scikit_learns_ridge_on_the_same_one_hots():
+@pytest.mark.parametrize("terms", [BINNED, ZONE_HOURS])
+def test_a_binned_spec_is_scikit_learns_ridge_on_the_same_one_hots(terms: str):
     from sklearn.linear_model import Ridge
 
-    spec, alpha = FeatureSpec.of(BINNED), 3.0
+    spec, alpha = FeatureSpec.of(terms), 3.0
     weights = solve.solve(month_stats("2021-01", spec), alpha, spec.zones)
     ours = solve.rmse(weights, month_stats("2021-02", spec))
     train, val = course_frame("2021-01"), course_frame("2021-02")
@@ -144,3 +151,16 @@ def test_no_prediction_leaves_the_training_window():
     assert raw.min() < 1.0 or raw.max() > 60.0  # an absurd distance takes the linear term far out
     predicted = model.predict(far)
     assert predicted.tolist() == np.clip(raw, 1.0, 60.0).tolist()
+
+
+def test_sparse_and_dense_level_counts_solve_alike(monkeypatch: pytest.MonkeyPatch):
+    """Real months fill about 1% of the counts per level and pair, so the solve takes them sparse; dense, it is the same model."""
+    spec = FeatureSpec.of(BINNED)
+    train, val = month_stats("2021-01", spec), month_stats("2021-02", spec)
+    assert np.count_nonzero(train.cross) < solve.SPARSE_BELOW * train.cross.size
+    sparse = solve.solve(train, 3.0, spec.zones)
+    monkeypatch.setattr(solve, "SPARSE_BELOW", 0.0)
+    dense = solve.solve(train, 3.0, spec.zones)
+    for a, b in zip((sparse.pu, sparse.do, sparse.pair, sparse.levels), (dense.pu, dense.do, dense.pair, dense.levels)):
+        assert np.allclose(a, b, rtol=0, atol=1e-9)
+    assert solve.rmse(sparse, val) == pytest.approx(solve.rmse(dense, val), rel=1e-12)

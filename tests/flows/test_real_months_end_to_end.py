@@ -98,11 +98,33 @@ def test_train_with_the_courses_features_prints_the_exact_least_squares(tmp_path
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["features"] == ["PU_DO", "trip_distance"]
 
 
+def test_quantile_bins_are_fixed_on_the_training_rows_before_the_pass(tmp_path: Path, prefect_api_url: str):
+    """``trip_distance:q16`` gets the 16-quantiles of 2021-01's kept trips (all of them: fewer than the sample), computed
+    here with pandas, written into the term; the model is the one trained on those edges given by hand."""
+    train = _frame("2021-01")
+    edges = np.unique(np.quantile(train.trip_distance.fillna(0).to_numpy(), np.arange(1, 16) / 16))
+    args = ["train", "--taxi", "green", "--source", str(GREEN), "--train-months", "2021-01", "--val-month", "2021-02"]
+    flags = ("--alphas", "3", "--folds", "0", "--n-workers", "1")
+    metrics = {}
+    for name, term in (("quantiles", "trip_distance:q16"), ("edges", f"trip_distance:[{','.join(repr(float(e)) for e in edges)}]")):
+        result = _cli(
+            *args, "--features", f"PU_DO,{term}", *flags, "--output", str(tmp_path / name), env={"PREFECT_API_URL": prefect_api_url}
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        metrics[name] = json.loads((tmp_path / name / "metrics.json").read_text())
+    pu_do, binned = metrics["quantiles"]["features"]
+    assert pu_do == "PU_DO" and binned.startswith("trip_distance:q16[")
+    assert np.array_equal([float(e) for e in binned.removeprefix("trip_distance:q16[").removesuffix("]").split(",")], edges)
+    assert metrics["quantiles"]["val_rmse"] == metrics["edges"]["val_rmse"]
+    assert json.loads((tmp_path / "quantiles" / "model.json").read_text())["features"]["terms"] == [pu_do, binned]
+
+
 @pytest.mark.parametrize(
     ("features", "named"),
     [
         ("PU_DO,trip_distance:[5,2]", "trip_distance:[5,2]"),
         ("PU_DO,hour/7", "hour/7"),
+        ("PU_DO,trip_distance:q1", "trip_distance:q1"),
         ("PU_DO,trip_distance:log48*hour_of_week", "trip_distance:log48*hour_of_week"),
         ("PU_DO,fare_amount_typo", "fare_amount_typo"),
     ],
