@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.core import solve, stats
-from pipeline.core.config import TrainConfig
+from pipeline.core.config import DEFAULT_CHUNK_ROWS
 from pipeline.core.features import Encoded, FeatureSpec, encode
 from pipeline.core.months import Month
 from pipeline.edge import reader
@@ -40,7 +40,7 @@ SPEC = FeatureSpec()
 #: The default ridge penalty: plain least squares for all practical purposes.
 ALPHA = 1e-3
 #: Rows per chunk task as users run it.
-CHUNK_ROWS: int = TrainConfig.model_fields["chunk_rows"].default
+CHUNK_ROWS: int = DEFAULT_CHUNK_ROWS
 #: The 4 columns the model reads, under their physical yellow-taxi names: the decode floor.
 RAW_COLUMNS = ("tpep_pickup_datetime", "tpep_dropoff_datetime", "PULocationID", "DOLocationID")
 

@@ -16,7 +16,7 @@ import pytest
 from benchmarks.chunk_memory import CLEAR_REFS, probe_peaks
 from benchmarks.common import SPEC, TAXI, months
 from benchmarks.conftest import BIG_MONTH_ROWS
-from pipeline.core.config import TrainConfig
+from pipeline.core.config import DEFAULT_CHUNK_ROWS
 from pipeline.edge import reader
 from pipeline.edge.sources import month_filename
 from pipeline.edge.synth import write_months
@@ -37,7 +37,7 @@ def test_every_chunk_of_a_20m_row_month_peaks_by_its_chunk(benchmark, pytestconf
     (month,) = months(1)
     if not (folder / month_filename(TAXI, month)).is_file():
         write_months(folder, [month], BIG_MONTH_ROWS, seed=0, taxi=TAXI, row_group_size=GROUP_ROWS)
-    chunk_rows = TrainConfig.model_fields["chunk_rows"].default
+    chunk_rows = DEFAULT_CHUNK_ROWS
     plan = reader.locate(str(folder), TAXI, month, SPEC.columns())
     chunks = reader.plan(plan.layout, chunk_rows)
     arguments = {index: [str(folder), str(month), str(chunk_rows), str(index), "5"] for index in range(len(chunks))}

@@ -35,6 +35,7 @@ from benchmarks.common import ALPHA, CHUNK_ROWS, TAXI, best_of, decode, month_pa
 from benchmarks.conftest import QUICK_FLOORS, Bench
 from cluster import ClusterSpec
 from pipeline.core import solve
+from pipeline.core.config import ScoreConfig
 from pipeline.core.features import FeatureSpec, numeric_matrix, zone_codes
 from pipeline.core.model import Model
 from pipeline.core.months import Month
@@ -136,11 +137,8 @@ def test_score_flow_vs_read(benchmark, bench, prefect_api_url, model, model_dir,
     output = tmp_path / "scored"
     wall_seconds, result = best_of(
         lambda: score_flow(
-            months=f"{scored[0]}:{scored[-1]}",
-            output=str(output),
-            model=str(model_dir),
-            source=str(bench.folder),
-            cluster=ClusterSpec(n_workers=2, dashboard_address=":0"),
+            ScoreConfig(months=f"{scored[0]}:{scored[-1]}", output=str(output), model=str(model_dir), source=str(bench.folder)),
+            ClusterSpec(n_workers=2, dashboard_address=":0"),
         ),
         benchmark=benchmark,
     )

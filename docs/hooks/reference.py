@@ -1,9 +1,9 @@
 """MkDocs hook: reference material generated from the code, and docstrings made to read well as Markdown.
 
-- ``<!-- train-config-fields -->`` becomes a table of :class:`pipeline.core.config.TrainConfig`'s
-  fields (name, type, default, description) read from the pydantic model itself, or the
-  help of the ``train`` flag that sets a field the model leaves undescribed: the page
-  cannot drift from the code.
+- ``<!-- train-config-fields -->`` (``retrain-``, ``score-``) becomes a table of the config
+  model's fields (name, type, default, description) read from the pydantic model itself
+  (:class:`pipeline.core.config.TrainConfig`, ``RetrainConfig``, ``ScoreConfig``): the page
+  cannot drift from the code, nor from the flags, which are generated from the same fields.
 - The docstrings use Sphinx roles (``:func:`name```); mkdocstrings renders Markdown, where a
   role would show as literal text. The role is dropped and the name stays as code.
 """
@@ -13,7 +13,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-FIELDS_MARKER = "<!-- train-config-fields -->"
+#: Marker -> the config model whose fields replace it.
+FIELDS_MARKERS = {
+    "<!-- train-config-fields -->": "TrainConfig",
+    "<!-- retrain-config-fields -->": "RetrainConfig",
+    "<!-- score-config-fields -->": "ScoreConfig",
+}
 ROLE = re.compile(r":(?:py:)?(?:func|class|meth|mod|data|attr|exc|obj|const):(?=<code>)")
 
 
@@ -23,33 +28,30 @@ def _type_name(annotation: Any) -> str:
     return text.replace("NoneType", "None")
 
 
-def _fields_table() -> str:
+def _fields_table(model_name: str) -> str:
     from pydantic_core import PydanticUndefined
 
-    from pipeline.cli import cli
-    from pipeline.core.config import TrainConfig
+    from pipeline.core import config
 
-    # A field without a description reads as the help of the `train` flag that sets it.
-    flags = {param.name: param for param in cli.commands["train"].params}
+    model = getattr(config, model_name)
     lines = ["| field | type | default | meaning |", "| --- | --- | --- | --- |"]
-    for name, field in TrainConfig.model_fields.items():
+    for name, field in model.model_fields.items():
         if field.is_required():
             default = "required"
         elif field.default is PydanticUndefined:
-            default = ""
+            default = "from the environment" if field.default_factory is not None else ""
         else:
             default = f"`{field.default!r}`"
         kind = _type_name(field.annotation).replace("|", "\\|")
-        flag = flags.get(name)
-        meaning = field.description or (f"`{flag.opts[0]}`: {flag.help or ''}" if flag is not None else "")
-        meaning = meaning.replace("|", "\\|")
+        meaning = (field.description or "").replace("|", "\\|")
         lines.append(f"| `{name}` | `{kind}` | {default} | {meaning} |")
     return "\n".join(lines) + "\n"
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
-    if FIELDS_MARKER in markdown:
-        markdown = markdown.replace(FIELDS_MARKER, _fields_table())
+    for marker, model_name in FIELDS_MARKERS.items():
+        if marker in markdown:
+            markdown = markdown.replace(marker, _fields_table(model_name))
     return markdown
 
 

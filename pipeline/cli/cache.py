@@ -15,16 +15,16 @@ LOCATION = click.option(
 )
 
 
-def _parsed(parse_name: str) -> Any:
-    """A click callback running ``stats_cache.<parse_name>`` on the flag's value, naming the flag when it is bad."""
+def _parsed(module: str, parse_name: str) -> Any:
+    """A click callback running ``<module>.<parse_name>`` on the flag's value, naming the flag when it is bad."""
 
     def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
-        from pipeline.edge import stats_cache
+        import importlib
 
         if value is None:
             return None
         try:
-            return getattr(stats_cache, parse_name)(value)
+            return getattr(importlib.import_module(module), parse_name)(value)
         except PipelineError as exc:
             raise click.BadParameter(str(exc), param_hint=param.opts[0]) from None
 
@@ -36,9 +36,19 @@ def _when(epoch: float | None) -> str:
 
 
 def _open(location: str | None) -> Any:
+    """The cache a run would use: the flag, else the run's default ($TAXI_PIPELINE_STATS_CACHE, else in the month cache)."""
+    from pipeline.core.config import month_cache_default, stats_cache_default
     from pipeline.edge import stats_cache
 
-    return stats_cache.StatsCache(stats_cache.resolve(location))
+    return stats_cache.StatsCache(stats_cache.resolve(location or stats_cache_default(), month_cache_default()))
+
+
+def _max_bytes() -> int:
+    """The bound runs keep the cache under: $TAXI_PIPELINE_STATS_CACHE_MAX_BYTES, else the default."""
+    from pipeline.core.config import stats_cache_max_bytes_default
+
+    bound: int = stats_cache_max_bytes_default()
+    return bound
 
 
 def _report(removed: int, freed: int, left: Any) -> None:
@@ -56,13 +66,13 @@ def cache() -> None:
 @LOCATION
 def info(stats_cache: str | None) -> None:
     """Print the cache's location, entries, total size, oldest and newest use, and the bound runs keep it under."""
-    from pipeline.edge.stats_cache import human_size, max_bytes
+    from pipeline.edge.stats_cache import human_size
 
     usage = _open(stats_cache).usage()
     rows = [
         ("entries", f"{usage.entries:,}"),
         ("size", human_size(usage.bytes)),
-        ("limit", f"{human_size(max_bytes())}, applied after each run"),
+        ("limit", f"{human_size(_max_bytes())}, applied after each run"),
         ("oldest use", _when(usage.oldest)),
         ("newest use", _when(usage.newest)),
     ]
@@ -73,15 +83,21 @@ def info(stats_cache: str | None) -> None:
 @cache.command()
 @LOCATION
 @click.option(
-    "--max-size", callback=_parsed("parse_size"), default=None, help="Keep the most recently used entries up to this size, e.g. 500MB."
+    "--max-size",
+    callback=_parsed("pipeline.core.config", "parse_size"),
+    default=None,
+    help="Keep the most recently used entries up to this size, e.g. 500MB.",
 )
-@click.option("--older-than", callback=_parsed("parse_age"), default=None, help="Remove entries unused for this long, e.g. 30d, 12h.")
+@click.option(
+    "--older-than",
+    callback=_parsed("pipeline.edge.stats_cache", "parse_age"),
+    default=None,
+    help="Remove entries unused for this long, e.g. 30d, 12h.",
+)
 def prune(stats_cache: str | None, max_size: int | None, older_than: float | None) -> None:
     """Remove least recently used entries: those unused for --older-than, then beyond --max-size [default: the run's limit]."""
-    from pipeline.edge.stats_cache import max_bytes
-
     if max_size is None and older_than is None:
-        max_size = max_bytes()
+        max_size = _max_bytes()
     pruned = _open(stats_cache).prune(max_bytes=max_size, older_than=older_than)
     _report(pruned.removed, pruned.freed, pruned.left)
 

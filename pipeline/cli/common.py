@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
 from rich.table import Table
 
 from pipeline.core.terms import split_terms
+from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+    from pydantic.fields import FieldInfo
+
+_M = TypeVar("_M", bound="BaseModel")
 
 err = Console(stderr=True)
 out = Console()
@@ -73,90 +81,103 @@ def terms_list(ctx: click.Context, param: click.Parameter, value: str | None) ->
     return None if value is None else split_terms(value)
 
 
-def _storage_options(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
-    """Check ``--storage-options`` and hand it to every process of the run through the environment, never a parameter."""
-    if value is None:
-        return
-    from pipeline.edge.storage import STORAGE_OPTIONS_ENV, parse_options
+def storage_options(command: Any) -> Any:
+    """``--storage-options``: fsspec options for s3:// and other locations, checked and handed to every process of the
+    run through ``$TAXI_PIPELINE_STORAGE_OPTIONS``, set in the command's body once parsing is done.
 
-    parse_options(value)  # bad JSON, or a credential inline: one line, before anything runs
-    os.environ[STORAGE_OPTIONS_ENV] = value
+    Not a config field: it may carry a secret (a key in ``@FILE``), and Prefect stores and shows a run's parameters.
+    """
+
+    @functools.wraps(command)
+    def run(*args: Any, storage_options: str | None = None, **kwargs: Any) -> Any:
+        if storage_options is not None:
+            from pipeline.edge.storage import STORAGE_OPTIONS_ENV, parse_options
+
+            parse_options(storage_options)  # bad JSON, or a credential inline: one line, before anything runs
+            os.environ[STORAGE_OPTIONS_ENV] = storage_options  # this process's workers and the run's inherit it
+        return command(*args, **kwargs)
+
+    return click.option(
+        "--storage-options",
+        default=None,
+        help='fsspec options for s3:// and other URLs, e.g. \'{"endpoint_url": "http://127.0.0.1:5000"}\', or @FILE; '
+        "credentials from the environment, the AWS config files or @FILE, never inline.",
+    )(run)
 
 
-#: ``--storage-options``: file system options for s3:// and other fsspec locations (never credentials inline).
-STORAGE_OPTIONS = click.option(
-    "--storage-options",
-    callback=_storage_options,
-    expose_value=False,
-    help='fsspec options for s3:// and other URLs, e.g. \'{"endpoint_url": "http://127.0.0.1:5000"}\', or @FILE; '
-    "credentials from the environment, the AWS config files or @FILE, never inline.",
-)
+def flag(field: str) -> str:
+    """A config field's flag: ``val_month`` -> ``--val-month``."""
+    return "--" + field.replace("_", "-")
 
-#: MLflow tracking (TrainConfig fields, retrain-trip-duration parameters): the training run as an MLflow run.
-MLFLOW_OPTIONS = [
-    click.option("--mlflow", is_flag=True, default=None, help="Log the run to MLflow (needs the [mlflow] extra)."),
-    click.option("--mlflow-uri", default=None, help="MLflow tracking URI, e.g. sqlite:///mlflow.db [default: MLFLOW_TRACKING_URI]."),
-    click.option("--mlflow-experiment", default=None, help="MLflow experiment, made on first use [default: taxi-trip-duration]."),
-]
-#: Options that configure the training run (TrainConfig fields); the rest choose the cluster.
-TRAIN_OPTIONS = [
-    click.option(
-        "--source", default=None, help="Folder, http(s):// prefix or fsspec URL of the month files [default: the public TLC prefix]."
-    ),
-    click.option("--taxi", type=click.Choice(["yellow", "green"]), default=None, help="[default: yellow]"),
-    click.option(
-        "--alphas",
-        callback=comma_list("--alphas", float),
-        default=None,
-        help="Ridge penalties, e.g. 0.01,0.1,1,10; CV picks the best [default: 0.001].",
-    ),
-    click.option("--folds", type=click.IntRange(min=0), default=None, help="K-fold CV over training rows; 0 turns CV off [default: 5]."),
-    click.option(
-        "--cv",
-        type=click.Choice(["kfold", "time"]),
-        default=None,
-        help="time: train on earlier months, validate on the next [default: kfold].",
-    ),
-    click.option("--seed", type=click.IntRange(min=0), default=None, help="Drives fold assignment and estimators [default: 0]."),
-    click.option(
-        "--model",
-        type=click.Choice(["linear", "hist_gradient_boosting", "sgd", "xgboost"]),
-        default=None,
-        help="linear: exact, from statistics [default]; xgboost: boosted trees on every row over the whole cluster "
-        "(xgboost.dask); the others fit on rows, fold by fold.",
-    ),
-    click.option("--xgb-rounds", type=click.IntRange(min=1), default=None, help="Boosting rounds of --model xgboost [default: 100]."),
-    click.option("--max-rows", type=click.IntRange(min=1), default=None, help="Row cap per fit for models other than linear."),
-    click.option(
-        "--features",
-        callback=terms_list,
-        default=None,
-        help="The model's terms, e.g. PU_DO,trip_distance or PULocationID,DOLocationID,PU_DO,trip_distance:log48,hour_of_week "
-        "(zones, numeric columns, COLUMN:logN or COLUMN:[EDGES] bins, hour, hour/4, weekday, hour_of_week, A*B) "
-        "[default: PULocationID,DOLocationID,PU_DO].",
-    ),
-    click.option(
-        "--numeric", callback=comma_list("--numeric", str), default=None, help="Numeric columns to add as features, e.g. trip_distance."
-    ),
-    click.option(
-        "--candidates",
-        callback=feature_sets,
-        default=None,
-        help="Feature sets to compare by CV from one read, e.g. 'base;base,trip_distance:log48,hour_of_week'; the best wins.",
-    ),
-    click.option(
-        "--chunk-rows", type=click.IntRange(min=1), default=None, help="Rows per task, rounded to row groups [default: 4,000,000]."
-    ),
-    click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where remote months are cached."),
-    click.option("--cache/--no-cache", default=None, help="Reuse chunk statistics of unchanged month files [default: cache]."),
-    *MLFLOW_OPTIONS,
-    click.option(
-        "--stats-cache",
-        default=None,
-        help="Folder or fsspec URL (s3://bucket/prefix) of the chunk statistics cache, shared by the workers "
-        "[default: $TAXI_PIPELINE_STATS_CACHE, else stats/ in the month cache folder].",
-    ),
-]
+
+def shown_default(value: Any) -> str | None:
+    """A field's default as a flag would take it (``0.001,0.3,1,3,10``, ``base;trip_distance:log48``), None for none."""
+    if value is None or value is False or value == ():
+        return None
+    if isinstance(value, bool):
+        return "on"
+    if isinstance(value, int) and value >= 10_000:
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple) and all(isinstance(v, tuple) for v in value):
+        return ";".join(",".join(v) or "base" for v in value)
+    if isinstance(value, tuple):
+        return ",".join(shown_default(v) or "" for v in value)
+    return str(value)
+
+
+def field_help(field: FieldInfo, required: bool = False) -> str:
+    """A flag's help: its field's description, and the default when the description does not say it (nor the flag is required)."""
+    text = field.description or ""
+    text = text[:1].upper() + text[1:]
+    shown = None if required or field.is_required() or "[default:" in text else shown_default(field.default)
+    return f"{text} [default: {shown}]." if shown else f"{text}."
+
+
+def field_option(model: type[BaseModel], name: str, *decls: str, **kwargs: Any) -> Any:
+    """The option that sets ``model``'s field ``name``: its description as help, and no default of its own, so a flag
+    left unset leaves the field to the model (its default, or its environment variable)."""
+    return click.option(
+        *(decls or (flag(name),)), name, default=None, help=field_help(model.model_fields[name], bool(kwargs.get("required"))), **kwargs
+    )
+
+
+def train_options() -> list[Any]:
+    """Options that configure the training run (TrainConfig fields); the rest choose the cluster."""
+    from pipeline.core.config import TrainConfig
+
+    def option(name: str, *decls: str, **kwargs: Any) -> Any:
+        return field_option(TrainConfig, name, *decls, **kwargs)
+
+    return [
+        option("train_months", required=True),
+        option("val_month", required=True),
+        option("output", required=True),
+        option("source"),
+        option("taxi", type=click.Choice(["yellow", "green"])),
+        option("alphas", callback=comma_list("--alphas", float)),
+        option("folds", type=int),
+        option("cv", type=click.Choice(["kfold", "time"])),
+        option("seed", type=int),
+        option("model", type=click.Choice(["linear", "hist_gradient_boosting", "sgd", "xgboost"])),
+        option("xgb_rounds", type=int),
+        option("max_rows", type=int),
+        option("features", callback=terms_list),
+        option("numeric", callback=comma_list("--numeric", str)),
+        option("candidates", callback=feature_sets),
+        option("chunk_rows", type=int),
+        option("cache_dir"),
+        option("http_timeout", type=float),
+        option("cache", "--cache/--no-cache"),
+        option("mlflow", "--mlflow", is_flag=True),
+        option("mlflow_uri"),
+        option("mlflow_experiment"),
+        option("stats_cache"),
+        option("stats_cache_max_bytes"),
+    ]
+
+
 CLUSTER_OPTIONS = [
     click.option(
         "--n-workers",
@@ -196,8 +217,26 @@ def with_options(options: list[Any]) -> Any:
     return decorate
 
 
-def flag_names() -> dict[str, str]:
-    """Each TrainConfig field's flag: ``val_month`` -> ``--val-month``."""
-    from pipeline.core.config import TrainConfig
+def flag_names(model: type[BaseModel]) -> dict[str, str]:
+    """Each of ``model``'s fields' flag: ``val_month`` -> ``--val-month``."""
+    return {name: flag(name) for name in model.model_fields}
 
-    return {name: "--" + name.replace("_", "-") for name in TrainConfig.model_fields}
+
+def parsed(model: type[_M], options: dict[str, Any]) -> tuple[_M, Any]:
+    """The config from the flags given (unset ones keep the model's defaults) and the cluster from the rest.
+
+    A broken rule is one line naming the flags at fault."""
+    from cluster import ClusterSpec
+    from pipeline.core.config import ConfigError
+
+    fields = {k: v for k, v in options.items() if k in model.model_fields and v is not None}
+    try:
+        config = model.build(**fields)  # type: ignore[attr-defined]
+    except ConfigError as exc:
+        raise PipelineError(exc.render(flag_names(model))) from None
+    return config, ClusterSpec(**{k: v for k, v in options.items() if k not in model.model_fields})
+
+
+def absolute(location: str) -> str:
+    """A local folder made absolute (a deployment's runs and the local stack's processes start elsewhere); a URL as given."""
+    return location if "://" in location else str(Path(location).expanduser().resolve())

@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
-from datetime import date
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from pipeline.cli.common import (
     CLUSTER_OPTIONS,
-    MLFLOW_OPTIONS,
-    STORAGE_OPTIONS,
+    absolute,
     cli,
     comma_list,
     err,
     feature_sets,
+    field_option,
     out,
+    parsed,
+    storage_options,
     table,
     with_options,
 )
@@ -28,132 +27,63 @@ if TYPE_CHECKING:
     from pydantic import ValidationError
 
 
-def _as_of(ctx: click.Context, param: click.Parameter, value: str | None) -> date | None:
-    if value is None:
-        return None
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: expected a date, YYYY-MM-DD", param_hint="--as-of") from None
+def _retrain_options() -> list[Any]:
+    """What a retraining run is told (RetrainConfig fields), and --notify-url; the cluster options come on top."""
+    from pipeline.core.config import RetrainConfig
+
+    def option(name: str, *decls: str, **kwargs: Any) -> Any:
+        return field_option(RetrainConfig, name, *decls, **kwargs)
+
+    return [
+        option("source"),
+        option("registry", required=True),
+        option("as_of"),
+        option("repair", "--repair", is_flag=True),
+        option("window", type=int),
+        option("taxi", type=click.Choice(["yellow", "green"])),
+        option("alphas", callback=comma_list("--alphas", float)),
+        option("folds", type=int),
+        option("model", type=click.Choice(["linear", "sgd", "hist_gradient_boosting"])),
+        option("max_rows", type=int),
+        option("candidates", callback=feature_sets),
+        option("boosted", "--boosted/--no-boosted"),
+        option("seed", type=int),
+        option("chunk_rows", type=int),
+        option("cache_dir"),
+        option("http_timeout", type=float),
+        option("cache", "--cache/--no-cache"),
+        option("stats_cache"),
+        option("stats_cache_max_bytes"),
+        option("notify"),
+        click.option("--notify-url", default=None, help="A Slack-compatible webhook or Apprise URL (a secret: never printed)."),
+        option("notify_on_completion", "--notify-on-completion", is_flag=True),
+        option("mlflow", "--mlflow", is_flag=True),
+        option("mlflow_uri"),
+        option("mlflow_experiment"),
+    ]
 
 
-#: What a retraining run is told (retrain-trip-duration's parameters); the cluster options come on top.
-RETRAIN_OPTIONS = [
-    click.option("--source", default=None, help="Folder, http(s):// prefix or fsspec URL of the month files [default: the TLC prefix]."),
-    click.option("--registry", required=True, help="Model registry folder or URL, e.g. s3://bucket/registry (made on first use)."),
-    STORAGE_OPTIONS,
-    click.option("--window", type=click.IntRange(min=1), default=None, help="Training months before the validation month [default: 2]."),
-    click.option("--taxi", type=click.Choice(["yellow", "green"]), default=None, help="[default: yellow]"),
-    click.option("--alphas", callback=comma_list("--alphas", float), default=None, help="Ridge penalties [default: 0.001,0.3,1,3,10]."),
-    click.option("--folds", type=click.IntRange(min=0), default=None, help="K-fold CV [default: 5]."),
-    click.option("--model", type=click.Choice(["linear", "sgd", "hist_gradient_boosting"]), default=None, help="[default: linear]"),
-    click.option("--max-rows", type=click.IntRange(min=1), default=None, help="Row cap per fit for models other than linear."),
-    click.option(
-        "--candidates",
-        callback=feature_sets,
-        default=None,
-        help="Feature sets (term lists) compared from one read [default: base;trip_distance:log48,hour_of_week].",
-    ),
-    click.option(
-        "--boosted/--no-boosted",
-        default=None,
-        help="Also fit xgboost on the cluster and keep it if it beats the best linear candidate on the same held-out rows "
-        "[default: boosted].",
-    ),
-    click.option("--chunk-rows", type=click.IntRange(min=1), default=None, help="Rows per task [default: 4,000,000]."),
-    click.option("--notify", default=None, help="A saved Prefect notification block, TYPE/NAME (e.g. slack-webhook/ops)."),
-    click.option("--notify-url", default=None, help="A Slack-compatible webhook or Apprise URL (a secret: never printed)."),
-    click.option("--notify-on-completion", is_flag=True, default=False, help="Send a message when a run completes, too."),
-    *MLFLOW_OPTIONS,
-]
+def _retrain_config(options: dict[str, Any]) -> tuple[Any, Any]:
+    """The RetrainConfig of the flags (local folders made absolute: a deployment's runs start elsewhere) and the cluster."""
+    from pipeline.core.config import RetrainConfig
 
-_FLOW_PARAMETERS = (
-    *("source", "registry", "window", "taxi", "alphas", "folds", "model", "candidates", "boosted", "chunk_rows", "max_rows", "notify"),
-    *("mlflow", "mlflow_uri", "mlflow_experiment"),
-)
-
-
-def _parameters(options: dict[str, Any]) -> dict[str, Any]:
-    """The flow's parameters from the flags given (unset ones keep the flow's defaults); local paths made absolute.
-
-    With ``--mlflow``, the extra must be installed and a tracking URI given (flag or MLFLOW_TRACKING_URI).
-    """
-    parameters = {k: options[k] for k in _FLOW_PARAMETERS if options.get(k) is not None}
     for key in ("source", "registry"):
-        value = parameters.get(key)
-        if isinstance(value, str) and "://" not in value:
-            parameters[key] = str(Path(value).expanduser().resolve())
-    if options.get("notify_on_completion"):
-        parameters["notify_on_completion"] = True
-    if parameters.get("mlflow"):  # a missing [mlflow] extra or tracking URI fails now, not when a run ends
-        from pipeline.edge import tracking
-
-        tracking.check(parameters.get("mlflow_uri"))
-    return parameters
-
-
-def _open_existing(registry: str) -> Any:
-    """Refuse a registry location that is not a registry (or, remote, cannot be reached), before anything starts.
-
-    The registry if there is one (None: the first run creates it)."""
-    from pipeline.edge import storage
-    from pipeline.edge.registry import REGISTRY_FILE, Registry
-
-    where = storage.locate(registry)
-    if storage.exists(where / REGISTRY_FILE) if where.remote else Path(registry).exists():
-        return Registry.open(registry)
-    return None
-
-
-def _preflight(parameters: dict[str, Any], as_of: date | None) -> None:
-    """Bad input fails here, in a second, with the registry unchanged: a folder that is not a registry, a damaged
-    champion or history (unless ``--repair``), no month to train on."""
-    from pipeline.core.config import DEFAULT_SOURCE
-    from pipeline.core.months import Month
-    from pipeline.edge.sources import is_local, latest_month
-
-    store = _open_existing(parameters["registry"])
-    if store is not None:
-        store.check_for_commit(bool(parameters.get("repair")))
-    source = parameters.get("source", DEFAULT_SOURCE)
-    if is_local(source) or as_of is not None:
-        day = as_of or date.today()
-        latest_month(source, parameters.get("taxi", "yellow"), Month(day.year, day.month))
+        if options.get(key) is not None:
+            options[key] = absolute(options[key])
+    return parsed(RetrainConfig, options)
 
 
 @cli.command()
-@click.option("--as-of", callback=_as_of, default=None, help="Train as of this date, YYYY-MM-DD [default: today].")
-@click.option(
-    "--repair",
-    is_flag=True,
-    default=False,
-    help="If the champion is damaged (a file missing or replaced, champion.json unreadable), promote this run's model "
-    "over it, and cut off a torn last line of history.jsonl. Without it, a damaged registry is refused.",
-)
-@with_options(RETRAIN_OPTIONS)
+@with_options(_retrain_options())
+@storage_options
 @with_options(CLUSTER_OPTIONS)
-def retrain(as_of: date | None, repair: bool, notify_url: str | None, notify_on_completion: bool, **options: Any) -> None:
+def retrain(notify_url: str | None, **options: Any) -> None:
     """Retrain now: validate on the newest published month, train on the window before it, keep the better model."""
-    from pipeline.orchestration.notify import target_from
-
-    target_from(options.get("notify"), notify_url, notify_on_completion)  # a contradiction fails before anything starts
-    parameters = _parameters({**options, "notify_on_completion": notify_on_completion})
-    if repair:
-        parameters["repair"] = True
-    _preflight(parameters, as_of)
-    from cluster import ClusterSpec, check_cluster
+    config, cluster = _retrain_config(options)
     from pipeline.core import render
-    from pipeline.flows.retrain import NOTIFY_URL_ENV, retrain_flow
-    from pipeline.runtime.interrupts import completed
-    from pipeline.runtime.local_stack import run_services
+    from pipeline.run import retrain as run_retrain
 
-    cluster = ClusterSpec(**{k: v for k, v in options.items() if k not in _FLOW_PARAMETERS})
-    check_cluster(cluster)
-    if notify_url:
-        os.environ[NOTIFY_URL_ENV] = notify_url  # read by the run's state hooks in this process; never a parameter
-    with run_services(cluster, err.print, "pipeline.flows.retrain") as where:
-        result = retrain_flow(**parameters, as_of=as_of, cluster=where)
-        completed()  # the version is registered: a Ctrl-C from here on no longer undoes the run
+    result = run_retrain(config, cluster, notify_url=notify_url, announce=err.print)
     out.print(table(render.decision_line(result.decision), ("field", "value"), render.decision_rows(result.decision)))
     out.print(table(render.title(result.run), ("metric", "value"), render.metric_rows(result.run)))
     if result.run.cv is not None:
@@ -177,7 +107,7 @@ def _open(registry: str) -> Any:
 
 @models.command("list")
 @_REGISTRY
-@STORAGE_OPTIONS
+@storage_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON array on stdout.")
 def list_versions(registry: str, as_json: bool) -> None:
     """Versions with their months, validation RMSE and creation time; the champion marked."""
@@ -233,7 +163,7 @@ def list_versions(registry: str, as_json: bool) -> None:
 @models.command("show")
 @click.argument("version")
 @_REGISTRY
-@STORAGE_OPTIONS
+@storage_options
 def show(version: str, registry: str) -> None:
     """One version's figures and every decision about it."""
     from pipeline.core import render
@@ -252,7 +182,7 @@ def show(version: str, registry: str) -> None:
 @models.command("promote")
 @click.argument("version")
 @_REGISTRY
-@STORAGE_OPTIONS
+@storage_options
 def promote(version: str, registry: str) -> None:
     """Make VERSION the champion (a manual override, recorded in the history)."""
     from pipeline.core import render
@@ -262,7 +192,7 @@ def promote(version: str, registry: str) -> None:
 
 @models.command("rollback")
 @_REGISTRY
-@STORAGE_OPTIONS
+@storage_options
 def rollback(registry: str) -> None:
     """Give the champion back to the previous one (recorded in the history)."""
     from pipeline.core import render
@@ -281,19 +211,18 @@ def rollback(registry: str) -> None:
 )
 @click.option("--timezone", default="UTC", show_default=True, help="Time zone of the schedule.")
 @click.option("--name", default="monthly", show_default=True, help="Deployment name: retrain-trip-duration/NAME.")
-@with_options(RETRAIN_OPTIONS)
-def deploy(
-    cron: str | None, interval: int | None, timezone: str, name: str, notify_url: str | None, notify_on_completion: bool, **options: Any
-) -> None:
+@with_options(_retrain_options())
+@storage_options
+def deploy(cron: str | None, interval: int | None, timezone: str, name: str, notify_url: str | None, **options: Any) -> None:
     """Serve the deployment retrain-trip-duration/NAME on its schedule against PREFECT_API_URL, until stopped.
 
     One retrain runs at a time: a run due while another runs starts when it ends. Ctrl-C stops serving with
     exit code 130, SIGTERM (a service manager's stop) with 0; either way the run in progress is cancelled and
     the schedule is paused. A failed run's error line is printed here."""
-    from pipeline.orchestration.notify import target_from
+    config, _ = _retrain_config(options)
+    from pipeline import preflight
 
-    target_from(options.get("notify"), notify_url, notify_on_completion)
-    parameters = _parameters({**options, "notify_on_completion": notify_on_completion})
+    preflight.deployment(config, notify_url)
     schedule, when = _schedule(cron, interval, timezone)
     from pipeline.runtime.prefect_api import configured_api_url, work_pool_of
 
@@ -305,12 +234,14 @@ def deploy(
             f"--name {name!r}: retrain-trip-duration/{name} is already deployed on work pool {pool!r} (prefect.yaml's?); "
             "choose another --name"
         )
-    if parameters.get("registry"):
-        _open_existing(parameters["registry"])
+    # The flags given, as the deployment's one parameter: fields left out take their defaults (and their
+    # TAXI_PIPELINE_* variables) where each run starts. The URL is saved as a block; the parameter names it.
+    given = config.model_dump(mode="json", exclude_unset=True)
     if notify_url:
         from pipeline.orchestration.notify import save_url_block
 
-        parameters["notify"] = save_url_block(notify_url, f"taxi-pipeline-{name}")
+        given["notify"] = save_url_block(notify_url, f"taxi-pipeline-{name}")
+    parameters = {"config": given}
     from pipeline.flows.retrain import retrain_flow
     from pipeline.runtime.serving import serve
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from pipeline.cli.common import CLUSTER_OPTIONS, STORAGE_OPTIONS, TRAIN_OPTIONS, cli, err, flag_names, out, table, with_options
+from pipeline.cli.common import CLUSTER_OPTIONS, cli, err, out, parsed, storage_options, table, train_options, with_options
 from pipeline.errors import PipelineError
 
 
@@ -31,26 +31,15 @@ def synth(output: Path, months: str, rows: int, taxi: str, seed: int, row_group_
         out.print(f"wrote {path}")
 
 
-def _run_train(train_months: str, val_month: str, output: str | Path, **options: Any) -> None:
-    """Build the config (flags left unset take TrainConfig's defaults), check the input, run, print."""
-    from pipeline.core.config import ConfigError, TrainConfig
-    from pipeline.edge.reader import locate_local
-
-    fields = {k: v for k, v in options.items() if k in TrainConfig.model_fields and v is not None}
-    try:
-        config = TrainConfig.build(train_months=train_months, val_month=val_month, output=output, **fields)
-    except ConfigError as exc:
-        raise PipelineError(exc.render(flag_names())) from None
-    plans = locate_local(config)  # footers read once, before Prefect and Dask load
-    from pipeline.edge.storage import probe
-
-    probe(config.output)  # an unreachable or refusing object store fails here, not after training
-    from cluster import ClusterSpec
+def _run_train(**options: Any) -> None:
+    """Parse the flags into a TrainConfig (flags left unset take its defaults), run, print."""
     from pipeline.core import render, screening
+    from pipeline.core.config import TrainConfig
+
+    config, cluster = parsed(TrainConfig, options)
     from pipeline.run import train as run_train
 
-    cluster = ClusterSpec(**{k: v for k, v in options.items() if k not in TrainConfig.model_fields})
-    result = run_train(config, cluster, plans=plans, announce=err.print)
+    result = run_train(config, cluster, announce=err.print)
     out.print(table(render.title(result), ("metric", "value"), render.metric_rows(result)))
     if result.cv is not None:
         out.print(table(render.cv_title(result.cv), render.cv_header(result.cv), render.cv_rows(result.cv)))
@@ -58,15 +47,12 @@ def _run_train(train_months: str, val_month: str, output: str | Path, **options:
         out.print(table("rows per month", render.MONTH_ROWS_HEADER, render.month_rows(result.months)))
     for found in screening.unusual(result.months):
         out.print(f"warning: {render.drop_warning(found)}", highlight=False, soft_wrap=True)
-    out.print(f"model and metrics in {output}")
+    out.print(f"model and metrics in {config.output}")
 
 
 @cli.command()
-@click.option("--train-months", required=True, help="e.g. 2023-01:2023-02")
-@click.option("--val-month", required=True, help="e.g. 2023-03")
-@click.option("--output", required=True, help="Folder or URL (s3://bucket/prefix) for model and metrics.")
-@STORAGE_OPTIONS
-@with_options(TRAIN_OPTIONS)
+@with_options(train_options())
+@storage_options
 @with_options(CLUSTER_OPTIONS)
 def train(**kwargs: Any) -> None:
     """Train on months, validate on another, write the model and metrics.json."""
@@ -90,4 +76,6 @@ def demo(data: Path, output: Path, rows: int, **cluster: Any) -> None:
     if stale:
         err.print(f"generating {len(stale)} month(s) of {rows:,} rows in {data}", highlight=False, soft_wrap=True)
         write_months(data, list(stale), rows, seed=0)
-    _run_train("2023-01:2023-02", "2023-03", output, source=str(data), alphas=[1e-3, 0.1, 1.0, 10.0], **cluster)
+    _run_train(
+        train_months="2023-01:2023-02", val_month="2023-03", output=output, source=str(data), alphas=[1e-3, 0.1, 1.0, 10.0], **cluster
+    )

@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.core.config import TrainConfig
+from pipeline.core.config import DEFAULT_HTTP_TIMEOUT, TrainConfig
 from pipeline.core.months import Month
 from pipeline.core.schema import column_mapping, normalize
 from pipeline.edge.sources import MonthFile, is_local, resolve_month
@@ -98,9 +98,11 @@ class MonthPlan:
     layout: Layout
 
 
-def locate(source: str, taxi: str, month: Month, columns: Sequence[str], cache_dir: Path | None = None) -> MonthPlan:
+def locate(
+    source: str, taxi: str, month: Month, columns: Sequence[str], cache_dir: Path | None = None, timeout: float = DEFAULT_HTTP_TIMEOUT
+) -> MonthPlan:
     """Bring the month's file to local disk (if remote) and check its footer."""
-    file = resolve_month(source, taxi, month, cache_dir=cache_dir)
+    file = resolve_month(source, taxi, month, cache_dir=cache_dir, timeout=timeout)
     return MonthPlan(file, inspect(file.path, columns))
 
 
@@ -120,4 +122,4 @@ def locate_local(config: TrainConfig) -> list[MonthPlan] | None:
         return None
     train, val = config.months()
     columns = config.feature_spec().columns()
-    return [locate(config.source, config.taxi, month, columns, config.cache_dir) for month in [*train, val]]
+    return [locate(config.source, config.taxi, month, columns, config.cache_dir, config.http_timeout) for month in [*train, val]]

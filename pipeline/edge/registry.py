@@ -54,6 +54,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.config import ScoreConfig
 from pipeline.core.decisions import Decision, decide
 from pipeline.core.months import Month
 from pipeline.edge import storage
@@ -74,6 +75,19 @@ def model_title(folder: str) -> str:
     if len(parts) == 3 and parts[1] == VERSIONS_DIR and storage.exists(storage.locate(parts[0]) / REGISTRY_FILE):
         return f"model {parts[2]} of {parts[0]}"
     return f"model {folder}"
+
+
+def model_folder(config: ScoreConfig) -> str:
+    """The model folder a run scores with: ``config.model``, or a registry's version (default: its champion)."""
+    if config.model is not None:
+        return config.model
+    store = Registry.open(config.registry or "")
+    if config.version is not None:
+        return str(store.version(config.version).path)
+    champion = store.champion()
+    if champion is None:
+        raise PipelineError(f"{store.root}: no champion yet; retrain first, or name a --version")
+    return str(champion.path)
 
 
 VERSION_FILE = "version.json"

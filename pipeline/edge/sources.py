@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 from urllib.parse import urlsplit
 
+from pipeline.core.config import DEFAULT_HTTP_TIMEOUT
 from pipeline.core.months import Month
 from pipeline.core.schema import TAXI_TYPES
 from pipeline.edge import storage
@@ -35,10 +36,6 @@ from pipeline.errors import PipelineError
 
 logger = logging.getLogger(__name__)
 
-#: Seconds a single socket operation (connect, or one read of the body) may block before the
-#: attempt fails and is retried; ``$TAXI_PIPELINE_HTTP_TIMEOUT`` overrides it.
-HTTP_TIMEOUT = 60.0
-TIMEOUT_VARIABLE = "TAXI_PIPELINE_HTTP_TIMEOUT"
 #: Every parquet file starts and ends with these bytes; an HTML error page or a proxy's notice does not.
 _PARQUET_MAGIC = b"PAR1"
 _CHUNK = 1 << 20
@@ -77,28 +74,13 @@ def month_filename(taxi: str, month: Month) -> str:
 
 
 def default_cache_dir() -> Path:
-    """``$TAXI_PIPELINE_CACHE``, else the XDG cache folder, for downloaded months."""
-    if os.environ.get("TAXI_PIPELINE_CACHE"):
-        return Path(os.environ["TAXI_PIPELINE_CACHE"]).expanduser()
+    """The XDG cache folder of the machine that downloads, for months of a run that names no ``cache_dir``.
+
+    Read where the download runs (a remote worker's own home), as the XDG convention means it; the project's
+    ``$TAXI_PIPELINE_CACHE`` is read once, as the config's ``cache_dir`` default (:mod:`pipeline.core.config`).
+    """
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "taxi-pipeline"
-
-
-def http_timeout() -> float:
-    """Seconds an HTTP socket operation may block: ``$TAXI_PIPELINE_HTTP_TIMEOUT``, else :data:`HTTP_TIMEOUT`.
-
-    Read at each request, so Dask workers started from this environment honour it too.
-    """
-    text = os.environ.get(TIMEOUT_VARIABLE, "").strip()
-    if not text:
-        return HTTP_TIMEOUT
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = 0.0
-    if not seconds > 0:
-        raise PipelineError(f"{TIMEOUT_VARIABLE}={text!r}: expected a number of seconds above 0")
-    return seconds
 
 
 def _scheme(source: str) -> str:
@@ -117,12 +99,14 @@ def resolve_month(
     cache_dir: Path | None = None,
     retries: int = 3,
     backoff: float = 1.0,
+    timeout: float = DEFAULT_HTTP_TIMEOUT,
 ) -> MonthFile:
     """Find one month's file in ``source`` and return a local path plus its identity.
 
     Local folders are used in place; http(s) and other fsspec sources are copied
     into ``cache_dir`` (default :func:`default_cache_dir`) and reused while their
-    identity is unchanged. Every failure is one :class:`PipelineError` line.
+    identity is unchanged; an HTTP socket operation silent for ``timeout`` seconds
+    is retried. Every failure is one :class:`PipelineError` line.
     """
     if taxi not in TAXI_TYPES:
         raise PipelineError(f"unknown taxi type {taxi!r}: expected one of {', '.join(TAXI_TYPES)}")
@@ -134,7 +118,7 @@ def resolve_month(
     location = f"{source.rstrip('/')}/{name}"
     dest = (cache_dir or default_cache_dir()) / _cache_folder(source) / name
     if scheme in ("http", "https"):
-        attempt: Callable[[], str] = functools.partial(_fetch_http, location, month, dest)
+        attempt: Callable[[], str] = functools.partial(_fetch_http, location, month, dest, timeout)
         transient: tuple[type[BaseException], ...] = (
             urllib.error.URLError,
             http.client.HTTPException,
@@ -158,7 +142,9 @@ def resolve_month(
     return MonthFile(taxi, month, location, dest, identity)
 
 
-def latest_month(source: str, taxi: str, as_of: Month, max_back: int = 24, retries: int = 3, backoff: float = 1.0) -> Month:
+def latest_month(
+    source: str, taxi: str, as_of: Month, max_back: int = 24, retries: int = 3, backoff: float = 1.0, timeout: float = DEFAULT_HTTP_TIMEOUT
+) -> Month:
     """The newest month published at ``source`` on or before ``as_of``, probing newest first.
 
     The TLC publishes with a lag of about two months, and not always the same:
@@ -169,7 +155,7 @@ def latest_month(source: str, taxi: str, as_of: Month, max_back: int = 24, retri
     """
     month = as_of
     for _ in range(max_back):
-        if month_published(source, taxi, month, retries, backoff):
+        if month_published(source, taxi, month, retries, backoff, timeout):
             return month
         month = month.previous()
     raise PipelineError(f"no {taxi} month published at {source} from {month.next()} to {as_of} (probed {max_back} months back)")
@@ -194,7 +180,9 @@ def check_remote_months(source: str, taxi: str, months: Sequence[Month]) -> None
         raise PipelineError(f"month {month}: file not found: {location}")
 
 
-def month_published(source: str, taxi: str, month: Month, retries: int = 3, backoff: float = 1.0) -> bool:
+def month_published(
+    source: str, taxi: str, month: Month, retries: int = 3, backoff: float = 1.0, timeout: float = DEFAULT_HTTP_TIMEOUT
+) -> bool:
     """Whether ``source`` holds ``taxi``'s file for ``month`` (without fetching it)."""
     name = month_filename(taxi, month)
     if is_local(source):
@@ -205,14 +193,16 @@ def month_published(source: str, taxi: str, month: Month, retries: int = 3, back
     location = f"{source.rstrip('/')}/{name}"
     if _scheme(source) in ("http", "https"):
         transient: tuple[type[BaseException], ...] = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
-        return _with_retries(functools.partial(_http_exists, location), transient, f"source {source} unreachable", retries, backoff)
+        return _with_retries(
+            functools.partial(_http_exists, location, timeout), transient, f"source {source} unreachable", retries, backoff
+        )
     return storage.exists(location)
 
 
-def _http_exists(url: str) -> bool:
+def _http_exists(url: str, timeout: float) -> bool:
     request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": _USER_AGENT})
     try:
-        with urllib.request.urlopen(request, timeout=http_timeout()):
+        with urllib.request.urlopen(request, timeout=timeout):
             return True
     except urllib.error.HTTPError as exc:
         exc.close()
@@ -279,16 +269,16 @@ def _with_retries(
     raise PipelineError(f"{what} after {retries + 1} attempts: {last}")
 
 
-def _fetch_http(url: str, month: Month, dest: Path) -> str:
+def _fetch_http(url: str, month: Month, dest: Path, timeout: float) -> str:
     """One attempt: HEAD for the identity, reuse the cache if it matches, else GET into it."""
     try:
-        with _urlopen(url, "HEAD", month) as head:
+        with _urlopen(url, "HEAD", month, timeout) as head:
             identity = _http_identity(head.headers)
         if identity and _cache_matches(dest, identity):
             return identity
     except _HeadRefused:
         pass  # the GET's own headers decide below
-    with _urlopen(url, "GET", month) as response:
+    with _urlopen(url, "GET", month, timeout) as response:
         identity = _http_identity(response.headers)  # describes exactly the body we read
         if identity and _cache_matches(dest, identity):
             return identity
@@ -296,11 +286,11 @@ def _fetch_http(url: str, month: Month, dest: Path) -> str:
         return _cache_store(dest, response, int(length) if length and length.isdigit() else None, identity)
 
 
-def _urlopen(url: str, method: str, month: Month) -> http.client.HTTPResponse:
+def _urlopen(url: str, method: str, month: Month, timeout: float) -> http.client.HTTPResponse:
     """Open ``url``; 404/403 and other client errors are final, 5xx/429 stay transient."""
     request = urllib.request.Request(url, method=method, headers={"User-Agent": _USER_AGENT})
     try:
-        response: http.client.HTTPResponse = urllib.request.urlopen(request, timeout=http_timeout())
+        response: http.client.HTTPResponse = urllib.request.urlopen(request, timeout=timeout)
         return response
     except urllib.error.HTTPError as exc:
         exc.close()

@@ -48,12 +48,7 @@ _D = TypeVar("_D")
 #: Bump when an entry's layout changes: older entries then read as misses (and are removed).
 FORMAT = "taxi-pipeline-stats/1"
 SUFFIX = ".npz"
-LOCATION_ENV = "TAXI_PIPELINE_STATS_CACHE"
-MAX_BYTES_ENV = "TAXI_PIPELINE_STATS_CACHE_MAX_BYTES"
-DEFAULT_MAX_BYTES = 2 * 10**9
 
-_SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12}
-_SIZE_UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40})
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 #: Where listings keep an entry's last change, by backend: local, s3, gcs and others, memory.
 _TIME_FIELDS = ("mtime", "LastModified", "last_modified", "updated", "created")
@@ -63,23 +58,13 @@ class CorruptEntry(ValueError):
     """An entry that cannot be this key's statistics: torn, garbage, foreign or of another format."""
 
 
-def default_location() -> str:
-    """``$TAXI_PIPELINE_STATS_CACHE``, else ``stats`` in the month cache folder (``$TAXI_PIPELINE_CACHE``)."""
-    return os.environ.get(LOCATION_ENV) or str(default_cache_dir() / "stats")
+def resolve(location: str | None, cache_dir: Path | None = None) -> str:
+    """The location as a string every worker can use: a URL as given, a local folder made absolute.
 
-
-def resolve(location: str | None) -> str:
-    """The location as a string every worker can use: a URL as given, a local folder made absolute."""
-    chosen = location or default_location()
+    No location: ``stats`` in the month cache folder (``cache_dir``, else :func:`default_cache_dir`).
+    """
+    chosen = location or str((cache_dir or default_cache_dir()) / "stats")
     return chosen if not is_local(chosen) or "://" in chosen else os.path.abspath(os.path.expanduser(chosen))
-
-
-def parse_size(text: str) -> int:
-    """``500MB``, ``2GB``, ``1.5GiB`` or plain bytes, as bytes (KB, MB, GB: powers of 1000)."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([a-zA-Z]*)\s*", text)
-    if not match or match[2].lower() not in _SIZE_UNITS:
-        raise PipelineError(f"size {text!r}: expected bytes or a number with B, KB, MB, GB, TB, KiB, MiB, GiB")
-    return int(float(match[1]) * _SIZE_UNITS[match[2].lower()])
 
 
 def parse_age(text: str) -> float:
@@ -88,17 +73,6 @@ def parse_age(text: str) -> float:
     if not match:
         raise PipelineError(f"age {text!r}: expected a number and a unit, e.g. 30d, 12h, 90m, 45s, 2w")
     return float(match[1]) * _AGE_UNITS[match[2]]
-
-
-def max_bytes() -> int:
-    """The bound applied after each run: ``$TAXI_PIPELINE_STATS_CACHE_MAX_BYTES`` (e.g. ``500MB``), else 2 GB."""
-    value = os.environ.get(MAX_BYTES_ENV)
-    if not value:
-        return DEFAULT_MAX_BYTES
-    try:
-        return parse_size(value)
-    except PipelineError as exc:
-        raise PipelineError(f"${MAX_BYTES_ENV}: {exc}") from None
 
 
 def human_size(size: float) -> str:

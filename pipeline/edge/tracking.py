@@ -36,8 +36,20 @@ URI_ENV = "MLFLOW_TRACKING_URI"
 #: Tag that links an MLflow run to the Prefect flow run that trained it (and finds it again for the decision).
 FLOW_RUN_TAG = "prefect.flow_run_id"
 FLOW_RUN_URL_TAG = "prefect.flow_run_url"
-#: Config fields that are not parameters of the model: where files go, and tracking itself.
-_NOT_PARAMS = frozenset({"output", "cache_dir", "mlflow", "mlflow_uri", "mlflow_experiment", "read_also"})
+#: Config fields that are not parameters of the model: where files go and how they are fetched, and tracking itself.
+_NOT_PARAMS = frozenset(
+    {
+        "output",
+        "cache_dir",
+        "http_timeout",
+        "stats_cache",
+        "stats_cache_max_bytes",
+        "mlflow",
+        "mlflow_uri",
+        "mlflow_experiment",
+        "read_also",
+    }
+)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from pipeline.core import boosted
+from pipeline.core.config import DEFAULT_CHUNK_ROWS
 from pipeline.core.cv import CVScore
 from pipeline.edge import boosted_rows, reader
 from pipeline.edge.model_files import booster_bytes
@@ -162,7 +163,7 @@ def cluster_client() -> Iterator[distributed.Client]:
 
 @task(name="xgboost-train", cache_policy=NO_CACHE, persist_result=False)
 def train_boosted(
-    train: list[reader.MonthPlan], val: reader.MonthPlan, params: boosted.BoostedParams, chunk_rows: int = 4_000_000
+    train: list[reader.MonthPlan], val: reader.MonthPlan, params: boosted.BoostedParams, chunk_rows: int = DEFAULT_CHUNK_ROWS
 ) -> BoostedFit:
     """Train the boosted challenger with ``xgboost.dask`` on every kept row of ``train`` over the whole cluster; validate on ``val``.
 
@@ -175,7 +176,7 @@ def train_boosted(
 
 @task(name="xgboost-holdout", cache_policy=NO_CACHE, persist_result=False)
 def holdout_boosted(
-    train: list[reader.MonthPlan], params: boosted.BoostedParams, folds: int, seed: int, chunk_rows: int = 4_000_000, fold: int = 0
+    train: list[reader.MonthPlan], params: boosted.BoostedParams, folds: int, seed: int, chunk_rows: int = DEFAULT_CHUNK_ROWS, fold: int = 0
 ) -> CVScore:
     """The boosted model's hold-out RMSE on fold ``fold`` of the linear K-fold split (``fold_of(position, month_salt, seed, folds)``).
 

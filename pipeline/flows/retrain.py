@@ -26,9 +26,8 @@ from prefect.runtime import flow_run as current_run
 
 from cluster import ClusterSpec
 from pipeline.core import render
-from pipeline.core.config import DEFAULT_EXPERIMENT, DEFAULT_SOURCE, ModelName, Taxi, TrainConfig, candidate_terms
+from pipeline.core.config import DEFAULT_SOURCE, RetrainConfig
 from pipeline.core.decisions import Decision
-from pipeline.core.features import FeatureSpec
 from pipeline.core.model import Model
 from pipeline.core.months import Month
 from pipeline.core.results import RunResult
@@ -37,21 +36,14 @@ from pipeline.edge.model_files import META_FILE, load_any
 from pipeline.edge.registry import Registry, Version
 from pipeline.edge.sources import latest_month
 from pipeline.errors import PipelineError
-from pipeline.flows.train import train_on_dask
-from pipeline.orchestration.notify import send, target_from
+from pipeline.flows.train import locate_months, train_on_dask
+from pipeline.orchestration.notify import NOTIFY_URL_ENV, send, target_from
 from pipeline.runtime.api_watch import writing
 from pipeline.runtime.cluster_runner import dask_runner
 from pipeline.runtime.interrupts import interrupt_wins
 from pipeline.runtime.prefect_api import ui_url
 
 log = logging.getLogger(__name__)
-
-#: Where ``--notify-url`` travels from the CLI to the state hooks of a run in the same process: an environment
-#: variable, never a flow parameter (parameters are stored in the Prefect database and shown in the UI).
-NOTIFY_URL_ENV = "TAXI_PIPELINE_NOTIFY_URL"
-#: Compared on every retraining run unless told otherwise: the seed's features alone, and with the trip distance in
-#: 48 log-spaced bins and the hour of the week (real months: 16-20% lower RMSE than the seed's; see the docs' features page).
-DEFAULT_CANDIDATES: tuple[tuple[str, ...], ...] = ((), ("trip_distance:log48", "hour_of_week"))
 
 
 @dataclass(frozen=True)
@@ -82,29 +74,14 @@ def _as_of(value: date | None) -> date:
     return scheduled.date() if isinstance(scheduled, datetime) else date.today()
 
 
-def _training_config(champion: Version | None, staged: Any, months: tuple[list[Month], Month], options: dict[str, Any]) -> TrainConfig:
-    """The challenger's config: candidates compared by CV, plus a linear champion's terms read so it can be scored exactly
-    (another champion is scored from its rows)."""
-    train, val = months
-    candidates = tuple(tuple(c) for c in options.pop("candidates"))
-    champion_terms: tuple[str, ...] = ()
+def _champion_terms(champion: Version | None) -> tuple[str, ...]:
+    """A linear champion's terms, read beside the candidates so it is scored from the same statistics (another
+    champion is scored from its rows)."""
     if champion is not None and storage.exists(champion.path / META_FILE):
         champion_model = load_any(champion.path)
-        if isinstance(champion_model, Model):  # a linear champion is scored from the same statistics: read its terms
-            champion_terms = champion_model.spec.terms
-    if options["model"] != "linear":
-        options["alphas"] = tuple(options["alphas"])[:1]  # row-fitted models have no alpha grid
-    if options["model"] != "linear" or options["folds"] < 2:
-        options["boosted_challenger"] = False  # the challenger is compared in a linear K-fold CV
-    if options["model"] != "linear" or options["folds"] < 2:
-        if len(candidates) > 1 and candidates != DEFAULT_CANDIDATES:
-            raise PipelineError("--candidates: comparing feature sets needs --model linear and 2 or more --folds")
-        candidates = candidates if len(candidates) == 1 else ((),)  # without linear CV, the default is the seed's features
-        terms = candidate_terms(candidates[0])
-        if options["model"] != "linear":  # row-fitted models read the zones and numeric columns
-            return TrainConfig.build(train_months=train, val_month=val, output=staged, numeric=FeatureSpec.of(terms).numeric, **options)
-        return TrainConfig.build(train_months=train, val_month=val, output=staged, features=terms, **options)
-    return TrainConfig.build(train_months=train, val_month=val, output=staged, read_also=champion_terms, candidates=candidates, **options)
+        if isinstance(champion_model, Model):
+            return champion_model.spec.terms
+    return ()
 
 
 def _rescore(current: Version, val: reader.MonthPlan) -> float | None:
@@ -116,9 +93,9 @@ def _rescore(current: Version, val: reader.MonthPlan) -> float | None:
 
 def _notify(flow: Any, flow_run: Any, state: Any) -> None:
     """State hook: a message on failure, and on completion when asked. Never fails the run."""
-    parameters = flow_run.parameters or {}
+    settings = (flow_run.parameters or {}).get("config") or {}  # as stored: a failed run's may not make a RetrainConfig
     try:
-        target = target_from(parameters.get("notify"), os.environ.get(NOTIFY_URL_ENV), bool(parameters.get("notify_on_completion")))
+        target = target_from(settings.get("notify"), os.environ.get(NOTIFY_URL_ENV), bool(settings.get("notify_on_completion")))
     except PipelineError as exc:
         log.warning("notification not sent: %s", exc)
         return
@@ -132,7 +109,7 @@ def _notify(flow: Any, flow_run: Any, state: Any) -> None:
     else:
         error = error_line(state)
         subject = f"retrain-trip-duration {flow_run.name} failed"
-        body = "\n".join([error, f"as_of {parameters.get('as_of') or 'scheduled'}, source {parameters.get('source')}", link])
+        body = "\n".join([error, f"as_of {settings.get('as_of') or 'scheduled'}, source {settings.get('source', DEFAULT_SOURCE)}", link])
     send(target, subject, body, log)
 
 
@@ -166,44 +143,22 @@ def _say_failure(flow: Any, flow_run: Any, state: Any) -> None:
     on_failure=[_say_failure, _notify],
     on_completion=[_notify],
 )
-def retrain_flow(
-    source: str = DEFAULT_SOURCE,
-    registry: str = "runs/registry",
-    as_of: date | None = None,
-    window: int = 2,
-    taxi: Taxi = "yellow",
-    alphas: tuple[float, ...] = (1e-3, 0.3, 1.0, 3.0, 10.0),
-    folds: int = 5,
-    model: ModelName = "linear",
-    candidates: tuple[tuple[str, ...], ...] = DEFAULT_CANDIDATES,
-    boosted: bool = True,
-    chunk_rows: int = 4_000_000,
-    seed: int = 0,
-    max_rows: int | None = None,
-    cluster: ClusterSpec | None = None,
-    notify: str | None = None,
-    notify_on_completion: bool = False,
-    mlflow: bool = False,
-    mlflow_uri: str | None = None,
-    mlflow_experiment: str = DEFAULT_EXPERIMENT,
-    repair: bool = False,
-) -> RetrainResult:
+def retrain_flow(config: RetrainConfig | None = None, cluster: ClusterSpec | None = None) -> RetrainResult:
     """Retrain on the newest published month and its ``window`` predecessors; promote the challenger if better.
 
-    ``notify`` names a saved notification block (``TYPE/NAME``); the CLI's
-    ``--notify-url`` reaches the hooks through the environment instead. With
-    ``mlflow``, the training run is an MLflow run and the decision is added to it.
-    A damaged champion or history is refused before training, unless ``repair``: then
-    the challenger replaces the damaged champion and a torn history line is cut off.
+    ``config`` None: every default, read where the run starts (a scheduled deployment's run with no parameters).
+    ``notify`` names a saved notification block (``TYPE/NAME``); the CLI's ``--notify-url`` reaches the hooks
+    through the environment instead. With ``mlflow``, the training run is an MLflow run and the decision is added
+    to it. A damaged champion or history is refused before training, unless ``repair``: then the challenger
+    replaces the damaged champion and a torn history line is cut off.
     """
+    config = config or RetrainConfig()
     logger = get_run_logger()
-    if window < 1:
-        raise PipelineError(f"--window {window}: train on at least one month")
-    day = _as_of(as_of)
-    store = Registry.open(registry, create=True)
-    store.check_for_commit(repair)
-    val = latest_month(source, taxi, Month(day.year, day.month))
-    train = [val.shift(-n) for n in range(window, 0, -1)]
+    day = _as_of(config.as_of)
+    store = Registry.open(config.registry, create=True)
+    store.check_for_commit(config.repair)
+    val = latest_month(config.source, config.taxi, Month(day.year, day.month), timeout=config.http_timeout)
+    train = [val.shift(-n) for n in range(config.window, 0, -1)]
     champion = None
     try:
         champion = store.champion()
@@ -216,37 +171,22 @@ def retrain_flow(
         ", ".join(map(str, train)),
         champion.name if champion else "none (empty registry)",
     )
-    options = {
-        "source": source,
-        "taxi": taxi,
-        "alphas": alphas,
-        "folds": folds,
-        "model": model,
-        "candidates": candidates,
-        "boosted_challenger": boosted,
-        "chunk_rows": chunk_rows,
-        "seed": seed,
-        "max_rows": max_rows,
-        "mlflow": mlflow,
-        "mlflow_uri": mlflow_uri,
-        "mlflow_experiment": mlflow_experiment,
-    }
     with interrupt_wins(), store.staging() as staged:  # after Ctrl-C, whatever the interrupt broke is the interrupt
-        config = _training_config(champion, staged, (train, val), options)
-        plans = reader.locate_local(config)
+        training = config.train_config(train, val, staged, _champion_terms(champion))
+        plans = reader.locate_local(training)
         with dask_runner(cluster) as runner:
             result = train_on_dask.with_options(task_runner=runner.task_runner)(
-                config, plans, runner.slots, str(champion.path) if champion else None
+                training, plans, runner.slots, str(champion.path) if champion else None
             )
 
         def score_champion(current: Version) -> float | None:
             if champion is not None and current.name == champion.name:
                 return result.champion_val_rmse
-            val_plan = plans[-1] if plans else reader.locate(source, taxi, val, config.feature_spec().columns(), None)
+            val_plan = plans[-1] if plans else locate_months(training, [val], training.feature_spec().columns())[val]
             return _rescore(current, val_plan)
 
         with writing():  # a lost Prefect API ends the run after this, never during it
-            version, decision = store.commit(staged, score_champion, repair=repair)
+            version, decision = store.commit(staged, score_champion, repair=config.repair)
     outcome = RetrainResult(str(day), str(store.root), version.name, decision, result)
     create_markdown_artifact(
         key="retrain-decision", markdown=render.retrain_markdown(decision, result), description=render.decision_line(decision)

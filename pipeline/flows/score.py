@@ -1,7 +1,7 @@
 """Batch scoring on Dask, and the monthly monitoring report that comes with it.
 
-``score-trip-duration`` resolves the cluster (as training does) and runs
-``score-on-dask``: one task per row-group chunk, each predicting its rows and
+``score-trip-duration`` takes a :class:`~pipeline.core.config.ScoreConfig`, resolves the cluster (as training
+does) and runs ``score-on-dask``: one task per row-group chunk, each predicting its rows and
 writing its own parquet part, then each month's parts swapped in whole. The
 chunks also count what the report needs (error over the rows training would
 keep, trips per pair), so the report costs no second read.
@@ -28,14 +28,14 @@ from prefect.runtime import flow_run
 
 from cluster import ClusterSpec
 from pipeline.core import render
-from pipeline.core.config import DEFAULT_SOURCE, Taxi
+from pipeline.core.config import ScoreConfig
 from pipeline.core.model import AnyModel
 from pipeline.core.monitoring import MonthCounts, MonthReport, month_report
-from pipeline.core.months import Month, parse_months
+from pipeline.core.months import Month
 from pipeline.edge import predictions, reader
 from pipeline.edge.baseline import load_train_counts
 from pipeline.edge.model_files import load_any
-from pipeline.edge.registry import Registry, model_title
+from pipeline.edge.registry import model_folder, model_title
 from pipeline.edge.report import prepare as prepare_report
 from pipeline.edge.report import write_report
 from pipeline.errors import PipelineError
@@ -73,18 +73,8 @@ class ScoreResult:
 
 
 @flow(name="score-on-dask", validate_parameters=False)
-def score_on_dask(
-    model_dir: str,
-    source: str,
-    taxi: str,
-    months: list[Month],
-    output: str,
-    max_psi: float,
-    max_rmse_ratio: float,
-    chunk_rows: int,
-    run: str,
-) -> ScoreResult:
-    """Score ``months`` with the model in ``model_dir`` on the flow's task runner; write parts and the report.
+def score_on_dask(config: ScoreConfig, model_dir: str, run: str) -> ScoreResult:
+    """Score ``config.months`` with the model in ``model_dir`` on the flow's task runner; write parts and the report.
 
     Parts go to the ``run``'s staging folder; once every chunk is written, each month's parts are
     swapped in (here: renames, or server-side copies). A failed chunk leaves every month as it was.
@@ -93,11 +83,11 @@ def score_on_dask(
         started = time.perf_counter()
         threading.Thread(target=prepare_report, name="report-prepare", daemon=True).start()  # ~0.5 s, beside the tasks
         model = load_any(model_dir)
-        plans = locate_months(source, taxi, months, model.spec.columns())
-        counts = _score_and_publish(model, plans, output, run, chunk_rows)
-        reports = _report(model_dir, model.metadata.get("metrics", {}), counts, output, max_psi, max_rmse_ratio)
+        plans = locate_months(config, list(config.months), model.spec.columns())
+        counts = _score_and_publish(model, plans, config.output, run, config.chunk_rows)
+        reports = _report(config, model_dir, model.metadata.get("metrics", {}), counts)
         result = ScoreResult(
-            str(output), str(model_dir), sum(r.rows for r in reports), time.perf_counter() - started, reports, str(flow_run.id)
+            config.output, str(model_dir), sum(r.rows for r in reports), time.perf_counter() - started, reports, str(flow_run.id)
         )
         message = "scored %d rows of %d month(s) in %.1f s; %d breach(es)"
         get_run_logger().info(message, result.rows, len(reports), result.seconds, result.breaches)
@@ -127,11 +117,10 @@ def _score_and_publish(
     return {month: _added(month_parts) for month, month_parts in parts.items()}
 
 
-def _report(
-    model_dir: str, metrics: dict[str, Any], counts: dict[Month, MonthCounts], output: str, max_psi: float, max_rmse_ratio: float
-) -> tuple[MonthReport, ...]:
+def _report(config: ScoreConfig, model_dir: str, metrics: dict[str, Any], counts: dict[Month, MonthCounts]) -> tuple[MonthReport, ...]:
     """Each month's error and drift: warnings in the log, report files, and the flow run's artifacts."""
     logger = get_run_logger()
+    output, max_psi, max_rmse_ratio = config.output, config.max_psi, config.max_rmse_ratio
     train_rmse = float(metrics.get("train_rmse", float("nan")))
     train_counts = load_train_counts(model_dir)
     reports = tuple(month_report(str(m), c, train_counts, train_rmse, max_psi, max_rmse_ratio) for m, c in counts.items())
@@ -160,51 +149,21 @@ def _report(
     return reports
 
 
-def model_folder(model: str | None, registry: str | None, version: str | None) -> str:
-    """The model folder a run scores with: ``model``, or a registry's version (default: its champion)."""
-    if (model is None) == (registry is None):
-        raise PipelineError("give one model: --model DIR or --registry R [--version V]")
-    if model is not None:
-        if version is not None:
-            raise PipelineError("--version goes with --registry, not --model")
-        return model
-    store = Registry.open(registry or "")
-    if version is not None:
-        return str(store.version(version).path)
-    champion = store.champion()
-    if champion is None:
-        raise PipelineError(f"{store.root}: no champion yet; retrain first, or name a --version")
-    return str(champion.path)
-
-
 @flow(name="score-trip-duration", validate_parameters=True)
-def score_flow(
-    months: str,
-    output: str,
-    model: str | None = None,
-    registry: str | None = None,
-    version: str | None = None,
-    source: str = DEFAULT_SOURCE,
-    taxi: Taxi = "yellow",
-    max_psi: float = 0.2,
-    max_rmse_ratio: float = 1.5,
-    chunk_rows: int = 4_000_000,
-    cluster: ClusterSpec | None = None,
-) -> ScoreResult:
-    """Score ``months`` (e.g. ``2023-04:2023-06``) with a model folder or a registry's champion; write parts and a report."""
-    folder = model_folder(model, registry, version)
-    load_any(folder)  # a folder that is not a model fails here, before the cluster starts
-    predictions.check_output(output)
-    chosen = parse_months(months)
-    for done in predictions.remove_leftovers(output):
-        get_run_logger().info("%s: %s, left by a run that was stopped or killed", output, done)
+def score_flow(config: ScoreConfig, cluster: ClusterSpec | None = None) -> ScoreResult:
+    """Score ``config.months`` with a model folder or a registry's champion; write parts and a report.
+
+    The input is checked by the entry point (:func:`pipeline.preflight.score`) before any server starts;
+    called directly, a bad model or month fails the run in one line once it reads them.
+    """
+    folder = model_folder(config)
+    for done in predictions.remove_leftovers(config.output):
+        get_run_logger().info("%s: %s, left by a run that was stopped or killed", config.output, done)
     run = uuid.uuid4().hex[:12]
     try:
         with interrupt_wins(), dask_runner(cluster) as runner:
-            return score_on_dask.with_options(task_runner=runner.task_runner)(
-                folder, source, taxi, chosen, output, max_psi, max_rmse_ratio, chunk_rows, run
-            )
+            return score_on_dask.with_options(task_runner=runner.task_runner)(config, folder, run)
     except BaseException:
         with contextlib.suppress(PipelineError):  # the run's own error is the one to tell
-            predictions.Staging.of(output, run).discard()
+            predictions.Staging.of(config.output, run).discard()
         raise

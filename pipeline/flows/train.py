@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from logging import Logger, LoggerAdapter
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import distributed
@@ -32,7 +31,7 @@ from cluster import ClusterSpec
 from pipeline.core import batching, cv, render, screening, stats, training
 from pipeline.core.boosted import TERMS as BOOSTED_TERMS
 from pipeline.core.boosted import BoostedModel
-from pipeline.core.config import TrainConfig
+from pipeline.core.config import Reading, TrainConfig
 from pipeline.core.cv import CVReport, Features
 from pipeline.core.features import FeatureSpec
 from pipeline.core.model import AnyModel, Model
@@ -280,16 +279,15 @@ def _locate(config: TrainConfig, months: list[Month], plans: list[reader.MonthPl
         by_month = {p.file.month: p for p in plans}
         if set(months) <= set(by_month):
             return {m: by_month[m] for m in months}
-    return locate_months(config.source, config.taxi, months, config.feature_spec().columns(), config.cache_dir)
+    return locate_months(config, months, config.feature_spec().columns())
 
 
-def locate_months(
-    source: str, taxi: str, months: list[Month], columns: tuple[str, ...], cache_dir: Path | None = None
-) -> dict[Month, reader.MonthPlan]:
+def locate_months(config: Reading, months: list[Month], columns: tuple[str, ...]) -> dict[Month, reader.MonthPlan]:
     """Local footers are read here (milliseconds, no task's overhead); remote months are fetched by tasks in parallel, with retries."""
-    if is_local(source):
-        return {m: reader.locate(source, taxi, m, columns, cache_dir) for m in months}
-    futures = {m: locate_month.submit(source, taxi, m, columns, cache_dir) for m in months}
+    where = (config.source, config.taxi)
+    if is_local(config.source):
+        return {m: reader.locate(*where, m, columns, config.cache_dir, config.http_timeout) for m in months}
+    futures = {m: locate_month.submit(*where, m, columns, config.cache_dir, config.http_timeout) for m in months}
     return {m: f.result() for m, f in futures.items()}
 
 
@@ -348,8 +346,7 @@ def _month_statistics(config: TrainConfig, plans: dict[Month, reader.MonthPlan],
     """
     spec = config.feature_spec()
     folds = config.stats_folds
-    location = stats_cache.resolve(config.stats_cache) if config.cache else None
-    limit = stats_cache.max_bytes()  # a bad $TAXI_PIPELINE_STATS_CACHE_MAX_BYTES stops the run before any work
+    location = stats_cache.resolve(config.stats_cache, config.cache_dir) if config.cache else None
     present = stats_cache.StatsCache(location).keys() if location is not None else set()
     refs: dict[Month, MonthRef] = {}
     reads: list[Any] = []
@@ -381,7 +378,7 @@ def _month_statistics(config: TrainConfig, plans: dict[Month, reader.MonthPlan],
     month_sums = [ref for ref, index in refs.values() if index is None and not isinstance(ref, CachedMonth)]
     messages = raise_first_failure([*reads, *month_sums], reading)  # else a failed month surfaces as a CV task's UnfinishedRun
     if location is not None:
-        pruned = stats_cache.StatsCache(location).prune(max_bytes=limit, in_use=keys)
+        pruned = stats_cache.StatsCache(location).prune(max_bytes=config.stats_cache_max_bytes, in_use=keys)
         get_run_logger().info(
             "statistics cache %s; %d of %d chunks read from it, %d old entries pruned",
             pruned.left.describe(),

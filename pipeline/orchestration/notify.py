@@ -90,6 +90,11 @@ class NotifyTarget:
         return f"{kind} {_safe_url(self.url)}"
 
 
+#: Where a secret notification URL travels to the state hooks of a run in the same process: an environment variable,
+#: never a flow parameter (parameters are stored in the Prefect database and shown in the UI).
+NOTIFY_URL_ENV = "TAXI_PIPELINE_NOTIFY_URL"
+
+
 def target_from(notify: str | None, notify_url: str | None, on_completion: bool = False) -> NotifyTarget | None:
     """The target the ``--notify`` / ``--notify-url`` flags name, or None when neither is given (empty counts as not given)."""
     notify = (notify or "").strip() or None

@@ -1,4 +1,5 @@
-"""The Python API's front: checks before anything starts, footers read once, the flow called with what was read."""
+"""The Python API: checks before anything starts, footers read once, the flow called with what was read; train, retrain and
+score from Python on the test months."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import pytest
 
 from cluster import ClusterSpec
 from pipeline import run
-from pipeline.core.config import TrainConfig
+from pipeline.core.config import RetrainConfig, ScoreConfig, TrainConfig
 from pipeline.edge import reader
+from pipeline.edge.registry import Registry
 from pipeline.errors import PipelineError
 from pipeline.runtime import local_stack
 
@@ -44,7 +46,7 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         calls["api"] += 1
         yield "http://127.0.0.1:1/api"
 
-    def fake_flow(config: TrainConfig, cluster: ClusterSpec, plans: list[reader.MonthPlan] | None) -> str:
+    def fake_flow(config: TrainConfig, cluster: ClusterSpec, plans: list[reader.MonthPlan] | None = None) -> str:
         calls["flow"] = (config, cluster, plans)
         return "result"
 
@@ -67,13 +69,6 @@ def test_local_footers_are_read_once_and_handed_to_the_flow(months_dir, tmp_path
     assert [str(p.file.month) for p in plans] == ["2023-01", "2023-02", "2023-03"]
     assert len(opened) == 3  # one footer read per month, and the flow is handed the plans
     assert lines == ["Prefect API: http://127.0.0.1:1/api", local_stack.TEMPORARY_NOTE]  # its links end with the run, and it says so
-
-
-def test_plans_given_by_the_caller_are_not_read_again(months_dir, tmp_path, recorded, monkeypatch):
-    plans = reader.locate_local(_config(months_dir, tmp_path / "out"))
-    monkeypatch.setattr(reader, "inspect", lambda *a: pytest.fail("footer read twice"))
-    run.train(_config(months_dir, tmp_path / "out"), plans=plans)
-    assert recorded["flow"][2] is plans
 
 
 def test_remote_sources_are_located_by_the_flow(tmp_path, recorded):
@@ -136,3 +131,31 @@ def _refused(address: str) -> bool:
     except ConnectionRefusedError:
         return True
     return False
+
+
+@pytest.mark.slow
+def test_retrain_then_score_its_champion_from_python(months_dir, prefect_api_url, tmp_path):
+    """``pipeline.run.retrain`` and ``pipeline.run.score`` with their configs, on the session's Prefect API and a cluster."""
+    registry = tmp_path / "registry"
+    spec = ClusterSpec(n_workers=1, dashboard_address=":0")
+    config = RetrainConfig(source=str(months_dir), registry=str(registry), as_of="2023-04-20", folds=0, alphas=(1.0,), boosted=False)
+    retrained = run.retrain(config, spec)
+    assert (retrained.version, retrained.decision.action, retrained.registry) == ("v0001", "promote", str(registry))
+    assert [str(m) for m in retrained.run.train_months] == ["2023-01", "2023-02"] and str(retrained.run.val_month) == "2023-03"
+    output = tmp_path / "scored"
+    scored = run.score(ScoreConfig(source=str(months_dir), months="2023-02:2023-03", output=str(output), registry=str(registry)), spec)
+    assert scored.model == str(registry / "versions" / "v0001")  # the champion, resolved once before the run
+    assert [r.month for r in scored.months] == ["2023-02", "2023-03"]
+    assert scored.rows == sum(r.rows for r in scored.months) > 0
+    assert sorted(p.name for p in output.iterdir()) == ["month=2023-02", "month=2023-03", "report.json", "report.md", "report.png"]
+
+
+def test_retrain_and_score_check_their_input_before_the_api_starts(months_dir, tmp_path, recorded):
+    with pytest.raises(PipelineError, match=r"no yellow month published at .* from 2020-07 to 2022-06"):
+        run.retrain(RetrainConfig(source=str(months_dir), registry=str(tmp_path / "registry"), as_of="2022-06-01"))
+    with pytest.raises(PipelineError, match="r: no model registry there"):
+        run.score(ScoreConfig(source=str(months_dir), months="2023-02", output=str(tmp_path / "out"), registry=str(tmp_path / "r")))
+    empty = Registry.open(tmp_path / "empty", create=True)
+    with pytest.raises(PipelineError, match="no champion yet"):
+        run.score(ScoreConfig(source=str(months_dir), months="2023-02", output=str(tmp_path / "out"), registry=str(empty.root)))
+    assert recorded["api"] == 0 and not (tmp_path / "registry").exists() and not (tmp_path / "out").exists()

@@ -1,4 +1,4 @@
-"""TrainConfig: every consistency rule and field validator refuses with a one-line ConfigError naming its fields."""
+"""TrainConfig, RetrainConfig and ScoreConfig: every rule refuses with a one-line ConfigError naming its fields."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from pipeline.core.config import ConfigError, TrainConfig
+from pipeline.core.config import DEFAULT_ALPHAS, DEFAULT_CANDIDATES, ConfigError, RetrainConfig, ScoreConfig, TrainConfig
 from pipeline.core.months import Month
 
 #: Every field spelt as a marker, so a message's named fields can be read back exactly.
-MARKERS = {name: f"<{name}>" for name in TrainConfig.model_fields}
+MARKERS = {name: f"<{name}>" for model in (TrainConfig, RetrainConfig, ScoreConfig) for name in model.model_fields}
 
 
 def _fields(**overrides: Any) -> dict[str, Any]:
@@ -258,3 +258,112 @@ def test_a_location_holding_credentials_is_refused_without_echoing_them(field: s
 @pytest.mark.parametrize("url", ["s3://bucket/prefix", "https://example.com/trip-data?page=2", "https://ann@example.com/x"])
 def test_a_location_without_secrets_is_accepted(url: str) -> None:
     assert TrainConfig(**_fields(source=url)).source == url
+
+
+# --- the settings read from the environment: once, as defaults, where a config is built -------------------
+
+
+def test_the_project_variables_are_field_defaults_read_when_a_config_is_built(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for variable in (
+        "TAXI_PIPELINE_CACHE",
+        "TAXI_PIPELINE_HTTP_TIMEOUT",
+        "TAXI_PIPELINE_STATS_CACHE",
+        "TAXI_PIPELINE_STATS_CACHE_MAX_BYTES",
+    ):
+        monkeypatch.delenv(variable, raising=False)
+    plain = TrainConfig(**_fields())
+    assert (plain.cache_dir, plain.http_timeout, plain.stats_cache, plain.stats_cache_max_bytes) == (None, 60.0, None, 2 * 10**9)
+    monkeypatch.setenv("TAXI_PIPELINE_CACHE", str(tmp_path / "months"))
+    monkeypatch.setenv("TAXI_PIPELINE_HTTP_TIMEOUT", "2.5")
+    monkeypatch.setenv("TAXI_PIPELINE_STATS_CACHE", "s3://bucket/stats")
+    monkeypatch.setenv("TAXI_PIPELINE_STATS_CACHE_MAX_BYTES", "500MB")
+    for config in (TrainConfig(**_fields()), RetrainConfig()):
+        assert (config.cache_dir, config.http_timeout, config.stats_cache) == (tmp_path / "months", 2.5, "s3://bucket/stats")
+        assert config.stats_cache_max_bytes == 500 * 10**6
+    assert ScoreConfig(months="2023-04", output="out", model="m").http_timeout == 2.5
+    given = TrainConfig(**_fields(http_timeout=9, stats_cache_max_bytes="1GB", cache_dir="elsewhere"))  # a value given wins
+    assert (given.http_timeout, given.stats_cache_max_bytes, given.cache_dir) == (9.0, 10**9, Path("elsewhere"))
+    assert plain.stats_cache is None  # read when built, never later: a config made before keeps its values
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "why"),
+    [
+        ("TAXI_PIPELINE_HTTP_TIMEOUT", "0", "expected a number of seconds above 0"),
+        ("TAXI_PIPELINE_HTTP_TIMEOUT", "soon", "expected a number of seconds above 0"),
+        ("TAXI_PIPELINE_STATS_CACHE_MAX_BYTES", "lots", "size 'lots': expected bytes or a number with B"),
+    ],
+)
+def test_a_bad_variable_is_one_line_naming_it(monkeypatch: pytest.MonkeyPatch, variable: str, value: str, why: str) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as caught:
+        RetrainConfig.build()
+    assert str(caught.value).startswith(f"${variable}='{value}': {why}") and "\n" not in str(caught.value)
+
+
+# --- RetrainConfig -------------------------------------------------------------------------------
+
+
+def test_a_retrain_config_has_a_default_for_every_field_so_a_scheduled_run_needs_no_parameters() -> None:
+    config = RetrainConfig()
+    assert (config.registry, config.window, config.alphas, config.candidates) == ("runs/registry", 2, DEFAULT_ALPHAS, DEFAULT_CANDIDATES)
+    assert config.as_of is None and config.boosted and not config.repair
+    assert RetrainConfig.model_validate({"config": None}.get("config") or {}) == config
+    # a deployment's parameter, as Prefect stores it (JSON), makes the same config back
+    stored = json.loads(json.dumps(RetrainConfig(window=3, as_of="2023-04-20").model_dump(mode="json", exclude_unset=True)))
+    assert stored == {"window": 3, "as_of": "2023-04-20"} and RetrainConfig(**stored).window == 3
+
+
+@pytest.mark.parametrize(("field", "value"), [("window", 0), ("folds", -1), ("chunk_rows", 0), ("http_timeout", 0)])
+def test_a_retrain_number_out_of_range_names_its_flag(field: str, value: int) -> None:
+    with pytest.raises(ConfigError) as caught:
+        RetrainConfig.build(**{field: value})
+    flag = "--" + field.replace("_", "-")
+    assert caught.value.render({field: flag}).startswith(f"{flag} {value}: ")
+
+
+def test_retrain_rules_name_their_fields() -> None:
+    with pytest.raises(ConfigError) as caught:
+        RetrainConfig(model="sgd", candidates=(("PU_DO",), ("PU_DO", "trip_distance")))
+    assert {"candidates", "model", "folds"} <= set(re.findall(r"<(\w+)>", caught.value.render(MARKERS)))
+    with pytest.raises(ConfigError, match="every alpha must be a positive number"):
+        RetrainConfig(alphas=(0.0,))
+    with pytest.raises(ConfigError, match="one fold cannot cross-validate"):
+        RetrainConfig(folds=1)
+    with pytest.raises(ConfigError, match="<registry>: the URL holds credentials"):
+        try:
+            RetrainConfig(registry="s3://bucket/r?X-Amz-Signature=abc")
+        except ConfigError as exc:
+            raise ConfigError(exc.render(MARKERS)) from None
+
+
+def test_the_challengers_training_config_follows_the_model_and_folds() -> None:
+    months = ([Month(2023, 1), Month(2023, 2)], Month(2023, 3))
+    linear = RetrainConfig(seed=3, chunk_rows=1000).train_config(*months, "out", champion_terms=("PU_DO",))
+    assert linear.candidates == DEFAULT_CANDIDATES and linear.read_also == ("PU_DO",) and linear.boosted_challenger
+    assert (linear.alphas, linear.seed, linear.chunk_rows, linear.output) == (DEFAULT_ALPHAS, 3, 1000, "out")
+    rows = RetrainConfig(model="sgd").train_config(*months, "out")
+    assert rows.alphas == DEFAULT_ALPHAS[:1] and not rows.boosted_challenger and rows.candidates == () and rows.numeric == ()
+    with pytest.raises(ConfigError, match="without cross-validation nothing chooses among alphas"):
+        RetrainConfig(folds=0)
+    no_cv = RetrainConfig(folds=0, alphas=(1.0,), candidates=(("PU_DO", "trip_distance"),)).train_config(*months, "out")
+    assert no_cv.features == ("PU_DO", "trip_distance") and no_cv.folds == 0  # names a zone term: the seed's are not added
+
+
+# --- ScoreConfig ---------------------------------------------------------------------------------
+
+
+def test_a_score_config_names_one_model() -> None:
+    config = ScoreConfig(months="2023-04:2023-05", output="out", registry="r", version="v0001")
+    assert config.months == (Month(2023, 4), Month(2023, 5)) and (config.max_psi, config.max_rmse_ratio) == (0.2, 1.5)
+    for fields, named in (
+        ({}, {"model", "registry", "version"}),
+        ({"model": "m", "registry": "r"}, {"model", "registry", "version"}),
+        ({"model": "m", "version": "v0001"}, {"version", "registry", "model"}),
+    ):
+        with pytest.raises(ConfigError) as caught:
+            ScoreConfig(months="2023-04", output="out", **fields)
+        assert set(re.findall(r"<(\w+)>", caught.value.render(MARKERS))) == named
+    with pytest.raises(ConfigError) as caught:
+        ScoreConfig.build(months="2023-13", output="out", model="m")
+    assert caught.value.render({"months": "--months"}).startswith("--months '2023-13': ")

@@ -244,19 +244,14 @@ def test_retrain_refuses_a_damaged_champion_before_starting_anything(registry: R
 
 
 def test_retrain_with_repair_replaces_a_damaged_champion(registry: Registry, months_dir: Path, prefect_api_url: str) -> None:
+    from pipeline.core.config import RetrainConfig
     from pipeline.flows.retrain import retrain_flow
 
     _model_file_missing(Path(registry.root))
-    result = retrain_flow(
-        source=str(months_dir),
-        registry=str(registry.root),
-        as_of=date(2023, 4, 20),
-        folds=0,
-        alphas=(0.1,),
-        candidates=((),),
-        cluster=ClusterSpec(n_workers=1, dashboard_address=":0"),
-        repair=True,
+    config = RetrainConfig(
+        source=str(months_dir), registry=str(registry.root), as_of=date(2023, 4, 20), folds=0, alphas=(0.1,), candidates=((),), repair=True
     )
+    result = retrain_flow(config, ClusterSpec(n_workers=1, dashboard_address=":0"))
     assert (result.version, result.decision.action, result.decision.champion_before) == ("v0003", "promote", "v0002")
     assert "replaces a damaged champion" in result.decision.reason and "model.npz: missing" in result.decision.reason
     assert registry.champion().name == "v0003"  # type: ignore[union-attr]

@@ -299,14 +299,15 @@ def test_a_registry_on_s3_retrains_promotes_serves_and_scores_to_s3(moto: Moto, 
     import pyarrow.parquet as pq
 
     from cluster import ClusterSpec
+    from pipeline.core.config import RetrainConfig
     from pipeline.edge.registry import Registry
     from pipeline.flows.retrain import retrain_flow
     from pipeline.service.source import ModelSlot, ModelSource
 
     registry = f"s3://{BUCKET}/registry"
     options: dict[str, Any] = {"source": MONTHS, "registry": registry, "as_of": date(2023, 4, 20), "folds": 0, "alphas": (1e-3,)}
-    first = retrain_flow(**options, cluster=ClusterSpec(n_workers=1, dashboard_address=":0"))
-    worse = retrain_flow(**{**options, "alphas": (1e5,)}, cluster=ClusterSpec(n_workers=1, dashboard_address=":0"))
+    first = retrain_flow(RetrainConfig(**options), ClusterSpec(n_workers=1, dashboard_address=":0"))
+    worse = retrain_flow(RetrainConfig(**{**options, "alphas": (1e5,)}), ClusterSpec(n_workers=1, dashboard_address=":0"))
     assert (first.version, first.decision.action, worse.version, worse.decision.action) == ("v0001", "promote", "v0002", "keep")
     assert worse.decision.champion_rmse == pytest.approx(first.run.val_rmse, rel=1e-9)  # the champion read back from S3, scored
     store = Registry.open(registry)

@@ -176,9 +176,7 @@ def no_sleep(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 
 def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("TAXI_PIPELINE_CACHE", str(tmp_path / "explicit"))
-    assert default_cache_dir() == tmp_path / "explicit"
-    monkeypatch.delenv("TAXI_PIPELINE_CACHE")
+    monkeypatch.setenv("TAXI_PIPELINE_CACHE", str(tmp_path / "explicit"))  # the config's default, read where it is built
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_cache_dir() == tmp_path / "xdg" / "taxi-pipeline"
     monkeypatch.delenv("XDG_CACHE_HOME")
@@ -352,10 +350,9 @@ def test_http_truncation_keeps_previous_good_copy(server: Server, cache: Path, n
 
 def test_http_timeout_is_retried(server: Server, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     original = write_month(server.root)
-    monkeypatch.setattr(sources, "HTTP_TIMEOUT", 0.2)
     server.stall_first = 1.0
     started = time.monotonic()
-    found = resolve_month(server.url, "yellow", JAN, cache_dir=cache, backoff=0)
+    found = resolve_month(server.url, "yellow", JAN, cache_dir=cache, backoff=0, timeout=0.2)
     assert time.monotonic() - started < 1.0
     assert found.path.read_bytes() == original.read_bytes()
 
@@ -372,10 +369,9 @@ def test_http_three_500s_then_success_after_real_backoff(server: Server, cache: 
 
 def test_http_stall_mid_body_times_out_then_succeeds(server: Server, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     original = write_month(server.root, rows=20_000)
-    monkeypatch.setenv(sources.TIMEOUT_VARIABLE, "0.3")
     server.stall_body = 3.0
     started = time.monotonic()
-    found = resolve_month(server.url, "yellow", JAN, cache_dir=cache, backoff=0)
+    found = resolve_month(server.url, "yellow", JAN, cache_dir=cache, backoff=0, timeout=0.3)
     assert time.monotonic() - started < 2.0  # the stalled body was abandoned after 0.3 s, not waited for
     assert found.path.read_bytes() == original.read_bytes()
     assert server.count("GET") == 2
@@ -384,23 +380,13 @@ def test_http_stall_mid_body_times_out_then_succeeds(server: Server, cache: Path
 
 def test_http_body_that_always_stalls_is_one_line_and_leaves_nothing(server: Server, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_month(server.root, rows=20_000)
-    monkeypatch.setenv(sources.TIMEOUT_VARIABLE, "0.2")
     server.stall_body, server.stall_gets = 2.0, 99
     with pytest.raises(PipelineError) as info:
-        resolve_month(server.url, "yellow", JAN, cache_dir=cache, retries=1, backoff=0)
+        resolve_month(server.url, "yellow", JAN, cache_dir=cache, retries=1, backoff=0, timeout=0.2)
     message = str(info.value)
     assert message.startswith(f"month 2023-01: could not fetch {server.url}/yellow_tripdata_2023-01.parquet after 2 attempts")
     assert "timed out" in message and "\n" not in message
     assert cached_files(cache) == []
-
-
-@pytest.mark.parametrize("value", ["0", "-1", "soon"])
-def test_http_timeout_setting_must_be_positive_seconds(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
-    monkeypatch.setenv(sources.TIMEOUT_VARIABLE, value)
-    with pytest.raises(PipelineError, match=f"TAXI_PIPELINE_HTTP_TIMEOUT='{value}': expected a number of seconds above 0"):
-        sources.http_timeout()
-    monkeypatch.setenv(sources.TIMEOUT_VARIABLE, "2.5")
-    assert sources.http_timeout() == 2.5
 
 
 def test_http_body_not_parquet_is_final_and_never_cached(server: Server, cache: Path, no_sleep: list[float]) -> None:

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import cli
-from pipeline.core.config import TrainConfig
+from pipeline.core.config import TrainConfig, parse_size
 from pipeline.core.features import FeatureSpec
 from pipeline.core.months import Month
 from pipeline.core.stats import Stats
@@ -218,20 +218,13 @@ def test_an_fsspec_memory_location_works_like_a_folder(computed, chunk):
     assert StatsCache(location).prune(max_bytes=0).removed == 1 and StatsCache(location).entries() == []
 
 
-def test_sizes_ages_and_the_default_location_from_the_environment(monkeypatch, tmp_path):
-    assert [stats_cache.parse_size(s) for s in ("123", "500MB", "2GB", "1.5KiB")] == [123, 500 * 10**6, 2 * 10**9, 1536]
+def test_sizes_ages_and_the_default_location(monkeypatch, tmp_path):
+    assert [parse_size(s) for s in ("123", "500MB", "2GB", "1.5KiB")] == [123, 500 * 10**6, 2 * 10**9, 1536]
     assert [stats_cache.parse_age(s) for s in ("30d", "12h", "90m", "45s", "2w")] == [30 * 86400, 12 * 3600, 5400, 45, 14 * 86400]
-    monkeypatch.setenv("TAXI_PIPELINE_CACHE", str(tmp_path / "months"))
-    monkeypatch.delenv(stats_cache.LOCATION_ENV, raising=False)
-    monkeypatch.delenv(stats_cache.MAX_BYTES_ENV, raising=False)
-    assert stats_cache.resolve(None) == str(tmp_path / "months" / "stats")
-    assert stats_cache.max_bytes() == 2 * 10**9
-    monkeypatch.setenv(stats_cache.LOCATION_ENV, "s3://bucket/stats")
-    monkeypatch.setenv(stats_cache.MAX_BYTES_ENV, "500MB")
-    assert (stats_cache.resolve(None), stats_cache.max_bytes()) == ("s3://bucket/stats", 500 * 10**6)
-    monkeypatch.setenv(stats_cache.MAX_BYTES_ENV, "lots")
-    with pytest.raises(Exception, match=r"\$TAXI_PIPELINE_STATS_CACHE_MAX_BYTES: size 'lots'"):
-        stats_cache.max_bytes()
+    assert stats_cache.resolve(None, tmp_path / "months") == str(tmp_path / "months" / "stats")  # in the run's month cache
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert stats_cache.resolve(None) == str(tmp_path / "xdg" / "taxi-pipeline" / "stats")
+    assert stats_cache.resolve("s3://bucket/stats", tmp_path) == "s3://bucket/stats"
 
 
 @pytest.fixture

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 
 from cluster import ClusterSpec
+from pipeline.cli.common import flag_names
+from pipeline.core.config import ConfigError, RetrainConfig
 from pipeline.core.months import Month, parse_months
 from pipeline.edge import seed
 from pipeline.edge.model_files import load_model
@@ -31,13 +33,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 AS_OF = date(2023, 4, 20)
 
 
-def _retrain(months_dir: Path, registry: Path, **parameters: Any) -> Any:
-    parameters.setdefault("as_of", AS_OF)
-    parameters.setdefault("cluster", ClusterSpec(n_workers=2, dashboard_address=":0"))
-    parameters.setdefault(
-        "boosted", False
-    )  # the linear path's decisions; the boosted challenger: tests/flows/test_real_months_end_to_end.py
-    return retrain_flow(source=str(months_dir), registry=str(registry), **parameters)
+def _retrain(months_dir: Path, registry: Path, cluster: ClusterSpec | None = None, **fields: Any) -> Any:
+    fields.setdefault("as_of", AS_OF)
+    fields.setdefault("boosted", False)  # the linear path's decisions; the boosted challenger: tests/flows/test_real_months_end_to_end.py
+    config = RetrainConfig(source=str(months_dir), registry=str(registry), **fields)
+    return retrain_flow(config, cluster or ClusterSpec(n_workers=2, dashboard_address=":0"))
 
 
 def _rmse_from_rows(model_dir: Path, months_dir: Path, month: Month, clipped: bool = True) -> float:
@@ -198,6 +198,17 @@ def test_bad_input_is_one_line_and_leaves_the_registry_unchanged(months_dir, tmp
     assert sorted(p.name for p in registry.rglob("*")) == before
 
 
+def test_a_broken_config_parameter_fails_the_run_before_any_work(prefect_api_url, tmp_path):
+    """A deployment's run calls the flow with its stored parameters: Prefect builds the RetrainConfig as the run starts,
+    and a broken rule fails it there, with the ConfigError's one line (field names: there are no flags)."""
+    registry = tmp_path / "registry"
+    state = retrain_flow(config={"registry": str(registry), "folds": 1}, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(ConfigError, match=r"^folds 1: one fold cannot cross-validate"):
+        state.result()
+    assert not registry.exists()
+
+
 def test_prefect_yaml_and_deploy_name_distinct_deployments():
     import yaml
 
@@ -286,12 +297,12 @@ def test_the_scheduled_deployment_is_served_its_runs_report_in_its_terminal_and_
     args = ["--source", str(months_dir), "--registry", str(registry), "--cron", "0 6 3 * *"]
     args += ["--folds", "0", "--alphas", "1", "--candidates", "base"]
 
-    def run(client: SyncPrefectClient, deployment: Any, *params: str) -> Any:
+    def run(client: SyncPrefectClient, deployment: Any, **params: Any) -> Any:
         """``prefect deployment run`` with ``params``; the flow run once it has ended."""
         prefect = str(Path(sys.executable).with_name("prefect"))
         command = [prefect, "deployment", "run", "retrain-trip-duration/monthly", "-p", 'cluster={"n_workers": 1}']
-        for param in ("as_of=2023-04-20", *params):
-            command += ["-p", param]
+        # a run's parameters replace the deployment's whole: the config is given whole, with this run's changes
+        command += ["-p", "config=" + json.dumps({**deployment.parameters["config"], "as_of": "2023-04-20", **params})]
         triggered = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
         assert triggered.returncode == 0, triggered.stderr
         flow_run_id = triggered.stdout.split("/runs/flow-run/")[1].split()[0]
@@ -306,8 +317,8 @@ def test_the_scheduled_deployment_is_served_its_runs_report_in_its_terminal_and_
         deployment = client.read_deployment_by_name("retrain-trip-duration/monthly")
         (schedule,) = deployment.schedules
         assert schedule.schedule.cron == "0 6 3 * *" and schedule.active
-        assert deployment.parameters["registry"] == str(registry)
-        failed = run(client, deployment, "window=3")  # 2022-12 is not at the source
+        assert deployment.parameters["config"]["registry"] == str(registry)
+        failed = run(client, deployment, window=3)  # 2022-12 is not at the source
         assert failed.state.is_failed()
         done = run(client, deployment)
         assert done.state.is_completed(), done.state.message
@@ -363,22 +374,8 @@ def test_prefect_yaml_deploys_onto_a_process_pool_whose_worker_runs_it(months_di
     run("work-pool", "create", "taxi-pipeline", "--type", "process", "--overwrite")
     run("--no-prompt", "deploy", "--all")
     registry = tmp_path / "registry"
-    params = [
-        "-p",
-        f"source={months_dir}",
-        "-p",
-        f"registry={registry}",
-        "-p",
-        "as_of=2023-04-20",
-        "-p",
-        "folds=0",
-        "-p",
-        "alphas=[1]",
-        "-p",
-        "candidates=[[]]",
-        "-p",
-        'cluster={"n_workers": 1}',
-    ]
+    config = {"source": str(months_dir), "registry": str(registry), "as_of": "2023-04-20", "folds": 0, "alphas": [1], "candidates": [[]]}
+    params = ["-p", f"config={json.dumps(config)}", "-p", 'cluster={"n_workers": 1}']
     run("deployment", "run", "retrain-trip-duration/monthly-pool", *params)
     worker = run("worker", "start", "--pool", "taxi-pipeline", "--run-once", timeout=300)
     from prefect.client.orchestration import SyncPrefectClient
@@ -388,7 +385,9 @@ def test_prefect_yaml_deploys_onto_a_process_pool_whose_worker_runs_it(months_di
 
         def ours() -> list[Any]:  # the session's server may hold other runs of this deployment
             runs = client.read_flow_runs(limit=50)
-            return [r for r in runs if r.deployment_id == deployment.id and r.parameters.get("registry") == str(registry)]
+            return [
+                r for r in runs if r.deployment_id == deployment.id and (r.parameters.get("config") or {}).get("registry") == str(registry)
+            ]
 
         deadline = time.monotonic() + 30
         while not [r for r in ours() if r.state.is_final()]:
@@ -413,22 +412,10 @@ def test_a_gradient_boosting_challenger_is_registered_with_skops_and_compared_on
 
 @pytest.mark.parametrize(("model", "folds"), [("sgd", 5), ("linear", 0)])
 def test_the_default_candidates_fall_back_to_the_seeds_features_where_they_cannot_be_compared(model, folds, tmp_path):
-    from pipeline.flows.retrain import DEFAULT_CANDIDATES, _training_config
-
-    options = {
-        "source": "s",
-        "taxi": "yellow",
-        "alphas": (0.1, 1.0) if folds else (0.1,),
-        "folds": folds,
-        "model": model,
-        "candidates": DEFAULT_CANDIDATES,
-        "chunk_rows": 1000,
-        "seed": 0,
-        "max_rows": None,
-    }
-    config = _training_config(None, tmp_path, ([Month(2023, 1)], Month(2023, 2)), options)
+    settings = {"source": "s", "alphas": (0.1, 1.0) if folds else (0.1,), "folds": folds, "model": model, "chunk_rows": 1000}
+    config = RetrainConfig(**settings).train_config([Month(2023, 1)], Month(2023, 2), tmp_path)
     assert config.candidates == () and config.numeric == ()
     assert config.alphas == (0.1,)  # a row-fitted model has no alpha grid; without CV one alpha is given
-    options = {**options, "candidates": ((), ("trip_distance",), ("fare_amount",))}
-    with pytest.raises(PipelineError, match="--candidates: comparing feature sets needs --model linear"):
-        _training_config(None, tmp_path, ([Month(2023, 1)], Month(2023, 2)), options)
+    with pytest.raises(ConfigError) as caught:
+        RetrainConfig.build(**settings, candidates=((), ("trip_distance",), ("fare_amount",)))
+    assert caught.value.render(flag_names(RetrainConfig)).startswith("--candidates: comparing feature sets needs --model linear")

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cluster import ClusterSpec
-from pipeline.core.config import TrainConfig
+from pipeline.core.config import ScoreConfig, TrainConfig
 from pipeline.core.features import FeatureSpec, training_rows
 from pipeline.core.months import Month
 from pipeline.edge import predictions, reader
@@ -48,14 +48,8 @@ def model_dir(months_dir: Path, prefect_api_url: str, tmp_path_factory: pytest.T
 
 
 def _score(model_dir: Path, source: Path, output: Path, months: str = "2023-01:2023-03", **extra: object) -> object:
-    return score_flow(
-        months=months,
-        output=str(output),
-        model=str(model_dir),
-        source=str(source),
-        cluster=ClusterSpec(n_workers=2, dashboard_address=":0"),
-        **extra,
-    )
+    config = ScoreConfig(months=months, output=str(output), model=str(model_dir), source=str(source), **extra)
+    return score_flow(config, ClusterSpec(n_workers=2, dashboard_address=":0"))
 
 
 def test_every_row_is_scored_once_with_the_models_own_predictions(model_dir, months_dir, tmp_path):
@@ -121,14 +115,9 @@ def test_a_registry_version_is_named_in_the_report_and_tasks_by_their_months(mon
 
     registry = Registry.open(tmp_path / "registry", create=True)
     commit_constant_version(registry, 12.0, 5.0)
-    result = score_flow(
-        months="2023-02:2023-03",
-        output=str(tmp_path / "scored"),
-        registry=str(registry.root),
-        source=str(months_dir),
-        chunk_rows=20_000,
-        cluster=ClusterSpec(n_workers=1, dashboard_address=":0"),
-    )
+    config = ScoreConfig(months="2023-02:2023-03", output=str(tmp_path / "scored"), registry=str(registry.root), source=str(months_dir),
+                         chunk_rows=20_000)  # fmt: skip
+    result = score_flow(config, ClusterSpec(n_workers=1, dashboard_address=":0"))
     names = sorted(r.name for r in read_task_runs(result.flow_run_id, expected=4) if r.name.startswith("score-chunk"))
     assert names == ["score-chunk 2023-02 1/2", "score-chunk 2023-02 2/2", "score-chunk 2023-03 1/2", "score-chunk 2023-03 2/2"]
     with get_client(sync_client=True) as client:  # raw filter, as test_flow's: the client's hides flow-level artifacts
