@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from benchmarks.common import best_of, months, project_fit
-from cluster import ClusterSpec
+from pipeline.cluster import ClusterSpec
 from pipeline.core.config import TrainConfig
 from pipeline.run import train
 

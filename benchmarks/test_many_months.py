@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.common import TAXI, months, project_fit
-from cluster import ClusterSpec
+from pipeline.cluster import ClusterSpec
 from pipeline.core.config import TrainConfig
 from pipeline.edge.synth import write_months
 from pipeline.run import train

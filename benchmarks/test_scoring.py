@@ -33,7 +33,7 @@ import pytest
 from benchmarks.chunk_memory import CLEAR_REFS, memory_figures, probe_peaks
 from benchmarks.common import ALPHA, CHUNK_ROWS, TAXI, best_of, decode, month_path, months
 from benchmarks.conftest import QUICK_FLOORS, Bench
-from cluster import ClusterSpec
+from pipeline.cluster import ClusterSpec
 from pipeline.core import solve
 from pipeline.core.config import ScoreConfig
 from pipeline.core.features import FeatureSpec, numeric_matrix, zone_codes

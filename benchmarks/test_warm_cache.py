@@ -26,7 +26,7 @@ import pytest
 
 from benchmarks.common import CHUNK_ROWS, SPEC, TAXI, best_of, months
 from benchmarks.conftest import QUICK_ROWS, Bench
-from cluster import ClusterSpec
+from pipeline.cluster import ClusterSpec
 from pipeline.core.config import TrainConfig
 from pipeline.edge import chunks, reader
 from pipeline.edge.stats_cache import StatsCache

@@ -1,4 +1,4 @@
-"""Make a private CA and one certificate for a Dask cluster's TLS (``python -m cluster.certs DIR``).
+"""Make a private CA and one certificate for a Dask cluster's TLS (``python -m pipeline.cluster.certs DIR``).
 
 Dask's TLS is mutual: the scheduler, every worker and every client present a
 certificate signed by the CA the others trust (``--tls-ca-file``). Dask does not
@@ -136,8 +136,8 @@ def make_certificates(folder: Path, hosts: Sequence[str] = ("127.0.0.1", "localh
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m cluster.certs [DIR] [--host H ...] [--force]``: print the three flags to use."""
-    parser = argparse.ArgumentParser(prog="python -m cluster.certs", description=main.__doc__)
+    """``python -m pipeline.cluster.certs [DIR] [--host H ...] [--force]``: print the three flags to use."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline.cluster.certs", description=main.__doc__)
     parser.add_argument("folder", type=Path, nargs="?", default=Path("certs"), help="[default: certs, which git ignores]")
     parser.add_argument(
         "--host", action="append", help="host name or IP the certificate names (repeatable) [default: 127.0.0.1, localhost]"

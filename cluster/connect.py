@@ -33,8 +33,8 @@ from distributed import Client, LocalCluster
 from distributed.comm.core import CommClosedError
 from distributed.versions import VersionMismatchWarning
 
-from cluster.spec import ClusterSpec, Plan, Tls, load_cluster_class, resolve
-from cluster.versions import check_versions
+from pipeline.cluster.spec import ClusterSpec, Plan, Tls, load_cluster_class, resolve
+from pipeline.cluster.versions import check_versions
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
-from cluster import ClusterSpec, check_cluster
+from pipeline.cluster import ClusterSpec, check_cluster
 from pipeline.core.config import RetrainConfig, ScoreConfig, TrainConfig
 from pipeline.core.months import Month
 from pipeline.edge import predictions, storage, tracking

@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from cluster import ClusterSpec
 from pipeline import preflight
+from pipeline.cluster import ClusterSpec
 from pipeline.core.config import RetrainConfig, ScoreConfig, TrainConfig
 from pipeline.core.results import RunResult
 from pipeline.flows.retrain import RetrainResult, retrain_flow

@@ -285,8 +285,8 @@ def own_cluster(tmp_path: Path) -> Iterator[DaskProcesses]:
 
 @pytest.fixture(scope="session")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    """A CA, and a certificate and key it signed, made by ``cluster.certs`` (for 127.0.0.1)."""
-    from cluster.certs import make_certificates
+    """A CA, and a certificate and key it signed, made by ``pipeline.cluster.certs`` (for 127.0.0.1)."""
+    from pipeline.cluster.certs import make_certificates
 
     files = make_certificates(tmp_path_factory.mktemp("tls"))
     return files.ca_file, files.cert, files.key

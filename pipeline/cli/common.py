@@ -226,7 +226,7 @@ def parsed(model: type[_M], options: dict[str, Any]) -> tuple[_M, Any]:
     """The config from the flags given (unset ones keep the model's defaults) and the cluster from the rest.
 
     A broken rule is one line naming the flags at fault."""
-    from cluster import ClusterSpec
+    from pipeline.cluster import ClusterSpec
     from pipeline.core.config import ConfigError
 
     fields = {k: v for k, v in options.items() if k in model.model_fields and v is not None}

@@ -24,7 +24,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run as current_run
 
-from cluster import ClusterSpec
+from pipeline.cluster import ClusterSpec
 from pipeline.core import render
 from pipeline.core.config import DEFAULT_SOURCE, RetrainConfig
 from pipeline.core.decisions import Decision

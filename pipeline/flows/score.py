@@ -26,7 +26,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from cluster import ClusterSpec
+from pipeline.cluster import ClusterSpec
 from pipeline.core import render
 from pipeline.core.config import ScoreConfig
 from pipeline.core.model import AnyModel

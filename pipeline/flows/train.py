@@ -27,7 +27,7 @@ from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect.states import Completed
 
-from cluster import ClusterSpec
+from pipeline.cluster import ClusterSpec
 from pipeline.core import batching, cv, render, screening, stats, training
 from pipeline.core.boosted import TERMS as BOOSTED_TERMS
 from pipeline.core.boosted import BoostedModel

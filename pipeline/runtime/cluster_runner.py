@@ -18,7 +18,7 @@ from typing import Any
 import dask
 from prefect import get_run_logger
 
-from cluster import ClusterSpec, EarlyCluster, connect, started_early
+from pipeline.cluster import ClusterSpec, EarlyCluster, connect, started_early
 from pipeline.runtime import prefect_patches
 from pipeline.runtime.interrupts import WORKER_PRELOAD
 from pipeline.runtime.plugins import PrefectApiPlugin
@@ -50,7 +50,10 @@ WORKER_WARM_UP = "pipeline.edge.warm:warm_up"
 
 @contextmanager
 def early_cluster(spec: ClusterSpec, imports: tuple[str, ...] = FLOW_MODULES) -> Iterator[EarlyCluster]:
-    """Start the run's LocalCluster (if it gets one) now, in a thread, beside the Prefect API; see :func:`cluster.started_early`."""
+    """Start the run's LocalCluster (if it gets one) now, in a thread, beside the Prefect API.
+
+    See :func:`pipeline.cluster.started_early`.
+    """
     with _quiet_workers(), started_early(spec, (*imports, WORKER_WARM_UP)) as early:  # the tasks' modules and Prefect
         yield early
 

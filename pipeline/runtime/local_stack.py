@@ -30,7 +30,7 @@ from pathlib import Path
 
 import httpx
 
-from cluster import ClusterSpec, resolve
+from pipeline.cluster import ClusterSpec, resolve
 from pipeline.edge.processes import alive
 from pipeline.errors import PipelineError
 from pipeline.runtime import prefect_patches, stack_record

@@ -14,7 +14,7 @@ on a worker, read from its source (3.9.1) and checked with real processes:
   served one run therefore sends the *next* run's task runs to the first run's
   API (silently: the new API shows a flow run without task runs).
 
-:class:`PrefectApiPlugin`, passed to :func:`cluster.connect` for every run,
+:class:`PrefectApiPlugin`, passed to :func:`pipeline.cluster.connect` for every run,
 sets ``PREFECT_API_URL`` on each worker (workers that join later get it too, as
 the scheduler replays registered plugins), refreshes Prefect's global settings
 if it is already imported, and stops those services when the API changed, so

@@ -22,7 +22,7 @@ from uuid import uuid4
 
 from prefect_dask.task_runners import DaskTaskRunner, PrefectDaskFuture
 
-from cluster import Connection
+from pipeline.cluster import Connection
 
 
 def task_key(task: Any) -> str:

@@ -43,7 +43,7 @@ def _start_relay(path: Path, log: Path, stack: ExitStack, timeout: float = 120) 
 
 def _serve(port: int, n_workers: int | None, threads_per_worker: int) -> None:
     """Bring the API, the cluster and the relay up, record them, and wait for SIGTERM."""
-    from cluster import ClusterSpec, start_cluster
+    from pipeline.cluster import ClusterSpec, start_cluster
     from pipeline.runtime import prefect_server
     from pipeline.runtime.cluster_runner import FLOW_MODULES, WORKER_WARM_UP
     from pipeline.runtime.plugins import PrefectApiPlugin

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from cluster import ClusterSpec
 from pipeline import run
+from pipeline.cluster import ClusterSpec
 from pipeline.core.config import RetrainConfig, ScoreConfig, TrainConfig
 from pipeline.edge import reader
 from pipeline.edge.registry import Registry

@@ -1,4 +1,4 @@
-"""``python -m cluster.certs``: keys are never replaced silently, and its default folder stays out of git."""
+"""``python -m pipeline.cluster.certs``: keys are never replaced silently, and its default folder stays out of git."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.certs import FILE_NAMES, main
+from pipeline.cluster.certs import FILE_NAMES, main
 
 
 def test_a_second_run_refuses_to_replace_the_ca_and_force_replaces_it(tmp_path, capsys):

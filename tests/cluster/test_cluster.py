@@ -13,9 +13,9 @@ import dask.config
 import pytest
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from cluster import ClusterSpec, Connection, parse_cluster_kwargs, resolve
-from cluster.connect import _dask_logs_below, start_cluster
-from cluster.versions import mismatch
+from pipeline.cluster import ClusterSpec, Connection, parse_cluster_kwargs, resolve
+from pipeline.cluster.connect import _dask_logs_below, start_cluster
+from pipeline.cluster.versions import mismatch
 from pipeline.errors import PipelineError
 from pipeline.runtime.runner import task_runner
 
@@ -202,7 +202,7 @@ def test_nothing_listening_fails_at_once_in_one_line():
     import socket
     import time
 
-    from cluster import check_cluster
+    from pipeline.cluster import check_cluster
 
     with socket.socket() as probe:  # a port that was free a moment ago, on 127.0.0.1
         probe.bind(("127.0.0.1", 0))
@@ -220,7 +220,7 @@ def test_nothing_listening_fails_at_once_in_one_line():
 def test_worker_imports_call_a_module_function_once_given_as_module_colon_function(monkeypatch, tmp_path):
     import tempfile
 
-    from cluster.connect import _import_all
+    from pipeline.cluster.connect import _import_all
     from pipeline.edge import warm
     from pipeline.runtime.cluster_runner import WORKER_WARM_UP
 
@@ -238,7 +238,7 @@ _PREFECT_LOGGING_FIRST = """
 from prefect.logging.configuration import setup_logging
 
 setup_logging()  # as a flow run's process has it (a deployment's run, a notebook) before Dask is imported
-from cluster import ClusterSpec, connect
+from pipeline.cluster import ClusterSpec, connect
 
 with connect(ClusterSpec(n_workers=1, dashboard_address=":0")) as connection:
     print("workers", connection.workers)
@@ -288,7 +288,7 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from cluster import ClusterSpec, connect
+from pipeline.cluster import ClusterSpec, connect
 
 with connect(ClusterSpec(n_workers=1)) as connection:  # the default dashboard address
     link = connection.dashboard_link

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cluster import ClusterSpec, connect
+from pipeline.cluster import ClusterSpec, connect
 from pipeline.core.config import TrainConfig
 from pipeline.errors import PipelineError
 from pipeline.run import train

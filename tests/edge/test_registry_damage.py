@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cluster import ClusterSpec
+from pipeline.cluster import ClusterSpec
 from pipeline.core.features import N_PAIRS, N_ZONES, FeatureSpec
 from pipeline.core.model import Model
 from pipeline.core.months import Month

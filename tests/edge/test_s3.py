@@ -298,7 +298,7 @@ def test_a_registry_on_s3_retrains_promotes_serves_and_scores_to_s3(moto: Moto, 
 
     import pyarrow.parquet as pq
 
-    from cluster import ClusterSpec
+    from pipeline.cluster import ClusterSpec
     from pipeline.core.config import RetrainConfig
     from pipeline.edge.registry import Registry
     from pipeline.flows.retrain import retrain_flow

@@ -283,7 +283,7 @@ def _cache_line(caplog: pytest.LogCaptureFixture) -> str:
 @pytest.mark.slow
 @pytest.mark.cluster
 def test_a_rerun_reads_every_chunk_from_the_cache_until_its_month_file_changes(months_dir, prefect_api_url, tmp_path, caplog):
-    from cluster import ClusterSpec
+    from pipeline.cluster import ClusterSpec
     from pipeline.run import train
 
     folder, location = tmp_path / "months", tmp_path / "stats"

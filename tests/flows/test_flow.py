@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cluster import ClusterSpec
+from pipeline.cluster import ClusterSpec
 from pipeline.core.config import TrainConfig
 from pipeline.core.features import FeatureSpec
 from pipeline.core.months import Month

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cluster import ClusterSpec
 from pipeline.cli.common import flag_names
+from pipeline.cluster import ClusterSpec
 from pipeline.core.config import ConfigError, RetrainConfig
 from pipeline.core.months import Month, parse_months
 from pipeline.edge import seed

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from cluster import ClusterSpec
+from pipeline.cluster import ClusterSpec
 from pipeline.core.config import ScoreConfig, TrainConfig
 from pipeline.core.features import FeatureSpec, training_rows
 from pipeline.core.months import Month

@@ -7,7 +7,7 @@ import pytest
 from distributed import LocalCluster
 from prefect import flow, task
 
-from cluster import Connection
+from pipeline.cluster import Connection
 from pipeline.runtime.runner import KeyedDaskTaskRunner, task_key, task_runner
 
 
