@@ -88,16 +88,26 @@ def record_path() -> Path:
     return home() / RECORD
 
 
-def code_fingerprint() -> str:
-    """Every module file of ``pipeline`` and ``cluster`` (path, size, mtime), the interpreter and the matched versions."""
-    digest = hashlib.sha256(sys.executable.encode())
-    for package in ("pipeline", "cluster"):  # found, not imported: importing cluster loads Dask
+def module_files() -> list[tuple[Path, Path]]:
+    """Every module file of ``pipeline`` and ``pipeline.cluster``, each with the folder its name is relative to.
+
+    ``pipeline.cluster`` is a link to the top-level ``cluster/`` folder, which walking ``pipeline`` does not follow.
+    """
+    files = []
+    for package in ("pipeline", "pipeline.cluster"):  # found, not imported: importing the cluster package loads Dask
         spec = importlib.util.find_spec(package)
         assert spec is not None and spec.submodule_search_locations, f"{package} is this project's package"
         root = Path(next(iter(spec.submodule_search_locations)))
-        for path in sorted(root.rglob("*.py")):
-            stat = path.stat()
-            digest.update(f"{path.relative_to(root.parent)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+        files += [(path, root.parent) for path in sorted(root.rglob("*.py"))]
+    return files
+
+
+def code_fingerprint() -> str:
+    """Every module file's path, size and mtime (:func:`module_files`), the interpreter and the matched versions."""
+    digest = hashlib.sha256(sys.executable.encode())
+    for path, base in module_files():
+        stat = path.stat()
+        digest.update(f"{path.relative_to(base)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
     digest.update(" ".join(f"{name}={version(name)}" for name in MATCHED).encode())
     return digest.hexdigest()[:16]
 

@@ -176,3 +176,10 @@ def test_a_record_left_by_a_dead_stack_is_removed(tmp_path, monkeypatch):
     assert stack_record.record_path().exists()
     assert stack_record.current() is None
     assert not stack_record.record_path().exists()
+
+
+def test_the_stacks_code_fingerprint_covers_the_cluster_package_behind_its_link():
+    """A stack started before an edit of cluster/ must not serve runs after it: its files are in the fingerprint."""
+    names = {str(path.relative_to(base)) for path, base in stack_record.module_files()}
+    assert {"pipeline/run.py", "cluster/connect.py", "cluster/spec.py"} <= names
+    assert not any(name.startswith("pipeline/cluster/") for name in names)  # the link is not walked twice
