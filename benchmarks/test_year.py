@@ -24,10 +24,9 @@ from distributed import Client
 
 from benchmarks.common import best_of, decode, month_path, months, train_command
 from benchmarks.conftest import YEAR_MONTHS
-from pipeline.core.config import candidate_terms
+from pipeline.core.config import DEFAULT_CANDIDATES, candidate_terms
 from pipeline.core.terms import ZONE_TERMS
 from pipeline.edge.ports import free_port
-from pipeline.flows.retrain import DEFAULT_CANDIDATES
 
 pytestmark = [pytest.mark.slow, pytest.mark.year]
 
