@@ -3,7 +3,7 @@
 Every rule and every default lives here, so the Python API, the CLI, a deployment's parameters and the
 docs agree. A broken rule is a :class:`ConfigError` naming the fields at fault; the CLI prints it with
 its flag names instead (``val_month`` -> ``--val-month``), and its options are generated from the fields
-(:mod:`pipeline.cli.options`).
+(``field_option`` in :mod:`pipeline.cli.common`).
 
 The project's non-secret settings that used to be read deep in ``edge/`` (the month cache folder, the
 HTTP timeout, the statistics cache and its bound) are fields too: their ``TAXI_PIPELINE_*`` variable
@@ -332,7 +332,8 @@ class TrainConfig(_Training):
         default=ZONE_TERMS,
         min_length=1,
         description="the model's terms, e.g. PU_DO,trip_distance or PULocationID,DOLocationID,PU_DO,trip_distance:log48,hour_of_week "
-        "(zones, numeric columns, COLUMN:logN or COLUMN:[EDGES] bins, hour, hour/4, weekday, hour_of_week, A*B)",
+        "(zones, numeric columns, COLUMN:logN, COLUMN:qN or COLUMN:[EDGES] bins, hour, hour/4, weekday, hour_of_week, "
+        "A*B, PULocationID*hour/4)",
     )
     read_also: tuple[str, ...] = Field(
         default=(),

@@ -462,10 +462,11 @@ def _level_statistics(
         pair = compact[pair_of[rows]]
         spread = np.zeros(pair.size, dtype=np.int64) if fold is None else fold[rows] * total
         codes = levels.codes[rows]
+        at_levels = spread[:, None] + codes  # each row's cell of each factor's levels, in its fold
         # every two levels of a row at once: one bincount over folds × levels² a block, not one per two factors
-        level_pairs += np.bincount(((spread[:, None] + codes)[:, :, None] * total + codes[:, None, :]).ravel(), minlength=level_pairs.size)
+        level_pairs += np.bincount((at_levels[:, :, None] * total + codes[:, None, :]).ravel(), minlength=level_pairs.size)
         for j in range(len(levels.sizes)):
-            at = spread + codes[:, j]
+            at = at_levels[:, j]
             cell = at * pairs.size + pair
             cell.sort()  # equal cells side by side: their runs are the counts
             starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])

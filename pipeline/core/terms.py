@@ -86,6 +86,10 @@ class Bins:
     def unresolved(self) -> bool:
         return self.quantiles > 0 and not self.edges
 
+    def fixed(self, edges: tuple[float, ...]) -> Bins:
+        """These quantile bins with the edges a run measured, named with them (``q32[0.6,0.8,...]``: ``repr`` round-trips)."""
+        return Bins(self.column, edges, f"q{self.quantiles}[{','.join(repr(e) for e in edges)}]", self.quantiles)
+
     def codes(self, values: np.ndarray) -> np.ndarray:
         if self.unresolved:
             raise TermError(f"term {self.name!r}: quantile edges are fixed by a run before the pass; none are given")
@@ -338,11 +342,4 @@ def with_quantile_edges(term: str, edges: dict[tuple[str, int], tuple[float, ...
     parsed = parse_term(term)
     if not isinstance(parsed, Factor) or not any(isinstance(p, Bins) and p.unresolved for p in parsed.parts):
         return term
-    names = []
-    for part in parsed.parts:
-        if isinstance(part, Bins) and part.unresolved:
-            fixed = edges[(part.column, part.quantiles)]
-            names.append(f"{part.column}:q{part.quantiles}[{','.join(repr(e) for e in fixed)}]")
-        else:
-            names.append(part.name)
-    return "*".join(names)
+    return "*".join((p.fixed(edges[(p.column, p.quantiles)]) if isinstance(p, Bins) and p.unresolved else p).name for p in parsed.parts)
