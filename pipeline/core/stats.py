@@ -164,6 +164,9 @@ class Packed:
     def screened(self) -> np.ndarray:
         return self.rest.screened
 
+    def pack(self) -> Packed:
+        return self
+
     def unpack(self) -> Stats:
         folds, levels = self.rest.cross.shape[:2]
         cross = np.zeros(folds * levels * self.pairs.size, dtype=np.int32)
@@ -298,7 +301,7 @@ def compute(encoded: Encoded, fold: np.ndarray | None = None, folds: int = 1, le
     fold = _fold_ids(fold, folds, encoded.rows)
     index = encoded.pair if fold is None else fold * N_PAIRS + encoded.pair
     count = np.bincount(index, minlength=folds * N_PAIRS)
-    return _statistics(index, count, encoded.micros, encoded.x, fold, folds, encoded.screened.copy(), levels)
+    return _statistics(index, count, encoded.micros, encoded.x, fold, folds, encoded.screened.copy(), levels).unpack()
 
 
 def compute_screened(
@@ -308,8 +311,9 @@ def compute_screened(
     folds: int = 1,
     x: np.ndarray | None = None,
     levels: Levels | None = None,
-) -> Stats:
-    """:func:`compute` of the rows :func:`pipeline.core.features.encode` would keep, straight from the screened blocks.
+) -> Packed:
+    """:func:`compute` of the rows :func:`pipeline.core.features.encode` would keep, straight from the screened blocks,
+    packed: the counts per level and pair are counted as non-zero cells and never spread over every cell.
 
     No kept-row arrays are gathered: a dropped row gets pair code 0, which no kept
     row has (zone 0 is no zone), and duration 0, and pair 0's count is cleared, so
@@ -320,7 +324,7 @@ def compute_screened(
     """
     k = 0 if x is None else x.shape[1]
     if not rows:
-        return empty(folds, k, 0 if levels is None else levels.total)
+        return empty(folds, k, 0 if levels is None else levels.total).pack()
     fold = _fold_ids(fold, folds, rows)
     spread = None if fold is None else fold * N_PAIRS
     index = buffers.empty(rows, np.int64)
@@ -362,9 +366,10 @@ def compute_screened(
     else:
         sum_micros = _exact_sums(index, micros.astype(np.int64), folds * N_PAIRS, count)
     no_numeric = (np.zeros((folds, 0, N_PAIRS)), np.zeros((folds, 0)), np.zeros((folds, 0, 0)))
-    return Stats(
+    whole = Stats(
         count.reshape(folds, N_PAIRS), sum_micros.reshape(folds, N_PAIRS), squares.total(), *no_numeric, screened, *_no_levels(folds, 0)
     )
+    return whole.pack()
 
 
 class _Limbs:
@@ -410,8 +415,8 @@ def _statistics(
     folds: int,
     screened: np.ndarray,
     levels: Levels | None = None,
-) -> Stats:
-    """The sums of :class:`Stats` from each row's ``fold * N_PAIRS + pair`` index and the counts per index."""
+) -> Packed:
+    """The sums of :class:`Stats` from each row's ``fold * N_PAIRS + pair`` index and the counts per index, packed."""
     size = folds * N_PAIRS
     k = x.shape[1]
     sum_micros = _exact_sums(index, micros, size, count).reshape(folds, N_PAIRS)
@@ -427,12 +432,13 @@ def _statistics(
             rows = slice(None) if fold is None else fold == f
             sum_xy[f] = x[rows].T @ y[rows]
             sum_xx[f] = x[rows].T @ x[rows]
-    factor_fields = _no_levels(folds, k) if levels is None else _level_statistics(index, micros, x, fold, folds, levels)
-    return Stats(count.reshape(folds, N_PAIRS), sum_micros, sum_micros2, sum_x, sum_xy, sum_xx, screened, *factor_fields)
-
-
-#: Rows per block of :func:`_level_statistics`: its per-row temporaries are a block's, not the chunk's.
-_LEVEL_BLOCK = 1 << 20
+    if levels is None:
+        whole = Stats(count.reshape(folds, N_PAIRS), sum_micros, sum_micros2, sum_x, sum_xy, sum_xx, screened, *_no_levels(folds, k))
+        return whole.pack()
+    pairs, cells, counts, level_pairs, level_micros, level_x = _level_statistics(index, micros, x, fold, folds, levels)
+    no_pairs = np.zeros((folds, levels.total, 0), dtype=np.int32)
+    sums = (count.reshape(folds, N_PAIRS), sum_micros, sum_micros2, sum_x, sum_xy, sum_xx, screened)
+    return Packed(Stats(*sums, no_pairs, level_pairs, level_micros, level_x, pairs[:0]), pairs, cells, counts)
 
 
 def _level_statistics(
@@ -441,41 +447,52 @@ def _level_statistics(
     """The factor fields of :class:`Stats`: counts per level and pair, per two levels, and sums per level.
 
     Counts per level and pair are counted per factor by sorting each row's cell
-    (fold, level, pair with rows in the chunk): no temporary over every cell, such as
-    a ``bincount``'s 150 MB for a 3.2M-row month at 5 folds and 168 levels, and no
-    per-fold row groups, whose gathers cost more than the counting. Rows go in
-    blocks of ``_LEVEL_BLOCK``, so the temporaries are a block's. The rest are
-    small. Duration sums are exact integers, as the pairs'.
+    (fold, level, pair with rows in the chunk) as a 32-bit key, whose sort is
+    several times faster than a 64-bit one; their runs are the non-zero cells,
+    returned as :class:`Packed` keeps them: no array over every cell (a 3.2M-row
+    month at 5 folds and 216 levels has 25M cells, 1.4M of them filled), neither
+    a ``bincount``'s nor a dense one to pack. Counts per two levels need one
+    ``bincount`` per two factors (the diagonal is the counts per level), and the
+    rest are small. Duration sums are exact integers, as the pairs'.
     """
-    total, k = levels.total, x.shape[1]
+    total, k, factors = levels.total, x.shape[1], len(levels.sizes)
     pair_of = index if fold is None else index - fold * N_PAIRS
     pairs = np.flatnonzero(np.bincount(pair_of, minlength=N_PAIRS))
-    compact = np.zeros(N_PAIRS, dtype=np.int64)
+    size = folds * total * pairs.size
+    key = np.int32 if size <= np.iinfo(np.int32).max else np.int64
+    compact = np.zeros(N_PAIRS, dtype=key)
     compact[pairs] = np.arange(pairs.size)
-    cross = np.zeros((folds, total, pairs.size), dtype=np.int32)
-    cells = cross.reshape(-1)
-    level_pairs = np.zeros(folds * total * total, dtype=np.int64)
+    pair = compact[pair_of]
+    # each row's level of each factor in its fold: fold * total + level
+    at = [levels.codes[:, j].astype(key) if fold is None else fold.astype(key) * total + levels.codes[:, j] for j in range(factors)]
+    found: list[tuple[np.ndarray, np.ndarray]] = []  # each factor's non-zero cells, increasing, and their counts
+    level_pairs = np.zeros((folds, total, total), dtype=np.int64)
     level_micros = np.zeros(folds * total, dtype=np.int64)
     level_x = np.zeros((folds * total, k))
-    for start in range(0, micros.size, _LEVEL_BLOCK):
-        rows = slice(start, start + _LEVEL_BLOCK)
-        pair = compact[pair_of[rows]]
-        spread = np.zeros(pair.size, dtype=np.int64) if fold is None else fold[rows] * total
-        codes = levels.codes[rows]
-        at_levels = spread[:, None] + codes  # each row's cell of each factor's levels, in its fold
-        # every two levels of a row at once: one bincount over folds × levels² a block, not one per two factors
-        level_pairs += np.bincount((at_levels[:, :, None] * total + codes[:, None, :]).ravel(), minlength=level_pairs.size)
-        for j in range(len(levels.sizes)):
-            at = at_levels[:, j]
-            cell = at * pairs.size + pair
-            cell.sort()  # equal cells side by side: their runs are the counts
-            starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])
-            cells[cell[starts]] += np.diff(np.r_[starts, cell.size]).astype(np.int32)  # unique within the block
-            at_count = np.bincount(at, minlength=folds * total)
-            level_micros += _exact_sums(at, micros[rows], folds * total, at_count)
-            for c in range(k):
-                level_x[:, c] += np.bincount(at, weights=x[rows, c], minlength=folds * total)
-    return cross, level_pairs.reshape(folds, total, total), level_micros.reshape(folds, total), level_x.reshape(folds, total, k), pairs
+    count = np.zeros(folds * total, dtype=np.int64)
+    for j in range(factors):
+        at_count = np.bincount(at[j], minlength=folds * total)
+        count += at_count
+        level_micros += _exact_sums(at[j], micros, folds * total, at_count)
+        for c in range(k):
+            level_x[:, c] += np.bincount(at[j], weights=x[:, c], minlength=folds * total)
+        cell = at[j] * pairs.size
+        cell += pair
+        cell.sort()  # equal cells side by side: their runs are the counts
+        starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])
+        found.append((cell[starts], np.diff(np.r_[starts, cell.size]).astype(np.int32)))
+        for i in range(j):  # rows per level of factor i and of factor j, in one of the two triangles
+            level_pairs += np.bincount(at[i] * total + levels.codes[:, j], minlength=level_pairs.size).reshape(level_pairs.shape)
+    level_pairs += level_pairs.transpose(0, 2, 1)
+    diagonal = level_pairs.reshape(folds, -1)[:, :: total + 1]
+    diagonal += count.reshape(folds, total)
+    # in increasing order: by fold, then by factor (a factor's levels are a range of their own), as each factor's are
+    fold_starts = np.arange(folds + 1) * total * pairs.size
+    bounds = [np.searchsorted(cells, fold_starts) for cells, _ in found]
+    order = [(j, slice(b[f], b[f + 1])) for f in range(folds) for j, b in enumerate(bounds)]
+    cells = np.concatenate([found[j][0][rows] for j, rows in order]) if found else np.zeros(0, dtype=key)
+    counts = np.concatenate([found[j][1][rows] for j, rows in order]) if found else np.zeros(0, dtype=np.int32)
+    return pairs, cells, counts, level_pairs, level_micros.reshape(folds, total), level_x.reshape(folds, total, k)
 
 
 def combine(parts: Sequence[Part]) -> Stats:

@@ -22,7 +22,8 @@ from pipeline.edge import reader
 from pipeline.edge.stats_cache import StatsCache
 
 #: Bump when the statistics' layout or meaning changes, so old cache entries stop matching.
-STATS_VERSION = "stats-v5"  # v3: Stats.screened, the rows read and dropped; v4: factor levels; v5: dropped_by_duration of good rows
+# v3: Stats.screened, the rows read and dropped; v4: factor levels; v5: dropped_by_duration of good rows; v6: packed entries
+STATS_VERSION = "stats-v6"
 
 #: Rows per read (whole row groups) when gathering rows: a read's temporaries, not the kept
 #: rows, set the peak memory of a subsampled load (1.2M rows kept 100k: +120 MB at 100k a
@@ -42,8 +43,9 @@ def folds_of(plan: reader.MonthPlan, encoded: Encoded, folds: int, seed: int) ->
     return hashing.fold_of(encoded.position, hashing.month_salt(plan.file.month), seed, folds)
 
 
-def chunk_statistics(plan: reader.MonthPlan, chunk: reader.Chunk, spec: FeatureSpec, folds: int = 1, seed: int = 0) -> stats.Stats:
-    """Read one row-group range and reduce it to (per-fold) statistics, with no kept-row arrays in between."""
+def chunk_statistics(plan: reader.MonthPlan, chunk: reader.Chunk, spec: FeatureSpec, folds: int = 1, seed: int = 0) -> stats.Packed:
+    """Read one row-group range and reduce it to (per-fold) statistics, packed (as they travel), with no kept-row arrays
+    in between."""
     table = reader.read(plan.layout, chunk)
     fold = None
     if folds > 1:
@@ -67,7 +69,7 @@ def cache_key(plan: reader.MonthPlan, chunk: reader.Chunk, spec: FeatureSpec, fo
 
 def cached_statistics(
     location: str | None, plan: reader.MonthPlan, chunk: reader.Chunk, spec: FeatureSpec, folds: int = 1, seed: int = 0
-) -> tuple[stats.Stats, bool]:
+) -> tuple[stats.Packed, bool]:
     """:func:`chunk_statistics` through the statistics cache at ``location`` (None: no cache), and whether it was a hit.
 
     A miss computes and stores the entry, so the next run with the same file and options reads it instead.

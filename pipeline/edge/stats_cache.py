@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import time
+import typing
 import zipfile
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ import fsspec
 import numpy as np
 
 from pipeline.core.features import N_PAIRS
-from pipeline.core.stats import Stats
+from pipeline.core.stats import Packed
 from pipeline.edge import storage
 from pipeline.edge.atomic import atomic_path
 from pipeline.edge.sources import default_cache_dir, is_local
@@ -46,7 +47,7 @@ logger = logging.getLogger(__name__)
 _D = TypeVar("_D")
 
 #: Bump when an entry's layout changes: older entries then read as misses (and are removed).
-FORMAT = "taxi-pipeline-stats/1"
+FORMAT = "taxi-pipeline-stats/2"  # 2: Packed (the counts per level and pair as their non-zero cells)
 SUFFIX = ".npz"
 
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -89,7 +90,7 @@ def entries_text(count: int) -> str:
     return f"{count:,} {'entry' if count == 1 else 'entries'}"
 
 
-# --- one entry: a Stats as arrays, sparse over the populated pairs ---------------------------------------
+# --- one entry: packed statistics as arrays, sparse over the populated pairs ------------------------------
 
 
 def _is_pair_array(value: Any) -> bool:
@@ -104,14 +105,54 @@ def _nonzero_pairs(value: np.ndarray) -> np.ndarray:
     return np.asarray(nonzero.reshape(-1, N_PAIRS).any(axis=0))
 
 
+def _flat_fields(value: Any, prefix: str = "") -> dict[str, Any]:
+    """A dataclass's fields by name, those of a dataclass inside it as ``field.name`` (:class:`Packed`'s ``rest``)."""
+    out: dict[str, Any] = {}
+    for field in dataclasses.fields(value):
+        item = getattr(value, field.name)
+        if dataclasses.is_dataclass(item) and not isinstance(item, type):
+            out.update(_flat_fields(item, f"{prefix}{field.name}."))
+        else:
+            out[prefix + field.name] = item
+    return out
+
+
+def _build(cls: Any, fields: dict[str, Any]) -> Any:
+    """Undo :func:`_flat_fields`: a ``cls`` from its flat fields; :class:`CorruptEntry` unless they are exactly its own."""
+    hints, kwargs, used = typing.get_type_hints(cls), {}, set()
+    for field in dataclasses.fields(cls):
+        kind = hints[field.name]
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+            inner = {name.split(".", 1)[1]: v for name, v in fields.items() if name.startswith(f"{field.name}.")}
+            kwargs[field.name] = _build(kind, inner)
+            used |= {f"{field.name}.{name}" for name in inner}
+        elif field.name in fields:
+            kwargs[field.name], used = fields[field.name], used | {field.name}
+    if used != set(fields) or len(kwargs) != len(dataclasses.fields(cls)):
+        expected = sorted(_flat_names(cls))
+        raise CorruptEntry(f"fields {sorted(fields)}, expected {expected}")
+    return cls(**kwargs)
+
+
+def _flat_names(cls: Any, prefix: str = "") -> list[str]:
+    hints = typing.get_type_hints(cls)
+    names = []
+    for field in dataclasses.fields(cls):
+        kind = hints[field.name]
+        nested = isinstance(kind, type) and dataclasses.is_dataclass(kind)
+        names += _flat_names(kind, f"{prefix}{field.name}.") if nested else [prefix + field.name]
+    return names
+
+
 def encode(value: Any, key: str) -> bytes:
-    """An entry's bytes: every field of the dataclass ``value`` (:class:`Stats`, with any field added later), none pickled.
+    """An entry's bytes: every field of the dataclass ``value`` (:class:`Packed`, with any field added later), those of
+    a dataclass inside it (its ``rest``: :class:`Stats`) as ``field.name``, none pickled.
 
     Arrays over the pairs keep only the pairs populated in any of them; object
     arrays (exact Python ints) and Python ints as decimal strings; other scalars
     as 0-d arrays, tagged so they come back as the same type.
     """
-    fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    fields = _flat_fields(value)
     pair_arrays = [a for a in fields.values() if _is_pair_array(a)]
     populated = np.logical_or.reduce([_nonzero_pairs(a) for a in pair_arrays]) if pair_arrays else np.zeros(N_PAIRS, dtype=bool)
     arrays: dict[str, np.ndarray] = {"format": np.array(FORMAT), "key": np.array(key), "populated": np.packbits(populated)}
@@ -159,7 +200,7 @@ def _decode_field(name: str, kind: str, array: np.ndarray, populated: np.ndarray
 
 
 def decode(data: bytes, key: str, cls: type[_D]) -> _D:
-    """The ``cls`` (:class:`Stats`) in an entry's bytes; :class:`CorruptEntry` unless it is exactly ``key``'s, whole."""
+    """The ``cls`` (:class:`Packed`) in an entry's bytes; :class:`CorruptEntry` unless it is exactly ``key``'s, whole."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:  # read() checks each member's CRC
             members = {
@@ -178,10 +219,8 @@ def decode(data: bytes, key: str, cls: type[_D]) -> _D:
         for member, array in members.items():
             name, _, kind = member.partition("@")
             fields[name] = _decode_field(name, kind, array, populated)
-        expected = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        if set(fields) != expected:
-            raise CorruptEntry(f"fields {sorted(fields)}, expected {sorted(expected)}")
-        return cls(**fields)
+        built: _D = _build(cls, fields)
+        return built
     except CorruptEntry:
         raise
     except (KeyError, ValueError, TypeError, IndexError) as exc:
@@ -251,7 +290,7 @@ class StatsCache:
     def _path(self, key: str) -> str:
         return f"{self.root.rstrip('/')}/{key}{SUFFIX}"
 
-    def get(self, key: str) -> Stats | None:
+    def get(self, key: str) -> Packed | None:
         """The statistics stored under ``key``, or None (absent, unreadable, or a bad entry, which is removed)."""
         path = self._path(key)
         try:
@@ -262,7 +301,7 @@ class StatsCache:
             logger.warning("statistics cache: cannot read %s (%s); computing instead", path, exc)
             return None
         try:
-            value = decode(data, key, Stats)
+            value = decode(data, key, Packed)
         except CorruptEntry as exc:
             logger.warning("statistics cache: removed a bad entry %s (%s)", path, exc)
             self._remove(path)
@@ -272,7 +311,7 @@ class StatsCache:
                 os.utime(path)  # recency, for least-recently-used pruning
         return value
 
-    def put(self, key: str, value: Stats) -> None:
+    def put(self, key: str, value: Packed) -> None:
         """Store ``value`` under ``key`` whole; a failure to write costs only a later miss, so it is logged, not raised."""
         data = encode(value, key)
         path = self._path(key)

@@ -149,7 +149,7 @@ def chunk_stats(work: list[ChunkWork], spec: FeatureSpec, seed: int, cache_locat
     found = [chunks.cached_statistics(cache_location, plan, chunk, spec, folds, seed) for plan, chunk, folds in work]
     hits = sum(hit for _, hit in found)
     name = "Cached" if hits == len(found) and cache_location is not None else "Completed"
-    packed = tuple(value.pack() for value, _ in found)
+    packed = tuple(value for value, _ in found)
     return Completed(data=packed, name=name, message=f"{hits} of {len(found)} chunks from the statistics cache")
 
 

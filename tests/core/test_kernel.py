@@ -149,7 +149,7 @@ def test_statistics_from_screened_blocks_equal_those_of_the_encoded_rows(monkeyp
     encoded = encode(table, spec, MONTH)
     expected = stats.compute(encoded, None if fold is None else fold[encoded.position], folds)
     x = features.numeric_matrix(table, spec.numeric) if spec.numeric else None
-    got = stats.compute_screened(features.screen(table, spec, MONTH), table.num_rows, fold, folds, x)
+    got = stats.compute_screened(features.screen(table, spec, MONTH), table.num_rows, fold, folds, x).unpack()
     assert got.rows == encoded.rows and (encoded.rows > 1_000 or spec.min_minutes > spec.max_minutes)
     for ours, theirs in zip((*got._arrays(), got.screened), (*expected._arrays(), expected.screened)):
         assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
@@ -158,6 +158,6 @@ def test_statistics_from_screened_blocks_equal_those_of_the_encoded_rows(monkeyp
 
 def test_statistics_of_no_rows_are_the_zero():
     table = _messy_table(0, seed=0)
-    got = stats.compute_screened(features.screen(table, FeatureSpec(), MONTH), 0, None, 3, np.empty((0, 1)))
+    got = stats.compute_screened(features.screen(table, FeatureSpec(), MONTH), 0, None, 3, np.empty((0, 1))).unpack()
     zero = stats.empty(3, 1)
     assert all(np.array_equal(a, b) for a, b in zip((*got._arrays(), got.screened), (*zero._arrays(), zero.screened)))

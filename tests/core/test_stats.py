@@ -74,3 +74,44 @@ def test_rows_read_and_dropped_add_across_chunks_and_survive_fold_selections():
     for selected in (total.total(), total.fold(1), total.without(1), total.select([])):
         assert selected.screened.tolist() == [2_040, 27, 14, 2]
     assert stats.empty().screened.tolist() == [0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("folds", [1, 4])
+@pytest.mark.parametrize("sizes", [(7,), (5, 9), (3, 4, 6)])
+def test_factor_statistics_equal_their_definition_row_by_row(folds, sizes):
+    """Counts per level and pair, per two levels, and the per-level sums, against ``np.add.at`` over every row."""
+    rows, k = 20_000, 2
+    rng = np.random.default_rng(len(sizes) * 10 + folds)
+    enc = _enc(rows, folds, numeric=k)
+    enc = Encoded(rng.integers(1, 40, rows) * N_ZONES + rng.integers(1, 30, rows), enc.micros, enc.x, enc.position)
+    codes = np.column_stack([rng.integers(0, size, rows) + offset for size, offset in zip(sizes, np.cumsum((0, *sizes[:-1])))])
+    fold = hashing.fold_of(enc.position, salt=3, seed=1, folds=folds) if folds > 1 else np.zeros(rows, dtype=np.int64)
+    got = stats.compute(enc, fold if folds > 1 else None, folds, stats.Levels(codes.astype(np.int32), sizes))
+
+    total = sum(sizes)
+    pairs = np.unique(enc.pair)
+    cross = np.zeros((folds, total, pairs.size), dtype=np.int64)
+    level_pairs = np.zeros((folds, total, total), dtype=np.int64)
+    level_micros = np.zeros((folds, total), dtype=np.int64)
+    level_x = np.zeros((folds, total, k))
+    column = np.searchsorted(pairs, enc.pair)
+    for j in range(len(sizes)):
+        np.add.at(cross, (fold, codes[:, j], column), 1)
+        np.add.at(level_micros, (fold, codes[:, j]), enc.micros)
+        np.add.at(level_x, (fold, codes[:, j]), enc.x)
+        for i in range(len(sizes)):
+            np.add.at(level_pairs, (fold, codes[:, j], codes[:, i]), 1)
+    assert np.array_equal(got.cross_pairs, pairs)
+    assert np.array_equal(got.cross, cross)
+    assert np.array_equal(got.level_pairs, level_pairs)
+    assert np.array_equal(got.level_micros, level_micros)
+    np.testing.assert_allclose(got.level_x, level_x, rtol=1e-12)
+    # and the same from two chunks added: the union of their pairs
+    halves = [slice(0, rows // 3), slice(rows // 3, rows)]
+    parts = [
+        stats.compute(_slice(enc, h.start, h.stop), fold[h] if folds > 1 else None, folds, stats.Levels(codes[h].astype(np.int32), sizes))
+        for h in halves
+    ]
+    summed = stats.combine([parts[0].pack(), parts[1]])
+    assert np.array_equal(summed.cross_pairs, pairs) and np.array_equal(summed.cross, cross)
+    assert np.array_equal(summed.level_pairs, level_pairs)

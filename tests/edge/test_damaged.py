@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.core import render, screening
+from pipeline.core import render, screening, stats
 from pipeline.core.features import FeatureSpec
 from pipeline.core.months import Month, parse_months
 from pipeline.core.results import RunResult
@@ -52,7 +52,7 @@ def _month_rows(folder: Path, month: Month) -> screening.MonthRows:
     spec = FeatureSpec()
     plan = reader.locate(str(folder), "yellow", month, spec.columns())
     parts = [chunks.chunk_statistics(plan, c, spec) for c in reader.plan(plan.layout, GROUP)]
-    (counted,) = screening.of([month], [sum(parts[1:], parts[0])])
+    (counted,) = screening.of([month], [stats.combine(parts)])
     return counted
 
 

@@ -22,7 +22,7 @@ from pipeline.cli import cli
 from pipeline.core.config import TrainConfig, parse_size
 from pipeline.core.features import FeatureSpec
 from pipeline.core.months import Month
-from pipeline.core.stats import Stats
+from pipeline.core.stats import Packed, Stats
 from pipeline.edge import chunks, reader, stats_cache
 from pipeline.edge.sources import month_filename
 from pipeline.edge.stats_cache import CorruptEntry, StatsCache, decode, encode
@@ -40,7 +40,7 @@ def chunk(months_dir: Path) -> tuple[reader.MonthPlan, reader.Chunk]:
 
 
 @pytest.fixture(scope="module")
-def computed(chunk: tuple[reader.MonthPlan, reader.Chunk]) -> Stats:
+def computed(chunk: tuple[reader.MonthPlan, reader.Chunk]) -> Packed:
     return chunks.chunk_statistics(*chunk, SPEC, FOLDS, SEED)
 
 
@@ -49,11 +49,13 @@ def _key(chunk: tuple[reader.MonthPlan, reader.Chunk]) -> str:
 
 
 def _assert_identical(a: Any, b: Any) -> None:
-    """Field by field, to the bit: dtype, shape and bytes; object arrays as the same Python ints."""
+    """Field by field, to the bit: dtype, shape and bytes; object arrays as the same Python ints; a dataclass inside, alike."""
     for field in dataclasses.fields(a):
         x, y = getattr(a, field.name), getattr(b, field.name)
         assert type(x) is type(y), field.name
-        if isinstance(x, np.ndarray) and x.dtype == object:
+        if dataclasses.is_dataclass(x):
+            _assert_identical(x, y)
+        elif isinstance(x, np.ndarray) and x.dtype == object:
             assert x.shape == y.shape and [type(v) for v in y.ravel()] == [int] * y.size and list(x.ravel()) == list(y.ravel())
         elif isinstance(x, np.ndarray):
             assert (x.dtype, x.shape, x.tobytes()) == (y.dtype, y.shape, y.tobytes()), field.name
@@ -62,17 +64,22 @@ def _assert_identical(a: Any, b: Any) -> None:
 
 
 def test_an_entry_gives_back_the_computed_statistics_bit_for_bit_and_is_compact(computed, chunk, tmp_path):
-    huge = dataclasses.replace(computed, sum_micros2=np.array([2**70 + 3, 2**64, -(2**65)], dtype=object))  # beyond int64
-    negative_zero = computed.sum_x.copy()
+    def changed(**fields: Any) -> Packed:
+        return dataclasses.replace(computed, rest=dataclasses.replace(computed.rest, **fields))
+
+    huge = changed(sum_micros2=np.array([2**70 + 3, 2**64, -(2**65)], dtype=object))  # beyond int64
+    negative_zero = computed.rest.sum_x.copy()
     negative_zero[0, 0, 5] = -0.0  # a pair with no rows but a -0.0 sum must come back as -0.0
-    for stats in (computed, huge, dataclasses.replace(computed, sum_x=negative_zero)):
-        _assert_identical(stats, decode(encode(stats, "k"), "k", Stats))
+    with_levels = chunks.chunk_statistics(*chunk, FeatureSpec.of("PU_DO,trip_distance:log8,hour"), FOLDS, SEED)
+    assert with_levels.cells.size > 1_000  # counts per level and pair, as cells
+    for stats in (computed, huge, changed(sum_x=negative_zero), with_levels):
+        _assert_identical(stats, decode(encode(stats, "k"), "k", Packed))
 
     cache = StatsCache(str(tmp_path))
     cache.put(_key(chunk), computed)
     _assert_identical(computed, cache.get(_key(chunk)))
     (entry,) = cache.entries()
-    dense = sum(a.nbytes for a in (computed.count, computed.sum_micros, computed.sum_x))
+    dense = sum(a.nbytes for a in (computed.rest.count, computed.rest.sum_micros, computed.rest.sum_x))
     assert entry.size < dense / 10  # 20k rows populate a few thousand of the 70k pairs
 
 
@@ -97,7 +104,7 @@ def test_fields_of_any_kind_round_trip_so_new_stats_fields_need_no_change_here()
         decode(encode(value, "k"), "k", Stats)
 
 
-def _corruptions(computed: Stats, key: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, bytes]:
+def _corruptions(computed: Packed, key: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, bytes]:
     whole = encode(computed, key)
     with monkeypatch.context() as patched:
         patched.setattr(stats_cache, "FORMAT", "taxi-pipeline-stats/0")
@@ -139,7 +146,7 @@ def test_any_flipped_byte_is_refused_or_harmless(computed):
         damaged = bytearray(whole)
         damaged[position] ^= 0x5A
         try:
-            _assert_identical(computed, decode(bytes(damaged), "k", Stats))
+            _assert_identical(computed, decode(bytes(damaged), "k", Packed))
         except CorruptEntry:
             refused += 1
     assert refused > len(positions) / 2  # about a quarter land in zip header fields nothing checks (times, attributes)
@@ -148,10 +155,10 @@ def test_any_flipped_byte_is_refused_or_harmless(computed):
 _WRITER = """
 import sys
 from pathlib import Path
-from pipeline.core.stats import Stats
+from pipeline.core.stats import Packed
 from pipeline.edge.stats_cache import StatsCache, decode
 location, key, source = sys.argv[1:]
-value = decode(Path(source).read_bytes(), key, Stats)
+value = decode(Path(source).read_bytes(), key, Packed)
 cache = StatsCache(location)
 for _ in range(30):
     cache.put(key, value)
@@ -174,7 +181,7 @@ def test_two_processes_writing_one_key_leave_one_whole_entry_and_readers_never_s
     _assert_identical(computed, cache.get(key))
 
 
-def _fill(cache: StatsCache, value: Stats, ages: list[float], now: float) -> list[str]:
+def _fill(cache: StatsCache, value: Packed, ages: list[float], now: float) -> list[str]:
     """One entry per age (seconds since last use), oldest first; their keys."""
     keys = [f"entry-{i}" for i in range(len(ages))]
     for key, age in zip(keys, ages):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core.stats import Stats
+from pipeline.core.stats import Packed
 from pipeline.edge.metrics import METRICS_FILE
 from pipeline.edge.model_files import META_FILE
 from pipeline.edge.stats_cache import decode
@@ -41,4 +41,4 @@ def test_two_runs_into_one_output_sharing_a_cache_and_prefect_home_both_finish_a
     entries = sorted(cache.glob("*.npz"))
     assert len(entries) == 3  # one entry a month (a chunk each), both runs agreeing on the keys
     for entry in entries:
-        assert isinstance(decode(entry.read_bytes(), entry.stem, Stats), Stats)  # each one whole
+        assert isinstance(decode(entry.read_bytes(), entry.stem, Packed), Packed)  # each one whole
