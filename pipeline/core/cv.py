@@ -51,7 +51,12 @@ class AlphaSummary:
 
 
 def score(
-    train: Stats, test: Stats, fold: int, alpha: float, features: Features | None = None, zones: Sequence[str] = ZONE_TERMS
+    train: Stats | solve.Prepared,
+    test: Stats | solve.Prepared,
+    fold: int,
+    alpha: float,
+    features: Features | None = None,
+    zones: Sequence[str] = ZONE_TERMS,
 ) -> CVScore:
     """Solve on ``train`` at ``alpha`` (with the zone terms ``zones``) and score on ``test``."""
     started = time.perf_counter()

@@ -92,6 +92,31 @@ def _level_cross(counts: np.ndarray) -> np.ndarray | sp.csr_matrix:
     return counts.astype(np.float64, order="F")
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """Statistics with each fold's counts per level and pair converted to floats once: a fold's solves at every alpha,
+    and its scores, read the same matrices (a conversion costs as much as a solve's products with a rich spec)."""
+
+    stats: Stats
+    cross: tuple[np.ndarray | sp.csr_matrix, ...]  # per fold, (K, stats.cross_pairs)
+
+    @classmethod
+    def of(cls, stats: Stats) -> Prepared:
+        return cls(stats, tuple(_level_cross(c) for c in stats.cross) if stats.n_levels else ())
+
+    @property
+    def rows(self) -> int:
+        return self.stats.rows
+
+    def total(self) -> Prepared:
+        """All folds pooled into one, prepared."""
+        return self if self.stats.folds == 1 else Prepared.of(self.stats.total())
+
+
+def _prepared(stats: Stats | Prepared) -> Prepared:
+    return stats if isinstance(stats, Prepared) else Prepared.of(stats)
+
+
 def _dense_index(zones: Sequence[str], k: int, levels: int) -> np.ndarray:
     """Rows of the dense system a model uses: the intercept, its zone blocks, numeric columns and levels."""
     index = [np.array([0])]
@@ -103,16 +128,18 @@ def _dense_index(zones: Sequence[str], k: int, levels: int) -> np.ndarray:
     return np.concatenate(index)
 
 
-def solve(stats: Stats, alpha: float, zones: Sequence[str] = ZONE_TERMS) -> Weights:
+def solve(stats: Stats | Prepared, alpha: float, zones: Sequence[str] = ZONE_TERMS) -> Weights:
     """Ridge weights minimising ``‖y - Xw - b‖² + α‖w‖²`` on pooled ``stats``, with the zone terms ``zones``."""
     if alpha <= 0:
         raise ValueError("alpha must be positive (use a small one for plain least squares)")
-    s = stats.total()
+    pooled = _prepared(stats.total()) if isinstance(stats, Stats) else stats.total()
+    s = pooled.stats
     n, sy = s.count[0], s.sum_y[0]
     sx = s.sum_x[0]  # (k, P)
     active = s.cross_pairs  # a level meets only the pairs that have rows
-    cross = _level_cross(s.cross[0])  # (K, those pairs)
-    k, levels = sx.shape[0], cross.shape[0]
+    levels = s.n_levels
+    cross = pooled.cross[0] if levels else np.zeros((0, active.size))  # (K, those pairs)
+    k = sx.shape[0]
     if "PU_DO" in zones:
         r = 1.0 / (n + alpha)
         q = alpha * r  # 1 - n r, formed without cancellation
@@ -142,11 +169,11 @@ def solve(stats: Stats, alpha: float, zones: Sequence[str] = ZONE_TERMS) -> Weig
         rhs[m2:] = s.level_y[0] - cross @ (r * sy)[active]
         root = np.sqrt(r[active])
         if isinstance(cross, sp.csr_matrix):
-            cross = sp.csr_matrix(cross.multiply(root[None, :]))
-            schur[m2:, m2:] = s.level_pairs[0] - (cross @ cross.T).toarray() + alpha * np.eye(levels)
-        else:  # in place: C diag(r) Cᵀ as B Bᵀ, a symmetric rank-k update (a quarter of the time), no second copy
-            cross *= root
-            schur[m2:, m2:] = s.level_pairs[0] - cross @ cross.T + alpha * np.eye(levels)
+            scaled = sp.csr_matrix(cross.multiply(root[None, :]))
+            schur[m2:, m2:] = s.level_pairs[0] - (scaled @ scaled.T).toarray() + alpha * np.eye(levels)
+        else:  # C diag(r) Cᵀ as B Bᵀ: a symmetric rank-k update, a quarter of the time of a product with diag(r) Cᵀ
+            scaled = cross * root
+            schur[m2:, m2:] = s.level_pairs[0] - scaled @ scaled.T + alpha * np.eye(levels)
     used = _dense_index(zones, k, levels)
     dense = np.zeros(m2 + levels)
     dense[used] = np.linalg.solve(schur[np.ix_(used, used)], rhs[used])
@@ -154,17 +181,19 @@ def solve(stats: Stats, alpha: float, zones: Sequence[str] = ZONE_TERMS) -> Weig
     onehot = (intercept + pu[:, None] + do[None, :]).ravel()
     by_pair = np.zeros(n.size)
     if levels and "PU_DO" in zones:  # (without PU_DO, r = 0: the pair weights are 0 whatever by_pair is)
-        by_pair[active] = (cross.T @ by_levels) / root  # C's columns back from B's
+        by_pair[active] = cross.T @ by_levels
     pair = r * (sy - n * onehot - numeric @ sx - by_pair)
     return Weights(float(intercept), pu, do, pair, numeric, by_levels)
 
 
-def sse(weights: Weights, stats: Stats) -> np.ndarray:
+def sse(weights: Weights, stats: Stats | Prepared) -> np.ndarray:
     """Sum of squared errors per fold of ``stats``, exactly, without the rows.
 
     ``Σ(f_p + x·v + g_l - y)²`` expands into the statistics: ``yᵀy - 2Σ f_p s_p + Σ n_p f_p²``
     plus the numeric and factor terms (``g_l``: a row's level weights, one per factor).
     """
+    prepared = _prepared(stats)
+    stats = prepared.stats
     f = weights.pair_prediction()
     v, g = weights.numeric, weights.levels
     out = stats.sum_yy - 2 * stats.sum_y @ f + stats.count @ (f * f)
@@ -172,15 +201,15 @@ def sse(weights: Weights, stats: Stats) -> np.ndarray:
         xv = np.einsum("k,fkp->fp", v, stats.sum_x)  # per-pair Σ x·v
         out = out + 2 * xv @ f - 2 * stats.sum_xy @ v + np.einsum("k,fkl,l->f", v, stats.sum_xx, v)
     if g.size:
-        by_fold = np.array([g @ (_level_cross(c) @ f[stats.cross_pairs]) for c in stats.cross])  # Σ_lp g_l n_lp f_p
+        by_fold = np.array([g @ (c @ f[stats.cross_pairs]) for c in prepared.cross])  # Σ_lp g_l n_lp f_p
         out = out + 2 * by_fold - 2 * stats.level_y @ g + np.einsum("k,fkl,l->f", g, stats.level_pairs, g)
         if v.size:
             out = out + 2 * np.einsum("k,fkj,j->f", g, stats.level_x, v)
     return np.asarray(out)
 
 
-def rmse(weights: Weights, stats: Stats) -> float:
+def rmse(weights: Weights, stats: Stats | Prepared) -> float:
     """Root mean squared error over all folds of ``stats`` pooled."""
     total = stats.total()
-    rows = total.count.sum()
+    rows = (total.stats if isinstance(total, Prepared) else total).count.sum()
     return float(np.sqrt(max(sse(weights, total)[0], 0.0) / rows))

@@ -41,9 +41,9 @@ def fit_pooled(pooled: Stats, month_rows: list[int], alpha: float, zones: Sequen
     """:func:`fit` of months already added up (``month_rows``: each month's rows, to name an empty one)."""
     if 0 in month_rows:
         return Fit(None, month_rows, float("nan"))
-    total = pooled.total()
+    total = solve.Prepared.of(pooled.total())
     weights = solve.solve(total, alpha, zones)
-    return Fit(weights, month_rows, solve.rmse(weights, total), total.count[0])
+    return Fit(weights, month_rows, solve.rmse(weights, total), total.stats.count[0])
 
 
 def score(fitted: Fit, held_out: Stats) -> tuple[int, float]:
@@ -109,7 +109,8 @@ def kfold_group(
     for features in sets.options():
         chosen, zones = sets.project(pooled, features), sets.zones(features)
         for k in folds:
-            train, test = chosen.without(k), chosen.fold(k)  # once per fold, not per alpha
+            # once per fold, not per alpha: the selections, and their counts per level and pair as floats
+            train, test = solve.Prepared.of(chosen.without(k).total()), solve.Prepared.of(chosen.fold(k))
             scores += [cv.score(train, test, k, alpha, features, zones) for alpha in alphas]
     candidates = []
     for features, alpha in refit:  # from the months added up once: projecting commutes with adding, to the bit
