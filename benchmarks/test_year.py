@@ -13,12 +13,14 @@ empty cache (cold) against the same with every chunk in it (warm).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import dask
 import pytest
 from distributed import Client
 
@@ -116,14 +118,17 @@ GOAL_WORKER_MB, WORKER_MB = 1000, 1400
 @contextmanager
 def _workers(count: int) -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
     """A ``dask scheduler`` and ``count`` one-thread workers without nannies on 127.0.0.1: each worker is one process,
-    so its ``VmHWM`` is its peak memory. Fresh for each run, as ``VmHWM`` never goes down."""
+    so its ``VmHWM`` is its peak memory. Fresh for each run, as ``VmHWM`` never goes down. Each worker gets the
+    environment a nanny would give it (``distributed.nanny.pre-spawn-environ``: one BLAS thread, glibc trimming freed
+    memory), as a user's ``dask worker`` has; without it, two workers' BLAS threads contend for the 2 cores."""
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     local = ("--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0")
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     scheduler = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--port", str(port), *local], **quiet)
     worker = [sys.executable, "-m", "distributed.cli.dask_worker", address, "--no-nanny", "--nthreads", "1", "--memory-limit", "0", *local]
-    workers = [subprocess.Popen(worker, **quiet) for _ in range(count)]
+    environ = {**os.environ, **{name: str(value) for name, value in dask.config.get("distributed.nanny.pre-spawn-environ").items()}}
+    workers = [subprocess.Popen(worker, env=environ, **quiet) for _ in range(count)]
     try:
         with Client(address, timeout=120) as client:  # the run sizes its CV groups by the workers it finds
             client.wait_for_workers(count, timeout=120)
