@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from pipeline.core import buffers
 from pipeline.core.features import N_ZONES
 from pipeline.core.stats import Stats
 from pipeline.core.terms import ZONE_TERMS
@@ -89,7 +90,16 @@ def _level_cross(counts: np.ndarray) -> np.ndarray | sp.csr_matrix:
     (columns contiguous for :func:`_project_rows`)."""
     if counts.size and np.count_nonzero(counts) < SPARSE_BELOW * counts.size:
         return sp.csr_matrix(counts, dtype=np.float64)
-    return counts.astype(np.float64, order="F")
+    floats = _fortran(counts.shape)
+    np.copyto(floats, counts)
+    return floats
+
+
+def _fortran(shape: tuple[int, ...]) -> np.ndarray:
+    """An uninitialised float64 matrix in Fortran order, in Arrow's memory pool (:mod:`pipeline.core.buffers`): a CV
+    task's matrices of tens of MB, one per fold and alpha, cost no fresh pages."""
+    rows, columns = shape
+    return buffers.empty(rows * columns, np.float64).reshape(columns, rows).T
 
 
 @dataclass(frozen=True)
@@ -172,7 +182,7 @@ def solve(stats: Stats | Prepared, alpha: float, zones: Sequence[str] = ZONE_TER
             scaled = sp.csr_matrix(cross.multiply(root[None, :]))
             schur[m2:, m2:] = s.level_pairs[0] - (scaled @ scaled.T).toarray() + alpha * np.eye(levels)
         else:  # C diag(r) Cᵀ as B Bᵀ: a symmetric rank-k update, a quarter of the time of a product with diag(r) Cᵀ
-            scaled = cross * root
+            scaled = np.multiply(cross, root, out=_fortran(cross.shape))
             schur[m2:, m2:] = s.level_pairs[0] - scaled @ scaled.T + alpha * np.eye(levels)
     used = _dense_index(zones, k, levels)
     dense = np.zeros(m2 + levels)

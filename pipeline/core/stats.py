@@ -233,15 +233,15 @@ _EXACT_FLOAT = 1 << 53
 _SQUARE_BLOCK = 1 << 16
 
 
-def _exact_sums(index: np.ndarray, micros: np.ndarray, size: int, count: np.ndarray) -> np.ndarray:
-    """Per-index Σ micros as int64, exactly.
+def _exact_sums(index: np.ndarray, micros: np.ndarray, size: int, count: np.ndarray, floats: np.ndarray | None = None) -> np.ndarray:
+    """Per-index Σ micros as int64, exactly (``floats``: the same durations as float64, when given).
 
     ``bincount`` sums in float64: exact when no bin's sum can reach 2^53 (its row
     count times the largest duration), as for any chunk of the seed's durations;
     otherwise the sums go by 16-bit limbs.
     """
     if not micros.size or int(count.max()) * max(-int(micros.min()), int(micros.max())) < _EXACT_FLOAT:
-        return np.bincount(index, weights=micros, minlength=size).astype(np.int64)
+        return np.bincount(index, weights=micros if floats is None else floats, minlength=size).astype(np.int64)
     high = np.bincount(index, weights=micros >> 16, minlength=size)
     low = np.bincount(index, weights=micros & 0xFFFF, minlength=size)
     return (high.astype(np.int64) << 16) + low.astype(np.int64)
@@ -350,16 +350,22 @@ def compute_screened(
     count = np.bincount(index, minlength=folds * N_PAIRS)
     count[::N_PAIRS] = 0
     if keep is not None or micros.dtype != np.float64:
-        kept = slice(None) if keep is None else np.flatnonzero(keep)  # numeric products need the kept rows alone, in order
+        kept = np.arange(rows) if keep is None else np.flatnonzero(keep)  # numeric products need the kept rows alone, in order
+        durations, as_floats, at_pairs = _gathered(micros, kept), None, _gathered(index, kept)
+        del micros, index, keep  # back to the pool, for the gathers and the factors' temporaries
+        if durations.dtype == np.float64:  # exact: below 2^32
+            durations, as_floats = buffers.empty(kept.size, np.int64), durations
+            np.copyto(durations, as_floats, casting="unsafe")
         return _statistics(
-            index[kept],
+            at_pairs,
             count,
-            micros[kept].astype(np.int64),
+            durations,
             np.empty((0, 0)) if x is None else x[kept],
-            None if fold is None else fold[kept],
+            None if fold is None else _gathered(fold, kept),
             folds,
             screened,
-            None if levels is None else levels.take(kept),
+            None if levels is None else Levels(_gathered(levels.codes, kept), levels.sizes),
+            as_floats,
         )
     if int(count.max()) * longest < _EXACT_FLOAT:
         sum_micros = np.bincount(index, weights=micros, minlength=folds * N_PAIRS).astype(np.int64)
@@ -370,6 +376,12 @@ def compute_screened(
         count.reshape(folds, N_PAIRS), sum_micros.reshape(folds, N_PAIRS), squares.total(), *no_numeric, screened, *_no_levels(folds, 0)
     )
     return whole.pack()
+
+
+def _gathered(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``values[rows]`` (along the first axis) in Arrow's memory pool, so a worker's gathers cost no fresh pages."""
+    out = buffers.empty(rows.size * int(np.prod(values.shape[1:])), values.dtype).reshape(rows.size, *values.shape[1:])
+    return np.take(values, rows, axis=0, out=out)
 
 
 class _Limbs:
@@ -415,11 +427,13 @@ def _statistics(
     folds: int,
     screened: np.ndarray,
     levels: Levels | None = None,
+    floats: np.ndarray | None = None,
 ) -> Packed:
-    """The sums of :class:`Stats` from each row's ``fold * N_PAIRS + pair`` index and the counts per index, packed."""
+    """The sums of :class:`Stats` from each row's ``fold * N_PAIRS + pair`` index and the counts per index, packed
+    (``floats``: the durations as float64 when they are exact, which saves a conversion per sum)."""
     size = folds * N_PAIRS
     k = x.shape[1]
-    sum_micros = _exact_sums(index, micros, size, count).reshape(folds, N_PAIRS)
+    sum_micros = _exact_sums(index, micros, size, count, floats).reshape(folds, N_PAIRS)
     sum_micros2 = _square_sums(micros, fold, folds)
     sum_x = np.zeros((folds, k, N_PAIRS))
     sum_xy = np.zeros((folds, k))
@@ -435,14 +449,20 @@ def _statistics(
     if levels is None:
         whole = Stats(count.reshape(folds, N_PAIRS), sum_micros, sum_micros2, sum_x, sum_xy, sum_xx, screened, *_no_levels(folds, k))
         return whole.pack()
-    pairs, cells, counts, level_pairs, level_micros, level_x = _level_statistics(index, micros, x, fold, folds, levels)
+    pairs, cells, counts, level_pairs, level_micros, level_x = _level_statistics(index, micros, x, fold, folds, levels, floats)
     no_pairs = np.zeros((folds, levels.total, 0), dtype=np.int32)
     sums = (count.reshape(folds, N_PAIRS), sum_micros, sum_micros2, sum_x, sum_xy, sum_xx, screened)
     return Packed(Stats(*sums, no_pairs, level_pairs, level_micros, level_x, pairs[:0]), pairs, cells, counts)
 
 
 def _level_statistics(
-    index: np.ndarray, micros: np.ndarray, x: np.ndarray, fold: np.ndarray | None, folds: int, levels: Levels
+    index: np.ndarray,
+    micros: np.ndarray,
+    x: np.ndarray,
+    fold: np.ndarray | None,
+    folds: int,
+    levels: Levels,
+    floats: np.ndarray | None = None,
 ) -> tuple[np.ndarray, ...]:
     """The factor fields of :class:`Stats`: counts per level and pair, per two levels, and sums per level.
 
@@ -455,16 +475,26 @@ def _level_statistics(
     ``bincount`` per two factors (the diagonal is the counts per level), and the
     rest are small. Duration sums are exact integers, as the pairs'.
     """
-    total, k, factors = levels.total, x.shape[1], len(levels.sizes)
-    pair_of = index if fold is None else index - fold * N_PAIRS
+    total, k, factors, rows = levels.total, x.shape[1], len(levels.sizes), micros.size
+    pair_of = index
+    if fold is not None:
+        pair_of = np.multiply(fold, N_PAIRS, out=buffers.empty(rows, np.int64))
+        np.subtract(index, pair_of, out=pair_of)
     pairs = np.flatnonzero(np.bincount(pair_of, minlength=N_PAIRS))
     size = folds * total * pairs.size
     key = np.int32 if size <= np.iinfo(np.int32).max else np.int64
     compact = np.zeros(N_PAIRS, dtype=key)
     compact[pairs] = np.arange(pairs.size)
-    pair = compact[pair_of]
-    # each row's level of each factor in its fold: fold * total + level
-    at = [levels.codes[:, j].astype(key) if fold is None else fold.astype(key) * total + levels.codes[:, j] for j in range(factors)]
+    pair = np.take(compact, pair_of, out=buffers.empty(rows, key))
+    at = []  # each row's level of each factor in its fold: fold * total + level
+    for j in range(factors):
+        at.append(buffers.empty(rows, key))
+        if fold is None:
+            at[j][:] = levels.codes[:, j]
+        else:
+            np.multiply(fold, total, out=at[j], casting="unsafe")
+            at[j] += levels.codes[:, j]
+    cell, edge = buffers.empty(rows, key), buffers.empty(rows, np.bool_)
     found: list[tuple[np.ndarray, np.ndarray]] = []  # each factor's non-zero cells, increasing, and their counts
     level_pairs = np.zeros((folds, total, total), dtype=np.int64)
     level_micros = np.zeros(folds * total, dtype=np.int64)
@@ -473,16 +503,20 @@ def _level_statistics(
     for j in range(factors):
         at_count = np.bincount(at[j], minlength=folds * total)
         count += at_count
-        level_micros += _exact_sums(at[j], micros, folds * total, at_count)
+        level_micros += _exact_sums(at[j], micros, folds * total, at_count, floats)
         for c in range(k):
             level_x[:, c] += np.bincount(at[j], weights=x[:, c], minlength=folds * total)
-        cell = at[j] * pairs.size
+        np.multiply(at[j], pairs.size, out=cell)
         cell += pair
         cell.sort()  # equal cells side by side: their runs are the counts
-        starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])
-        found.append((cell[starts], np.diff(np.r_[starts, cell.size]).astype(np.int32)))
+        edge[:1] = True
+        np.not_equal(cell[1:], cell[:-1], out=edge[1:])
+        starts = np.flatnonzero(edge)
+        found.append((cell[starts], np.diff(starts, append=rows).astype(np.int32)))
         for i in range(j):  # rows per level of factor i and of factor j, in one of the two triangles
-            level_pairs += np.bincount(at[i] * total + levels.codes[:, j], minlength=level_pairs.size).reshape(level_pairs.shape)
+            np.multiply(at[i], total, out=cell)
+            cell += levels.codes[:, j]
+            level_pairs += np.bincount(cell, minlength=level_pairs.size).reshape(level_pairs.shape)
     level_pairs += level_pairs.transpose(0, 2, 1)
     diagonal = level_pairs.reshape(folds, -1)[:, :: total + 1]
     diagonal += count.reshape(folds, total)
@@ -511,11 +545,16 @@ def combine(parts: Sequence[Part]) -> Stats:
     pairs = reduce(np.union1d, (part.pairs if isinstance(part, Packed) else part.cross_pairs for part in parts))
     folds, levels = first.cross.shape[:2]
     cross = np.zeros((folds * levels, pairs.size), dtype=np.int32)
+    flat = cross.reshape(-1)
     for part in parts:
         if isinstance(part, Stats):
             cross[:, np.searchsorted(pairs, part.cross_pairs)] += part.cross.reshape(folds * levels, part.cross_pairs.size)
-        elif part.cells.size:
-            cell, column = np.divmod(part.cells, part.pairs.size)
-            cross[cell, np.searchsorted(pairs, part.pairs)[column]] += part.counts  # cells are unique: no lost updates
+        elif part.cells.size:  # each cell's index in the sum, in Arrow's pool (no fresh pages a part): row * pairs + column
+            row, column = (buffers.empty(part.cells.size, np.int64) for _ in range(2))
+            np.divmod(part.cells, part.pairs.size, out=(row, column))
+            np.take(np.searchsorted(pairs, part.pairs), column, out=column)
+            row *= pairs.size
+            row += column
+            flat[row] += part.counts  # cells are unique: no lost updates
     screened = reduce(np.add, (rest.screened for rest in rests))
     return _assemble(arrays, screened, cross.reshape(folds, levels, pairs.size), pairs)

@@ -108,9 +108,11 @@ def kfold_group(
     scores = []
     for features in sets.options():
         chosen, zones = sets.project(pooled, features), sets.zones(features)
+        whole = chosen.total()
         for k in folds:
             # once per fold, not per alpha: the selections, and their counts per level and pair as floats
-            train, test = solve.Prepared.of(chosen.without(k).total()), solve.Prepared.of(chosen.fold(k))
+            held = chosen.fold(k)
+            train, test = solve.Prepared.of(whole - held), solve.Prepared.of(held)
             scores += [cv.score(train, test, k, alpha, features, zones) for alpha in alphas]
     candidates = []
     for features, alpha in refit:  # from the months added up once: projecting commutes with adding, to the bit

@@ -134,6 +134,12 @@ SCREENED_CASES = {
     "a numeric column: kept rows gathered": (_messy_table, FeatureSpec(numeric=("trip_distance",)), 3),
     "a window past 2^32 us: integer paths": (_messy_table, FeatureSpec(max_minutes=1e9), 2),
     "an empty window": (_messy_table, FeatureSpec(min_minutes=30, max_minutes=20), 1),
+    "factors and a numeric column: cells of the kept rows": (
+        _messy_table,
+        FeatureSpec.of("PU_DO,trip_distance:log8,trip_distance,hour"),
+        3,
+    ),
+    "factors past 2^32 us, one fold": (_messy_table, FeatureSpec.of("PULocationID,trip_distance:log4*hour/6", 1, 1e9), 1),
 }
 
 
@@ -147,13 +153,20 @@ def test_statistics_from_screened_blocks_equal_those_of_the_encoded_rows(monkeyp
     monkeypatch.setattr(features, "BLOCK_ROWS", block_rows)
     monkeypatch.setattr(stats, "_EXACT_FLOAT", exact_float)
     encoded = encode(table, spec, MONTH)
-    expected = stats.compute(encoded, None if fold is None else fold[encoded.position], folds)
+    codes = features.factor_codes(table, spec)
+    levels = stats.Levels(codes, tuple(f.levels for f in spec.factors)) if spec.factors else None
+    kept_levels = None if levels is None else stats.Levels(codes[encoded.position], levels.sizes)
+    expected = stats.compute(encoded, None if fold is None else fold[encoded.position], folds, kept_levels)
     x = features.numeric_matrix(table, spec.numeric) if spec.numeric else None
-    got = stats.compute_screened(features.screen(table, spec, MONTH), table.num_rows, fold, folds, x).unpack()
+    got = stats.compute_screened(features.screen(table, spec, MONTH), table.num_rows, fold, folds, x, levels).unpack()
     assert got.rows == encoded.rows and (encoded.rows > 1_000 or spec.min_minutes > spec.max_minutes)
-    for ours, theirs in zip((*got._arrays(), got.screened), (*expected._arrays(), expected.screened)):
+    for ours, theirs in zip(
+        (*got._arrays(), got.screened, got.cross, got.cross_pairs),
+        (*expected._arrays(), expected.screened, expected.cross, expected.cross_pairs),
+    ):
         assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
         assert np.array_equal(ours, theirs)
+    assert got.n_levels == spec.levels and (not spec.factors or got.cross.sum() == len(spec.factors) * encoded.rows)
 
 
 def test_statistics_of_no_rows_are_the_zero():
