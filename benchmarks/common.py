@@ -112,7 +112,7 @@ def encoded_month(folder: Path, month: Month) -> Encoded:
 def month_stats(folder: Path, month: Month, folds: int = 1) -> stats.Stats:
     """A month file to statistics as the flow's map step does it: the ``chunk-stats`` task body per chunk, added."""
     plan = reader.locate(str(folder), TAXI, month, SPEC.columns())
-    return reduce(add, (chunk_statistics(plan, chunk, SPEC, folds) for chunk in reader.plan(plan.layout, CHUNK_ROWS)))
+    return stats.combine([chunk_statistics(plan, chunk, SPEC, folds) for chunk in reader.plan(plan.layout, CHUNK_ROWS)])
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,8 @@ def test_rich_terms_kernel_over_the_seeds(benchmark, bench, month_plan):
     """Parquet to 5-fold statistics of a whole month, the richest default spec over the seed's."""
     chunk = reader.plan(month_plan.layout, month_plan.layout.rows)[0]
     seed_seconds, seed_stats = best_of(lambda: chunk_statistics(month_plan, chunk, SPEC, FOLDS), rounds=3)
-    rich_seconds, rich_stats = best_of(lambda: chunk_statistics(month_plan, chunk, RICH, FOLDS), rounds=3, benchmark=benchmark)
+    rich_seconds, rich_packed = best_of(lambda: chunk_statistics(month_plan, chunk, RICH, FOLDS), rounds=3, benchmark=benchmark)
+    seed_stats, rich_stats = seed_stats.unpack(), rich_packed.unpack()
     assert rich_stats.rows == seed_stats.rows and np.array_equal(rich_stats.count, seed_stats.count)
     ratio = rich_seconds / seed_seconds
     benchmark.extra_info.update(
@@ -59,7 +60,7 @@ def test_rich_terms_kernel_over_the_seeds(benchmark, bench, month_plan):
         seed_seconds=seed_seconds,
         rich_seconds=rich_seconds,
         rich_over_seed=ratio,
-        stats_bytes=sum(a.nbytes for a in (rich_stats.cross, rich_stats.count, rich_stats.sum_micros)),
+        stats_bytes=sum(a.nbytes for a in (rich_packed.cells, rich_packed.counts, rich_stats.count, rich_stats.sum_micros)),
         headline=f"richest default spec, parquet to 5-fold statistics: {ratio:.2f}x the seed's spec (goal {GOAL_KERNEL_OVER_SEED}x)",
     )
     assert ratio <= (QUICK_KERNEL_OVER_SEED if _quick(bench) else KERNEL_OVER_SEED)
@@ -68,7 +69,7 @@ def test_rich_terms_kernel_over_the_seeds(benchmark, bench, month_plan):
 def test_rich_terms_cv_solve(benchmark, bench, month_plan):
     """One fold × alpha of K-fold CV from the statistics: the richest default spec, beside the seed's."""
     chunk = reader.plan(month_plan.layout, month_plan.layout.rows)[0]
-    seed_stats, rich_stats = (chunk_statistics(month_plan, chunk, spec, FOLDS) for spec in (SPEC, RICH))
+    seed_stats, rich_stats = (chunk_statistics(month_plan, chunk, spec, FOLDS).unpack() for spec in (SPEC, RICH))
     seed_train, rich_train = seed_stats.without(0), rich_stats.without(0)
     seed_seconds, _ = best_of(lambda: solve.rmse(solve.solve(seed_train, ALPHA), seed_stats.fold(0)), rounds=3)
     rich_seconds, _ = best_of(lambda: solve.rmse(solve.solve(rich_train, 3.0), rich_stats.fold(0)), rounds=3, benchmark=benchmark)
@@ -86,7 +87,7 @@ def test_rich_terms_cv_solve(benchmark, bench, month_plan):
 def test_rich_terms_scoring_per_core(benchmark, bench, month_plan):
     """Factor levels from the decoded month, then ``predict_codes``: rows per second on one core."""
     chunk = reader.plan(month_plan.layout, month_plan.layout.rows)[0]
-    model = Model(solve.solve(chunk_statistics(month_plan, chunk, RICH), 3.0, RICH.zones), RICH)
+    model = Model(solve.solve(chunk_statistics(month_plan, chunk, RICH).unpack(), 3.0, RICH.zones), RICH)
     table = reader.read(month_plan.layout, chunk)
     pu, do, x = zone_codes(table.column(PU)), zone_codes(table.column(DO)), numeric_matrix(table, RICH.numeric)
     seconds, predicted = best_of(lambda: model.predict_codes(pu, do, x, factor_codes(table, RICH)), rounds=10, benchmark=benchmark)

@@ -21,8 +21,6 @@ as a trained model's run does; the next months are scored.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from functools import reduce
-from operator import add
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +32,7 @@ from benchmarks.chunk_memory import CLEAR_REFS, memory_figures, probe_peaks
 from benchmarks.common import ALPHA, CHUNK_ROWS, TAXI, best_of, decode, month_path, months
 from benchmarks.conftest import QUICK_FLOORS, Bench
 from pipeline.cluster import ClusterSpec
-from pipeline.core import solve
+from pipeline.core import solve, stats
 from pipeline.core.config import ScoreConfig
 from pipeline.core.features import FeatureSpec, numeric_matrix, zone_codes
 from pipeline.core.model import Model
@@ -81,7 +79,7 @@ def model_dir(bench: Bench, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Linear model with ``trip_distance``, solved from the first month's statistics, saved as training saves one."""
     (train,) = months(1)
     plan = reader.locate(str(bench.folder), TAXI, train, SPEC.columns())
-    pooled = reduce(add, (chunk_statistics(plan, chunk, SPEC) for chunk in reader.plan(plan.layout, CHUNK_ROWS)))
+    pooled = stats.combine([chunk_statistics(plan, chunk, SPEC) for chunk in reader.plan(plan.layout, CHUNK_ROWS)])
     weights = solve.solve(pooled, ALPHA)
     metrics = {"train_months": [str(train)], "train_rows": int(pooled.rows), "train_rmse": solve.rmse(weights, pooled)}
     folder = tmp_path_factory.mktemp("scoring-model")

@@ -23,8 +23,6 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import reduce
-from operator import add
 from pathlib import Path
 
 import httpx
@@ -35,7 +33,7 @@ import pytest
 
 from benchmarks.common import ALPHA, CHUNK_ROWS, TAXI, months
 from benchmarks.conftest import QUICK_FLOORS, Bench
-from pipeline.core import solve
+from pipeline.core import solve, stats
 from pipeline.core.features import FeatureSpec
 from pipeline.core.model import Model, input_columns
 from pipeline.core.schema import PICKUP
@@ -88,7 +86,7 @@ def service(request, bench: Bench, tmp_path_factory: pytest.TempPathFactory) -> 
     spec = SPECS[request.param]
     train, val = months(2)
     plan = reader.locate(str(bench.folder), TAXI, train, spec.columns())
-    pooled = reduce(add, (chunk_statistics(plan, chunk, spec) for chunk in reader.plan(plan.layout, CHUNK_ROWS)))
+    pooled = stats.combine([chunk_statistics(plan, chunk, spec) for chunk in reader.plan(plan.layout, CHUNK_ROWS)])
     model = Model(solve.solve(pooled, ALPHA, spec.zones), spec, {"metrics": {"train_months": [str(train)], "val_month": str(val)}})
     folder = tmp_path_factory.mktemp("served-model")
     save_model(model, folder)
