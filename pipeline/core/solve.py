@@ -18,7 +18,7 @@ minimum-norm least-squares one, which is what ``LinearRegression`` returns.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -107,12 +107,13 @@ class Prepared:
     """Statistics with each fold's counts per level and pair converted to floats once: a fold's solves at every alpha,
     and its scores, read the same matrices (a conversion costs as much as a solve's products with a rich spec)."""
 
-    stats: Stats
+    stats: Stats  # without its integer counts per level and pair (shape (folds, K, 0)): ``cross`` holds them
     cross: tuple[np.ndarray | sp.csr_matrix, ...]  # per fold, (K, stats.cross_pairs)
 
     @classmethod
     def of(cls, stats: Stats) -> Prepared:
-        return cls(stats, tuple(_level_cross(c) for c in stats.cross) if stats.n_levels else ())
+        cross = tuple(_level_cross(c) for c in stats.cross) if stats.n_levels else ()
+        return cls(replace(stats, cross=stats.cross[:, :, :0]), cross)
 
     @property
     def rows(self) -> int:
@@ -120,11 +121,31 @@ class Prepared:
 
     def total(self) -> Prepared:
         """All folds pooled into one, prepared."""
-        return self if self.stats.folds == 1 else Prepared.of(self.stats.total())
+        if self.stats.folds == 1:
+            return self
+        pooled = sum(self.cross[1:], self.cross[0]) if self.cross else None
+        return Prepared(self.stats.total(), () if pooled is None else (pooled,))
 
 
 def _prepared(stats: Stats | Prepared) -> Prepared:
     return stats if isinstance(stats, Prepared) else Prepared.of(stats)
+
+
+#: Pairs per block of :func:`_scaled_gram`: its scaled copy is a block's (about 16 MB at 216 levels), not the matrix's.
+_GRAM_BLOCK_CELLS = 1 << 21
+
+
+def _scaled_gram(cross: np.ndarray, root: np.ndarray) -> np.ndarray:
+    """``C diag(root²) Cᵀ`` as ``Σ B Bᵀ`` over blocks of pairs, ``B = C diag(root)`` of the block: symmetric rank-k
+    updates (a quarter of the time of a product with ``diag(r) Cᵀ``), with no scaled copy of the whole matrix."""
+    levels, pairs = cross.shape
+    width = max(1, _GRAM_BLOCK_CELLS // max(levels, 1))
+    scaled = _fortran((levels, min(width, pairs)))
+    gram = np.zeros((levels, levels))
+    for start in range(0, pairs, width):
+        block = np.multiply(cross[:, start : start + width], root[start : start + width], out=scaled[:, : min(width, pairs - start)])
+        gram += block @ block.T
+    return gram
 
 
 def _dense_index(zones: Sequence[str], k: int, levels: int) -> np.ndarray:
@@ -181,9 +202,8 @@ def solve(stats: Stats | Prepared, alpha: float, zones: Sequence[str] = ZONE_TER
         if isinstance(cross, sp.csr_matrix):
             scaled = sp.csr_matrix(cross.multiply(root[None, :]))
             schur[m2:, m2:] = s.level_pairs[0] - (scaled @ scaled.T).toarray() + alpha * np.eye(levels)
-        else:  # C diag(r) Cᵀ as B Bᵀ: a symmetric rank-k update, a quarter of the time of a product with diag(r) Cᵀ
-            scaled = np.multiply(cross, root, out=_fortran(cross.shape))
-            schur[m2:, m2:] = s.level_pairs[0] - scaled @ scaled.T + alpha * np.eye(levels)
+        else:
+            schur[m2:, m2:] = s.level_pairs[0] - _scaled_gram(cross, root) + alpha * np.eye(levels)
     used = _dense_index(zones, k, levels)
     dense = np.zeros(m2 + levels)
     dense[used] = np.linalg.solve(schur[np.ix_(used, used)], rhs[used])

@@ -110,8 +110,13 @@ class Stats:
         return _assemble((a[k : k + 1] for a in self._arrays()), self.screened, self.cross[k : k + 1], self.cross_pairs)
 
     def select(self, columns: Sequence[int], levels: Sequence[int] = ()) -> Stats:
-        """The statistics of a model using only these numeric columns and factor levels (by index): those of a feature subset."""
+        """The statistics of a model using only these numeric columns and factor levels (by index): those of a feature subset.
+
+        Selecting every column and level is ``self``: a rich spec's counts per level and pair are not copied for nothing.
+        """
         index, kept = list(columns), list(levels)
+        if index == list(range(self.n_numeric)) and kept == list(range(self.n_levels)):
+            return self
         return Stats(
             self.count,
             self.sum_micros,

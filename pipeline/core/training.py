@@ -113,6 +113,7 @@ def kfold_group(
             # once per fold, not per alpha: the selections, and their counts per level and pair as floats
             held = chosen.fold(k)
             train, test = solve.Prepared.of(whole - held), solve.Prepared.of(held)
+            del held  # the prepared keep floats only: the integer counts go
             scores += [cv.score(train, test, k, alpha, features, zones) for alpha in alphas]
     candidates = []
     for features, alpha in refit:  # from the months added up once: projecting commutes with adding, to the bit
