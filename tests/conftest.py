@@ -32,6 +32,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for fixture in getattr(item, "fixturenames", ()):
             if fixture in _FIXTURE_MARKERS:
                 item.add_marker(_FIXTURE_MARKERS[fixture])
+    # The files that start servers, clusters or runs first, then the rest, each file's tests in their order: `make test`'s
+    # --dist loadfile hands out files in this order as its two processes free up, and the many files of milliseconds then
+    # fill the end, where a file of minutes given last left one process idle while the other finished it.
+    heavy = {item.path for item in items if any(item.get_closest_marker(name) for name in ("slow", "cluster", "prefect_api"))}
+    items.sort(key=lambda item: item.path not in heavy)
 
 
 @contextmanager
