@@ -354,7 +354,8 @@ def connect(spec: ClusterSpec, plugins: Sequence[Any] = ()) -> Iterator[Connecti
     security = plan.tls.security() if plan.tls else None
     quiet = _NoLostSchedulerTracebacks()
     with ExitStack() as stack:
-        for logger in map(logging.getLogger, ("distributed.client", "distributed.batched")):
+        # tornado.application: a task submitted as the scheduler went away (the client's send in an IOLoop callback)
+        for logger in map(logging.getLogger, ("distributed.client", "distributed.batched", "tornado.application")):
             logger.addFilter(quiet)
             stack.callback(logger.removeFilter, quiet)
         cluster = None

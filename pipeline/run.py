@@ -14,18 +14,19 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pipeline import preflight
 from pipeline.cluster import ClusterSpec
 from pipeline.core.config import RetrainConfig, ScoreConfig, TrainConfig
 from pipeline.core.results import RunResult
-from pipeline.flows.retrain import RetrainResult, retrain_flow
-from pipeline.flows.score import ScoreResult, score_flow
-from pipeline.flows.train import train_flow
 from pipeline.orchestration.notify import NOTIFY_URL_ENV
-from pipeline.runtime.interrupts import completed
-from pipeline.runtime.local_stack import run_services
+
+# The flows (Prefect, scikit-learn and XGBoost's wrappers: ~2.5 s of imports) load after the pre-flight checks, so that
+# bad input fails in about a second.
+if TYPE_CHECKING:
+    from pipeline.flows.retrain import RetrainResult
+    from pipeline.flows.score import ScoreResult
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ def train(config: TrainConfig, cluster: ClusterSpec | None = None, *, announce: 
     """Train and validate as :func:`pipeline.flows.train.train_flow`; return its result (model and metrics are written)."""
     spec = cluster or ClusterSpec()
     plans = preflight.train(config, spec)  # local footers are read once, here, and handed to the flow
+    from pipeline.flows.train import train_flow
+
     return _run(spec, announce, "pipeline.flows.train", train_flow, config, plans=plans)
 
 
@@ -51,6 +54,8 @@ def retrain(
     settings = config or RetrainConfig()
     spec = cluster or ClusterSpec()
     preflight.retrain(settings, spec, notify_url)
+    from pipeline.flows.retrain import retrain_flow
+
     with _notify_url(notify_url):
         return _run(spec, announce, "pipeline.flows.retrain", retrain_flow, settings)
 
@@ -63,10 +68,15 @@ def score(config: ScoreConfig, cluster: ClusterSpec | None = None, *, announce: 
     spec = cluster or ClusterSpec()
     folder = preflight.score(config, spec)
     resolved = config.model_copy(update={"model": folder, "registry": None, "version": None})
+    from pipeline.flows.score import score_flow
+
     return _run(spec, announce, "pipeline.flows.score", score_flow, resolved)
 
 
 def _run(spec: ClusterSpec, announce: Announce, module: str, flow: Callable[..., _R], config: Any, **extra: Any) -> _R:
+    from pipeline.runtime.interrupts import completed
+    from pipeline.runtime.local_stack import run_services
+
     with run_services(spec, announce, module) as where:
         result = flow(config, where, **extra)
         completed()  # the run's outputs are written: a Ctrl-C while the services close no longer undoes the run

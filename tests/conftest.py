@@ -32,6 +32,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for fixture in getattr(item, "fixturenames", ()):
             if fixture in _FIXTURE_MARKERS:
                 item.add_marker(_FIXTURE_MARKERS[fixture])
+    # The files that start servers, clusters or runs first, then the rest, each file's tests in their order: `make test`'s
+    # --dist loadfile hands out files in this order as its two processes free up, and the many files of milliseconds then
+    # fill the end, where a file of minutes given last left one process idle while the other finished it.
+    heavy = {item.path for item in items if any(item.get_closest_marker(name) for name in ("slow", "cluster", "prefect_api"))}
+    items.sort(key=lambda item: item.path not in heavy)
 
 
 @contextmanager
@@ -126,9 +131,36 @@ def slow_months(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def prefect_api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def migrated_prefect_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A PREFECT_HOME whose empty database is migrated to this Prefect's schema (``prefect server database upgrade``),
+    made once: the test servers start on copies of it. A server on a new database spends ~8 s migrating it (half its
+    start); the tests that start one are about what it serves, not its first start (``up`` in the docs' and the stack's
+    tests still starts on a new one)."""
+    import subprocess
+    import sys
+
+    home = tmp_path_factory.mktemp("migrated") / "prefect-home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DASK_"))}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    done = subprocess.run([prefect, "server", "database", "upgrade", "-y"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return home
+
+
+def prefect_home_from(template: Path, home: Path) -> Path:
+    """``home``, a copy of the migrated ``template`` (see :func:`migrated_prefect_home`)."""
+    import shutil
+
+    shutil.copytree(template, home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def prefect_api_url(tmp_path_factory: pytest.TempPathFactory, migrated_prefect_home: Path) -> Iterator[str]:
     """One real Prefect API on 127.0.0.1 for the session, on a throwaway database."""
-    with temporary_prefect_api(tmp_path_factory.mktemp("prefect-home")) as url:
+    home = prefect_home_from(migrated_prefect_home, tmp_path_factory.mktemp("prefect-api") / "prefect-home")
+    with temporary_prefect_api(home) as url:
         assert url.startswith("http://127.0.0.1:")
         yield url
 
@@ -306,9 +338,11 @@ def tls_dask_processes(tmp_path_factory: pytest.TempPathFactory, tls_files: tupl
 
 
 @pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+def prefect_server(tmp_path_factory: pytest.TempPathFactory, migrated_prefect_home: Path) -> Iterator[PrefectServer]:
     """A real `prefect server start` for the session (deployments need one that outlives a run)."""
-    server = PrefectServer(tmp_path_factory.mktemp("prefect-server"))
+    folder = tmp_path_factory.mktemp("prefect-server")
+    prefect_home_from(migrated_prefect_home, folder / "prefect-home")
+    server = PrefectServer(folder)
     try:
         yield server
     finally:
@@ -316,9 +350,9 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
 
 
 @pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[PrefectServer]:
+def own_server(tmp_path: Path, migrated_prefect_home: Path) -> Iterator[PrefectServer]:
     """A `prefect server start` of this test alone: for a test that kills it (the session's stays up)."""
-    (tmp_path / "prefect-server").mkdir()
+    prefect_home_from(migrated_prefect_home, tmp_path / "prefect-server" / "prefect-home")
     server = PrefectServer(tmp_path / "prefect-server")
     try:
         yield server

@@ -53,7 +53,7 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     monkeypatch.setattr(local_stack, "prefect_api", fake_api)
     monkeypatch.setattr(local_stack, "early_cluster", fake_early)
     monkeypatch.setattr(local_stack, "configured_api_url", lambda: None)
-    monkeypatch.setattr(run, "train_flow", fake_flow)
+    monkeypatch.setattr("pipeline.flows.train.train_flow", fake_flow)  # run.train imports it after its checks
     return calls
 
 
@@ -115,7 +115,7 @@ def test_the_local_cluster_starts_beside_the_api_and_closes_before_it(months_dir
         return "result"
 
     monkeypatch.setattr(local_stack, "prefect_api", slow_api)
-    monkeypatch.setattr(run, "train_flow", flow)
+    monkeypatch.setattr("pipeline.flows.train.train_flow", flow)
     spec = ClusterSpec(n_workers=2, dashboard_address=":0", cluster_kwargs={"processes": False, "protocol": "tcp://"})
     assert run.train(_config(months_dir, tmp_path / "out"), spec) == "result"
     assert seen["starting"]  # the cluster's thread was under way while the API started

@@ -342,3 +342,23 @@ def test_a_worker_slow_to_exit_is_waited_for_not_killed_with_a_warning():
         nanny.removeHandler(records)
     assert records.lines == []  # before: ["Worker process still alive after 4.0 seconds, killing"]
     assert process.exitcode == 0  # it exited by itself (a kill reads -9)
+
+
+def test_a_lost_schedulers_tracebacks_stay_off_the_terminal_while_connected(caplog):
+    """A task submitted as the scheduler went away raises CommClosedError in the client's IOLoop callback, which tornado
+    logs with its traceback (a fresh clone's make test beside a busy loop printed it above the run's one line)."""
+    from distributed.comm.core import CommClosedError
+
+    from pipeline.cluster import connect
+
+    def lost(name: str) -> None:
+        try:
+            raise CommClosedError("Comm <TCP (closed) Client->Scheduler> already closed.")
+        except CommClosedError:
+            logging.getLogger(name).error("Exception in callback %s", name, exc_info=True)
+
+    with connect(ClusterSpec(n_workers=1, dashboard_address=":0", cluster_kwargs={"processes": False})):
+        for name in ("tornado.application", "distributed.client", "distributed.batched"):
+            lost(name)
+    lost("tornado.application")  # after the run: not the run's to hide
+    assert [r.name for r in caplog.records if r.getMessage().startswith("Exception in callback")] == ["tornado.application"]

@@ -1,7 +1,7 @@
 """A reader's terminal for the docs' tests: the ```bash blocks of a page, and a folder and environment to run them in.
 
-Every line runs exactly as written unless :data:`SUBSTITUTIONS` or :data:`SKIPPED` say otherwise, each with its
-reason. Servers (``serve``, ``deploy``) run in the background on 127.0.0.1 until the page's commands end. No network.
+Every line runs exactly as written unless :data:`SUBSTITUTIONS`, :data:`ONE_WORKER` or :data:`SKIPPED` say otherwise,
+each with its reason. Servers (``serve``, ``deploy``) run in the background on 127.0.0.1 until the page's commands end. No network.
 """
 
 from __future__ import annotations
@@ -38,6 +38,10 @@ SUBSTITUTIONS = (
 )
 #: Commands that serve until stopped: started in the background, checked, stopped at the end.
 SERVERS = ("taxi-pipeline serve", "taxi-pipeline deploy")
+#: Commands that start a Dask cluster run it with one worker (a reader's has one per core): each further worker costs
+#: ~4.5 s of CPU a command, and the commands, not the cluster's size, are under test (two-worker runs: tests/flows).
+#: Not a run while the local stack is up: given --n-workers, it would start a cluster of its own instead of using the stack.
+ONE_WORKER = ("taxi-pipeline demo", "taxi-pipeline train", "taxi-pipeline retrain", "taxi-pipeline predict", "taxi-pipeline up")
 
 
 def bash_commands(markdown: str) -> list[str]:
@@ -81,12 +85,16 @@ class Session:
         self.stack_port = free_port()
         self.servers: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.ran: list[str] = []
+        self.stack_up = False  # between `taxi-pipeline up` and `taxi-pipeline down`
 
     def run(self, line: str) -> None:
         if without_comment(line) in SKIPPED:
             return
         line = _prepared(line).replace("--port 8000", f"--port {self.port}").replace("127.0.0.1:8000", f"127.0.0.1:{self.port}")
         line = re.sub(r"^taxi-pipeline up\b", f"taxi-pipeline up --port {self.stack_port}", line)
+        if line.startswith(ONE_WORKER) and (line.startswith("taxi-pipeline up") or not self.stack_up):
+            command, subcommand, rest = line.split(" ", 2)
+            line = f"{command} {subcommand} --n-workers 1 {rest}"
         if line.startswith(SERVERS):
             self._serve(line)
         else:
@@ -95,6 +103,8 @@ class Session:
             if line.startswith("curl"):
                 assert '"minutes"' in done.stdout, done.stdout
         self.ran.append(line)
+        if line.startswith(("taxi-pipeline up", "taxi-pipeline down")):
+            self.stack_up = line.startswith("taxi-pipeline up")
 
     def _serve(self, line: str) -> None:
         log = open(self.folder / f"server-{len(self.servers)}.log", "wb")  # noqa: SIM115  (closed with the process)

@@ -63,7 +63,7 @@ def retrain_run(months_dir: Path, prefect_api_url: str, tmp_path_factory: pytest
     experiment = client.create_experiment("trips", artifact_location=(folder / "artifacts").as_uri())
     registry = folder / "registry"
     args = ["retrain", "--source", str(months_dir), "--registry", str(registry), "--as-of", "2023-04-20", "--folds", "3"]
-    args += ["--alphas", "0.1,10", "--n-workers", "2", "--mlflow", "--mlflow-uri", uri, "--mlflow-experiment", "trips", "--no-boosted"]
+    args += ["--alphas", "0.1,10", "--n-workers", "1", "--mlflow", "--mlflow-uri", uri, "--mlflow-experiment", "trips", "--no-boosted"]
     logged = _Lines()
     logging.getLogger("prefect.flow_runs").addHandler(logged)
     try:

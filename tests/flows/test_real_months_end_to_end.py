@@ -48,7 +48,7 @@ def _hist_gradient_boosting_defaults() -> float:
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory, prefect_api_url: str) -> Path:
     folder = tmp_path_factory.mktemp("real") / "registry"
-    args = ["retrain", "--taxi", "green", "--source", str(GREEN), "--registry", str(folder), "--as-of", "2021-04-15", "--n-workers", "2"]
+    args = ["retrain", "--taxi", "green", "--source", str(GREEN), "--registry", str(folder), "--as-of", "2021-04-15", "--n-workers", "1"]
     result = _cli(*args, env={"PREFECT_API_URL": prefect_api_url})
     assert result.returncode == 0, result.stderr[-3000:]
     return folder

@@ -47,14 +47,16 @@ def model_dir(months_dir: Path, prefect_api_url: str, tmp_path_factory: pytest.T
     return output
 
 
-def _score(model_dir: Path, source: Path, output: Path, months: str = "2023-01:2023-03", **extra: object) -> object:
+def _score(model_dir: Path, source: Path, output: Path, months: str = "2023-01:2023-03", workers: int = 1, **extra: object) -> object:
+    """A scoring run on a LocalCluster of ``workers``: one where their number does not matter to the test (each further
+    worker costs seconds to start)."""
     config = ScoreConfig(months=months, output=str(output), model=str(model_dir), source=str(source), **extra)
-    return score_flow(config, ClusterSpec(n_workers=2, dashboard_address=":0"))
+    return score_flow(config, ClusterSpec(n_workers=workers, dashboard_address=":0"))
 
 
 def test_every_row_is_scored_once_with_the_models_own_predictions(model_dir, months_dir, tmp_path):
     output = tmp_path / "scored"
-    result = _score(model_dir, months_dir, output, chunk_rows=20_000)
+    result = _score(model_dir, months_dir, output, workers=2, chunk_rows=20_000)  # chunks written side by side
     model = load_any(model_dir)
     for month in (Month(2023, 1), Month(2023, 2), Month(2023, 3)):
         folder = output / f"month={month}"

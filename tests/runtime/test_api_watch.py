@@ -87,7 +87,7 @@ def _assert_one_line(code: int, lines: list[str], url: str, took: float) -> None
 
 
 def test_train_whose_api_dies_ends_in_one_line_leaving_the_old_files(own_server, slow_months, old_output):
-    args = ["train", *_TRAIN(slow_months), "--output", str(old_output), "--chunk-rows", "2000", "--no-cache", "--n-workers", "2"]
+    args = ["train", *_TRAIN(slow_months), "--output", str(old_output), "--chunk-rows", "2000", "--no-cache", "--n-workers", "1"]
     code, lines, took = _run_and_kill_api(args, own_server)
     _assert_one_line(code, lines, own_server.url, took)
     assert {p.name: p.read_bytes() for p in old_output.iterdir()} == OLD_FILES
@@ -96,7 +96,7 @@ def test_train_whose_api_dies_ends_in_one_line_leaving_the_old_files(own_server,
 def test_predict_whose_api_dies_ends_in_one_line_publishing_no_month(own_server, slow_months, trained, tmp_path):
     output = tmp_path / "scored"
     args = ["predict", "--model", str(trained), "--source", str(slow_months), "--months", "2023-01:2023-03", "--output", str(output)]
-    code, lines, took = _run_and_kill_api([*args, "--chunk-rows", "2000", "--n-workers", "2"], own_server)
+    code, lines, took = _run_and_kill_api([*args, "--chunk-rows", "2000", "--n-workers", "1"], own_server)
     _assert_one_line(code, lines, own_server.url, took)
     # only the run's hidden staging folder, which the next run into this folder clears
     assert [p.name for p in output.iterdir() if not p.name.startswith(".staging-")] == []
@@ -105,7 +105,7 @@ def test_predict_whose_api_dies_ends_in_one_line_publishing_no_month(own_server,
 def test_retrain_whose_api_dies_ends_in_one_line_registering_nothing(own_server, slow_months, tmp_path):
     registry = tmp_path / "registry"
     args = ["retrain", "--registry", str(registry), "--source", str(slow_months), "--as-of", "2023-04-01", "--no-boosted"]
-    code, lines, took = _run_and_kill_api([*args, "--chunk-rows", "2000", "--n-workers", "2"], own_server)
+    code, lines, took = _run_and_kill_api([*args, "--chunk-rows", "2000", "--n-workers", "1"], own_server)
     _assert_one_line(code, lines, own_server.url, took)
     assert not (registry / "champion.json").exists()
     assert not list((registry / "versions").glob("v*")) if (registry / "versions").exists() else True
@@ -128,7 +128,7 @@ def test_a_run_on_the_local_stack_whose_api_dies_ends_in_one_line(slow_months, t
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DASK_"))}
     env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
     started = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "up", "--port", str(free_port()), "--n-workers", "2"],
+        [sys.executable, "-m", "pipeline.cli", "up", "--port", str(free_port()), "--n-workers", "1"],
         env=env,
         capture_output=True,
         text=True,
