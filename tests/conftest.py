@@ -77,7 +77,7 @@ def month_model(source: Path, folder: Path) -> Path:
     spec = FeatureSpec()
     plan = reader.locate(str(source), "yellow", Month(2023, 1), spec.columns())
     (chunk,) = reader.plan(plan.layout, plan.layout.rows)
-    save_model(Model(solve.solve(chunk_statistics(plan, chunk, spec), 1.0), spec), folder)
+    save_model(Model(solve.solve(chunk_statistics(plan, chunk, spec).unpack(), 1.0), spec), folder)
     return folder
 
 
