@@ -163,7 +163,7 @@ def solve(stats: Stats | Prepared, alpha: float, zones: Sequence[str] = ZONE_TER
     """Ridge weights minimising ``‖y - Xw - b‖² + α‖w‖²`` on pooled ``stats``, with the zone terms ``zones``."""
     if alpha <= 0:
         raise ValueError("alpha must be positive (use a small one for plain least squares)")
-    pooled = _prepared(stats.total()) if isinstance(stats, Stats) else stats.total()
+    pooled = _prepared(stats.total())
     s = pooled.stats
     n, sy = s.count[0], s.sum_y[0]
     sx = s.sum_x[0]  # (k, P)

@@ -169,9 +169,6 @@ class Packed:
     def screened(self) -> np.ndarray:
         return self.rest.screened
 
-    def pack(self) -> Packed:
-        return self
-
     def unpack(self) -> Stats:
         folds, levels = self.rest.cross.shape[:2]
         cross = np.zeros(folds * levels * self.pairs.size, dtype=np.int32)
@@ -296,9 +293,6 @@ class Levels:
 
     def offsets(self) -> list[int]:
         return [sum(self.sizes[:j]) for j in range(len(self.sizes))]
-
-    def take(self, rows: np.ndarray | slice) -> Levels:
-        return Levels(self.codes[rows], self.sizes)
 
 
 def compute(encoded: Encoded, fold: np.ndarray | None = None, folds: int = 1, levels: Levels | None = None) -> Stats:

@@ -105,10 +105,11 @@ def kfold_group(
     score task after the choice. Every fold × alpha score is still reported.
     """
     sets = sets or FeatureSets(FeatureSpec())
-    scores = []
+    scores: list[cv.CVScore] = []
+    wholes: dict[Features | None, Stats] = {}  # each feature set's folds pooled
     for features in sets.options():
         chosen, zones = sets.project(pooled, features), sets.zones(features)
-        whole = chosen.total()
+        whole = wholes[features] = chosen.total()
         for k in folds:
             # once per fold, not per alpha: the selections, and their counts per level and pair as floats
             held = chosen.fold(k)
@@ -117,7 +118,7 @@ def kfold_group(
             scores += [cv.score(train, test, k, alpha, features, zones) for alpha in alphas]
     candidates = []
     for features, alpha in refit:  # from the months added up once: projecting commutes with adding, to the bit
-        fitted = fit_pooled(sets.project(pooled, features), list(month_rows), alpha, sets.zones(features))
+        fitted = fit_pooled(wholes[features], list(month_rows), alpha, sets.zones(features))  # folds pooled once, above
         candidates.append(Candidate(alpha, fitted, *score(fitted, sets.project(val, features)), features))
     return scores, candidates
 

@@ -118,19 +118,15 @@ def _flat_fields(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _build(cls: Any, fields: dict[str, Any]) -> Any:
-    """Undo :func:`_flat_fields`: a ``cls`` from its flat fields; :class:`CorruptEntry` unless they are exactly its own."""
-    hints, kwargs, used = typing.get_type_hints(cls), {}, set()
+    """Undo :func:`_flat_fields`: a ``cls`` from its flat fields (exactly :func:`_flat_names`'s, checked by the caller)."""
+    hints, kwargs = typing.get_type_hints(cls), {}
     for field in dataclasses.fields(cls):
         kind = hints[field.name]
         if isinstance(kind, type) and dataclasses.is_dataclass(kind):
             inner = {name.split(".", 1)[1]: v for name, v in fields.items() if name.startswith(f"{field.name}.")}
             kwargs[field.name] = _build(kind, inner)
-            used |= {f"{field.name}.{name}" for name in inner}
-        elif field.name in fields:
-            kwargs[field.name], used = fields[field.name], used | {field.name}
-    if used != set(fields) or len(kwargs) != len(dataclasses.fields(cls)):
-        expected = sorted(_flat_names(cls))
-        raise CorruptEntry(f"fields {sorted(fields)}, expected {expected}")
+        else:
+            kwargs[field.name] = fields[field.name]
     return cls(**kwargs)
 
 
@@ -219,6 +215,9 @@ def decode(data: bytes, key: str, cls: type[_D]) -> _D:
         for member, array in members.items():
             name, _, kind = member.partition("@")
             fields[name] = _decode_field(name, kind, array, populated)
+        expected = _flat_names(cls)
+        if set(fields) != set(expected):
+            raise CorruptEntry(f"fields {sorted(fields)}, expected {sorted(expected)}")
         built: _D = _build(cls, fields)
         return built
     except CorruptEntry:
