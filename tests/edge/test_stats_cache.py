@@ -280,16 +280,30 @@ def _chunk_states(flow_run_id: str) -> list[str]:
     return sorted(r.state.name for r in runs if r.name.startswith("chunk-stats"))
 
 
-def _cache_line(caplog: pytest.LogCaptureFixture) -> str:
-    """The last run's statistics cache line, from ``H of C chunks``: what it read and from how many."""
-    (line,) = [r.getMessage() for r in caplog.records if "chunks read from it" in r.getMessage()]
-    caplog.clear()
+def _cache_line(flow_run_id: str) -> str:
+    """The run's statistics cache line as its Prefect API stored it, from ``H of C chunks``: what it read and from how many.
+
+    Read from the API, not from captured logging: Prefect configures its loggers during a run (they may stop
+    propagating to the root logger, where caplog listens), and the terminal wraps long lines.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    deadline = time.monotonic() + 60
+    with get_client(sync_client=True) as client:
+        while True:  # logs reach the API in batches, shortly after the run
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)
+            lines = [log.message for log in logs if "chunks read from it" in log.message]
+            if lines or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    (line,) = lines
     return line.split("; ", 1)[1].split(",", 1)[0]
 
 
 @pytest.mark.slow
 @pytest.mark.cluster
-def test_a_rerun_reads_every_chunk_from_the_cache_until_its_month_file_changes(months_dir, prefect_api_url, tmp_path, caplog):
+def test_a_rerun_reads_every_chunk_from_the_cache_until_its_month_file_changes(months_dir, prefect_api_url, tmp_path):
     from pipeline.cluster import ClusterSpec
     from pipeline.run import train
 
@@ -306,19 +320,18 @@ def test_a_rerun_reads_every_chunk_from_the_cache_until_its_month_file_changes(m
         stats_cache=str(location),
     )
     spec = ClusterSpec(n_workers=1, dashboard_address=":0")
-    caplog.set_level(logging.INFO)
     cold = train(config, spec).to_dict()
-    assert _cache_line(caplog) == "0 of 4 chunks read from it"
+    assert _cache_line(cold["flow_run_id"]) == "0 of 4 chunks read from it"
     plan = reader.locate(str(folder), "yellow", Month(2023, 1), config.feature_spec().columns())
     january = {chunks.cache_key(plan, part, config.feature_spec(), 3, config.seed) for part in reader.plan(plan.layout, 20_000)}
     warm = train(config, spec).to_dict()
-    assert _cache_line(caplog) == "4 of 4 chunks read from it"
+    assert _cache_line(warm["flow_run_id"]) == "4 of 4 chunks read from it"
     path = folder / month_filename("yellow", Month(2023, 2))
     path.write_bytes(path.read_bytes())  # same content, new mtime: a new identity
     damaged = location / f"{sorted(january)[0]}.npz"
     damaged.write_bytes(b"garbage")  # listed as there, read as a miss: recomputed and replaced by the task that reads it
     rewritten = train(config, spec).to_dict()
-    assert _cache_line(caplog) == "2 of 4 chunks read from it"  # 2023-01's two, as listed
+    assert _cache_line(rewritten["flow_run_id"]) == "2 of 4 chunks read from it"  # 2023-01's two, as listed
     uncached = train(config.model_copy(update={"cache": False}), spec).to_dict()
 
     assert _chunk_states(cold["flow_run_id"]) == ["Completed"] * 4
