@@ -98,16 +98,28 @@ def factor_codes(table: pa.Table, spec: FeatureSpec) -> np.ndarray:
     out = np.empty((table.num_rows, len(spec.factors)), dtype=np.int32)
     if not spec.factors:
         return out
-    values = {c: numeric_matrix(table, (c,))[:, 0] for f in spec.factors for c in f.columns}
+    values = {c: _floats(table.column(c)) for f in spec.factors for c in f.columns}
     timed = any(f.timed for f in spec.factors)  # else the table may have no pickup time (a request to the service)
     pickup = _integers(table.column(PICKUP), 0) if timed else np.zeros(0, dtype=np.int64)
     for j, (factor, offset) in enumerate(zip(spec.factors, spec.offsets())):
-        code = np.zeros(table.num_rows, dtype=np.int64)
+        code = None
         for part in factor.parts:
-            code *= part.levels
-            code += part.codes(pickup) if isinstance(part, Clock) else part.codes(values[part.column])
-        out[:, j] = code + offset
+            codes = part.codes(pickup) if isinstance(part, Clock) else part.codes(values[part.column])
+            if code is None:
+                code = codes
+            else:
+                code *= part.levels
+                code += codes
+        assert code is not None  # a factor has a part
+        code += offset
+        out[:, j] = code
     return out
+
+
+def _floats(column: pa.ChunkedArray) -> np.ndarray:
+    """A numeric column as float64, nulls as 0, in Arrow's memory (no NumPy copy of a month's column)."""
+    values = pc.fill_null(column.cast(pa.float64()), 0.0)
+    return np.asarray(values.chunk(0) if values.num_chunks == 1 else values.combine_chunks())
 
 
 @dataclass(frozen=True)

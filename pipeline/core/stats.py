@@ -365,6 +365,7 @@ def compute_screened(
             screened,
             None if levels is None else Levels(_gathered(levels.codes, kept), levels.sizes),
             as_floats,
+            squares.total() if as_floats is not None else None,  # summed block by block above: dropped rows are 0
         )
     if int(count.max()) * longest < _EXACT_FLOAT:
         sum_micros = np.bincount(index, weights=micros, minlength=folds * N_PAIRS).astype(np.int64)
@@ -427,13 +428,15 @@ def _statistics(
     screened: np.ndarray,
     levels: Levels | None = None,
     floats: np.ndarray | None = None,
+    squares: np.ndarray | None = None,
 ) -> Packed:
     """The sums of :class:`Stats` from each row's ``fold * N_PAIRS + pair`` index and the counts per index, packed
-    (``floats``: the durations as float64 when they are exact, which saves a conversion per sum)."""
+    (``floats``: the durations as float64 when they are exact, which saves a conversion per sum; ``squares``: Σ micros²
+    per fold when already summed)."""
     size = folds * N_PAIRS
     k = x.shape[1]
     sum_micros = _exact_sums(index, micros, size, count, floats).reshape(folds, N_PAIRS)
-    sum_micros2 = _square_sums(micros, fold, folds)
+    sum_micros2 = _square_sums(micros, fold, folds) if squares is None else squares
     sum_x = np.zeros((folds, k, N_PAIRS))
     sum_xy = np.zeros((folds, k))
     sum_xx = np.zeros((folds, k, k))

