@@ -17,7 +17,7 @@ minimum-norm least-squares one, which is what ``LinearRegression`` returns.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -127,12 +127,44 @@ class Prepared:
         return Prepared(self.stats.total(), () if pooled is None else (pooled,))
 
 
-def _prepared(stats: Stats | Prepared) -> Prepared:
+def prepared(stats: Stats | Prepared) -> Prepared:
+    """``stats`` prepared (itself when it is)."""
     return stats if isinstance(stats, Prepared) else Prepared.of(stats)
 
 
-#: Pairs per block of :func:`_scaled_gram`: its scaled copy is a block's (about 16 MB at 216 levels), not the matrix's.
-_GRAM_BLOCK_CELLS = 1 << 21
+def _without_cross(stats: Stats) -> Stats:
+    return replace(stats, cross=stats.cross[:, :, :0])
+
+
+def prepared_folds(pooled: Stats, whole: Stats, folds: Sequence[int]) -> Iterator[tuple[int, Prepared, Prepared]]:
+    """Each fold of ``pooled`` as (fold, its training statistics ``whole`` less the fold, the fold's own), prepared.
+
+    Dense counts per level and pair go into two float matrices made once and refilled fold after fold, the training
+    ones straight from the integer difference: a fresh matrix of tens of MB costs a fault for each of its pages on a
+    worker, whose allocator hands freed pages back (3 to 5 times the conversion itself). So a fold's matrices are
+    valid until the next fold is yielded. Sparse counts go as :meth:`Prepared.of` makes them.
+    """
+    buffers_: tuple[np.ndarray, np.ndarray] | None = None
+    for k in folds:
+        held = pooled.fold(k)
+        if not held.n_levels or not np.array_equal(held.cross_pairs, whole.cross_pairs):
+            yield k, Prepared.of(whole - held), Prepared.of(held)
+            continue
+        train_counts, test_counts = whole.cross[0], held.cross[0]
+        if train_counts.size and np.count_nonzero(train_counts) < SPARSE_BELOW * train_counts.size:
+            yield k, Prepared.of(whole - held), Prepared.of(held)
+            continue
+        if buffers_ is None:
+            buffers_ = _fortran(train_counts.shape), _fortran(train_counts.shape)
+        train, test = buffers_
+        np.subtract(train_counts, test_counts, out=train)
+        np.copyto(test, test_counts)
+        rest = _without_cross(whole) - _without_cross(held)
+        yield k, Prepared(rest, (train,)), Prepared(_without_cross(held), (test,))
+
+
+#: Pairs per block of :func:`_scaled_gram`: its scaled copy is a block's (about 4 MB), not the matrix's.
+_GRAM_BLOCK_CELLS = 1 << 19
 
 
 def _scaled_gram(cross: np.ndarray, root: np.ndarray) -> np.ndarray:
@@ -163,7 +195,7 @@ def solve(stats: Stats | Prepared, alpha: float, zones: Sequence[str] = ZONE_TER
     """Ridge weights minimising ``‖y - Xw - b‖² + α‖w‖²`` on pooled ``stats``, with the zone terms ``zones``."""
     if alpha <= 0:
         raise ValueError("alpha must be positive (use a small one for plain least squares)")
-    pooled = _prepared(stats.total())
+    pooled = prepared(stats.total())
     s = pooled.stats
     n, sy = s.count[0], s.sum_y[0]
     sx = s.sum_x[0]  # (k, P)
@@ -222,8 +254,8 @@ def sse(weights: Weights, stats: Stats | Prepared) -> np.ndarray:
     ``Σ(f_p + x·v + g_l - y)²`` expands into the statistics: ``yᵀy - 2Σ f_p s_p + Σ n_p f_p²``
     plus the numeric and factor terms (``g_l``: a row's level weights, one per factor).
     """
-    prepared = _prepared(stats)
-    stats = prepared.stats
+    ready = prepared(stats)
+    stats = ready.stats
     f = weights.pair_prediction()
     v, g = weights.numeric, weights.levels
     out = stats.sum_yy - 2 * stats.sum_y @ f + stats.count @ (f * f)
@@ -231,7 +263,7 @@ def sse(weights: Weights, stats: Stats | Prepared) -> np.ndarray:
         xv = np.einsum("k,fkp->fp", v, stats.sum_x)  # per-pair Σ x·v
         out = out + 2 * xv @ f - 2 * stats.sum_xy @ v + np.einsum("k,fkl,l->f", v, stats.sum_xx, v)
     if g.size:
-        by_fold = np.array([g @ (c @ f[stats.cross_pairs]) for c in prepared.cross])  # Σ_lp g_l n_lp f_p
+        by_fold = np.array([g @ (c @ f[stats.cross_pairs]) for c in ready.cross])  # Σ_lp g_l n_lp f_p
         out = out + 2 * by_fold - 2 * stats.level_y @ g + np.einsum("k,fkl,l->f", g, stats.level_pairs, g)
         if v.size:
             out = out + 2 * np.einsum("k,fkj,j->f", g, stats.level_x, v)

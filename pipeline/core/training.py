@@ -37,16 +37,16 @@ def fit(months: Sequence[Part], alpha: float, zones: Sequence[str] = ZONE_TERMS)
     return fit_pooled(combine(months), [m.rows for m in months], alpha, zones)
 
 
-def fit_pooled(pooled: Stats, month_rows: list[int], alpha: float, zones: Sequence[str] = ZONE_TERMS) -> Fit:
+def fit_pooled(pooled: Stats | solve.Prepared, month_rows: list[int], alpha: float, zones: Sequence[str] = ZONE_TERMS) -> Fit:
     """:func:`fit` of months already added up (``month_rows``: each month's rows, to name an empty one)."""
     if 0 in month_rows:
         return Fit(None, month_rows, float("nan"))
-    total = solve.Prepared.of(pooled.total())
+    total = solve.prepared(pooled.total())
     weights = solve.solve(total, alpha, zones)
     return Fit(weights, month_rows, solve.rmse(weights, total), total.stats.count[0])
 
 
-def score(fitted: Fit, held_out: Stats) -> tuple[int, float]:
+def score(fitted: Fit, held_out: Stats | solve.Prepared) -> tuple[int, float]:
     """Rows and RMSE of the fitted model on held-out statistics."""
     if fitted.weights is None or held_out.rows == 0:
         return held_out.rows, float("nan")
@@ -110,17 +110,38 @@ def kfold_group(
     for features in sets.options():
         chosen, zones = sets.project(pooled, features), sets.zones(features)
         whole = wholes[features] = chosen.total()
-        for k in folds:
-            # once per fold, not per alpha: the selections, and their counts per level and pair as floats
-            held = chosen.fold(k)
-            train, test = solve.Prepared.of(whole - held), solve.Prepared.of(held)
-            del held  # the prepared keep floats only: the integer counts go
+        # once per fold, not per alpha: the selections, and their counts per level and pair as floats
+        for k, train, test in solve.prepared_folds(chosen, whole, folds):
             scores += [cv.score(train, test, k, alpha, features, zones) for alpha in alphas]
     candidates = []
+    # a feature set's refits at several alphas convert its training and validation statistics once (one set at a
+    # time: refits come grouped by feature set)
+    prepared: dict[Features | None, tuple[solve.Prepared, solve.Prepared]] = {}
     for features, alpha in refit:  # from the months added up once: projecting commutes with adding, to the bit
-        fitted = fit_pooled(wholes[features], list(month_rows), alpha, sets.zones(features))  # folds pooled once, above
-        candidates.append(Candidate(alpha, fitted, *score(fitted, sets.project(val, features)), features))
+        if features not in prepared:
+            prepared = {features: (solve.Prepared.of(wholes[features]), solve.Prepared.of(sets.project(val, features).total()))}
+        training_rows, held_out = prepared[features]
+        fitted = fit_pooled(training_rows, list(month_rows), alpha, sets.zones(features))
+        candidates.append(Candidate(alpha, fitted, *score(fitted, held_out), features))
     return scores, candidates
+
+
+def share_refits(
+    fold_groups: Sequence[Sequence[int]], alphas: int, refits: Sequence[tuple[Features | None, float]]
+) -> list[list[tuple[Features | None, float]]]:
+    """The refits spread over the CV groups so their work evens out: each in turn to the group with the least so far.
+
+    A fold costs a solve per alpha (and feature set, as a refit does), so with 5 folds in 2 groups the group of 2
+    folds takes every refit of 4 alphas (12 solves each) instead of half (14 against 10): the CV's wall time is its
+    slowest group's.
+    """
+    work = [len(folds) * alphas * len({features for features, _ in refits}) for folds in fold_groups]
+    shares: list[list[tuple[Features | None, float]]] = [[] for _ in fold_groups]
+    for refit in refits:
+        least = min(range(len(work)), key=work.__getitem__)
+        shares[least].append(refit)
+        work[least] += 1
+    return shares
 
 
 def window_scores(

@@ -405,7 +405,7 @@ def _cross_validate(
         groups = min(config.folds, slots)
         folds = [list(range(g, config.folds, groups)) for g in range(groups)]
         pairs = [(features, alpha) for features in sets.options() for alpha in config.alphas]
-        refits = [pairs[g::groups] for g in range(groups)]
+        refits = training.share_refits(folds, len(config.alphas), pairs)
         groups_run = _reading(cv_kfold, [*per_month.values()]).map(
             unmapped(pooled), unmapped(kept_rows), unmapped(per_month[val]), folds, alphas, refits, unmapped(sets)
         )

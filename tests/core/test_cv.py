@@ -74,3 +74,32 @@ def test_a_groups_refits_are_fits_of_its_months_to_the_bit():
         assert c.fit.weights.intercept == direct.weights.intercept
         for field in ("pu", "do", "pair", "numeric"):
             assert np.array_equal(getattr(c.fit.weights, field), getattr(direct.weights, field))
+
+
+@pytest.mark.parametrize("levels", [12, 400], ids=["dense-counts", "sparse-counts"])
+def test_a_groups_folds_score_as_each_fold_prepared_on_its_own(levels):
+    """kfold_group refills two matrices fold after fold: every score is the one of the fold's own statistics."""
+    from pipeline.core import training
+
+    enc = _encoded(30_000, seed=4)
+    codes = np.random.default_rng(4).integers(0, levels, (enc.rows, 1)).astype(np.int32)
+    fold = hashing.fold_of(enc.position, salt=2, seed=3, folds=5)
+    pooled = stats.compute(enc, fold, folds=5, levels=stats.Levels(codes, (levels,)))
+    filled = np.count_nonzero(pooled.total().cross) / pooled.total().cross.size
+    assert (filled > solve.SPARSE_BELOW) == (levels == 12)
+    scores, _ = training.kfold_group(pooled, [enc.rows], pooled, [0, 2, 4], [0.1, 10.0], [])
+    assert [(s.fold, s.alpha) for s in scores] == [(k, a) for k in (0, 2, 4) for a in (0.1, 10.0)]
+    for s in scores:
+        alone = cv.score(pooled.without(s.fold), pooled.fold(s.fold), s.fold, s.alpha)
+        assert s.rmse == alone.rmse and (s.train_rows, s.test_rows) == (alone.train_rows, alone.test_rows)
+
+
+def test_refits_go_where_they_even_out_the_groups_work():
+    from pipeline.core import training
+
+    refits = [(None, a) for a in (0.01, 0.1, 1.0, 10.0)]
+    assert training.share_refits([[0, 2, 4], [1, 3]], 4, refits) == [[], refits]  # 12 solves each
+    assert training.share_refits([[0, 2], [1, 3]], 4, refits) == [refits[::2], refits[1::2]]
+    two = [(f, a) for f in (("PU_DO",), ("PU_DO", "hour")) for a in (0.1, 1.0)]
+    assert training.share_refits([[0, 2, 4], [1, 3]], 2, two) == [[], two]  # 12 + 0 against 8 + 4
+    assert training.share_refits([[0]], 4, refits) == [refits]
