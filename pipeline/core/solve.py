@@ -25,7 +25,7 @@ import scipy.sparse as sp
 
 from pipeline.core import buffers
 from pipeline.core.features import N_ZONES
-from pipeline.core.stats import Stats
+from pipeline.core.stats import Packed, Stats
 from pipeline.core.terms import ZONE_TERMS
 
 _Z = N_ZONES
@@ -113,7 +113,14 @@ class Prepared:
     @classmethod
     def of(cls, stats: Stats) -> Prepared:
         cross = tuple(_level_cross(c) for c in stats.cross) if stats.n_levels else ()
-        return cls(replace(stats, cross=stats.cross[:, :, :0]), cross)
+        return cls(_without_cross(stats), cross)
+
+    @classmethod
+    def held_out(cls, stats: Stats) -> Prepared:
+        """Statistics only scored on, their counts per level and pair as sparse matrices however many are filled: an
+        error sum reads them once, and a dense float copy of a validation month takes tens of MB."""
+        cross = tuple(sp.csr_matrix(c, dtype=np.float64) for c in stats.cross) if stats.n_levels else ()
+        return cls(_without_cross(stats), cross)
 
     @property
     def rows(self) -> int:
@@ -136,31 +143,43 @@ def _without_cross(stats: Stats) -> Stats:
     return replace(stats, cross=stats.cross[:, :, :0])
 
 
-def prepared_folds(pooled: Stats, whole: Stats, folds: Sequence[int]) -> Iterator[tuple[int, Prepared, Prepared]]:
+def prepared_folds(pooled: Stats | Packed, whole: Stats, folds: Sequence[int]) -> Iterator[tuple[int, Prepared, Prepared]]:
     """Each fold of ``pooled`` as (fold, its training statistics ``whole`` less the fold, the fold's own), prepared.
 
-    Dense counts per level and pair go into two float matrices made once and refilled fold after fold, the training
-    ones straight from the integer difference: a fresh matrix of tens of MB costs a fault for each of its pages on a
-    worker, whose allocator hands freed pages back (3 to 5 times the conversion itself). So a fold's matrices are
-    valid until the next fold is yielded. Sparse counts go as :meth:`Prepared.of` makes them.
+    With dense counts per level and pair, the training ones go into one float matrix made once and refilled fold
+    after fold, ``whole``'s counts less the fold's cells (a fresh matrix of tens of MB costs a fault for each of its
+    pages on a worker, whose allocator hands freed pages back: 3 to 5 times the conversion itself), so a fold's
+    training matrix is valid until the next fold is yielded. The fold's own go as a sparse matrix built from its cells:
+    only its error sums read them, and no dense copy of the fold is made. Sparse counts go as :meth:`Prepared.of`
+    makes them.
     """
-    buffers_: tuple[np.ndarray, np.ndarray] | None = None
+    counts = whole.cross[0]
+    if not counts.size or np.count_nonzero(counts) < SPARSE_BELOW * counts.size:
+        for k in folds:
+            held = pooled.fold(k)
+            yield k, Prepared.of(whole - held), Prepared.held_out(held)
+        return
+    levels = counts.shape[0]
+    train = _fortran(counts.shape)
+    by_pair = train.T.reshape(-1)  # its memory, pair by pair (a view: the matrix is in Fortran order)
     for k in folds:
-        held = pooled.fold(k)
-        if not held.n_levels or not np.array_equal(held.cross_pairs, whole.cross_pairs):
-            yield k, Prepared.of(whole - held), Prepared.of(held)
-            continue
-        train_counts, test_counts = whole.cross[0], held.cross[0]
-        if train_counts.size and np.count_nonzero(train_counts) < SPARSE_BELOW * train_counts.size:
-            yield k, Prepared.of(whole - held), Prepared.of(held)
-            continue
-        if buffers_ is None:
-            buffers_ = _fortran(train_counts.shape), _fortran(train_counts.shape)
-        train, test = buffers_
-        np.subtract(train_counts, test_counts, out=train)
-        np.copyto(test, test_counts)
-        rest = _without_cross(whole) - _without_cross(held)
-        yield k, Prepared(rest, (train,)), Prepared(_without_cross(held), (test,))
+        level, pair, count = _fold_cells(pooled, k)
+        np.copyto(train, counts)
+        by_pair[pair * levels + level] -= count  # a fold's cells are unique: no lost updates
+        held = replace(pooled.rest.fold(k), cross_pairs=pooled.pairs) if isinstance(pooled, Packed) else _without_cross(pooled.fold(k))
+        rows = np.searchsorted(level, np.arange(levels + 1))
+        test = sp.csr_matrix((count.astype(np.float64), pair, rows), shape=counts.shape)
+        yield k, Prepared(_without_cross(whole) - held, (train,)), Prepared(held, (test,))
+
+
+def _fold_cells(pooled: Stats | Packed, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fold ``k``'s non-zero counts per level and pair: (levels, pair columns, counts), by level, then pair."""
+    if isinstance(pooled, Packed):
+        cells, count = pooled.fold_cells(k)
+        level, pair = np.divmod(cells, pooled.pairs.size)
+        return level, pair, count
+    level, pair = np.nonzero(pooled.cross[k])
+    return level, pair, pooled.cross[k][level, pair]
 
 
 #: Pairs per block of :func:`_scaled_gram`: its scaled copy is a block's (about 4 MB), not the matrix's.

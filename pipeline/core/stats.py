@@ -115,7 +115,7 @@ class Stats:
         Selecting every column and level is ``self``: a rich spec's counts per level and pair are not copied for nothing.
         """
         index, kept = list(columns), list(levels)
-        if index == list(range(self.n_numeric)) and kept == list(range(self.n_levels)):
+        if _every(self, index, kept):
             return self
         return Stats(
             self.count,
@@ -169,11 +169,56 @@ class Packed:
     def screened(self) -> np.ndarray:
         return self.rest.screened
 
+    @property
+    def folds(self) -> int:
+        return self.rest.folds
+
     def unpack(self) -> Stats:
         folds, levels = self.rest.cross.shape[:2]
         cross = np.zeros(folds * levels * self.pairs.size, dtype=np.int32)
         cross[self.cells] = self.counts
         return replace(self.rest, cross=cross.reshape(folds, levels, self.pairs.size), cross_pairs=self.pairs)
+
+    def fold_cells(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Fold ``k``'s cells (as indices into its own levels × pairs) and counts: cells are increasing, fold first."""
+        size = self.rest.n_levels * self.pairs.size
+        start, stop = np.searchsorted(self.cells, [k * size, (k + 1) * size])
+        return self.cells[start:stop] - k * size, self.counts[start:stop]
+
+    def _spread(self, folds: Sequence[int]) -> np.ndarray:
+        """The counts per level and pair of ``folds`` added up, dense (1, levels, pairs), in Arrow's pool."""
+        levels = self.rest.n_levels
+        cross = buffers.empty(levels * self.pairs.size, np.int32)
+        cross[:] = 0
+        for k in folds:
+            cells, counts = self.fold_cells(k)
+            cross[cells] += counts  # a fold's cells are unique: no lost updates
+        return cross.reshape(1, levels, self.pairs.size)
+
+    def fold(self, k: int) -> Stats:
+        """Fold ``k`` alone (its held-out rows), its counts spread: the other folds stay packed."""
+        return replace(self.rest.fold(k), cross=self._spread([k]), cross_pairs=self.pairs)
+
+    def total(self) -> Stats:
+        """All folds pooled into one, spread fold by fold: never every fold's counts at once."""
+        return replace(self.rest.total(), cross=self._spread(range(self.folds)), cross_pairs=self.pairs)
+
+    def select(self, columns: Sequence[int], levels: Sequence[int] = ()) -> Part:
+        """:meth:`Stats.select`: itself when it selects everything, else of the statistics unpacked."""
+        if _every(self.rest, list(columns), list(levels)):
+            return self
+        return self.unpack().select(columns, levels)
+
+
+def compact(stats: Stats) -> Part:
+    """``stats`` packed when that takes less memory (fewer than half its counts per level and pair are non-zero), else
+    itself: a packed cell takes an index and a count."""
+    return stats.pack() if 2 * np.count_nonzero(stats.cross) < stats.cross.size else stats
+
+
+def _every(stats: Stats, columns: list[int], levels: list[int]) -> bool:
+    """Whether ``columns`` and ``levels`` are every numeric column and level of ``stats``, in order."""
+    return columns == list(range(stats.n_numeric)) and levels == list(range(stats.n_levels))
 
 
 #: Statistics as :func:`combine` adds them: whole, or packed.

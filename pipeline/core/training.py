@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 
@@ -81,7 +82,11 @@ class FeatureSets:
     def zones(self, features: Features | None) -> tuple[str, ...]:
         return self.spec(features).zones
 
-    def project(self, stats: Stats, features: Features | None) -> Stats:
+    @overload
+    def project(self, stats: Stats, features: Features | None) -> Stats: ...
+    @overload
+    def project(self, stats: Part, features: Features | None) -> Part: ...
+    def project(self, stats: Part, features: Features | None) -> Part:
         """``stats`` (of the ``read`` terms) as the statistics of ``features``: its numeric columns and factor levels."""
         if features is None:
             return stats
@@ -89,7 +94,7 @@ class FeatureSets:
 
 
 def kfold_group(
-    pooled: Stats,
+    pooled: Part,
     month_rows: Sequence[int],
     val: Stats,
     folds: Sequence[int],
@@ -119,7 +124,7 @@ def kfold_group(
     prepared: dict[Features | None, tuple[solve.Prepared, solve.Prepared]] = {}
     for features, alpha in refit:  # from the months added up once: projecting commutes with adding, to the bit
         if features not in prepared:
-            prepared = {features: (solve.Prepared.of(wholes[features]), solve.Prepared.of(sets.project(val, features).total()))}
+            prepared = {features: (solve.Prepared.of(wholes[features]), solve.Prepared.held_out(sets.project(val, features).total()))}
         training_rows, held_out = prepared[features]
         fitted = fit_pooled(training_rows, list(month_rows), alpha, sets.zones(features))
         candidates.append(Candidate(alpha, fitted, *score(fitted, held_out), features))
@@ -151,8 +156,13 @@ def window_scores(
     return [cv.window_score(earlier, month, fold, alpha, zones) for alpha in alphas]
 
 
-def project(stats: Stats, read: FeatureSpec, spec: FeatureSpec) -> Stats:
-    """Statistics of the terms ``read`` as those of ``spec``, a subset: its numeric columns and its factors' levels."""
+@overload
+def project(stats: Stats, read: FeatureSpec, spec: FeatureSpec) -> Stats: ...
+@overload
+def project(stats: Part, read: FeatureSpec, spec: FeatureSpec) -> Part: ...
+def project(stats: Part, read: FeatureSpec, spec: FeatureSpec) -> Part:
+    """Statistics of the terms ``read`` as those of ``spec``, a subset: its numeric columns and its factors' levels
+    (packed ones stay packed when ``spec`` is every term read)."""
     missing = [t for t in spec.terms if t not in read.terms]
     if missing:
         raise ValueError(f"terms {missing} were not read")

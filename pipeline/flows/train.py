@@ -200,10 +200,10 @@ POOL_FAN_IN = 12
 
 
 @task(name="pool-stats", cache_policy=NO_CACHE)
-def pool_stats(refs: list[MonthRef]) -> stats.Stats:
-    """Months added up: the CV tasks and the final fit each receive one statistics, not every month's. Whole, not
-    packed: a year's sum fills about half its cells, so packing would save little and cost the receivers a copy."""
-    return stats.combine(_all_stats(refs))
+def pool_stats(refs: list[MonthRef]) -> stats.Part:
+    """Months added up: the CV tasks and the final fit each receive one statistics, not every month's; packed when
+    that is smaller (a generated year at 5 folds and 216 levels fills 12% of its 41M cells: 39 MB instead of 163)."""
+    return stats.compact(stats.combine(_all_stats(refs)))
 
 
 def _pooled(months: list[Month], per_month: dict[Month, MonthRef]) -> MonthRef:
@@ -242,7 +242,7 @@ def cv_kfold(
     sets: training.FeatureSets,
 ) -> tuple[list[cv.CVScore], list[training.Candidate]]:
     """A worker slot's share of the K-fold CV (and of the candidates' refits)."""
-    return training.kfold_group(_stats_of(pooled), kept_rows, _stats_of(val), folds, alphas, refits, sets)
+    return training.kfold_group(_part_of(pooled), kept_rows, _stats_of(val), folds, alphas, refits, sets)
 
 
 @task(name="cv-window", cache_policy=NO_CACHE)

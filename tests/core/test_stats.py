@@ -115,3 +115,30 @@ def test_factor_statistics_equal_their_definition_row_by_row(folds, sizes):
     summed = stats.combine([parts[0].pack(), parts[1]])
     assert np.array_equal(summed.cross_pairs, pairs) and np.array_equal(summed.cross, cross)
     assert np.array_equal(summed.level_pairs, level_pairs)
+
+
+def _equal(a: stats.Stats, b: stats.Stats) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(a._arrays(), b._arrays())) and (
+        np.array_equal(a.cross, b.cross) and np.array_equal(a.cross_pairs, b.cross_pairs) and np.array_equal(a.screened, b.screened)
+    )
+
+
+@pytest.mark.parametrize("folds", [1, 3])
+def test_packed_statistics_give_their_folds_total_and_selections_as_unpacked_ones_do(folds):
+    rows, sizes = 5_000, (4, 6)
+    rng = np.random.default_rng(folds)
+    enc = _enc(rows, folds, numeric=2)
+    codes = np.column_stack([rng.integers(0, 4, rows), 4 + rng.integers(0, 6, rows)]).astype(np.int32)
+    fold = hashing.fold_of(enc.position, salt=1, seed=2, folds=folds) if folds > 1 else None
+    whole = stats.compute(enc, fold, folds, stats.Levels(codes, sizes))
+    packed = whole.pack()
+    assert _equal(packed.total(), whole.total()) and packed.total().cross.shape == (1, 10, whole.cross_pairs.size)
+    for k in range(folds):
+        assert _equal(packed.fold(k), whole.fold(k))
+    assert packed.select([0, 1], range(10)) is packed  # everything: still packed
+    assert _equal(packed.select([1], [0, 2, 7]), whole.select([1], [0, 2, 7]))
+    # packed only when that is smaller: 10 levels x the pairs of 5,000 rows is mostly zeros, 1 level x 3 pairs is not
+    assert isinstance(stats.compact(whole), stats.Packed) and _equal(stats.compact(whole).unpack(), whole)
+    few = Encoded(np.array([300, 301, 302] * 10), enc.micros[:30], enc.x[:30], enc.position[:30])
+    dense = stats.compute(few, None, 1, stats.Levels(np.zeros((30, 1), dtype=np.int32), (1,)))
+    assert stats.compact(dense) is dense
