@@ -21,6 +21,7 @@ _FIXTURE_MARKERS = {
     "prefect_api_url": "prefect_api",
     "prefect_server": "prefect_api",
     "dask_processes": "cluster",
+    "one_worker": "cluster",
     "tls_dask_processes": "cluster",
     "own_cluster": "cluster",
     "own_server": "prefect_api",
@@ -298,6 +299,18 @@ class DaskProcesses:
 def dask_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskProcesses]:
     """A plaintext scheduler and two single-threaded workers, separate processes on 127.0.0.1, for the session."""
     cluster = DaskProcesses(tmp_path_factory.mktemp("dask-tcp"))
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture(scope="session")
+def one_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskProcesses]:
+    """A scheduler and one single-threaded worker for the session: for runs whose cluster is not under test, which
+    would each start (and stop) a LocalCluster of one worker, ~4 s of CPU a run, to give the same result. Runs that
+    need the run's own LocalCluster (its dashboard, its workers' environment or their number) still start one."""
+    cluster = DaskProcesses(tmp_path_factory.mktemp("dask-one"), workers=1)
     try:
         yield cluster
     finally:
