@@ -137,12 +137,12 @@ def test_validation_month_among_training_months_is_refused(months_dir, tmp_path,
 
 @pytest.mark.slow
 @pytest.mark.cluster
-def test_month_empty_after_filtering_fails_in_the_flow(months_copy, tmp_path, prefect_api_url):
+def test_month_empty_after_filtering_fails_in_the_flow(months_copy, tmp_path, prefect_api_url, one_worker):
     path = months_copy / month_filename("yellow", Month(2023, 3))
     table = pq.read_table(path)
     column = table.schema.get_field_index("tpep_dropoff_datetime")
     pq.write_table(table.set_column(column, "tpep_dropoff_datetime", table["tpep_pickup_datetime"]), path)
-    result = _train(months_copy, tmp_path / "out", "--n-workers", "1", env={"PREFECT_API_URL": prefect_api_url})
+    result = _train(months_copy, tmp_path / "out", "--scheduler", one_worker.address, env={"PREFECT_API_URL": prefect_api_url})
     line = _one_error_line(result)
     assert "month 2023-03" in line and "no trips left" in line and str(path) in line
     assert not (tmp_path / "out").exists()
@@ -165,7 +165,7 @@ def test_train_writes_metrics_model_and_prints_the_table(months_dir, tmp_path, p
 
 @pytest.mark.slow
 @pytest.mark.cluster
-def test_a_damaged_data_page_is_the_chunk_tasks_one_line_not_a_pending_downstream_task(months_copy, tmp_path, prefect_api_url):
+def test_a_damaged_data_page_is_the_chunk_tasks_one_line_not_a_pending_downstream_task(months_copy, tmp_path, prefect_api_url, one_worker):
     path = months_copy / month_filename("yellow", Month(2023, 2))
     column = next(
         c for c in (pq.ParquetFile(path).metadata.row_group(1).column(i) for i in range(19)) if c.path_in_schema == "PULocationID"
@@ -174,9 +174,8 @@ def test_a_damaged_data_page_is_the_chunk_tasks_one_line_not_a_pending_downstrea
     for i in range(64):  # inside the data of row group 1's PULocationID page, past its header: the footer stays intact
         damaged[column.data_page_offset + 256 + i] ^= 0xFF
     path.write_bytes(bytes(damaged))
-    result = _train(
-        months_copy, tmp_path / "out", "--n-workers", "1", "--folds", "0", "--chunk-rows", "10000", env={"PREFECT_API_URL": prefect_api_url}
-    )
+    args = ("--scheduler", one_worker.address, "--folds", "0", "--chunk-rows", "10000")
+    result = _train(months_copy, tmp_path / "out", *args, env={"PREFECT_API_URL": prefect_api_url})
     assert result.returncode == 2, result.stderr[-3000:]
     last = result.stderr.rstrip().splitlines()[-1]
     assert last.startswith(f"error: {path}: corrupt parquet data in row groups 1..1 (")
@@ -206,11 +205,11 @@ def test_models_list_shows_whole_creation_times_at_any_width(tmp_path, columns):
 
 @pytest.mark.slow
 @pytest.mark.cluster
-def test_demo_regenerates_months_of_another_size_and_says_so(tmp_path, prefect_api_url):
+def test_demo_regenerates_months_of_another_size_and_says_so(tmp_path, prefect_api_url, one_worker):
     """`make demo` reused smaller months left in data/synth and trained on them without a word."""
     data = tmp_path / "synth"
     assert _cli("synth", "--output", str(data), "--months", "2023-01:2023-02", "--rows", "1000").returncode == 0
-    result = _cli("demo", "--data", str(data), "--output", str(tmp_path / "out"), "--rows", "3000", "--n-workers", "1",
+    result = _cli("demo", "--data", str(data), "--output", str(tmp_path / "out"), "--rows", "3000", "--scheduler", one_worker.address,
                   env={"PREFECT_API_URL": prefect_api_url})  # fmt: skip
     assert result.returncode == 0, result.stderr
     for month in ("2023-01", "2023-02"):
