@@ -14,6 +14,7 @@ import pytest
 
 from pipeline.core.months import Month
 from pipeline.edge.sources import month_filename
+from tests.conftest import cli_here
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -22,8 +23,11 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     )
 
 
-def _train(source: Path, output: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return _cli(
+def _train(
+    source: Path, output: Path, *extra: str, env: dict[str, str] | None = None, here: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """``taxi-pipeline train`` on the session's three months; ``here``: in this process (:func:`cli_here`), for a refusal."""
+    return (cli_here if here else _cli)(
         "train",
         "--source",
         str(source),
@@ -62,6 +66,7 @@ def test_synth_writes_the_named_months(tmp_path):
 
 
 def test_missing_month_file(months_copy, tmp_path):
+    """In a process of its own, as a user runs it: exit code 2 and one line on stderr (the other refusals run in this one)."""
     (months_copy / month_filename("yellow", Month(2023, 2))).unlink()
     line = _one_error_line(_train(months_copy, tmp_path / "out"))
     assert "month 2023-02" in line and "yellow_tripdata_2023-02.parquet" in line
@@ -71,7 +76,7 @@ def test_missing_month_file(months_copy, tmp_path):
 def test_missing_required_column(months_copy, tmp_path):
     path = months_copy / month_filename("yellow", Month(2023, 1))
     pq.write_table(pq.read_table(path).drop(["DOLocationID"]), path)
-    line = _one_error_line(_train(months_copy, tmp_path / "out"))
+    line = _one_error_line(_train(months_copy, tmp_path / "out", here=True))
     assert str(path) in line and "DOLocationID" in line
     assert not (tmp_path / "out").exists()
 
@@ -79,7 +84,7 @@ def test_missing_required_column(months_copy, tmp_path):
 def test_corrupt_parquet(months_copy, tmp_path):
     path = months_copy / month_filename("yellow", Month(2023, 3))
     path.write_bytes(path.read_bytes()[:5000])
-    line = _one_error_line(_train(months_copy, tmp_path / "out"))
+    line = _one_error_line(_train(months_copy, tmp_path / "out", here=True))
     assert str(path) in line and "corrupt" in line
     assert not (tmp_path / "out").exists()
 
@@ -111,14 +116,14 @@ def test_corrupt_parquet(months_copy, tmp_path):
     ],
 )
 def test_malformed_flags_and_broken_rules_name_the_flag(months_dir, tmp_path, args, needle):
-    line = _one_error_line(_cli("train", "--source", str(months_dir), "--output", str(tmp_path / "out"), *args))
+    line = _one_error_line(cli_here("train", "--source", str(months_dir), "--output", str(tmp_path / "out"), *args))
     assert needle in line
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("folds", [[], ["--folds", "0"]])
 def test_validation_month_among_training_months_is_refused(months_dir, tmp_path, folds):
-    result = _cli(
+    result = cli_here(
         "train",
         "--source",
         str(months_dir),

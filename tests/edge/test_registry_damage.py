@@ -28,7 +28,7 @@ from pipeline.edge.metrics import write_metrics
 from pipeline.edge.model_files import save_model
 from pipeline.edge.registry import Registry, Version
 from pipeline.errors import PipelineError
-from tests.conftest import DaskProcesses
+from tests.conftest import DaskProcesses, cli_here
 
 
 def _stage(registry: Registry, val_rmse: float, run: str) -> Path:
@@ -239,7 +239,7 @@ def test_retrain_refuses_a_damaged_champion_before_starting_anything(registry: R
     _garbage_champion(root)
     before = _snapshot(root)
     started = time.monotonic()
-    line = _one_error_line(_cli("retrain", "--source", str(months_dir), "--registry", str(root), "--as-of", "2023-04-20"))
+    line = _one_error_line(cli_here("retrain", "--source", str(months_dir), "--registry", str(root), "--as-of", "2023-04-20"))
     assert f"{root}/champion.json: unreadable" in line and "retrain --repair" in line
     assert time.monotonic() - started < 30 and _snapshot(root) == before
 

@@ -18,7 +18,7 @@ import pytest
 from pipeline.service.source import ModelSource
 from pipeline.service.testing import running_service
 from tests.cli.test_cli import _cli, _one_error_line
-from tests.conftest import DaskProcesses
+from tests.conftest import DaskProcesses, cli_here
 
 pytestmark = pytest.mark.slow
 
@@ -133,7 +133,7 @@ def test_quantile_bins_are_fixed_on_the_training_rows_before_the_pass(tmp_path: 
 )
 def test_a_bad_term_is_one_line_naming_it_and_nothing_is_written(features: str, named: str, tmp_path: Path):
     args = ["train", "--taxi", "green", "--source", str(GREEN), "--train-months", "2021-01", "--val-month", "2021-02"]
-    result = _cli(*args, "--features", features, "--output", str(tmp_path / "out"))
+    result = cli_here(*args, "--features", features, "--output", str(tmp_path / "out"))
     line = _one_error_line(result)
     assert named in line
     assert not (tmp_path / "out").exists()

@@ -27,7 +27,7 @@ from pipeline.edge.model_files import load_model
 from pipeline.edge.registry import Registry
 from pipeline.edge.sources import month_filename
 from pipeline.flows.retrain import retrain_flow
-from tests.conftest import DaskProcesses, read_task_runs
+from tests.conftest import DaskProcesses, cli_here, read_task_runs
 from tests.flows.test_retrain import AS_OF, _cli, _one_error_line
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -159,23 +159,23 @@ def test_bad_input_is_one_line_and_leaves_the_registry_unchanged(months_dir, tmp
     not_a_registry.mkdir()
     (not_a_registry / "notes.txt").write_text("hello")
     retrain = ["retrain", "--source", str(months_dir), "--n-workers", "1"]
-    assert "not a model registry" in _one_error_line(_cli(*retrain, "--registry", str(not_a_registry), "--as-of", "2023-04-01"))
-    line = _one_error_line(_cli(*retrain, "--registry", str(registry), "--as-of", "2022-06-01"))
+    assert "not a model registry" in _one_error_line(cli_here(*retrain, "--registry", str(not_a_registry), "--as-of", "2023-04-01"))
+    line = _one_error_line(cli_here(*retrain, "--registry", str(registry), "--as-of", "2022-06-01"))
     assert "no yellow month published" in line and "2022-06" in line
-    assert "--as-of" in _one_error_line(_cli(*retrain, "--registry", str(registry), "--as-of", "April"))
+    assert "--as-of" in _one_error_line(cli_here(*retrain, "--registry", str(registry), "--as-of", "April"))
     missing = _one_error_line(
-        _cli(*retrain, "--registry", str(tmp_path / "elsewhere"), "--as-of", "2023-04-01", "--source", str(tmp_path / "nothing-here"))
+        cli_here(*retrain, "--registry", str(tmp_path / "elsewhere"), "--as-of", "2023-04-01", "--source", str(tmp_path / "nothing-here"))
     )
     assert "source folder does not exist" in missing
-    assert "no version v0042" in _one_error_line(_cli("models", "show", "v0042", "--registry", str(registry)))
-    assert "nothing to roll back to" in _one_error_line(_cli("models", "rollback", "--registry", str(registry)))
-    cron = _one_error_line(_cli("deploy", "--source", str(months_dir), "--registry", str(registry), "--cron", "61 * * * *"))
+    assert "no version v0042" in _one_error_line(cli_here("models", "show", "v0042", "--registry", str(registry)))
+    assert "nothing to roll back to" in _one_error_line(cli_here("models", "rollback", "--registry", str(registry)))
+    cron = _one_error_line(cli_here("deploy", "--source", str(months_dir), "--registry", str(registry), "--cron", "61 * * * *"))
     assert "--cron '61 * * * *'" in cron and "invalid cron string" in cron.lower() and "pydantic.dev" not in cron
     deploy = ["deploy", "--source", str(months_dir), "--registry", str(registry)]
     for schedule in ([], ["--cron", "0 6 3 * *", "--interval", "60"]):
-        line = _one_error_line(_cli(*deploy, *schedule))
+        line = _one_error_line(cli_here(*deploy, *schedule))
         assert line == "error: deploy needs exactly one schedule: --cron STRING or --interval SECONDS", line
-    assert "--interval" in _cli(*deploy, "--interval", "0").stderr  # click's range check: at least 1 s
+    assert "--interval" in cli_here(*deploy, "--interval", "0").stderr  # click's range check: at least 1 s
     assert sorted(p.name for p in registry.rglob("*")) == before
 
 

@@ -29,7 +29,7 @@ from pipeline.edge.sources import month_filename
 from pipeline.errors import PipelineError
 from pipeline.flows.score import score_flow
 from pipeline.run import train
-from tests.conftest import DaskProcesses
+from tests.conftest import DaskProcesses, cli_here
 from tests.edge.test_damaged import _damage
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -245,9 +245,9 @@ def test_bad_input_is_one_line_and_writes_nothing(model_dir, months_dir, tmp_pat
     base = ["predict", "--source", str(months_dir), "--months", "2023-03"]
     not_a_model = tmp_path / "empty"
     not_a_model.mkdir()
-    assert str(not_a_model) in _one_error_line(_cli(*base, "--model", str(not_a_model), "--output", str(tmp_path / "a")))
+    assert str(not_a_model) in _one_error_line(cli_here(*base, "--model", str(not_a_model), "--output", str(tmp_path / "a")))
     line = _one_error_line(
-        _cli(
+        cli_here(
             "predict",
             "--source",
             str(months_dir),
@@ -262,12 +262,12 @@ def test_bad_input_is_one_line_and_writes_nothing(model_dir, months_dir, tmp_pat
     assert "month 2023-04" in line and "file not found" in line
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    assert "exists and is not a folder" in _one_error_line(_cli(*base, "--model", str(model_dir), "--output", str(a_file)))
-    assert "--registry" in _one_error_line(_cli(*base, "--output", str(tmp_path / "c")))
+    assert "exists and is not a folder" in _one_error_line(cli_here(*base, "--model", str(model_dir), "--output", str(a_file)))
+    assert "--registry" in _one_error_line(cli_here(*base, "--output", str(tmp_path / "c")))
     tampered = tmp_path / "tampered"
     shutil.copytree(model_dir, tampered)
     np.savez(tampered / "model.npz", intercept=np.zeros(1), pu=np.zeros(3), do=np.zeros(266), pair=np.zeros(266 * 266), numeric=np.zeros(1))
-    assert "model.npz" in _one_error_line(_cli(*base, "--model", str(tampered), "--output", str(tmp_path / "d")))
+    assert "model.npz" in _one_error_line(cli_here(*base, "--model", str(tampered), "--output", str(tmp_path / "d")))
     assert not [p for p in (tmp_path / name for name in "abcd") if p.exists()]
 
 
