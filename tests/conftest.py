@@ -29,6 +29,14 @@ _FIXTURE_MARKERS = {
 }
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-xdist 3 reorders files by their number of tests, most first (--loadscope-reorder, on by default): the
+    # order below never reached its scheduler, and files of one or two tests of minutes (the docs' commands, concurrent
+    # runs) were handed out last, one process finishing them while the other idled. Keep the order made here.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         for fixture in getattr(item, "fixturenames", ()):
