@@ -289,7 +289,7 @@ def _cache_line(caplog: pytest.LogCaptureFixture) -> str:
 
 @pytest.mark.slow
 @pytest.mark.cluster
-def test_a_rerun_reads_every_chunk_from_the_cache_until_its_month_file_changes(months_dir, prefect_api_url, one_worker, tmp_path, caplog):
+def test_a_rerun_reads_every_chunk_from_the_cache_until_its_month_file_changes(months_dir, prefect_api_url, tmp_path, caplog):
     from pipeline.cluster import ClusterSpec
     from pipeline.run import train
 
@@ -305,7 +305,7 @@ def test_a_rerun_reads_every_chunk_from_the_cache_until_its_month_file_changes(m
         chunk_rows=20_000,
         stats_cache=str(location),
     )
-    spec = ClusterSpec(address=one_worker.address)  # the session's one worker: four runs, and the cluster is not under test
+    spec = ClusterSpec(n_workers=1, dashboard_address=":0")
     caplog.set_level(logging.INFO)
     cold = train(config, spec).to_dict()
     assert _cache_line(caplog) == "0 of 4 chunks read from it"
