@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,10 +22,19 @@ _FIXTURE_MARKERS = {
     "prefect_api_url": "prefect_api",
     "prefect_server": "prefect_api",
     "dask_processes": "cluster",
+    "one_worker": "cluster",
     "tls_dask_processes": "cluster",
     "own_cluster": "cluster",
     "own_server": "prefect_api",
 }
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-xdist 3 reorders files by their number of tests, most first (--loadscope-reorder, on by default): the
+    # order below never reached its scheduler, and files of one or two tests of minutes (the docs' commands, concurrent
+    # runs) were handed out last, one process finishing them while the other idled. Keep the order made here.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -79,6 +89,53 @@ def month_model(source: Path, folder: Path) -> Path:
     (chunk,) = reader.plan(plan.layout, plan.layout.rows)
     save_model(Model(solve.solve(chunk_statistics(plan, chunk, spec).unpack(), 1.0), spec), folder)
     return folder
+
+
+def cli_here(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``taxi-pipeline ARGS`` through the command's own entry point (:func:`pipeline.cli.main`) in this process, with
+    ``env`` added to the environment meanwhile: its exit code, stdout and stderr, as the command's process gives them.
+
+    For input refused before a run starts, in a tenth of a second instead of the second a new interpreter spends on
+    imports. What the process would print beside the command's own lines lands in stderr here too: Python's warnings
+    (under the interpreter's default filters, not pytest's capture) and log records of WARNING and above (Python's
+    last-resort handler). A whole run, Ctrl-C, or the process's own exit stay real subprocesses
+    (``tests/cli/test_cli.py`` keeps one refusal so, as the contract's witness).
+    """
+    import io
+    import logging
+    import sys
+    import warnings
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from pipeline.cli import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    saved_environ, saved_argv = dict(os.environ), sys.argv
+    os.environ.update(env or {})
+    sys.argv = ["taxi-pipeline", *args]
+    code: int | str | None = 0
+    printed = logging.StreamHandler(stderr)
+    printed.setLevel(logging.WARNING)
+    logging.getLogger().addHandler(printed)
+    try:
+        with redirect_stdout(stdout), redirect_stderr(stderr), warnings.catch_warnings():
+            warnings.resetwarnings()  # a new interpreter's defaults: shown, but deprecations (outside __main__) and a few more
+            for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+                warnings.simplefilter("ignore", category)
+            warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: stderr.write(
+                warnings.formatwarning(message, category, filename, lineno, line)
+            )
+            try:
+                main()
+            except SystemExit as exit_:
+                code = exit_.code
+    finally:
+        logging.getLogger().removeHandler(printed)
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_environ)
+    returncode = code if isinstance(code, int) else (0 if code is None else 1)
+    return subprocess.CompletedProcess(["taxi-pipeline", *args], returncode, stdout.getvalue(), stderr.getvalue())
 
 
 #: Small enough for seconds, large enough that every frequent pair recurs across months.
@@ -298,6 +355,18 @@ class DaskProcesses:
 def dask_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskProcesses]:
     """A plaintext scheduler and two single-threaded workers, separate processes on 127.0.0.1, for the session."""
     cluster = DaskProcesses(tmp_path_factory.mktemp("dask-tcp"))
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture(scope="session")
+def one_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskProcesses]:
+    """A scheduler and one single-threaded worker for the session: for runs whose cluster is not under test, which
+    would each start (and stop) a LocalCluster of one worker, ~4 s of CPU a run, to give the same result. Runs that
+    need the run's own LocalCluster (its dashboard, its workers' environment or their number) still start one."""
+    cluster = DaskProcesses(tmp_path_factory.mktemp("dask-one"), workers=1)
     try:
         yield cluster
     finally:

@@ -14,6 +14,7 @@ import pytest
 
 from pipeline.core.months import Month
 from pipeline.edge.sources import month_filename
+from tests.conftest import cli_here
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -22,8 +23,11 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     )
 
 
-def _train(source: Path, output: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return _cli(
+def _train(
+    source: Path, output: Path, *extra: str, env: dict[str, str] | None = None, here: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """``taxi-pipeline train`` on the session's three months; ``here``: in this process (:func:`cli_here`), for a refusal."""
+    return (cli_here if here else _cli)(
         "train",
         "--source",
         str(source),
@@ -62,6 +66,7 @@ def test_synth_writes_the_named_months(tmp_path):
 
 
 def test_missing_month_file(months_copy, tmp_path):
+    """In a process of its own, as a user runs it: exit code 2 and one line on stderr (the other refusals run in this one)."""
     (months_copy / month_filename("yellow", Month(2023, 2))).unlink()
     line = _one_error_line(_train(months_copy, tmp_path / "out"))
     assert "month 2023-02" in line and "yellow_tripdata_2023-02.parquet" in line
@@ -71,7 +76,7 @@ def test_missing_month_file(months_copy, tmp_path):
 def test_missing_required_column(months_copy, tmp_path):
     path = months_copy / month_filename("yellow", Month(2023, 1))
     pq.write_table(pq.read_table(path).drop(["DOLocationID"]), path)
-    line = _one_error_line(_train(months_copy, tmp_path / "out"))
+    line = _one_error_line(_train(months_copy, tmp_path / "out", here=True))
     assert str(path) in line and "DOLocationID" in line
     assert not (tmp_path / "out").exists()
 
@@ -79,7 +84,7 @@ def test_missing_required_column(months_copy, tmp_path):
 def test_corrupt_parquet(months_copy, tmp_path):
     path = months_copy / month_filename("yellow", Month(2023, 3))
     path.write_bytes(path.read_bytes()[:5000])
-    line = _one_error_line(_train(months_copy, tmp_path / "out"))
+    line = _one_error_line(_train(months_copy, tmp_path / "out", here=True))
     assert str(path) in line and "corrupt" in line
     assert not (tmp_path / "out").exists()
 
@@ -111,14 +116,14 @@ def test_corrupt_parquet(months_copy, tmp_path):
     ],
 )
 def test_malformed_flags_and_broken_rules_name_the_flag(months_dir, tmp_path, args, needle):
-    line = _one_error_line(_cli("train", "--source", str(months_dir), "--output", str(tmp_path / "out"), *args))
+    line = _one_error_line(cli_here("train", "--source", str(months_dir), "--output", str(tmp_path / "out"), *args))
     assert needle in line
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("folds", [[], ["--folds", "0"]])
 def test_validation_month_among_training_months_is_refused(months_dir, tmp_path, folds):
-    result = _cli(
+    result = cli_here(
         "train",
         "--source",
         str(months_dir),
@@ -137,12 +142,12 @@ def test_validation_month_among_training_months_is_refused(months_dir, tmp_path,
 
 @pytest.mark.slow
 @pytest.mark.cluster
-def test_month_empty_after_filtering_fails_in_the_flow(months_copy, tmp_path, prefect_api_url):
+def test_month_empty_after_filtering_fails_in_the_flow(months_copy, tmp_path, prefect_api_url, one_worker):
     path = months_copy / month_filename("yellow", Month(2023, 3))
     table = pq.read_table(path)
     column = table.schema.get_field_index("tpep_dropoff_datetime")
     pq.write_table(table.set_column(column, "tpep_dropoff_datetime", table["tpep_pickup_datetime"]), path)
-    result = _train(months_copy, tmp_path / "out", "--n-workers", "1", env={"PREFECT_API_URL": prefect_api_url})
+    result = _train(months_copy, tmp_path / "out", "--scheduler", one_worker.address, env={"PREFECT_API_URL": prefect_api_url})
     line = _one_error_line(result)
     assert "month 2023-03" in line and "no trips left" in line and str(path) in line
     assert not (tmp_path / "out").exists()
@@ -165,7 +170,7 @@ def test_train_writes_metrics_model_and_prints_the_table(months_dir, tmp_path, p
 
 @pytest.mark.slow
 @pytest.mark.cluster
-def test_a_damaged_data_page_is_the_chunk_tasks_one_line_not_a_pending_downstream_task(months_copy, tmp_path, prefect_api_url):
+def test_a_damaged_data_page_is_the_chunk_tasks_one_line_not_a_pending_downstream_task(months_copy, tmp_path, prefect_api_url, one_worker):
     path = months_copy / month_filename("yellow", Month(2023, 2))
     column = next(
         c for c in (pq.ParquetFile(path).metadata.row_group(1).column(i) for i in range(19)) if c.path_in_schema == "PULocationID"
@@ -174,9 +179,8 @@ def test_a_damaged_data_page_is_the_chunk_tasks_one_line_not_a_pending_downstrea
     for i in range(64):  # inside the data of row group 1's PULocationID page, past its header: the footer stays intact
         damaged[column.data_page_offset + 256 + i] ^= 0xFF
     path.write_bytes(bytes(damaged))
-    result = _train(
-        months_copy, tmp_path / "out", "--n-workers", "1", "--folds", "0", "--chunk-rows", "10000", env={"PREFECT_API_URL": prefect_api_url}
-    )
+    args = ("--scheduler", one_worker.address, "--folds", "0", "--chunk-rows", "10000")
+    result = _train(months_copy, tmp_path / "out", *args, env={"PREFECT_API_URL": prefect_api_url})
     assert result.returncode == 2, result.stderr[-3000:]
     last = result.stderr.rstrip().splitlines()[-1]
     assert last.startswith(f"error: {path}: corrupt parquet data in row groups 1..1 (")
@@ -206,11 +210,11 @@ def test_models_list_shows_whole_creation_times_at_any_width(tmp_path, columns):
 
 @pytest.mark.slow
 @pytest.mark.cluster
-def test_demo_regenerates_months_of_another_size_and_says_so(tmp_path, prefect_api_url):
+def test_demo_regenerates_months_of_another_size_and_says_so(tmp_path, prefect_api_url, one_worker):
     """`make demo` reused smaller months left in data/synth and trained on them without a word."""
     data = tmp_path / "synth"
     assert _cli("synth", "--output", str(data), "--months", "2023-01:2023-02", "--rows", "1000").returncode == 0
-    result = _cli("demo", "--data", str(data), "--output", str(tmp_path / "out"), "--rows", "3000", "--n-workers", "1",
+    result = _cli("demo", "--data", str(data), "--output", str(tmp_path / "out"), "--rows", "3000", "--scheduler", one_worker.address,
                   env={"PREFECT_API_URL": prefect_api_url})  # fmt: skip
     assert result.returncode == 0, result.stderr
     for month in ("2023-01", "2023-02"):

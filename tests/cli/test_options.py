@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import click
@@ -14,6 +11,7 @@ from pydantic import BaseModel
 from pipeline.cli import cli
 from pipeline.cli.common import field_help, flag
 from pipeline.core.config import RetrainConfig, ScoreConfig, TrainConfig
+from tests.conftest import cli_here
 
 #: Each command, its config, and the options that are not fields (the cluster's, secrets, the schedule's).
 COMMANDS: list[tuple[str, type[BaseModel]]] = [
@@ -52,12 +50,6 @@ def test_defaults_are_shown_as_a_flag_takes_them() -> None:
     assert "[default: $TAXI_PIPELINE_HTTP_TIMEOUT, else 60]" in retrain["http_timeout"]
 
 
-def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})}
-    )
-
-
 @pytest.mark.parametrize(
     ("args", "line"),
     [
@@ -71,12 +63,12 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 )
 def test_a_broken_rule_is_one_line_naming_the_flag_and_exit_2(tmp_path: Path, args: list[str], line: str) -> None:
     args = [str(tmp_path / a) if a in ("REG", "OUT", "M") else a for a in args]
-    done = _cli(*args)
+    done = cli_here(*args)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and done.stderr.startswith(line), done.stderr
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_bad_variable_is_one_line_naming_it(tmp_path: Path) -> None:
-    done = _cli("retrain", "--registry", str(tmp_path / "r"), env={"TAXI_PIPELINE_STATS_CACHE_MAX_BYTES": "lots"})
+    done = cli_here("retrain", "--registry", str(tmp_path / "r"), env={"TAXI_PIPELINE_STATS_CACHE_MAX_BYTES": "lots"})
     assert done.returncode == 2 and done.stderr.startswith("error: $TAXI_PIPELINE_STATS_CACHE_MAX_BYTES='lots': size 'lots'"), done.stderr

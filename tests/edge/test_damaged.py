@@ -20,6 +20,7 @@ from pipeline.edge.sources import month_filename
 from pipeline.edge.synth import synth_month, write_months
 from pipeline.errors import PipelineError
 from tests.cli.test_cli import _train
+from tests.conftest import DaskProcesses
 
 FEB = Month(2023, 2)
 ROWS, GROUP = 8_000, 4_000
@@ -156,12 +157,13 @@ def test_dropped_by_duration_counts_only_rows_with_good_timestamps_and_zones(tmp
 
 @pytest.mark.slow
 @pytest.mark.cluster
-def test_cli_trains_on_a_silently_damaged_month_but_warns(tmp_path: Path, prefect_api_url: str) -> None:
+def test_cli_trains_on_a_silently_damaged_month_but_warns(tmp_path: Path, prefect_api_url: str, one_worker: DaskProcesses) -> None:
     """With checksums the same damage is one line naming the file: test_synth_writes_page_checksums_... here, and
     end to end test_cli's damaged-page test (synth months carry CRCs), so no second run of the CLI here."""
     _write(tmp_path / "months", checksums=False)
     _damage(tmp_path / "months" / month_filename("yellow", FEB))
-    result = _train(tmp_path / "months", tmp_path / "out", "--n-workers", "1", "--folds", "0", env={"PREFECT_API_URL": prefect_api_url})
+    args = ("--scheduler", one_worker.address, "--folds", "0")  # the session's worker: the cluster is not under test
+    result = _train(tmp_path / "months", tmp_path / "out", *args, env={"PREFECT_API_URL": prefect_api_url})
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     by_month = {m["month"]: m for m in metrics["months"]}

@@ -28,6 +28,7 @@ from pipeline.edge.metrics import write_metrics
 from pipeline.edge.model_files import save_model
 from pipeline.edge.registry import Registry, Version
 from pipeline.errors import PipelineError
+from tests.conftest import DaskProcesses, cli_here
 
 
 def _stage(registry: Registry, val_rmse: float, run: str) -> Path:
@@ -238,12 +239,14 @@ def test_retrain_refuses_a_damaged_champion_before_starting_anything(registry: R
     _garbage_champion(root)
     before = _snapshot(root)
     started = time.monotonic()
-    line = _one_error_line(_cli("retrain", "--source", str(months_dir), "--registry", str(root), "--as-of", "2023-04-20"))
+    line = _one_error_line(cli_here("retrain", "--source", str(months_dir), "--registry", str(root), "--as-of", "2023-04-20"))
     assert f"{root}/champion.json: unreadable" in line and "retrain --repair" in line
     assert time.monotonic() - started < 30 and _snapshot(root) == before
 
 
-def test_retrain_with_repair_replaces_a_damaged_champion(registry: Registry, months_dir: Path, prefect_api_url: str) -> None:
+def test_retrain_with_repair_replaces_a_damaged_champion(
+    registry: Registry, months_dir: Path, prefect_api_url: str, one_worker: DaskProcesses
+) -> None:
     from pipeline.core.config import RetrainConfig
     from pipeline.flows.retrain import retrain_flow
 
@@ -251,7 +254,7 @@ def test_retrain_with_repair_replaces_a_damaged_champion(registry: Registry, mon
     config = RetrainConfig(
         source=str(months_dir), registry=str(registry.root), as_of=date(2023, 4, 20), folds=0, alphas=(0.1,), candidates=((),), repair=True
     )
-    result = retrain_flow(config, ClusterSpec(n_workers=1, dashboard_address=":0"))
+    result = retrain_flow(config, ClusterSpec(address=one_worker.address))
     assert (result.version, result.decision.action, result.decision.champion_before) == ("v0003", "promote", "v0002")
     assert "replaces a damaged champion" in result.decision.reason and "model.npz: missing" in result.decision.reason
     assert registry.champion().name == "v0003"  # type: ignore[union-attr]

@@ -33,6 +33,7 @@ from pipeline.edge.sources import (
 from pipeline.edge.synth import write_months
 from pipeline.errors import PipelineError
 from tests.cli.test_cli import _one_error_line, _train
+from tests.conftest import DaskProcesses
 
 JAN = Month(2023, 1)
 FEB = Month(2023, 2)
@@ -419,9 +420,9 @@ def test_pipeline_error_from_a_404_survives_pickling_of_its_chain(server: Server
 
 @pytest.mark.slow
 @pytest.mark.cluster
-def test_cli_http_404_is_the_months_one_line(server: Server, tmp_path: Path, prefect_api_url: str) -> None:
+def test_cli_http_404_is_the_months_one_line(server: Server, tmp_path: Path, prefect_api_url: str, one_worker: DaskProcesses) -> None:
     write_months(server.root, parse_months("2023-01:2023-02"), 2_000)
-    result = _train_http(server.url, tmp_path, prefect_api_url)
+    result = _train_http(server.url, tmp_path, prefect_api_url, one_worker)
     line = _one_error_line(result)
     assert line == f"error: month 2023-03: not found (HTTP 404) at {server.url}/yellow_tripdata_2023-03.parquet"
     assert "TypeError" not in result.stderr
@@ -430,18 +431,18 @@ def test_cli_http_404_is_the_months_one_line(server: Server, tmp_path: Path, pre
 
 @pytest.mark.slow
 @pytest.mark.cluster
-def test_cli_http_body_not_parquet_is_one_line(server: Server, tmp_path: Path, prefect_api_url: str) -> None:
+def test_cli_http_body_not_parquet_is_one_line(server: Server, tmp_path: Path, prefect_api_url: str, one_worker: DaskProcesses) -> None:
     write_months(server.root, parse_months("2023-01:2023-03"), 2_000)
     server.body = b"<html><body>Please log in</body></html>"
-    line = _one_error_line(_train_http(server.url, tmp_path, prefect_api_url))
+    line = _one_error_line(_train_http(server.url, tmp_path, prefect_api_url, one_worker))
     assert line.startswith(f"error: month 2023-01: {server.url}/yellow_tripdata_2023-01.parquet is not a parquet file (39 bytes")
     assert not (tmp_path / "out").exists()
     assert not list((tmp_path / "cache").rglob("*.parquet"))
 
 
-def _train_http(url: str, tmp_path: Path, prefect_api_url: str) -> subprocess.CompletedProcess[str]:
-    """``taxi-pipeline train`` on an http source, one worker, no CV, months cached under ``tmp_path``."""
-    options = ("--n-workers", "1", "--folds", "0", "--cache-dir", str(tmp_path / "cache"))
+def _train_http(url: str, tmp_path: Path, prefect_api_url: str, cluster: DaskProcesses) -> subprocess.CompletedProcess[str]:
+    """``taxi-pipeline train`` on an http source, on the session's one worker, no CV, months cached under ``tmp_path``."""
+    options = ("--scheduler", cluster.address, "--folds", "0", "--cache-dir", str(tmp_path / "cache"))
     return _train(url, tmp_path / "out", *options, env={"PREFECT_API_URL": prefect_api_url})  # type: ignore[arg-type]  # a URL, not a Path
 
 

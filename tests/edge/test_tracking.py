@@ -14,6 +14,7 @@ import pytest
 from pipeline.core.config import TrainConfig
 from pipeline.edge import tracking
 from pipeline.errors import PipelineError
+from tests.conftest import DaskProcesses
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -49,7 +50,9 @@ class _Lines(logging.Handler):
 
 
 @pytest.fixture(scope="module")
-def retrain_run(months_dir: Path, prefect_api_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def retrain_run(
+    months_dir: Path, prefect_api_url: str, one_worker: DaskProcesses, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
     """``taxi-pipeline retrain --mlflow`` (2 candidates × 2 alphas × 3 folds) into a fresh SQLite store, read back."""
     import prefect.main  # noqa: F401  (its first import configures Prefect's logging, replacing its loggers' handlers)
     from mlflow import MlflowClient
@@ -63,7 +66,8 @@ def retrain_run(months_dir: Path, prefect_api_url: str, tmp_path_factory: pytest
     experiment = client.create_experiment("trips", artifact_location=(folder / "artifacts").as_uri())
     registry = folder / "registry"
     args = ["retrain", "--source", str(months_dir), "--registry", str(registry), "--as-of", "2023-04-20", "--folds", "3"]
-    args += ["--alphas", "0.1,10", "--n-workers", "1", "--mlflow", "--mlflow-uri", uri, "--mlflow-experiment", "trips", "--no-boosted"]
+    args += ["--alphas", "0.1,10", "--mlflow", "--mlflow-uri", uri, "--mlflow-experiment", "trips", "--no-boosted"]
+    args += ["--scheduler", one_worker.address]  # the session's one worker: MLflow's record, not the cluster, is under test
     logged = _Lines()
     logging.getLogger("prefect.flow_runs").addHandler(logged)
     try:

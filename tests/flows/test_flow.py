@@ -185,13 +185,13 @@ def http_months(months_dir):
     server.server_close()
 
 
-def test_remote_months_are_fetched_by_tasks_into_the_cache(http_months, months_dir, prefect_api_url, tmp_path):
+def test_remote_months_are_fetched_by_tasks_into_the_cache(http_months, months_dir, prefect_api_url, one_worker, tmp_path):
     base = dict(train_months=["2023-01"], val_month="2023-02", folds=0, cache=False)
     remote = _train(
         TrainConfig(source=http_months, output=tmp_path / "remote", cache_dir=tmp_path / "cache", **base),
         ClusterSpec(n_workers=2, dashboard_address=":0"),
     )
-    local = _train(TrainConfig(source=str(months_dir), output=tmp_path / "local", **base), ClusterSpec(n_workers=1, dashboard_address=":0"))
+    local = _train(TrainConfig(source=str(months_dir), output=tmp_path / "local", **base), ClusterSpec(address=one_worker.address))
     assert remote["val_rmse"] == local["val_rmse"] and remote["train_rows"] == local["train_rows"]
     cached = sorted(p.name for p in (tmp_path / "cache").rglob("*.parquet"))
     assert cached == ["yellow_tripdata_2023-01.parquet", "yellow_tripdata_2023-02.parquet"]
@@ -199,7 +199,7 @@ def test_remote_months_are_fetched_by_tasks_into_the_cache(http_months, months_d
     assert names.count("locate-month") == 2
 
 
-def test_time_cv_trains_on_earlier_months_and_scores_the_next(months_dir, prefect_api_url, tmp_path):
+def test_time_cv_trains_on_earlier_months_and_scores_the_next(months_dir, prefect_api_url, one_worker, tmp_path):
     config = TrainConfig(
         source=str(months_dir),
         train_months=["2023-01", "2023-02"],
@@ -208,7 +208,7 @@ def test_time_cv_trains_on_earlier_months_and_scores_the_next(months_dir, prefec
         cv="time",
         alphas=[0.1, 10.0],
     )
-    metrics = _train(config, ClusterSpec(n_workers=1, dashboard_address=":0"))
+    metrics = _train(config, ClusterSpec(address=one_worker.address))  # the session's: the cluster is not under test
     report = metrics["cv"]
     assert report["kind"] == "time" and report["folds"] == 1
     jan, feb = (len(seed.read_dataframe(months_dir / month_filename("yellow", Month(2023, m)))) for m in (1, 2))
@@ -229,7 +229,7 @@ _PINNED_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(_PINNED_CASES))
-def test_metrics_and_weights_are_bit_identical_to_the_recorded_runs(case, months_dir, prefect_api_url, tmp_path):
+def test_metrics_and_weights_are_bit_identical_to_the_recorded_runs(case, months_dir, prefect_api_url, one_worker, tmp_path):
     import hashlib
 
     config = TrainConfig(
@@ -240,8 +240,9 @@ def test_metrics_and_weights_are_bit_identical_to_the_recorded_runs(case, months
         cache=False,
         **_PINNED_CASES[case],
     )
-    # one worker: the figures do not depend on the workers' number (test_cv_is_identical_for_any_worker_count_and_chunking...)
-    metrics = _without_timings(_train(config, ClusterSpec(n_workers=1, dashboard_address=":0")))
+    # the session's one worker: the figures do not depend on the workers' number (test_cv_is_identical_for_any_worker_count...)
+    # nor on a LocalCluster of the run's own
+    metrics = _without_timings(_train(config, ClusterSpec(address=one_worker.address)))
     assert metrics.pop("schema_version") == 1  # the fields added since
     numeric = metrics.pop("numeric")
     assert numeric == _PINNED_CASES[case].get("numeric", [])

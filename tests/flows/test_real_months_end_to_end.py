@@ -18,6 +18,7 @@ import pytest
 from pipeline.service.source import ModelSource
 from pipeline.service.testing import running_service
 from tests.cli.test_cli import _cli, _one_error_line
+from tests.conftest import DaskProcesses, cli_here
 
 pytestmark = pytest.mark.slow
 
@@ -46,9 +47,10 @@ def _hist_gradient_boosting_defaults() -> float:
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory, prefect_api_url: str) -> Path:
+def registry(tmp_path_factory: pytest.TempPathFactory, prefect_api_url: str, one_worker: DaskProcesses) -> Path:
     folder = tmp_path_factory.mktemp("real") / "registry"
-    args = ["retrain", "--taxi", "green", "--source", str(GREEN), "--registry", str(folder), "--as-of", "2021-04-15", "--n-workers", "1"]
+    args = ["retrain", "--taxi", "green", "--source", str(GREEN), "--registry", str(folder), "--as-of", "2021-04-15"]
+    args += ["--scheduler", one_worker.address]  # the session's one worker: the defaults' choice, not the cluster, is under test
     result = _cli(*args, env={"PREFECT_API_URL": prefect_api_url})
     assert result.returncode == 0, result.stderr[-3000:]
     return folder
@@ -87,24 +89,24 @@ def test_the_champion_answers_the_docs_request(registry: Path, tmp_path: Path):
     assert missing_status == 422 and missing["detail"][0]["loc"] == ["body", 0, "lpep_pickup_datetime"]
 
 
-def test_train_with_the_courses_features_prints_the_exact_least_squares(tmp_path: Path, prefect_api_url: str):
+def test_train_with_the_courses_features_prints_the_exact_least_squares(tmp_path: Path, prefect_api_url: str, one_worker: DaskProcesses):
     args = ["train", "--taxi", "green", "--source", str(GREEN), "--train-months", "2021-01", "--val-month", "2021-02"]
     result = _cli(
         *args, "--features", "PU_DO,trip_distance", "--alphas", "1e-8", "--folds", "0", "--output", str(tmp_path / "out"),
-        "--n-workers", "1", env={"PREFECT_API_URL": prefect_api_url, "COLUMNS": "200"},
+        "--scheduler", one_worker.address, env={"PREFECT_API_URL": prefect_api_url, "COLUMNS": "200"},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "│ validation RMSE (min) │" in result.stdout and "7.4808" in result.stdout
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["features"] == ["PU_DO", "trip_distance"]
 
 
-def test_quantile_bins_are_fixed_on_the_training_rows_before_the_pass(tmp_path: Path, prefect_api_url: str):
+def test_quantile_bins_are_fixed_on_the_training_rows_before_the_pass(tmp_path: Path, prefect_api_url: str, one_worker: DaskProcesses):
     """``trip_distance:q16`` gets the 16-quantiles of 2021-01's kept trips (all of them: fewer than the sample), computed
     here with pandas, written into the term; the model is the one trained on those edges given by hand."""
     train = _frame("2021-01")
     edges = np.unique(np.quantile(train.trip_distance.fillna(0).to_numpy(), np.arange(1, 16) / 16))
     args = ["train", "--taxi", "green", "--source", str(GREEN), "--train-months", "2021-01", "--val-month", "2021-02"]
-    flags = ("--alphas", "3", "--folds", "0", "--n-workers", "1")
+    flags = ("--alphas", "3", "--folds", "0", "--scheduler", one_worker.address)
     metrics = {}
     for name, term in (("quantiles", "trip_distance:q16"), ("edges", f"trip_distance:[{','.join(repr(float(e)) for e in edges)}]")):
         result = _cli(
@@ -131,7 +133,7 @@ def test_quantile_bins_are_fixed_on_the_training_rows_before_the_pass(tmp_path: 
 )
 def test_a_bad_term_is_one_line_naming_it_and_nothing_is_written(features: str, named: str, tmp_path: Path):
     args = ["train", "--taxi", "green", "--source", str(GREEN), "--train-months", "2021-01", "--val-month", "2021-02"]
-    result = _cli(*args, "--features", features, "--output", str(tmp_path / "out"))
+    result = cli_here(*args, "--features", features, "--output", str(tmp_path / "out"))
     line = _one_error_line(result)
     assert named in line
     assert not (tmp_path / "out").exists()

@@ -2,7 +2,8 @@
 
 Beside tests/flows/test_retrain.py (months probed, deployments served on a schedule): ``--dist loadfile`` runs the two
 files side by side. Runs here start a LocalCluster of one worker: what is under test is what a run decides, which does
-not depend on the workers' number (tests/flows/test_flow.py shows a run's results are the same on any).
+not depend on the workers' number (tests/flows/test_flow.py shows a run's results are the same on any). They run on the
+session's scheduler of one worker (``one_worker``), not a LocalCluster each: the cluster is not under test here either.
 """
 
 from __future__ import annotations
@@ -26,17 +27,17 @@ from pipeline.edge.model_files import load_model
 from pipeline.edge.registry import Registry
 from pipeline.edge.sources import month_filename
 from pipeline.flows.retrain import retrain_flow
-from tests.conftest import read_task_runs
+from tests.conftest import DaskProcesses, cli_here, read_task_runs
 from tests.flows.test_retrain import AS_OF, _cli, _one_error_line
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 
-def _retrain(months_dir: Path, registry: Path, cluster: ClusterSpec | None = None, **fields: Any) -> Any:
+def _retrain(months_dir: Path, registry: Path, cluster: DaskProcesses, **fields: Any) -> Any:
     fields.setdefault("as_of", AS_OF)
     fields.setdefault("boosted", False)  # the linear path's decisions; the boosted challenger: tests/flows/test_real_months_end_to_end.py
     config = RetrainConfig(source=str(months_dir), registry=str(registry), **fields)
-    return retrain_flow(config, cluster or ClusterSpec(n_workers=1, dashboard_address=":0"))
+    return retrain_flow(config, ClusterSpec(address=cluster.address))
 
 
 def _rmse_from_rows(model_dir: Path, months_dir: Path, month: Month, clipped: bool = True) -> float:
@@ -49,9 +50,9 @@ def _rmse_from_rows(model_dir: Path, months_dir: Path, month: Month, clipped: bo
     return float(np.sqrt(np.mean((model.predict(frame) - frame["duration"].to_numpy()) ** 2)))
 
 
-def test_champion_and_challenger_are_compared_exactly_on_the_new_month(months_dir, prefect_api_url, tmp_path):
+def test_champion_and_challenger_are_compared_exactly_on_the_new_month(months_dir, prefect_api_url, one_worker, tmp_path):
     registry = tmp_path / "registry"
-    first = _retrain(months_dir, registry)
+    first = _retrain(months_dir, registry, one_worker)
     assert (first.version, first.decision.action, first.decision.reason) == ("v0001", "promote", "first version")
     assert [str(m) for m in first.run.train_months] == ["2023-01", "2023-02"] and str(first.run.val_month) == "2023-03"
 
@@ -70,7 +71,7 @@ def test_champion_and_challenger_are_compared_exactly_on_the_new_month(months_di
     assert len(read) == len(set(read))  # each month read at most once (not at all if cached) for every candidate, alpha and fold
 
     # a deliberately worse challenger (a huge penalty, zones only) is kept out; the champion is scored exactly
-    worse = _retrain(months_dir, registry, alphas=(1e5,), candidates=((),))
+    worse = _retrain(months_dir, registry, one_worker, alphas=(1e5,), candidates=((),))
     decision = worse.decision
     assert (worse.version, decision.action, decision.champion_after) == ("v0002", "keep", "v0001")
     assert decision.challenger_rmse == worse.run.val_rmse > decision.champion_rmse
@@ -97,7 +98,7 @@ def test_champion_and_challenger_are_compared_exactly_on_the_new_month(months_di
     assert [d.action for d in store.history()] == ["promote", "keep", "manual-promote", "rollback"]
 
 
-def test_two_retrains_at_once_give_two_whole_versions_and_one_champion(months_dir, prefect_api_url, tmp_path):
+def test_two_retrains_at_once_give_two_whole_versions_and_one_champion(months_dir, prefect_api_url, one_worker, tmp_path):
     registry = tmp_path / "registry"
     args = [
         "retrain",
@@ -107,8 +108,8 @@ def test_two_retrains_at_once_give_two_whole_versions_and_one_champion(months_di
         str(registry),
         "--as-of",
         "2023-04-20",
-        "--n-workers",
-        "1",
+        "--scheduler",
+        one_worker.address,
         "--folds",
         "2",
         "--alphas",
@@ -140,10 +141,10 @@ def test_two_retrains_at_once_give_two_whole_versions_and_one_champion(months_di
     assert not list((registry / ".staging").iterdir())
 
 
-def test_an_identical_retrain_ties_and_keeps_the_champion(months_dir, prefect_api_url, tmp_path):
+def test_an_identical_retrain_ties_and_keeps_the_champion(months_dir, prefect_api_url, one_worker, tmp_path):
     registry = tmp_path / "registry"
     same = {"folds": 0, "alphas": (1.0,), "candidates": ((),)}
-    first, again = _retrain(months_dir, registry, **same), _retrain(months_dir, registry, **same)
+    first, again = _retrain(months_dir, registry, one_worker, **same), _retrain(months_dir, registry, one_worker, **same)
     assert (again.version, again.decision.action, again.decision.champion_after) == ("v0002", "keep", "v0001")
     assert again.decision.reason.startswith("kept the champion v0001: the challenger ties it on 2023-03")
     assert again.run.val_rmse == pytest.approx(first.run.val_rmse, rel=1e-12)
@@ -158,27 +159,27 @@ def test_bad_input_is_one_line_and_leaves_the_registry_unchanged(months_dir, tmp
     not_a_registry.mkdir()
     (not_a_registry / "notes.txt").write_text("hello")
     retrain = ["retrain", "--source", str(months_dir), "--n-workers", "1"]
-    assert "not a model registry" in _one_error_line(_cli(*retrain, "--registry", str(not_a_registry), "--as-of", "2023-04-01"))
-    line = _one_error_line(_cli(*retrain, "--registry", str(registry), "--as-of", "2022-06-01"))
+    assert "not a model registry" in _one_error_line(cli_here(*retrain, "--registry", str(not_a_registry), "--as-of", "2023-04-01"))
+    line = _one_error_line(cli_here(*retrain, "--registry", str(registry), "--as-of", "2022-06-01"))
     assert "no yellow month published" in line and "2022-06" in line
-    assert "--as-of" in _one_error_line(_cli(*retrain, "--registry", str(registry), "--as-of", "April"))
+    assert "--as-of" in _one_error_line(cli_here(*retrain, "--registry", str(registry), "--as-of", "April"))
     missing = _one_error_line(
-        _cli(*retrain, "--registry", str(tmp_path / "elsewhere"), "--as-of", "2023-04-01", "--source", str(tmp_path / "nothing-here"))
+        cli_here(*retrain, "--registry", str(tmp_path / "elsewhere"), "--as-of", "2023-04-01", "--source", str(tmp_path / "nothing-here"))
     )
     assert "source folder does not exist" in missing
-    assert "no version v0042" in _one_error_line(_cli("models", "show", "v0042", "--registry", str(registry)))
-    assert "nothing to roll back to" in _one_error_line(_cli("models", "rollback", "--registry", str(registry)))
-    cron = _one_error_line(_cli("deploy", "--source", str(months_dir), "--registry", str(registry), "--cron", "61 * * * *"))
+    assert "no version v0042" in _one_error_line(cli_here("models", "show", "v0042", "--registry", str(registry)))
+    assert "nothing to roll back to" in _one_error_line(cli_here("models", "rollback", "--registry", str(registry)))
+    cron = _one_error_line(cli_here("deploy", "--source", str(months_dir), "--registry", str(registry), "--cron", "61 * * * *"))
     assert "--cron '61 * * * *'" in cron and "invalid cron string" in cron.lower() and "pydantic.dev" not in cron
     deploy = ["deploy", "--source", str(months_dir), "--registry", str(registry)]
     for schedule in ([], ["--cron", "0 6 3 * *", "--interval", "60"]):
-        line = _one_error_line(_cli(*deploy, *schedule))
+        line = _one_error_line(cli_here(*deploy, *schedule))
         assert line == "error: deploy needs exactly one schedule: --cron STRING or --interval SECONDS", line
-    assert "--interval" in _cli(*deploy, "--interval", "0").stderr  # click's range check: at least 1 s
+    assert "--interval" in cli_here(*deploy, "--interval", "0").stderr  # click's range check: at least 1 s
     assert sorted(p.name for p in registry.rglob("*")) == before
 
 
-def test_a_failed_run_posts_its_error_line_to_the_webhook_and_never_logs_the_url(months_dir, prefect_api_url, tmp_path):
+def test_a_failed_run_posts_its_error_line_to_the_webhook_and_never_logs_the_url(months_dir, prefect_api_url, one_worker, tmp_path):
     import http.server
     import threading
 
@@ -208,8 +209,8 @@ def test_a_failed_run_posts_its_error_line_to_the_webhook_and_never_logs_the_url
             "2023-04-20",
             "--window",
             "3",
-            "--n-workers",
-            "1",
+            "--scheduler",
+            one_worker.address,
             "--folds",
             "0",
             "--alphas",
@@ -231,10 +232,10 @@ def test_a_failed_run_posts_its_error_line_to_the_webhook_and_never_logs_the_url
     assert Registry.open(tmp_path / "registry").versions() == []  # nothing registered
 
 
-def test_a_gradient_boosting_challenger_is_registered_with_skops_and_compared_on_rows(months_dir, prefect_api_url, tmp_path):
+def test_a_gradient_boosting_challenger_is_registered_with_skops_and_compared_on_rows(months_dir, prefect_api_url, one_worker, tmp_path):
     registry = tmp_path / "registry"
-    _retrain(months_dir, registry, folds=0, alphas=(1.0,), candidates=((),))
-    trees = _retrain(months_dir, registry, model="hist_gradient_boosting", folds=0, candidates=((),), max_rows=20_000)
+    _retrain(months_dir, registry, one_worker, folds=0, alphas=(1.0,), candidates=((),))
+    trees = _retrain(months_dir, registry, one_worker, model="hist_gradient_boosting", folds=0, candidates=((),), max_rows=20_000)
     assert trees.version == "v0002" and (registry / "versions" / "v0002" / "model.skops").exists()
     reference = _rmse_from_rows(registry / "versions" / "v0001", months_dir, Month(2023, 3))
     assert trees.decision.champion_rmse == pytest.approx(reference, rel=1e-9)  # the linear champion, on the same month

@@ -29,34 +29,41 @@ from pipeline.edge.sources import month_filename
 from pipeline.errors import PipelineError
 from pipeline.flows.score import score_flow
 from pipeline.run import train
+from tests.conftest import DaskProcesses, cli_here
 from tests.edge.test_damaged import _damage
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 
 @pytest.fixture(scope="module")
-def model_dir(months_dir: Path, prefect_api_url: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def model_dir(months_dir: Path, prefect_api_url: str, one_worker: DaskProcesses, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A linear model with trip_distance trained on 2023-01..02 of the session's months."""
     output = tmp_path_factory.mktemp("model") / "run"
     train(
         TrainConfig(
             source=str(months_dir), train_months="2023-01:2023-02", val_month="2023-03", output=output, folds=0, numeric=("trip_distance",)
         ),
-        ClusterSpec(n_workers=1, dashboard_address=":0"),
+        ClusterSpec(address=one_worker.address),
     )
     return output
 
 
-def _score(model_dir: Path, source: Path, output: Path, months: str = "2023-01:2023-03", workers: int = 1, **extra: object) -> object:
-    """A scoring run on a LocalCluster of ``workers``: one where their number does not matter to the test (each further
-    worker costs seconds to start)."""
+def _score(model_dir: Path, source: Path, output: Path, cluster: ClusterSpec, months: str = "2023-01:2023-03", **extra: object) -> object:
+    """A scoring run on ``cluster``: the session's one worker (:func:`_one`) where the cluster does not matter to the test
+    (a LocalCluster of its own costs seconds to start and stop)."""
     config = ScoreConfig(months=months, output=str(output), model=str(model_dir), source=str(source), **extra)
-    return score_flow(config, ClusterSpec(n_workers=workers, dashboard_address=":0"))
+    return score_flow(config, cluster)
 
 
-def test_every_row_is_scored_once_with_the_models_own_predictions(model_dir, months_dir, tmp_path):
+def _one(cluster: DaskProcesses) -> ClusterSpec:
+    """The session's scheduler of one worker."""
+    return ClusterSpec(address=cluster.address)
+
+
+def test_every_row_is_scored_once_with_the_models_own_predictions(model_dir, months_dir, one_worker, tmp_path):
     output = tmp_path / "scored"
-    result = _score(model_dir, months_dir, output, workers=2, chunk_rows=20_000)  # chunks written side by side
+    two = ClusterSpec(n_workers=2, dashboard_address=":0")  # a LocalCluster of two: chunks written side by side
+    result = _score(model_dir, months_dir, output, two, chunk_rows=20_000)
     model = load_any(model_dir)
     for month in (Month(2023, 1), Month(2023, 2), Month(2023, 3)):
         folder = output / f"month={month}"
@@ -96,7 +103,7 @@ def test_every_row_is_scored_once_with_the_models_own_predictions(model_dir, mon
     # and it removes what a killed run left (its staging, a month's old parts moved aside)
     _leftover(output, ".staging-killed", {"run": "killed", "host": socket.gethostname(), "pid": _ended_pid(), "since": time.time()})
     _leftover(output, ".old-0123abcd-month=2023-02", None, part="part-00000.parquet")
-    _score(model_dir, months_dir, output, months="2023-02", chunk_rows=40_000)
+    _score(model_dir, months_dir, output, _one(one_worker), months="2023-02", chunk_rows=40_000)
     assert sorted(p.name for p in (output / "month=2023-02").iterdir()) == ["part-00000.parquet"]
     assert (
         pq.read_table(output / "month=2023-02").num_rows == pq.read_metadata(months_dir / month_filename("yellow", Month(2023, 2))).num_rows
@@ -104,7 +111,7 @@ def test_every_row_is_scored_once_with_the_models_own_predictions(model_dir, mon
     assert not [p for p in output.iterdir() if p.name.startswith(".")]  # no staging or old folders left
 
 
-def test_a_registry_version_is_named_in_the_report_and_tasks_by_their_months(months_dir, tmp_path):
+def test_a_registry_version_is_named_in_the_report_and_tasks_by_their_months(months_dir, one_worker, tmp_path):
     """The UI: task runs say which month each scored; the artifact's title names the version and carries its chart inside."""
     import base64
     import re
@@ -119,7 +126,7 @@ def test_a_registry_version_is_named_in_the_report_and_tasks_by_their_months(mon
     commit_constant_version(registry, 12.0, 5.0)
     config = ScoreConfig(months="2023-02:2023-03", output=str(tmp_path / "scored"), registry=str(registry.root), source=str(months_dir),
                          chunk_rows=20_000)  # fmt: skip
-    result = score_flow(config, ClusterSpec(n_workers=1, dashboard_address=":0"))
+    result = score_flow(config, _one(one_worker))
     names = sorted(r.name for r in read_task_runs(result.flow_run_id, expected=4) if r.name.startswith("score-chunk"))
     assert names == ["score-chunk 2023-02 1/2", "score-chunk 2023-02 2/2", "score-chunk 2023-03 1/2", "score-chunk 2023-03 2/2"]
     with get_client(sync_client=True) as client:  # raw filter, as test_flow's: the client's hides flow-level artifacts
@@ -181,23 +188,23 @@ def test_the_monitoring_report_renders_whole_in_the_prefect_ui(model_dir, months
     assert len(page["items"]) == 6
 
 
-def test_a_failed_chunk_leaves_every_month_as_it_was(model_dir, months_dir, tmp_path):
+def test_a_failed_chunk_leaves_every_month_as_it_was(model_dir, months_dir, one_worker, tmp_path):
     """A damaged row group in the last month: its one line, no month replaced (the first two were scored), nothing staged left."""
     source = tmp_path / "months"
     shutil.copytree(months_dir, source)
     output = tmp_path / "scored"
-    _score(model_dir, source, output)
+    _score(model_dir, source, output, _one(one_worker))
     before = {p.relative_to(output): p.read_bytes() for p in output.rglob("*") if p.is_file()}
     damaged = source / month_filename("yellow", Month(2023, 3))
     _damage(damaged, row_group=3)
     with pytest.raises(PipelineError) as info:
-        _score(model_dir, source, output, chunk_rows=10_000)  # 12 chunks; 2023-03's last fails
+        _score(model_dir, source, output, _one(one_worker), chunk_rows=10_000)  # 12 chunks; 2023-03's last fails
     assert str(info.value).startswith(f"{damaged}: corrupt parquet data in row groups 3..3 (")
     assert {p.relative_to(output): p.read_bytes() for p in output.rglob("*") if p.is_file()} == before
     assert not [p for p in output.iterdir() if p.name.startswith(".")]
 
 
-def test_a_month_with_reshuffled_pickup_zones_breaches(model_dir, months_dir, tmp_path):
+def test_a_month_with_reshuffled_pickup_zones_breaches(model_dir, months_dir, one_worker, tmp_path):
     source = tmp_path / "months"
     source.mkdir()
     path = months_dir / month_filename("yellow", Month(2023, 3))
@@ -206,7 +213,7 @@ def test_a_month_with_reshuffled_pickup_zones_breaches(model_dir, months_dir, tm
     shuffled = np.random.default_rng(3).permutation(np.arange(1, 266))[pu - 1]
     column = table.schema.get_field_index("PULocationID")
     pq.write_table(table.set_column(column, "PULocationID", pa.array(shuffled).cast(table["PULocationID"].type)), source / path.name)
-    result = _score(model_dir, source, tmp_path / "scored", months="2023-03", max_psi=0.2)
+    result = _score(model_dir, source, tmp_path / "scored", _one(one_worker), months="2023-03", max_psi=0.2)
     (march,) = result.months
     assert march.psi_pickup > 0.2 and any(b.startswith("pickup PSI") for b in march.breaches)
     report = json.loads((tmp_path / "scored" / "report.json").read_text())
@@ -238,9 +245,9 @@ def test_bad_input_is_one_line_and_writes_nothing(model_dir, months_dir, tmp_pat
     base = ["predict", "--source", str(months_dir), "--months", "2023-03"]
     not_a_model = tmp_path / "empty"
     not_a_model.mkdir()
-    assert str(not_a_model) in _one_error_line(_cli(*base, "--model", str(not_a_model), "--output", str(tmp_path / "a")))
+    assert str(not_a_model) in _one_error_line(cli_here(*base, "--model", str(not_a_model), "--output", str(tmp_path / "a")))
     line = _one_error_line(
-        _cli(
+        cli_here(
             "predict",
             "--source",
             str(months_dir),
@@ -255,12 +262,12 @@ def test_bad_input_is_one_line_and_writes_nothing(model_dir, months_dir, tmp_pat
     assert "month 2023-04" in line and "file not found" in line
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    assert "exists and is not a folder" in _one_error_line(_cli(*base, "--model", str(model_dir), "--output", str(a_file)))
-    assert "--registry" in _one_error_line(_cli(*base, "--output", str(tmp_path / "c")))
+    assert "exists and is not a folder" in _one_error_line(cli_here(*base, "--model", str(model_dir), "--output", str(a_file)))
+    assert "--registry" in _one_error_line(cli_here(*base, "--output", str(tmp_path / "c")))
     tampered = tmp_path / "tampered"
     shutil.copytree(model_dir, tampered)
     np.savez(tampered / "model.npz", intercept=np.zeros(1), pu=np.zeros(3), do=np.zeros(266), pair=np.zeros(266 * 266), numeric=np.zeros(1))
-    assert "model.npz" in _one_error_line(_cli(*base, "--model", str(tampered), "--output", str(tmp_path / "d")))
+    assert "model.npz" in _one_error_line(cli_here(*base, "--model", str(tampered), "--output", str(tmp_path / "d")))
     assert not [p for p in (tmp_path / name for name in "abcd") if p.exists()]
 
 
