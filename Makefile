@@ -22,7 +22,7 @@ demo: setup
 # The layers (import-linter contracts in pyproject.toml), lint and format, types, the docs site (--strict: a broken link
 # or a stale reference fails), then the tests and doctests
 # (two processes, a test module in each at a time, the files that start servers first: 758 tests in 20.7 min on a
-# fresh clone on these 2 cores at load 7 to 8, 748 in 13.5 min at load 3 before; the goal is 10 min for the target).
+# fresh clone on these 2 cores at load 7 to 8, 16.5 min with nothing beside it; the goal is 10 min for the target).
 test: setup
 	$(BIN)/lint-imports
 	$(BIN)/ruff check .
