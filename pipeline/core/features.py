@@ -173,7 +173,7 @@ def numeric_matrix(table: pa.Table, names: tuple[str, ...]) -> np.ndarray:
     """Numeric feature columns as a float64 matrix; nulls count as 0."""
     if not names:
         return np.empty((table.num_rows, 0))
-    return np.column_stack([pc.fill_null(table.column(n).cast(pa.float64()), 0.0).to_numpy() for n in names])
+    return np.column_stack([_floats(table.column(n)) for n in names])
 
 
 def valid_all(table: pa.Table) -> bool:
