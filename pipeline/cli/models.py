@@ -213,16 +213,21 @@ def rollback(registry: str) -> None:
 @click.option("--name", default="monthly", show_default=True, help="Deployment name: retrain-trip-duration/NAME.")
 @with_options(_retrain_options())
 @storage_options
+@with_options(CLUSTER_OPTIONS)
 def deploy(cron: str | None, interval: int | None, timezone: str, name: str, notify_url: str | None, **options: Any) -> None:
     """Serve the deployment retrain-trip-duration/NAME on its schedule against PREFECT_API_URL, until stopped.
 
     One retrain runs at a time: a run due while another runs starts when it ends. Ctrl-C stops serving with
     exit code 130, SIGTERM (a service manager's stop) with 0; either way the run in progress is cancelled and
-    the schedule is paused. A failed run's error line is printed here."""
-    config, _ = _retrain_config(options)
+    the schedule is paused. A failed run's error line is printed here. Each run starts its own LocalCluster
+    unless the cluster flags say otherwise (--scheduler: a running one)."""
+    cluster_given = _cluster_given(options)
+    config, cluster = _retrain_config(options)
     from pipeline import preflight
+    from pipeline.cluster import check_cluster
 
     preflight.deployment(config, notify_url)
+    check_cluster(cluster)
     schedule, when = _schedule(cron, interval, timezone)
     from pipeline.runtime.prefect_api import configured_api_url, work_pool_of
 
@@ -241,7 +246,7 @@ def deploy(cron: str | None, interval: int | None, timezone: str, name: str, not
         from pipeline.orchestration.notify import save_url_block
 
         given["notify"] = save_url_block(notify_url, f"taxi-pipeline-{name}")
-    parameters = {"config": given}
+    parameters = {"config": given, **({"cluster": cluster_given} if cluster_given else {})}
     from pipeline.flows.retrain import retrain_flow
     from pipeline.runtime.serving import serve
 
@@ -254,6 +259,20 @@ def deploy(cron: str | None, interval: int | None, timezone: str, name: str, not
     )
     if serve(retrain_flow, name, [schedule], parameters):
         err.print(f"stopped by SIGTERM: {deployment} is no longer served (its schedule is paused)", highlight=False, soft_wrap=True)
+
+
+def _cluster_given(options: dict[str, Any]) -> dict[str, Any]:
+    """The cluster flags given, as the deployment's ``cluster`` parameter (files made absolute: its runs start elsewhere)."""
+    from pipeline.core.config import RetrainConfig
+
+    given = {k: v for k, v in options.items() if k not in RetrainConfig.model_fields and v is not None}
+    for key in ("tls_ca_file", "tls_cert", "tls_key"):
+        if key in given:
+            given[key] = absolute(given[key])
+    kwargs = given.get("cluster_kwargs")
+    if isinstance(kwargs, str) and kwargs.startswith("@"):
+        given["cluster_kwargs"] = "@" + absolute(kwargs[1:])
+    return given
 
 
 def _schedule(cron: str | None, interval: int | None, timezone: str) -> tuple[Any, str]:

@@ -141,9 +141,12 @@ def test_a_deployment_served_on_an_interval_completes_every_run_and_does_not_gro
     registry = tmp_path / "registry"
     env = {**prefect_server.env, "PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_RUNNER_POLL_FREQUENCY": "3"}
     args = ["--source", str(recent_months), "--registry", str(registry), "--interval", "2", "--no-boosted", "--folds", "2"]
+    args += ["--n-workers", "1"]  # each run still starts (and must stop) its own LocalCluster
     with served_deployment(tmp_path / "served", "soak", args, env) as served, SyncPrefectClient(prefect_server.url) as client:
-        (schedule,) = client.read_deployment_by_name("retrain-trip-duration/soak").schedules
+        deployment = client.read_deployment_by_name("retrain-trip-duration/soak")
+        (schedule,) = deployment.schedules
         assert schedule.schedule.interval.total_seconds() == 2
+        assert deployment.parameters["cluster"] == {"n_workers": 1}
         samples = served.samples(client, runs=4, timeout=600)
         served.drain(client, timeout=300)
         code = served.stop()

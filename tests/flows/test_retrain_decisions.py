@@ -176,6 +176,8 @@ def test_bad_input_is_one_line_and_leaves_the_registry_unchanged(months_dir, tmp
         line = _one_error_line(cli_here(*deploy, *schedule))
         assert line == "error: deploy needs exactly one schedule: --cron STRING or --interval SECONDS", line
     assert "--interval" in cli_here(*deploy, "--interval", "0").stderr  # click's range check: at least 1 s
+    both = _one_error_line(cli_here(*deploy, "--interval", "60", "--scheduler", "tcp://127.0.0.1:9", "--n-workers", "2"))
+    assert "--scheduler and --n-workers contradict" in both, both  # the cluster flags are checked before serving
     assert sorted(p.name for p in registry.rglob("*")) == before
 
 
