@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import dask.config
 import pytest
 
 from pipeline.core.months import parse_months
@@ -15,6 +16,19 @@ from pipeline.edge.synth import write_months
 from pipeline.runtime.testing import PrefectServer, temporary_prefect_api
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+#: Dask's upkeep in every cluster the tests start, in this process and (through the environment) in the CLI runs and
+#: `dask` processes they start: its statistical profiler samples every worker thread each 10 ms, its system monitor
+#: polls psutil each 0.5 s and every event loop ticks each 20 ms. An idle scheduler and worker took 6% of a core
+#: (2.4 CPU-s in 40 s), 1% without them; the suite keeps a dozen such processes for minutes, on 2 cores. No test is
+#: about the profiler or those intervals.
+_QUIET_DASK = {
+    "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",
+    "DASK_DISTRIBUTED__ADMIN__SYSTEM_MONITOR__INTERVAL": "5s",
+    "DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "1s",
+}
+for _name, _value in _QUIET_DASK.items():
+    os.environ.setdefault(_name, _value)
+dask.config.refresh()
 
 #: The session fixtures below that start a server or a cluster, and the marker a test asking for one gets (directly
 #: or through another fixture). Tests that start their own carry the marker themselves.
@@ -351,9 +365,10 @@ class DaskProcesses:
                     process.wait()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def dask_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskProcesses]:
-    """A plaintext scheduler and two single-threaded workers, separate processes on 127.0.0.1, for the session."""
+    """A plaintext scheduler and two single-threaded workers, separate processes on 127.0.0.1, for a test file (two use
+    it: stopped after each, not kept idle for the rest of the session)."""
     cluster = DaskProcesses(tmp_path_factory.mktemp("dask-tcp"))
     try:
         yield cluster
@@ -393,7 +408,7 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pat
     return files.ca_file, files.cert, files.key
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tls_dask_processes(tmp_path_factory: pytest.TempPathFactory, tls_files: tuple[Path, Path, Path]) -> Iterator[DaskProcesses]:
     """The same as ``dask_processes`` over TLS (tls://, mutual certificates)."""
     cluster = DaskProcesses(tmp_path_factory.mktemp("dask-tls"), tls=tls_files)

@@ -49,7 +49,8 @@ class PrefectServer:
     def __init__(self, folder: Path) -> None:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}/api"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DASK_"))}
+        # no other API or scheduler address; Dask's own settings (the tests' quieter upkeep) reach the runs it serves
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DASK_")) or k.startswith("DASK_DISTRIBUTED__")}
         self.env.update(PREFECT_HOME=str(folder / "prefect-home"), PREFECT_API_URL=self.url, PREFECT_SERVER_ANALYTICS_ENABLED="false")
         prefect = str(Path(sys.executable).with_name("prefect"))
         self.log = folder / "server.log"
