@@ -31,7 +31,7 @@ from pipeline.core.decisions import Decision
 from pipeline.core.model import Model
 from pipeline.core.months import Month
 from pipeline.core.results import RunResult
-from pipeline.edge import reader, row_fits, storage, tracking
+from pipeline.edge import reader, storage, tracking
 from pipeline.edge.model_files import META_FILE, load_any
 from pipeline.edge.registry import Registry, Version
 from pipeline.edge.sources import latest_month
@@ -88,6 +88,8 @@ def _rescore(current: Version, val: reader.MonthPlan) -> float | None:
     """A champion promoted by another run while this one trained: scored on this run's validation month from its rows."""
     if not storage.exists(current.path / META_FILE):
         return None
+    from pipeline.edge import row_fits  # scikit-learn (0.9 s of imports) loads only when a rescore happens
+
     return row_fits.model_rmse(load_any(current.path), val)
 
 
