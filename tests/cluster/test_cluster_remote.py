@@ -46,7 +46,8 @@ def _config(source: Path, output: Path, chunk_rows: int = 15_000) -> TrainConfig
 
 def _task_names(flow_run_id: str, expected: int) -> Counter:
     runs = read_task_runs(flow_run_id, expected)
-    assert all(r.state and r.state.is_completed() for r in runs), [(r.name, r.state) for r in runs if not r.state.is_completed()]
+    unfinished = [(r.name, r.state) for r in runs if not (r.state and r.state.is_completed())]
+    assert not unfinished, unfinished
     return Counter(task_kind(r.name) for r in runs)
 
 
