@@ -21,8 +21,9 @@ demo: setup
 
 # The layers (import-linter contracts in pyproject.toml), lint and format, types, the docs site (--strict: a broken link
 # or a stale reference fails), then the tests and doctests
-# (two processes, a test module in each at a time, the files that start servers first: 758 tests in 20.7 min on a
-# fresh clone on these 2 cores at load 7 to 8, 16.5 min with nothing beside it; the goal is 10 min for the target).
+# (two processes, a test module in each at a time, the files that start servers first: 758 tests in 12.3 min on a
+# fresh clone on these 2 cores with nothing beside it, 16.5 min before Dask's upkeep was quieted in tests/conftest.py;
+# the goal is 10 min).
 test: setup
 	$(BIN)/lint-imports
 	$(BIN)/ruff check .
