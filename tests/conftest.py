@@ -239,6 +239,17 @@ def prefect_api_url(tmp_path_factory: pytest.TempPathFactory, migrated_prefect_h
 # --- real Dask clusters of separate processes (tests/cluster/test_cluster_remote.py) --------------------------
 
 
+def read_log_messages(flow_run_id: str) -> list[str]:
+    """What the current Prefect API holds of a flow run's logs, now (logs arrive in batches: a caller that must wait
+    for one polls)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)
+    return [entry.message for entry in logs]
+
+
 def read_task_runs(flow_run_id: str, expected: int, timeout: float = 30.0) -> list:
     """Task runs the current Prefect API recorded for a flow run (they arrive as events: wait for ``expected`` completed)."""
     import time

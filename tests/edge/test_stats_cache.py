@@ -26,7 +26,7 @@ from pipeline.core.stats import Packed, Stats
 from pipeline.edge import chunks, reader, stats_cache
 from pipeline.edge.sources import month_filename
 from pipeline.edge.stats_cache import CorruptEntry, StatsCache, decode, encode
-from tests.conftest import read_task_runs
+from tests.conftest import read_log_messages, read_task_runs
 from tests.flows.test_flow import _without_timings
 
 SPEC = FeatureSpec(numeric=("trip_distance",))
@@ -286,17 +286,12 @@ def _cache_line(flow_run_id: str) -> str:
     Read from the API, not from captured logging: Prefect configures its loggers during a run (they may stop
     propagating to the root logger, where caplog listens), and the terminal wraps long lines.
     """
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-
     deadline = time.monotonic() + 60
-    with get_client(sync_client=True) as client:
-        while True:  # logs reach the API in batches, shortly after the run
-            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)
-            lines = [log.message for log in logs if "chunks read from it" in log.message]
-            if lines or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
+    while True:  # logs reach the API in batches, shortly after the run
+        lines = [message for message in read_log_messages(flow_run_id) if "chunks read from it" in message]
+        if lines or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     (line,) = lines
     return line.split("; ", 1)[1].split(",", 1)[0]
 

@@ -11,17 +11,9 @@ from uuid import uuid4
 import pytest
 
 from pipeline.runtime.prefect_api import prefect_api
+from tests.conftest import read_log_messages
 
 pytestmark = pytest.mark.prefect_api
-
-
-def _logged(flow_run_id: str) -> list[str]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-
-    with get_client(sync_client=True) as client:
-        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)
-    return [entry.message for entry in logs]
 
 
 def test_a_runs_logs_are_in_its_api_when_the_run_leaves(prefect_api_url: str) -> None:
@@ -42,7 +34,7 @@ def test_a_runs_logs_are_in_its_api_when_the_run_leaves(prefect_api_url: str) ->
 
     with prefect_api(prefect_api_url):
         flow_run_id = speaks()
-    assert marker in _logged(flow_run_id)
+    assert marker in read_log_messages(flow_run_id)
 
 
 _OWN_API_RUN = """
