@@ -37,7 +37,7 @@ class _Run:
         source: Path,
         output: Path,
         env: dict[str, str],
-        cluster: tuple[str, ...] = ("--n-workers", "2"),
+        cluster: tuple[str, ...] = ("--n-workers", "1"),  # the cluster's size is not under test
         args: list[str] | None = None,
         stdout: Path | None = None,
     ) -> None:
@@ -129,7 +129,7 @@ def test_ctrl_c_stops_a_run_on_its_temporary_api(slow_months, tmp_path):
 def test_ctrl_c_just_after_the_flow_finished_leaves_a_completed_run(months_dir, tmp_path):
     """The flow has finished (model and metrics written) and the run is closing its cluster and API: exit 0, results printed."""
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    run = _Run(months_dir, tmp_path / "out", env, cluster=("--n-workers", "1"), stdout=tmp_path / "stdout")
+    run = _Run(months_dir, tmp_path / "out", env, stdout=tmp_path / "stdout")
     deadline = time.monotonic() + 120
     while sum("Finished in state Completed()" in line for _, line in run.lines) < 2:  # the subflow's, then the flow's
         assert time.monotonic() < deadline and run.process.poll() is None, "\n".join(line for _, line in run.lines)
@@ -145,7 +145,7 @@ def _stop_a_scoring_run(source: Path, tmp_path: Path, env: dict[str, str], later
     output = tmp_path / "scored"
     model = month_model(source, tmp_path / "model")
     args = ["predict", "--model", str(model), "--source", str(source), "--months", "2023-01:2023-03", "--output", str(output)]
-    run = _Run(source, output, env, args=[*args, "--chunk-rows", "2000", "--n-workers", "2"])
+    run = _Run(source, output, env, args=[*args, "--chunk-rows", "2000", "--n-workers", "1"])
     run.wait_for_quiet_after("Beginning subflow run")
     time.sleep(later)
     code, took, after = run.interrupt()
