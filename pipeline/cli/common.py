@@ -6,7 +6,7 @@ import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args, get_origin
 
 import click
 from rich.console import Console
@@ -136,8 +136,12 @@ def field_help(field: FieldInfo, required: bool = False) -> str:
 
 
 def field_option(model: type[BaseModel], name: str, *decls: str, **kwargs: Any) -> Any:
-    """The option that sets ``model``'s field ``name``: its description as help, and no default of its own, so a flag
-    left unset leaves the field to the model (its default, or its environment variable)."""
+    """The option that sets ``model``'s field ``name``: its description as help, the values of a ``Literal`` field as its
+    choices, and no default of its own, so a flag left unset leaves the field to the model (its default, or its
+    environment variable)."""
+    annotation = model.model_fields[name].annotation
+    if "type" not in kwargs and get_origin(annotation) is Literal:
+        kwargs["type"] = click.Choice(get_args(annotation))
     return click.option(
         *(decls or (flag(name),)), name, default=None, help=field_help(model.model_fields[name], bool(kwargs.get("required"))), **kwargs
     )
@@ -155,12 +159,12 @@ def train_options() -> list[Any]:
         option("val_month", required=True),
         option("output", required=True),
         option("source"),
-        option("taxi", type=click.Choice(["yellow", "green"])),
+        option("taxi"),
         option("alphas", callback=comma_list("--alphas", float)),
         option("folds", type=int),
-        option("cv", type=click.Choice(["kfold", "time"])),
+        option("cv"),
         option("seed", type=int),
-        option("model", type=click.Choice(["linear", "hist_gradient_boosting", "sgd", "xgboost"])),
+        option("model"),
         option("xgb_rounds", type=int),
         option("max_rows", type=int),
         option("features", callback=terms_list),

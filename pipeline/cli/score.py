@@ -21,7 +21,7 @@ def _score_options() -> list[Any]:
         option("registry"),
         option("version"),
         option("source"),
-        option("taxi", type=click.Choice(["yellow", "green"])),
+        option("taxi"),
         option("months", required=True),
         option("output", required=True),
         option("max_psi", type=float),

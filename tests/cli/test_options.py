@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal, get_args, get_origin
 
 import click
 import pytest
@@ -29,7 +30,8 @@ NOT_FIELDS = {
 @pytest.mark.parametrize(("command", "model"), COMMANDS)
 def test_every_option_of_a_field_takes_its_default_and_description_from_the_model(command: str, model: type[BaseModel]) -> None:
     """Unset, a flag leaves the field to the model (default None here); its help is the field's description and default.
-    Fails when someone changes a default or a description on one side only, or adds a flag for a field by hand."""
+    Fails when someone changes a default or a description on one side only, or adds a flag for a field by hand; a field
+    of a few values (a ``Literal``) takes exactly those (``retrain --model`` once left ``xgboost`` out)."""
     options = [p for p in cli.commands[command].params if isinstance(p, click.Option)]
     fields = [p for p in options if p.name in model.model_fields]
     assert {p.name for p in options} - {p.name for p in fields} <= NOT_FIELDS
@@ -38,6 +40,8 @@ def test_every_option_of_a_field_takes_its_default_and_description_from_the_mode
         assert option.default is None, option.name
         assert option.help == field_help(field, option.required), option.name
         assert flag(option.name) in option.opts, option.name
+        if get_origin(field.annotation) is Literal:
+            assert isinstance(option.type, click.Choice) and tuple(option.type.choices) == get_args(field.annotation), option.name
         if not option.required and field.default not in (None, False, ()) and field.default_factory is None:
             assert "[default: " in option.help, option.name  # the model's default, as the flag would take it
 

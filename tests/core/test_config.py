@@ -344,6 +344,8 @@ def test_the_challengers_training_config_follows_the_model_and_folds() -> None:
     assert (linear.alphas, linear.seed, linear.chunk_rows, linear.output) == (DEFAULT_ALPHAS, 3, 1000, "out")
     rows = RetrainConfig(model="sgd").train_config(*months, "out")
     assert rows.alphas == DEFAULT_ALPHAS[:1] and not rows.boosted_challenger and rows.candidates == () and rows.numeric == ()
+    boosted = RetrainConfig(model="xgboost").train_config(*months, "out")  # retrain --model xgboost: xgboost.dask alone
+    assert (boosted.model, boosted.alphas, boosted.boosted_challenger, boosted.xgb_rounds) == ("xgboost", DEFAULT_ALPHAS[:1], False, 100)
     with pytest.raises(ConfigError, match="without cross-validation nothing chooses among alphas"):
         RetrainConfig(folds=0)
     no_cv = RetrainConfig(folds=0, alphas=(1.0,), candidates=(("PU_DO", "trip_distance"),)).train_config(*months, "out")
