@@ -44,16 +44,32 @@ def temporary_prefect_api(home: Path) -> Iterator[str]:
 
 
 class PrefectServer:
-    """``prefect server start`` on 127.0.0.1 with a throwaway PREFECT_HOME; ``env`` is what its clients need."""
+    """``prefect server start`` on 127.0.0.1 with a throwaway PREFECT_HOME; ``env`` is what its clients need.
+
+    The port is the OS's pick of a free one, which another process may take before the server binds it (a fresh
+    clone's suite once lost a session's server so): a start refused for a port in use is tried again on another.
+    """
+
+    #: Starts tried before giving up, each on a fresh port.
+    STARTS = 3
 
     def __init__(self, folder: Path) -> None:
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}/api"
         # no other API or scheduler address; Dask's own settings (the tests' quieter upkeep) reach the runs it serves
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DASK_")) or k.startswith("DASK_DISTRIBUTED__")}
-        self.env.update(PREFECT_HOME=str(folder / "prefect-home"), PREFECT_API_URL=self.url, PREFECT_SERVER_ANALYTICS_ENABLED="false")
+        self.env.update(PREFECT_HOME=str(folder / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+        for start in range(1, self.STARTS + 1):
+            self.log = folder / f"server-{start}.log"
+            if self._started(free_port()):
+                return
+            said = self.log.read_text()[-2000:]
+            if "is already in use" not in said or start == self.STARTS:
+                raise RuntimeError(f"prefect server did not start: {said}")
+
+    def _started(self, port: int) -> bool:
+        """Whether a server started on ``port`` answers; False when it exited first, with what it said in ``self.log``."""
+        self.url = f"http://127.0.0.1:{port}/api"
+        self.env["PREFECT_API_URL"] = self.url
         prefect = str(Path(sys.executable).with_name("prefect"))
-        self.log = folder / "server.log"
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(
                 [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=self.env, stdout=out, stderr=subprocess.STDOUT
@@ -63,12 +79,14 @@ class PrefectServer:
             try:
                 with urllib.request.urlopen(f"{self.url}/health", timeout=2) as answer:
                     if answer.status == 200:
-                        return
+                        return True
             except OSError:
                 pass
-            if time.monotonic() > deadline or self.process.poll() is not None:
+            if self.process.poll() is not None:
+                return False
+            if time.monotonic() > deadline:
                 self.close()
-                raise RuntimeError(f"prefect server did not start: {self.log.read_text()[-2000:]}")
+                raise RuntimeError(f"prefect server did not start within 90 s: {self.log.read_text()[-2000:]}")
             time.sleep(0.3)
 
     def close(self) -> None:

@@ -47,3 +47,35 @@ def test_a_temporary_api_that_does_not_answer_in_time_is_one_line_naming_its_kep
     log = Path(found.group(1))
     assert log.exists()  # kept: it says why
     log.unlink()
+
+
+@pytest.mark.slow
+@pytest.mark.prefect_api
+def test_the_test_servers_start_again_on_another_port_when_theirs_was_taken_meanwhile(
+    tmp_path: Path, migrated_prefect_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fixtures' ``prefect server start`` (:class:`~pipeline.runtime.testing.PrefectServer`) is given the OS's pick of
+    a free port, which another process can bind first: here the first pick is a port held open."""
+    import socket
+
+    from pipeline.edge.ports import free_port
+    from pipeline.runtime import testing
+    from tests.conftest import prefect_home_from
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    picks = iter([port])
+    monkeypatch.setattr(testing, "free_port", lambda: next(picks, None) or free_port())
+    prefect_home_from(migrated_prefect_home, tmp_path / "prefect-home")
+    try:
+        server = testing.PrefectServer(tmp_path)
+    finally:
+        taken.close()
+    try:
+        assert f"Port {port} is already in use" in (tmp_path / "server-1.log").read_text()
+        assert not server.url.startswith(f"http://127.0.0.1:{port}/")
+        assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
+    finally:
+        server.close()
