@@ -16,6 +16,7 @@ UBJSON bytes (a few MB) come back.
 
 # No `from __future__ import annotations`: Prefect reads the tasks' annotations (see pipeline/flows/train.py).
 
+import gc
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -89,7 +90,11 @@ def fit_on_cluster(
     out = xgboost.dask.train(
         client, params.xgb_params(), matrix, num_boost_round=params.rounds, evals=[(matrix, "train")], verbose_eval=False
     )
-    del frame, design, minutes, matrix  # the persisted partitions are released with their last reference
+    # The partitions are released with their last reference; XGBoost's matrix holds them in a reference cycle, so
+    # only a collection frees it: without one the training rows stayed on the workers through validation, and a
+    # run's cluster closed over them ("Removing worker ... caused the cluster to lose already computed task(s)").
+    del frame, design, minutes, matrix
+    gc.collect()
     return out["booster"], rows, float(out["history"]["train"]["rmse"][-1])
 
 
