@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -221,8 +222,7 @@ def deploy(cron: str | None, interval: int | None, timezone: str, name: str, not
     exit code 130, SIGTERM (a service manager's stop) with 0; either way the run in progress is cancelled and
     the schedule is paused. A failed run's error line is printed here. Each run starts its own LocalCluster
     unless the cluster flags say otherwise (--scheduler: a running one)."""
-    cluster_given = _cluster_given(options)
-    config, cluster = _retrain_config(options)
+    config, cluster = _retrain_config(_cluster_files_absolute(options))
     from pipeline import preflight
     from pipeline.cluster import check_cluster
 
@@ -239,13 +239,15 @@ def deploy(cron: str | None, interval: int | None, timezone: str, name: str, not
             f"--name {name!r}: retrain-trip-duration/{name} is already deployed on work pool {pool!r} (prefect.yaml's?); "
             "choose another --name"
         )
-    # The flags given, as the deployment's one parameter: fields left out take their defaults (and their
-    # TAXI_PIPELINE_* variables) where each run starts. The URL is saved as a block; the parameter names it.
+    # The flags given, as the deployment's parameters: config fields left out take their defaults (and their
+    # TAXI_PIPELINE_* variables) where each run starts, and so do cluster fields left at their defaults. The URL is
+    # saved as a block; the config names it.
     given = config.model_dump(mode="json", exclude_unset=True)
     if notify_url:
         from pipeline.orchestration.notify import save_url_block
 
         given["notify"] = save_url_block(notify_url, f"taxi-pipeline-{name}")
+    cluster_given = {f.name: getattr(cluster, f.name) for f in fields(cluster) if getattr(cluster, f.name) != f.default}
     parameters = {"config": given, **({"cluster": cluster_given} if cluster_given else {})}
     from pipeline.flows.retrain import retrain_flow
     from pipeline.runtime.serving import serve
@@ -261,18 +263,15 @@ def deploy(cron: str | None, interval: int | None, timezone: str, name: str, not
         err.print(f"stopped by SIGTERM: {deployment} is no longer served (its schedule is paused)", highlight=False, soft_wrap=True)
 
 
-def _cluster_given(options: dict[str, Any]) -> dict[str, Any]:
-    """The cluster flags given, as the deployment's ``cluster`` parameter (files made absolute: its runs start elsewhere)."""
-    from pipeline.core.config import RetrainConfig
-
-    given = {k: v for k, v in options.items() if k not in RetrainConfig.model_fields and v is not None}
+def _cluster_files_absolute(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with the cluster's TLS files and ``--cluster-kwargs @FILE`` made absolute: a deployment's runs start elsewhere."""
     for key in ("tls_ca_file", "tls_cert", "tls_key"):
-        if key in given:
-            given[key] = absolute(given[key])
-    kwargs = given.get("cluster_kwargs")
+        if options.get(key) is not None:
+            options[key] = absolute(options[key])
+    kwargs = options.get("cluster_kwargs")
     if isinstance(kwargs, str) and kwargs.startswith("@"):
-        given["cluster_kwargs"] = "@" + absolute(kwargs[1:])
-    return given
+        options["cluster_kwargs"] = "@" + absolute(kwargs[1:])
+    return options
 
 
 def _schedule(cron: str | None, interval: int | None, timezone: str) -> tuple[Any, str]:

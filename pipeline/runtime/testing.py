@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +19,8 @@ from typing import Any
 
 from pipeline.edge.ports import free_port
 from pipeline.edge.processes import Footprint, descendants, footprint
+from pipeline.errors import PipelineError
+from pipeline.runtime.prefect_server import ServerProcess
 
 
 @contextmanager
@@ -59,14 +60,17 @@ class PrefectServer:
         self.env.update(PREFECT_HOME=str(folder / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
         for start in range(1, self.STARTS + 1):
             self.log = folder / f"server-{start}.log"
-            if self._started(free_port()):
+            try:
+                self._start(free_port())
                 return
-            said = self.log.read_text()[-2000:]
-            if "is already in use" not in said or start == self.STARTS:
-                raise RuntimeError(f"prefect server did not start: {said}")
+            except PipelineError as exc:
+                said = self.log.read_text()[-2000:]
+                if "is already in use" not in said or start == self.STARTS:
+                    raise RuntimeError(f"prefect server did not start ({exc}): {said}") from None
 
-    def _started(self, port: int) -> bool:
-        """Whether a server started on ``port`` answers; False when it exited first, with what it said in ``self.log``."""
+    def _start(self, port: int) -> None:
+        """``prefect server start`` on ``port``, once it answers; PipelineError (the process ended) when it exits first
+        or does not answer within 90 s."""
         self.url = f"http://127.0.0.1:{port}/api"
         self.env["PREFECT_API_URL"] = self.url
         prefect = str(Path(sys.executable).with_name("prefect"))
@@ -74,20 +78,7 @@ class PrefectServer:
             self.process = subprocess.Popen(
                 [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=self.env, stdout=out, stderr=subprocess.STDOUT
             )
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        return True
-            except OSError:
-                pass
-            if self.process.poll() is not None:
-                return False
-            if time.monotonic() > deadline:
-                self.close()
-                raise RuntimeError(f"prefect server did not start within 90 s: {self.log.read_text()[-2000:]}")
-            time.sleep(0.3)
+        ServerProcess(self.process, port, self.log).wait_healthy(90)
 
     def close(self) -> None:
         self.process.terminate()
