@@ -361,7 +361,9 @@ def compute_screened(
 
     No kept-row arrays are gathered: a dropped row gets pair code 0, which no kept
     row has (zone 0 is no zone), and duration 0, and pair 0's count is cleared, so
-    the sums are those of the kept rows, bit for bit. ``fold`` and ``x`` (numeric
+    the sums are those of the kept rows, bit for bit; numeric products and factor
+    levels set the dropped rows aside by the keep mask (a gathered copy of the kept
+    rows cost about a sixth of a rich spec's chunk on a worker, in fresh pages). ``fold`` and ``x`` (numeric
     columns) and ``levels`` (factor levels) cover all ``rows`` of the chunk. When no kept duration can reach 2^32 µs
     (the seed's window) durations go as floats and are squared by limbs block by
     block, while in cache; otherwise they take :func:`compute`'s integer paths.
@@ -394,23 +396,24 @@ def compute_screened(
     count = np.bincount(index, minlength=folds * N_PAIRS)
     count[::N_PAIRS] = 0
     if keep is not None or micros.dtype != np.float64:
-        kept = np.arange(rows) if keep is None else np.flatnonzero(keep)  # numeric products need the kept rows alone, in order
-        durations, as_floats, at_pairs = _gathered(micros, kept), None, _gathered(index, kept)
-        del micros, index, keep  # back to the pool, for the gathers and the factors' temporaries
-        if durations.dtype == np.float64:  # exact: below 2^32
-            durations, as_floats = buffers.empty(kept.size, np.int64), durations
+        # every row, as below: a dropped row's pair code and duration are 0 (pair 0's counts are cleared), and ``keep``
+        # sets aside its numeric values and factor levels, so no copy of the kept rows is gathered
+        durations, as_floats = micros, None
+        if micros.dtype == np.float64:  # exact: below 2^32
+            durations, as_floats = buffers.empty(rows, np.int64), micros
             np.copyto(durations, as_floats, casting="unsafe")
         return _statistics(
-            at_pairs,
+            index,
             count,
             durations,
-            np.empty((0, 0)) if x is None else x[kept],
-            None if fold is None else _gathered(fold, kept),
+            np.empty((0, 0)) if x is None else x,
+            fold,
             folds,
             screened,
-            None if levels is None else Levels(_gathered(levels.codes, kept), levels.sizes),
+            levels,
             as_floats,
             squares.total() if as_floats is not None else None,  # summed block by block above: dropped rows are 0
+            keep,
         )
     if int(count.max()) * longest < _EXACT_FLOAT:
         sum_micros = np.bincount(index, weights=micros, minlength=folds * N_PAIRS).astype(np.int64)
@@ -421,12 +424,6 @@ def compute_screened(
         count.reshape(folds, N_PAIRS), sum_micros.reshape(folds, N_PAIRS), squares.total(), *no_numeric, screened, *_no_levels(folds, 0)
     )
     return whole.pack()
-
-
-def _gathered(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``values[rows]`` (along the first axis) in Arrow's memory pool, so a worker's gathers cost no fresh pages."""
-    out = buffers.empty(rows.size * int(np.prod(values.shape[1:])), values.dtype).reshape(rows.size, *values.shape[1:])
-    return np.take(values, rows, axis=0, out=out)
 
 
 class _Limbs:
@@ -474,10 +471,11 @@ def _statistics(
     levels: Levels | None = None,
     floats: np.ndarray | None = None,
     squares: np.ndarray | None = None,
+    keep: np.ndarray | None = None,
 ) -> Packed:
     """The sums of :class:`Stats` from each row's ``fold * N_PAIRS + pair`` index and the counts per index, packed
     (``floats``: the durations as float64 when they are exact, which saves a conversion per sum; ``squares``: Σ micros²
-    per fold when already summed)."""
+    per fold when already summed; ``keep``: the rows kept, when dropped ones are among them with pair 0 and duration 0)."""
     size = folds * N_PAIRS
     k = x.shape[1]
     sum_micros = _exact_sums(index, micros, size, count, floats).reshape(folds, N_PAIRS)
@@ -489,14 +487,18 @@ def _statistics(
         y = micros / MICROS_PER_MINUTE
         for j in range(k):
             sum_x[:, j] = np.bincount(index, weights=x[:, j], minlength=size).reshape(folds, N_PAIRS)
-        for f in range(folds):
-            rows = slice(None) if fold is None else fold == f
+        if keep is not None:
+            sum_x[:, :, 0] = 0  # the dropped rows' pair
+        for f in range(folds):  # the kept rows of the fold, in order: the same products whether dropped rows came along
+            rows: slice | np.ndarray = slice(None) if fold is None else fold == f
+            if keep is not None:
+                rows = keep if fold is None else rows & keep
             sum_xy[f] = x[rows].T @ y[rows]
             sum_xx[f] = x[rows].T @ x[rows]
     if levels is None:
         whole = Stats(count.reshape(folds, N_PAIRS), sum_micros, sum_micros2, sum_x, sum_xy, sum_xx, screened, *_no_levels(folds, k))
         return whole.pack()
-    pairs, cells, counts, level_pairs, level_micros, level_x = _level_statistics(index, micros, x, fold, folds, levels, floats)
+    pairs, cells, counts, level_pairs, level_micros, level_x = _level_statistics(index, micros, x, fold, folds, levels, floats, keep)
     no_pairs = np.zeros((folds, levels.total, 0), dtype=np.int32)
     sums = (count.reshape(folds, N_PAIRS), sum_micros, sum_micros2, sum_x, sum_xy, sum_xx, screened)
     return Packed(Stats(*sums, no_pairs, level_pairs, level_micros, level_x, pairs[:0]), pairs, cells, counts)
@@ -510,6 +512,7 @@ def _level_statistics(
     folds: int,
     levels: Levels,
     floats: np.ndarray | None = None,
+    keep: np.ndarray | None = None,
 ) -> tuple[np.ndarray, ...]:
     """The factor fields of :class:`Stats`: counts per level and pair, per two levels, and sums per level.
 
@@ -521,6 +524,8 @@ def _level_statistics(
     a ``bincount``'s nor a dense one to pack. Counts per two levels need one
     ``bincount`` per two factors (the diagonal is the counts per level), and the
     rest are small. Duration sums are exact integers, as the pairs'.
+
+    Rows that ``keep`` drops (pair 0) take one more level past every fold's, whose counts and sums are left out.
     """
     total, k, factors, rows = levels.total, x.shape[1], len(levels.sizes), micros.size
     pair_of = index
@@ -528,7 +533,12 @@ def _level_statistics(
         pair_of = np.multiply(fold, N_PAIRS, out=buffers.empty(rows, np.int64))
         np.subtract(index, pair_of, out=pair_of)
     pairs = np.flatnonzero(np.bincount(pair_of, minlength=N_PAIRS))
-    size = folds * total * pairs.size
+    dropped = None if keep is None else np.logical_not(keep, out=buffers.empty(rows, np.bool_))
+    if dropped is not None:
+        pairs = pairs[pairs > 0]  # the dropped rows' (no kept row has zone 0)
+    aside = folds * total  # the dropped rows' level, in every factor (bins past it: ``width``)
+    width = aside + (dropped is not None)
+    size = width * pairs.size
     key = np.int32 if size <= np.iinfo(np.int32).max else np.int64
     compact = np.zeros(N_PAIRS, dtype=key)
     compact[pairs] = np.arange(pairs.size)
@@ -541,6 +551,8 @@ def _level_statistics(
         else:
             np.multiply(fold, total, out=at[j], casting="unsafe")
             at[j] += levels.codes[:, j]
+        if dropped is not None:
+            np.copyto(at[j], aside, where=dropped)
     cell, edge = buffers.empty(rows, key), buffers.empty(rows, np.bool_)
     found: list[tuple[np.ndarray, np.ndarray]] = []  # each factor's non-zero cells, increasing, and their counts
     level_pairs = np.zeros((folds, total, total), dtype=np.int64)
@@ -548,11 +560,11 @@ def _level_statistics(
     level_x = np.zeros((folds * total, k))
     count = np.zeros(folds * total, dtype=np.int64)
     for j in range(factors):
-        at_count = np.bincount(at[j], minlength=folds * total)
-        count += at_count
-        level_micros += _exact_sums(at[j], micros, folds * total, at_count, floats)
+        at_count = np.bincount(at[j], minlength=width)
+        count += at_count[:aside]
+        level_micros += _exact_sums(at[j], micros, width, at_count, floats)[:aside]
         for c in range(k):
-            level_x[:, c] += np.bincount(at[j], weights=x[:, c], minlength=folds * total)
+            level_x[:, c] += np.bincount(at[j], weights=x[:, c], minlength=width)[:aside]
         np.multiply(at[j], pairs.size, out=cell)
         cell += pair
         cell.sort()  # equal cells side by side: their runs are the counts
@@ -563,7 +575,7 @@ def _level_statistics(
         for i in range(j):  # rows per level of factor i and of factor j, in one of the two triangles
             np.multiply(at[i], total, out=cell)
             cell += levels.codes[:, j]
-            level_pairs += np.bincount(cell, minlength=level_pairs.size).reshape(level_pairs.shape)
+            level_pairs += np.bincount(cell, minlength=width * total)[: level_pairs.size].reshape(level_pairs.shape)
     level_pairs += level_pairs.transpose(0, 2, 1)
     diagonal = level_pairs.reshape(folds, -1)[:, :: total + 1]
     diagonal += count.reshape(folds, total)
