@@ -131,7 +131,7 @@ SCREENED_CASES = {
     "messy rows, one fold": (_messy_table, FeatureSpec(), 1),
     "messy rows, three folds": (_messy_table, FeatureSpec(), 3),
     "clean rows (no masks needed), three folds": (_clean_table, FeatureSpec(), 3),
-    "a numeric column: kept rows gathered": (_messy_table, FeatureSpec(numeric=("trip_distance",)), 3),
+    "a numeric column: dropped rows set aside": (_messy_table, FeatureSpec(numeric=("trip_distance",)), 3),
     "a window past 2^32 us: integer paths": (_messy_table, FeatureSpec(max_minutes=1e9), 2),
     "an empty window": (_messy_table, FeatureSpec(min_minutes=30, max_minutes=20), 1),
     "factors and a numeric column: cells of the kept rows": (
