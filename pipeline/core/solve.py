@@ -71,13 +71,18 @@ def _project(v: np.ndarray) -> np.ndarray:
 def _project_rows(m: np.ndarray | sp.csr_matrix, pairs: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """``Uᵀ diag(weights)`` of each row of ``m`` (rows × ``pairs``), as columns: (1 + 2Z, rows).
 
-    One sparse product (3 non-zeros per pair); a dense ``m`` in Fortran order is read in place, not copied.
+    One sparse product over the zone rows of ``U`` (2 non-zeros per pair); a dense ``m`` in Fortran order is read in
+    place, not copied, once per non-zero. The intercept's row is the pickup zones' added up (each pair has one): a
+    third row of ``U`` would read ``m`` a third time.
     """
     pu, do = np.divmod(pairs, _Z)
-    at = np.r_[np.zeros(pairs.size, dtype=np.int64), 1 + pu, 1 + _Z + do]
-    u = sp.csr_matrix((np.tile(weights, 3), (at, np.tile(np.arange(pairs.size), 3))), shape=(1 + 2 * _Z, pairs.size))
+    at = np.r_[pu, _Z + do]
+    u = sp.csr_matrix((np.tile(weights, 2), (at, np.tile(np.arange(pairs.size), 2))), shape=(2 * _Z, pairs.size))
     product = u @ m.T
-    return product.toarray() if sp.issparse(product) else np.asarray(product)
+    out = np.empty((1 + 2 * _Z, m.shape[0]))
+    out[1:] = product.toarray() if sp.issparse(product) else product
+    out[0] = out[1 : 1 + _Z].sum(axis=0)
+    return out
 
 
 #: Counts per level and pair sparser than this go to the solve as a sparse matrix. Real months fill about 1% of the

@@ -69,3 +69,20 @@ def test_unseen_categories_get_zero_weight():
 def test_alpha_must_be_positive():
     with pytest.raises(ValueError):
         solve.solve(stats.compute(_encoded(100, seed=5)), 0.0)
+
+
+@pytest.mark.parametrize("filled", [0.02, 0.3, 1.0])
+def test_counts_per_level_and_pair_project_alike_dense_and_sparse(filled):
+    """The Schur complement's zone columns, ``Uᵀ diag(w) Cᵀ``, from dense and sparse counts: the definition's figures,
+    the intercept's row included (the pickup zones' rows added up)."""
+    rng = np.random.default_rng(7)
+    pairs = np.unique(rng.integers(0, N_ZONES * N_ZONES, 3_000))
+    counts = rng.integers(1, 50, (40, pairs.size)) * (rng.random((40, pairs.size)) < filled)
+    weights = rng.random(pairs.size)
+    dense = np.asfortranarray(counts, dtype=np.float64)
+    u = np.zeros((1 + 2 * N_ZONES, pairs.size))
+    pu, do = np.divmod(pairs, N_ZONES)
+    u[0], u[1 + pu, np.arange(pairs.size)], u[1 + N_ZONES + do, np.arange(pairs.size)] = 1, 1, 1
+    expected = (u * weights) @ counts.T
+    for matrix in (dense, sp.csr_matrix(dense)):
+        assert np.allclose(solve._project_rows(matrix, pairs, weights), expected, rtol=1e-12, atol=1e-9)
