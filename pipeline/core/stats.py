@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import reduce
+from itertools import pairwise
 
 import numpy as np
 
@@ -617,3 +618,49 @@ def combine(parts: Sequence[Part]) -> Stats:
             flat[row] += part.counts  # cells are unique: no lost updates
     screened = reduce(np.add, (rest.screened for rest in rests))
     return _assemble(arrays, screened, cross.reshape(folds, levels, pairs.size), pairs)
+
+
+#: Cells per block of :func:`add_packed`: the block's counts (4 MB as int32) stay in cache while each part adds to it.
+_ADD_BLOCK_CELLS = 1 << 20
+
+
+def add_packed(parts: Sequence[Packed]) -> Packed:
+    """:func:`combine` of packed parts, packed, without an array over every cell of the sum.
+
+    The sum's rows (fold, level) are added a block at a time in one small array, each part's cells of the block
+    placed by its pairs' columns in the sum, then the block's non-zero cells kept. The same statistics, to the bit,
+    as ``combine(parts).pack()``; a generated year's pool (11 months at 5 folds and 216 levels: 41M cells, 18M of
+    them in the parts) without its 163 MB of dense counts, scattered into at random, and their scan.
+    """
+    rest = combine([part.rest for part in parts])
+    pairs = reduce(np.union1d, (part.pairs for part in parts))
+    rows = rest.n_levels * rest.folds
+    size = rows * pairs.size
+    columns = [np.searchsorted(pairs, part.pairs) for part in parts]
+    step = max(1, _ADD_BLOCK_CELLS // max(pairs.size, 1))
+    firsts = np.arange(0, rows + step, step).clip(max=rows)
+    # each part's cells of each block, found at once (in the cells' own type: no converted copy per search)
+    bounds = [np.searchsorted(part.cells, (firsts * part.pairs.size).astype(part.cells.dtype)) for part in parts]
+    block = buffers.empty(step * pairs.size, np.int32)
+    found: list[tuple[np.ndarray, np.ndarray]] = []
+    for b, (first, last) in enumerate(pairwise(firsts)):
+        counts = block[: (last - first) * pairs.size]
+        counts[:] = 0
+        for part, column, bound in zip(parts, columns, bounds):
+            start, stop = bound[b], bound[b + 1]
+            row, at = np.divmod(part.cells[start:stop].astype(np.int64), part.pairs.size)
+            row -= first
+            row *= pairs.size
+            row += column[at]
+            counts[row] += part.counts[start:stop]  # a part's cells are unique: no lost updates
+        filled = np.flatnonzero(counts)
+        found.append((filled + first * pairs.size, counts[filled]))
+    cells = np.concatenate([c for c, _ in found]) if found else np.zeros(0, dtype=np.int64)
+    counts = np.concatenate([n for _, n in found]) if found else np.zeros(0, dtype=np.int32)
+    return Packed(rest, pairs, cells.astype(np.int32) if size <= np.iinfo(np.int32).max else cells, counts)
+
+
+def pool(parts: Sequence[Part]) -> Part:
+    """:func:`compact` of :func:`combine`: packed parts added by :func:`add_packed`, then spread when that is smaller."""
+    summed = add_packed([part if isinstance(part, Packed) else part.pack() for part in parts])
+    return summed if 2 * summed.cells.size < summed.rest.n_levels * summed.folds * summed.pairs.size else summed.unpack()

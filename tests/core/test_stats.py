@@ -142,3 +142,30 @@ def test_packed_statistics_give_their_folds_total_and_selections_as_unpacked_one
     few = Encoded(np.array([300, 301, 302] * 10), enc.micros[:30], enc.x[:30], enc.position[:30])
     dense = stats.compute(few, None, 1, stats.Levels(np.zeros((30, 1), dtype=np.int32), (1,)))
     assert stats.compact(dense) is dense
+
+
+@pytest.mark.parametrize("block_cells", [1, 37, 1 << 20], ids=["a row a block", "rows across blocks", "one block"])
+@pytest.mark.parametrize("folds", [1, 3])
+def test_packed_parts_add_up_block_by_block_to_the_dense_sum(monkeypatch, folds, block_cells):
+    """add_packed places each part's cells by its own pairs, a block of rows at a time: the same statistics, to the
+    bit, as adding the parts spread and packing the sum; pool spreads the sum when that is smaller, as compact does."""
+    monkeypatch.setattr(stats, "_ADD_BLOCK_CELLS", block_cells)
+    sizes = (4, 6)
+    parts = []
+    for seed, rows in enumerate([3_000, 1, 2_000]):  # different pairs each, one of a single row
+        rng = np.random.default_rng(seed)
+        enc = _enc(rows, seed, numeric=2)
+        codes = np.column_stack([rng.integers(0, 4, rows), 4 + rng.integers(0, 6, rows)]).astype(np.int32)
+        fold = hashing.fold_of(enc.position, salt=seed, seed=2, folds=folds) if folds > 1 else None
+        parts.append(stats.compute(enc, fold, folds, stats.Levels(codes, sizes)))
+    expected = stats.combine(parts).pack()
+    got = stats.add_packed([p.pack() for p in parts])
+    assert np.array_equal(got.pairs, expected.pairs) and _equal(got.rest, expected.rest)
+    assert got.cells.dtype == expected.cells.dtype and np.array_equal(got.cells, expected.cells)
+    assert got.counts.dtype == expected.counts.dtype and np.array_equal(got.counts, expected.counts)
+    pooled = stats.pool([parts[0], parts[1].pack(), parts[2].pack()])  # whole and packed parts alike
+    assert isinstance(pooled, stats.Packed) and _equal(pooled.unpack(), stats.combine(parts))
+    few = Encoded(np.array([300, 301, 302] * 10), np.full(30, 60_000_000), np.zeros((30, 2)), np.arange(30))
+    dense = stats.compute(few, None, 1, stats.Levels(np.zeros((30, 1), dtype=np.int32), (1,)))
+    spread = stats.pool([dense.pack(), dense.pack()])
+    assert isinstance(spread, stats.Stats) and _equal(spread, stats.combine([dense, dense]))
