@@ -172,7 +172,7 @@ def prepared_folds(pooled: Stats | Packed, whole: Stats, folds: Sequence[int]) -
         np.copyto(train, counts)
         by_pair[pair * levels + level] -= count  # a fold's cells are unique: no lost updates
         held = replace(pooled.rest.fold(k), cross_pairs=pooled.pairs) if isinstance(pooled, Packed) else _without_cross(pooled.fold(k))
-        rows = np.searchsorted(level, np.arange(levels + 1))
+        rows = np.searchsorted(level, np.arange(levels + 1, dtype=level.dtype))  # in the levels' type: not a copy of them
         test = sp.csr_matrix((count.astype(np.float64), pair, rows), shape=counts.shape)
         yield k, Prepared(_without_cross(whole) - held, (train,)), Prepared(held, (test,))
 

@@ -183,7 +183,7 @@ class Packed:
     def fold_cells(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Fold ``k``'s cells (as indices into its own levels × pairs) and counts: cells are increasing, fold first."""
         size = self.rest.n_levels * self.pairs.size
-        start, stop = np.searchsorted(self.cells, [k * size, (k + 1) * size])
+        start, stop = np.searchsorted(self.cells, np.array([k * size, (k + 1) * size], dtype=self.cells.dtype))  # no converted copy
         return self.cells[start:stop] - k * size, self.counts[start:stop]
 
     def _spread(self, folds: Sequence[int]) -> np.ndarray:
@@ -582,7 +582,7 @@ def _level_statistics(
     diagonal += count.reshape(folds, total)
     # in increasing order: by fold, then by factor (a factor's levels are a range of their own), as each factor's are
     fold_starts = np.arange(folds + 1) * total * pairs.size
-    bounds = [np.searchsorted(cells, fold_starts) for cells, _ in found]
+    bounds = [np.searchsorted(cells, fold_starts.astype(cells.dtype)) for cells, _ in found]  # in the cells' type: not a copy of them
     order = [(j, slice(b[f], b[f + 1])) for f in range(folds) for j, b in enumerate(bounds)]
     cells = np.concatenate([found[j][0][rows] for j, rows in order]) if found else np.zeros(0, dtype=key)
     counts = np.concatenate([found[j][1][rows] for j, rows in order]) if found else np.zeros(0, dtype=np.int32)
