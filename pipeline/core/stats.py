@@ -174,6 +174,11 @@ class Packed:
     def folds(self) -> int:
         return self.rest.folds
 
+    @property
+    def size(self) -> int:
+        """Cells of the counts per level and pair, filled or not: folds × levels × pairs."""
+        return self.rest.folds * self.rest.n_levels * self.pairs.size
+
     def unpack(self) -> Stats:
         folds, levels = self.rest.cross.shape[:2]
         cross = np.zeros(folds * levels * self.pairs.size, dtype=np.int32)
@@ -211,9 +216,11 @@ class Packed:
         return self.unpack().select(columns, levels)
 
 
-def compact(stats: Stats) -> Part:
+def compact(stats: Part) -> Part:
     """``stats`` packed when that takes less memory (fewer than half its counts per level and pair are non-zero), else
-    itself: a packed cell takes an index and a count."""
+    spread: a packed cell takes an index and a count."""
+    if isinstance(stats, Packed):
+        return stats if 2 * stats.cells.size < stats.size else stats.unpack()
     return stats.pack() if 2 * np.count_nonzero(stats.cross) < stats.cross.size else stats
 
 
@@ -661,6 +668,5 @@ def add_packed(parts: Sequence[Packed]) -> Packed:
 
 
 def pool(parts: Sequence[Part]) -> Part:
-    """:func:`compact` of :func:`combine`: packed parts added by :func:`add_packed`, then spread when that is smaller."""
-    summed = add_packed([part if isinstance(part, Packed) else part.pack() for part in parts])
-    return summed if 2 * summed.cells.size < summed.rest.n_levels * summed.folds * summed.pairs.size else summed.unpack()
+    """:func:`compact` of :func:`combine`: the parts added packed by :func:`add_packed`."""
+    return compact(add_packed([part if isinstance(part, Packed) else part.pack() for part in parts]))
